@@ -1,0 +1,2 @@
+"""medshared."""
+__version__ = "0.1.0"
