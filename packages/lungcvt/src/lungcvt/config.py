@@ -1,0 +1,265 @@
+"""Configuration of ``lungcvt``: frozen dataclasses with the paper's defaults and a small config registry.
+
+Paper: Neto, Arrais, Vinuto, Lucena, "Convolution-Vision Transformer for Automatic Lung Sound Classification",
+SIBGRAPI 2022 (IEEE 9991756). Official code: github.com/jdcneto/Lung-Sound-Classification (``SoundLoader.py``,
+``model.py``, ``Blocks.py``, ``class_balanced_loss.py``, ``Att_Network.ipynb``). Every default below cites the paper
+section (``paper III-A``) or the official code (``code``) it comes from; choices that are ours are marked ``ours``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "CLASSES",
+    "FeatureConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "LungCVTConfig",
+    "register_config",
+    "get_config",
+    "list_configs",
+    "config_from_dict",
+]
+
+#: ICBHI cycle classes in label order (annotation crackles/wheezes bits -> 0 normal, 1 crackle, 2 wheeze, 3 both).
+CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
+
+_MODES = ("faithful", "clean")
+_BACKENDS = ("librosa", "nnaudio")
+_LENGTHS = ("none", "repeat")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Feature extraction (paper III-A, official ``SoundLoader``).
+
+    Attributes:
+        sample_rate: feature rate in Hz; every recording is resampled to it (code: ``librosa.load`` default 22,050).
+        n_fft: FFT size and window length in samples (paper III-A / code: librosa default 2048).
+        hop_length: hop in samples (code: 512).
+        n_mfcc: number of MFCCs (paper III-A: 96).
+        n_mels: mel bands of the mel-spectrogram channel (paper III-A: 96).
+        mfcc_n_mels: mel bands the MFCCs are computed from (faithful: 128 = librosa default used by the code;
+            clean: 96). ``None`` picks it from ``mode``.
+        cqt_bins: number of CQT bins (paper III-A: 96).
+        cqt_bins_per_octave: CQT bins per octave (code: librosa default 12).
+        cqt_fmin: lowest CQT frequency in Hz (code: librosa default C1 = 32.70 Hz).
+        mode: ``"faithful"`` reproduces the code (MFCC from 128 mels passed through ``power_to_db``, ImageNet
+            normalisation of dB values); ``"clean"`` uses 96-mel MFCCs standardised per cycle and dB rescaled to
+            [-1, 1] (ours; brief section 9).
+        length: ``"none"`` keeps each cycle's own duration and lets the resize stretch it (code); ``"repeat"``
+            repeats short cycles and cuts long ones to ``repeat_seconds`` (ours, as RespireNet / Patch-Mix).
+        repeat_seconds: target duration for ``length="repeat"`` (8 s, as the peers in brief section 7).
+        image_size: side of the square model input (code: ``T.Resize((224, 224))``).
+        backend: ``"librosa"`` (reference, per cycle) or ``"nnaudio"`` (batched torch).
+    """
+
+    sample_rate: int = 22050
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mfcc: int = 96
+    n_mels: int = 96
+    mfcc_n_mels: int | None = None
+    cqt_bins: int = 96
+    cqt_bins_per_octave: int = 12
+    cqt_fmin: float = 32.703195662574764
+    mode: str = "faithful"
+    length: str = "none"
+    repeat_seconds: float = 8.0
+    image_size: int = 224
+    backend: str = "librosa"
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"features.mode must be one of {_MODES}, got {self.mode!r}")
+        if self.backend not in _BACKENDS:
+            raise ValueError(f"features.backend must be one of {_BACKENDS}, got {self.backend!r}")
+        if self.length not in _LENGTHS:
+            raise ValueError(f"features.length must be one of {_LENGTHS}, got {self.length!r}")
+        for name in ("sample_rate", "n_fft", "hop_length", "n_mfcc", "n_mels", "cqt_bins", "image_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"features.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def effective_mfcc_n_mels(self) -> int:
+        """Mel bands used under the MFCCs: 128 in faithful mode (librosa default in the code), else ``n_mels``."""
+        if self.mfcc_n_mels is not None:
+            return self.mfcc_n_mels
+        return 128 if self.mode == "faithful" else self.n_mels
+
+    def spectral_key(self) -> dict[str, Any]:
+        """The settings that change the cached (pre-resize) features; hashed into the cache key."""
+        d = asdict(self)
+        d.pop("image_size")
+        d["mfcc_n_mels"] = self.effective_mfcc_n_mels
+        return d
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Model (paper III-B/C, official ``DeiTCnn``).
+
+    Attributes:
+        backbone: timm DeiT name (paper Table II: ``deit_small_patch16_224`` / ``deit_base_patch16_224``).
+        backbone_depth: override the number of transformer blocks (``None`` = the variant's; tiny test configs only).
+        patch_size: override the patch size (``None`` = 16; tiny test configs only).
+        img_size: input side in pixels (code: 224).
+        num_classes: ICBHI 4-class task (paper IV).
+        use_cnn: the three-branch convolution block (paper Table II "+ CNN").
+        use_attention: the CBAM block (paper Table II "+ Att").
+        share_branch_conv: one 3x3 1->1 convolution shared across the three feature channels (code); ``False`` gives
+            three independent convolutions (paper III-B wording).
+        cbam_order: ``"official"`` = spatial gate (with BN + ReLU) then channel gate (code ``Blocks.py``);
+            ``"standard"`` = channel then spatial gate without the ReLU (Woo et al. 2018, paper Eq. 11-12).
+        attention_channels: width of the attention block (code: 16).
+        reduction: channel-MLP reduction ratio (code: 16, giving a 1-unit hidden layer).
+        head_hidden: hidden width of the classifier head (code: 512).
+        head_dropout: head dropout (code: 0.2).
+        pretrained: initialise DeiT from ImageNet weights (paper IV-C: DeiT pre-trained weights).
+    """
+
+    backbone: str = "deit_base_patch16_224"
+    backbone_depth: int | None = None
+    patch_size: int | None = None
+    img_size: int = 224
+    num_classes: int = 4
+    use_cnn: bool = True
+    use_attention: bool = True
+    share_branch_conv: bool = True
+    cbam_order: str = "official"
+    attention_channels: int = 16
+    reduction: int = 16
+    head_hidden: int = 512
+    head_dropout: float = 0.2
+    pretrained: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cbam_order not in ("official", "standard"):
+            raise ValueError(f"model.cbam_order must be 'official' or 'standard', got {self.cbam_order!r}")
+        if not self.backbone.startswith("deit"):
+            raise ValueError(f"model.backbone must be a timm DeiT name (deit_tiny/small/base_...), got {self.backbone!r}")
+        if self.num_classes < 2:
+            raise ValueError(f"model.num_classes must be >= 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training (paper IV-B/C, official notebook).
+
+    Attributes:
+        lr: Adam learning rate (paper IV-C: 1e-4; the notebook used 1e-3).
+        weight_decay: Adam weight decay (code: 0).
+        batch_size: mini-batch size (code: 32).
+        epochs: number of epochs (code: 100).
+        cb_beta: class-balanced loss beta (paper Eq. 13; code 0.99 is a no-op, brief section 3; ours 0.999).
+        mixup: mixup on the input tensors (code: on).
+        mixup_alpha: Beta(alpha, alpha) for mixup (code: 2.0).
+        val_fraction: fraction of training *patients* held out for model selection (ours; the code's validation
+            reused training cycles, brief section 4).
+        seed: random seed.
+        bf16: bf16 autocast during training and inference (ours; off by default on CPU for exactness).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    epochs: int = 100
+    cb_beta: float = 0.999
+    mixup: bool = True
+    mixup_alpha: float = 2.0
+    val_fraction: float = 0.2
+    seed: int = 0
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cb_beta < 1.0:
+            raise ValueError(f"train.cb_beta must be in [0, 1), got {self.cb_beta}")
+        if self.lr <= 0 or self.batch_size <= 0 or self.epochs <= 0:
+            raise ValueError("train.lr, train.batch_size and train.epochs must be positive")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class LungCVTConfig:
+    """Full configuration: features, model, training."""
+
+    name: str = "lungcvt_base"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.img_size != self.features.image_size:
+            raise ValueError(
+                f"model.img_size ({self.model.img_size}) must equal features.image_size ({self.features.image_size})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_from_dict(d: dict[str, Any]) -> LungCVTConfig:
+    """Rebuild a :class:`LungCVTConfig` from ``asdict`` output (e.g. a checkpoint's metadata)."""
+    valid = {f.name for f in dataclasses.fields(LungCVTConfig)}
+    unknown = set(d) - valid
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+    return LungCVTConfig(
+        name=d.get("name", "lungcvt_base"),
+        features=FeatureConfig(**d.get("features", {})),
+        model=ModelConfig(**d.get("model", {})),
+        train=TrainConfig(**d.get("train", {})),
+    )
+
+
+_REGISTRY: dict[str, LungCVTConfig] = {}
+
+
+def register_config(cfg: LungCVTConfig) -> LungCVTConfig:
+    """Register ``cfg`` under ``cfg.name``; registering a name twice raises ``ValueError``."""
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"config {cfg.name!r} is already registered")
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+def list_configs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> LungCVTConfig:
+    """Return the registered config ``name``; unknown names raise ``ValueError`` listing the valid ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown config {name!r}; valid: {list_configs()}")
+    return _REGISTRY[name]
+
+
+# Paper's best model (Table II last row): DeiT-Base + CNN + attention.
+register_config(LungCVTConfig(name="lungcvt_base"))
+# Table II ablations: DeiT-S alone, DeiT-B alone, DeiT-B + CNN.
+register_config(
+    LungCVTConfig(
+        name="lungcvt_deit_small",
+        model=ModelConfig(backbone="deit_small_patch16_224", use_cnn=False, use_attention=False),
+    )
+)
+register_config(LungCVTConfig(name="lungcvt_deit_base", model=ModelConfig(use_cnn=False, use_attention=False)))
+register_config(LungCVTConfig(name="lungcvt_deit_base_cnn", model=ModelConfig(use_attention=False)))
+register_config(LungCVTConfig(name="lungcvt_small", model=ModelConfig(backbone="deit_small_patch16_224")))
+# The notebook preset (lr 1e-3, beta 0.99) to reproduce the official run.
+register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3, cb_beta=0.99)))
+# Tiny config for tests and the demo: DeiT-tiny width, 2 blocks, 64 px input with 8 px patches, nnAudio features.
+register_config(
+    LungCVTConfig(
+        name="lungcvt_tiny",
+        features=FeatureConfig(image_size=64, backend="nnaudio"),
+        model=ModelConfig(
+            backbone="deit_tiny_patch16_224", backbone_depth=2, patch_size=8, img_size=64, pretrained=False
+        ),
+        train=TrainConfig(lr=1e-3, batch_size=32, epochs=12, mixup=False),
+    )
+)
