@@ -1,0 +1,298 @@
+"""Configuration of DeepACC (Luo et al., ISBI 2021, doi:10.1109/ISBI48211.2021.9433943, arXiv June 2020).
+
+Frozen dataclasses hold the paper's defaults, each cited to its section ("Sec. 3.1" etc.). Values the paper leaves
+open follow the package brief (tag [I] = inferred, [V] = verified in torchvision/mmdetection source). A registry maps
+names to configs: ``deepacc_r101`` (paper), Table 1 rows ``table1_a`` .. ``table1_f``, the Table 2 baselines
+``faster_rcnn_r101`` and ``retinanet_r101``, and ``deepacc_tiny`` (a light BatchNorm backbone for tests and the demo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CLASS_NAMES",
+    "DENVER_GROUPS",
+    "DeepACCConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "create_config",
+    "list_configs",
+    "register_config",
+]
+
+#: Display names of the 25 torchvision labels (0 = background; X = 23, Y = 24).
+CLASS_NAMES: tuple[str, ...] = ("bg", *[str(i) for i in range(1, 23)], "X", "Y")
+
+#: Denver groups A-G in torchvision labels (Sec. 2.4): A 1-3, B 4-5, C 6-12 + X, D 13-15, E 16-18, F 19-20, G 21-22 + Y.
+DENVER_GROUPS: dict[str, tuple[int, ...]] = {
+    "A": (1, 2, 3),
+    "B": (4, 5),
+    "C": (6, 7, 8, 9, 10, 11, 12, 23),
+    "D": (13, 14, 15),
+    "E": (16, 17, 18),
+    "F": (19, 20),
+    "G": (21, 22, 24),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Detector architecture and the DeepACC head switches (Table 1 rows are combinations of the four switches)."""
+
+    # --- backbone (Sec. 2.1: ResNet-101 + FPN) ---
+    backbone: str = "resnet101"  # resnet18|resnet34|resnet50|resnet101|tiny; Sec. 2.1
+    norm: str = "frozen_bn"  # frozen_bn (pretrained) | bn (random init; brief Sec. 7 "random-init explosion")
+    trainable_layers: int = 3  # mmdet frozen_stages=1 [I]
+    fpn_channels: int = 256  # torchvision/mmdet FPN width [V]
+    tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)  # only for backbone="tiny"
+    # --- image transform (torchvision/mmdet defaults [V]) ---
+    min_size: int = 800
+    max_size: int = 1333
+    # --- RPN (mmdet 2020 config [V]) ---
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_nms_thresh: float = 0.7
+    # --- RoI sampling (identical in mmdet and torchvision [V]) ---
+    roi_output_size: int = 7
+    box_batch_size_per_image: int = 512
+    box_positive_fraction: float = 0.25
+    box_fg_iou_thresh: float = 0.5
+    box_bg_iou_thresh: float = 0.5
+    representation_size: int = 1024  # "two 1024x1024 fully connected layers", Sec. 2.1
+    num_classes: int = 25  # 24 chromosome classes + background
+    # --- head type and Table 1 switches ---
+    arch: str = "deepacc"  # deepacc (Faster R-CNN + custom RoIHeads) | retinanet (Table 2 baseline)
+    separate_reg: bool = True  # "sep": isolated classification and regression branches, Sec. 2.1 / Table 1(b)
+    aam: bool = True  # margin branch with Additive Angular Margin loss, Sec. 2.2
+    siamese: bool = True  # siamese inference branch, Sec. 2.3
+    gia: bool = True  # Group Inner-Adjacency loss, Sec. 2.4
+    # --- margin branch (Sec. 3.1: m = 0.25, s = 64) ---
+    margin: float = 0.25
+    scale: float = 64.0
+    margin_on_bg: bool = True  # ArcFace margin also on background targets [I]
+    # --- inference branch (Eq. 2) ---
+    delta: float = 0.5  # template threshold; not given in the paper [I]
+    detach_templates: bool = False  # [I]
+    exclude_gt_templates: bool = False  # keep GT boxes added as proposals out of template selection [I]
+    inference_feature_norm: bool = False  # Eq. 2 uses un-normalised features x_i; True gives s * cos [I]
+    # --- GIA (Eq. 3) ---
+    detach_partner: bool = False  # [I]
+    # --- loss weights (Eq. 4: alpha = 0.1, beta = 1.0, gamma = 0.1) ---
+    aam_weight: float = 0.1
+    ce_weight: float = 1.0
+    gia_weight: float = 0.1
+    reg_beta: float = 1.0  # RCNN smooth-L1 beta of mmdet 2020 [V]; torchvision uses 1/9
+    bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # = mmdet stds 0.1/0.2 [V]
+    # --- post-processing (torchvision/mmdet defaults [V]) ---
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (Sec. 3.1, mmdet "2x" schedule)."""
+
+    epochs: int = 24  # Sec. 3.1
+    lr: float = 0.02  # Sec. 3.1 (mmdet's value for 16 images per iteration)
+    lr_scaling: str = "linear"  # linear: lr * batch_size / base_batch_size [I]; literal: the paper's 0.02 as is
+    base_batch_size: int = 16  # batch the 0.02 of mmdet assumes [V]
+    batch_size: int = 1  # Sec. 3.1
+    momentum: float = 0.9  # Sec. 3.1
+    weight_decay: float = 1e-4  # mmdet default [V]
+    milestones: tuple[int, ...] = (16, 22)  # x0.1 at epochs 16 and 22, Sec. 3.1
+    gamma: float = 0.1
+    warmup_iters: int = 500  # mmdet linear warm-up [V]
+    warmup_factor: float = 0.001  # [V]
+    hflip_prob: float = 0.5  # Sec. 3.1
+    grad_clip: float = 0.0  # 0 = off (mmdet 2x config has none)
+    empty_images: str = "keep"  # keep images without annotations as negatives | reject them
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol (Sec. 3.1; brief Sec. 4)."""
+
+    iou_threshold: float = 0.5  # mAP@0.5 and TP rule
+    acc_score_thresh: float = 0.5  # "p >= 0.5", Sec. 3.1
+    agnostic_nms_thresh: float = 0.7  # "class-agnostic NMS (0.7 threshold)", Sec. 3.1
+
+
+@dataclass(frozen=True)
+class DeepACCConfig:
+    """Full configuration: model, training and evaluation."""
+
+    name: str = "deepacc_r101"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ----------------------------------------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, DeepACCConfig] = {}
+
+
+def register_config(cfg: DeepACCConfig) -> DeepACCConfig:
+    """Register ``cfg`` under ``cfg.name``; a duplicate name raises ``ValueError``."""
+    if cfg.name in _REGISTRY:
+        raise ValueError(f"config {cfg.name!r} is already registered")
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+def list_configs() -> list[str]:
+    """Names of the registered configs."""
+    return sorted(_REGISTRY)
+
+
+def create_config(name: str = "deepacc_r101") -> DeepACCConfig:
+    """Return the registered config ``name``; unknown names raise ``ValueError`` listing the valid ones."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown config {name!r}; valid names: {', '.join(list_configs())}")
+    return _REGISTRY[name]
+
+
+def _with_model(name: str, base: DeepACCConfig, **model_kw: Any) -> DeepACCConfig:
+    return dataclasses.replace(base, name=name, model=dataclasses.replace(base.model, **model_kw))
+
+
+_PAPER = register_config(DeepACCConfig())
+# Table 1 ablation rows (validation set). (c) trains the margin branch alone, so L_AAM is its only classification
+# loss: weight 1.0 there [I]; (d) has the margin branch without margin (m = 0, normalised softmax) to give templates.
+register_config(_with_model("table1_a", _PAPER, separate_reg=False, aam=False, siamese=False, gia=False))
+register_config(_with_model("table1_b", _PAPER, separate_reg=True, aam=False, siamese=False, gia=False))
+register_config(_with_model("table1_c", _PAPER, aam=True, siamese=False, gia=False, aam_weight=1.0))
+register_config(_with_model("table1_d", _PAPER, aam=False, siamese=True, gia=False))
+register_config(_with_model("table1_e", _PAPER, aam=True, siamese=True, gia=False))
+register_config(_with_model("table1_f", _PAPER, aam=True, siamese=True, gia=True))
+# Table 2 baselines.
+register_config(_with_model("faster_rcnn_r101", _PAPER, separate_reg=False, aam=False, siamese=False, gia=False))
+register_config(_with_model("retinanet_r101", _PAPER, arch="retinanet"))
+
+_TINY_MODEL = dict(
+    backbone="tiny",
+    norm="bn",
+    trainable_layers=5,
+    fpn_channels=64,
+    min_size=384,
+    max_size=384,
+    anchor_sizes=(12, 24, 48, 96, 192),
+    rpn_pre_nms_top_n_train=600,
+    rpn_pre_nms_top_n_test=300,
+    rpn_post_nms_top_n_train=300,
+    rpn_post_nms_top_n_test=150,
+    box_batch_size_per_image=128,
+    representation_size=256,
+)
+#: Light config for tests and the demo: small BatchNorm CNN + FPN(64), 384 px images, 256-wide heads.
+register_config(
+    DeepACCConfig(
+        name="deepacc_tiny",
+        model=ModelConfig(**_TINY_MODEL),  # type: ignore[arg-type]
+        train=TrainConfig(epochs=12, lr=0.02, lr_scaling="literal", batch_size=2, milestones=(9, 11), warmup_iters=50),
+    )
+)
+register_config(
+    _with_model("faster_rcnn_tiny", create_config("deepacc_tiny"), separate_reg=False, aam=False, siamese=False, gia=False)
+)
+
+
+# ------------------------------------------------------------------------------------------------- (de)serialisation
+def config_to_dict(cfg: DeepACCConfig) -> dict[str, Any]:
+    """Plain JSON-able dict of ``cfg`` (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(cls: type, data: dict[str, Any]) -> Any:
+    valid = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(valid)}")
+    kwargs: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{cls.__name__}.{key} must be a mapping, got {type(value).__name__}")
+            kwargs[key] = _coerce(type(default), value)
+        elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{cls.__name__}.{key} must be a list, got {value!r}")
+            kwargs[key] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"{cls.__name__}.{key} must be true/false, got {value!r}")
+            kwargs[key] = value
+        elif isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+        elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = value
+        elif isinstance(default, str) and isinstance(value, str):
+            kwargs[key] = value
+        else:
+            raise ValueError(f"{cls.__name__}.{key} expects {type(default).__name__}, got {value!r}")
+    return kwargs
+
+
+def config_from_dict(data: dict[str, Any], base: DeepACCConfig | None = None) -> DeepACCConfig:
+    """Build a config from a (possibly partial) nested dict on top of ``base`` (default: the paper config).
+
+    Unknown keys raise ``ValueError`` listing the valid keys; values are type-checked against the defaults.
+    """
+    base = base or create_config("deepacc_r101")
+    if not isinstance(data, dict):
+        raise ValueError(f"config must be a mapping, got {type(data).__name__}")
+    data = dict(data)
+    if "base" in data:  # allow `base: deepacc_tiny` in YAML files
+        base = create_config(str(data.pop("base")))
+    valid = {f.name for f in dataclasses.fields(DeepACCConfig)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ValueError(f"unknown config keys {unknown}; valid top-level keys: {sorted(valid)} (and 'base')")
+    out = base
+    if "name" in data:
+        out = dataclasses.replace(out, name=str(data["name"]))
+    for section in ("model", "train", "eval"):
+        if section in data:
+            sub = data[section]
+            if not isinstance(sub, dict):
+                raise ValueError(f"config section {section!r} must be a mapping")
+            current = getattr(out, section)
+            kw = _coerce(type(current), sub)
+            out = dataclasses.replace(out, **{section: dataclasses.replace(current, **kw)})
+    _validate(out)
+    return out
+
+
+def _validate(cfg: DeepACCConfig) -> None:
+    m = cfg.model
+    if m.backbone not in ("resnet18", "resnet34", "resnet50", "resnet101", "tiny"):
+        raise ValueError(f"model.backbone must be resnet18|resnet34|resnet50|resnet101|tiny, got {m.backbone!r}")
+    if m.norm not in ("frozen_bn", "bn"):
+        raise ValueError(f"model.norm must be frozen_bn|bn, got {m.norm!r}")
+    if m.arch not in ("deepacc", "retinanet"):
+        raise ValueError(f"model.arch must be deepacc|retinanet, got {m.arch!r}")
+    if m.num_classes != 25:
+        raise ValueError(f"model.num_classes must be 25 (24 chromosome classes + background), got {m.num_classes}")
+    if not 0.0 <= m.margin < 3.14159:
+        raise ValueError(f"model.margin must be in [0, pi), got {m.margin}")
+    if cfg.train.lr_scaling not in ("linear", "literal"):
+        raise ValueError(f"train.lr_scaling must be linear|literal, got {cfg.train.lr_scaling!r}")
+    if cfg.train.empty_images not in ("keep", "reject"):
+        raise ValueError(f"train.empty_images must be keep|reject, got {cfg.train.empty_images!r}")
+
+
+for _cfg in _REGISTRY.values():
+    _validate(_cfg)
