@@ -48,7 +48,9 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def load_checkpoint(
+    path: str | Path, map_location: str = "cpu"
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Returns:
@@ -63,7 +65,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[dict[s
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (train one first, e.g. with the package's `train` command)")
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} (train one first, e.g. with the package's `train` command)"
+        )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

@@ -322,7 +322,8 @@ def _image_arrays(d: Mapping[str, Any], with_scores: bool) -> tuple[np.ndarray, 
 def _check_images(detections: Sequence[Any], ground_truths: Sequence[Any]) -> None:
     if len(detections) != len(ground_truths):
         raise ValueError(
-            f"detections cover {len(detections)} images but ground truths {len(ground_truths)}; pass one entry per image"
+            f"detections cover {len(detections)} images but ground truths {len(ground_truths)}; "
+            "pass one entry per image"
         )
 
 

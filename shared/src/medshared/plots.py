@@ -46,8 +46,9 @@ def plot_confusion_matrix(
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 txt = f"{shown[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
-                ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                        color="white" if shown[i, j] > thresh else "black")
+                ax.text(
+                    j, i, txt, ha="center", va="center", fontsize=7, color="white" if shown[i, j] > thresh else "black"
+                )
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -136,7 +136,9 @@ def _nan_to_none(o: Any) -> Any:
     return o
 
 
-def atomic_write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> None:
+def atomic_write_csv(
+    path: str | Path, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+) -> None:
     """Write a list of dicts as CSV atomically. Columns default to the union of keys in first-seen order."""
     if fieldnames is None:
         fieldnames = list(dict.fromkeys(k for r in rows for k in r))
