@@ -1,0 +1,254 @@
+"""LungCVT: three-branch convolution + CBAM attention + DeiT (paper III-B/C; official ``model.py::DeiTCnn``).
+
+Neto et al., "Convolution-Vision Transformer for Automatic Lung Sound Classification", SIBGRAPI 2022.
+Input [B, 3, S, S] (MFCC / mel / CQT images, S = 224 in the paper) -> logits [B, 4].
+
+Deviations are switches, not forks (brief section 10):
+    - ``share_branch_conv``: the code shares one 3x3 1->1 conv across the three channels; the paper's wording reads
+      as three independent convolutions (``False``: a grouped conv, groups=3).
+    - ``cbam_order``: the code runs the spatial gate (with BN and a ReLU before the sigmoid) before the channel gate;
+      ``"standard"`` is CBAM as published (Woo et al. 2018; paper Eq. 11-12): channel then spatial, no ReLU.
+    - ``use_cnn`` / ``use_attention``: the ablations of paper Table II.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from lungcvt.config import LungCVTConfig, ModelConfig, get_config
+
+__all__ = [
+    "BranchConv",
+    "SpatialGate",
+    "ChannelGate",
+    "AttentionBlock",
+    "LungCVT",
+    "create_model",
+    "resolve_weights",
+    "WEIGHTS_ENV",
+]
+
+WEIGHTS_ENV = "LUNGCVT_WEIGHTS_DIR"
+
+
+class BranchConv(nn.Module):
+    """Three 3x3 convolution branches, one per feature channel (paper III-B). [B, 3, H, W] -> [B, 3, H, W].
+
+    Args:
+        shared: one ``Conv2d(1, 1, 3)`` applied to each channel (code) or three independent ones (paper wording).
+    """
+
+    def __init__(self, shared: bool = True) -> None:
+        super().__init__()
+        self.shared = shared
+        if shared:
+            self.conv = nn.Conv2d(1, 1, kernel_size=3, padding=1, bias=False)
+        else:
+            self.conv = nn.Conv2d(3, 3, kernel_size=3, padding=1, groups=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.shared:
+            return self.conv(x)
+        b, c, h, w = x.shape
+        y = self.conv(x.reshape(b * c, 1, h, w))  # [B, 3, H, W] -> [B*3, 1, H, W]
+        return y.reshape(b, c, h, w)  # [B*3, 1, H, W] -> [B, 3, H, W]
+
+
+class SpatialGate(nn.Module):
+    """CBAM spatial attention (paper Eq. 12): sigmoid(BN(conv7x7([max_c; mean_c]))) * x.
+
+    Args:
+        relu: apply a ReLU before the sigmoid (official code; keeps scales >= 0.5).
+    """
+
+    def __init__(self, kernel_size: int = 7, relu: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        self.relu = relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)  # [B, 2, H, W]
+        s = self.bn(self.conv(pooled))  # [B, 1, H, W]
+        if self.relu:
+            s = torch.relu(s)
+        return x * torch.sigmoid(s)
+
+
+class ChannelGate(nn.Module):
+    """CBAM channel attention (paper Eq. 11): sigmoid(MLP(GAP(x)) + MLP(GMP(x))) * x, MLP C -> C/r -> C."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(x.mean(dim=(2, 3)))  # [B, C]
+        mx = self.mlp(x.amax(dim=(2, 3)))  # [B, C]
+        return x * torch.sigmoid(avg + mx)[:, :, None, None]  # [B, C] -> [B, C, 1, 1]
+
+
+class AttentionBlock(nn.Module):
+    """Conv 3->C, CBAM gates, conv C->3 (code ``attention=True, spatialAtt=True``). [B, 3, H, W] -> [B, 3, H, W].
+
+    Args:
+        channels: inner width (code: 16).
+        reduction: channel-MLP reduction (code: 16).
+        order: ``"official"`` spatial (BN+ReLU) then channel; ``"standard"`` channel then spatial (no ReLU).
+    """
+
+    def __init__(self, channels: int = 16, reduction: int = 16, order: str = "official") -> None:
+        super().__init__()
+        self.order = order
+        self.conv_in = nn.Conv2d(3, channels, 3, padding=1, bias=False)
+        self.spatial = SpatialGate(7, relu=(order == "official"))
+        self.channel = ChannelGate(channels, reduction)
+        self.conv_out = nn.Conv2d(channels, 3, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_in(x)  # [B, C, H, W]
+        if self.order == "official":
+            x = self.channel(self.spatial(x))
+        else:
+            x = self.spatial(self.channel(x))
+        return self.conv_out(x)  # [B, 3, H, W]
+
+
+_WEIGHT_URLS = {
+    "deit_tiny_patch16_224": "https://dl.fbaipublicfiles.com/deit/deit_tiny_patch16_224-a1311bcf.pth",
+    "deit_small_patch16_224": "https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth",
+    "deit_base_patch16_224": "https://dl.fbaipublicfiles.com/deit/deit_base_patch16_224-b5f2ef4d.pth",
+}
+
+
+def _candidates(backbone: str) -> list[str]:
+    names = []
+    if backbone in _WEIGHT_URLS:
+        names.append(_WEIGHT_URLS[backbone].rsplit("/", 1)[1])
+    names += [f"{backbone}.fb_in1k.safetensors", f"{backbone}.safetensors", f"{backbone}.pth",
+              f"{backbone}.fb_in1k/model.safetensors"]
+    return names
+
+
+def resolve_weights(backbone: str, weights: str | Path | None = None) -> Path:
+    """Find the ImageNet DeiT weights for ``backbone`` without network access.
+
+    Order: the explicit ``weights`` path; ``$LUNGCVT_WEIGHTS_DIR/<name>``; the torch hub cache
+    (``~/.cache/torch/hub/checkpoints``); the Hugging Face cache (``models--timm--<backbone>.fb_in1k``).
+
+    Raises:
+        FileNotFoundError: naming the file, where to get it, and ``--pretrained none`` for random initialisation.
+    """
+    if weights is not None:
+        p = Path(weights).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"DeiT weights file not found: {p}. Download {_WEIGHT_URLS.get(backbone, backbone)} (or "
+                f"timm/{backbone}.fb_in1k model.safetensors from huggingface.co), or pass --pretrained none "
+                "for random initialisation"
+            )
+        return p
+    names = _candidates(backbone)
+    dirs: list[Path] = []
+    if os.environ.get(WEIGHTS_ENV):
+        dirs.append(Path(os.environ[WEIGHTS_ENV]).expanduser())
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser()
+    dirs.append(torch_home / "hub" / "checkpoints")
+    for d in dirs:
+        for n in names:
+            if (d / n).is_file():
+                return d / n
+    hf_home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    snap = hf_home / "hub" / f"models--timm--{backbone}.fb_in1k" / "snapshots"
+    if snap.is_dir():
+        for p in sorted(snap.glob("*/model.safetensors")):
+            return p
+    raise FileNotFoundError(
+        f"DeiT ImageNet weights for {backbone} not found (looked for {names[0]} in ${WEIGHTS_ENV}, "
+        f"{dirs[-1]} and the Hugging Face cache). Download {_WEIGHT_URLS.get(backbone, '')} into "
+        f"${WEIGHTS_ENV} (or pass --weights PATH), or pass --pretrained none for random initialisation"
+    )
+
+
+class LungCVT(nn.Module):
+    """Convolution-Vision Transformer (paper Fig. 1).
+
+    Args:
+        cfg: :class:`ModelConfig`.
+        weights: DeiT ImageNet weights file (see :func:`resolve_weights`); used only when ``cfg.pretrained``.
+
+    Forward: float32 [B, 3, S, S] (S = ``cfg.img_size``; normalised feature images) -> logits [B, num_classes].
+    """
+
+    def __init__(self, cfg: ModelConfig, weights: str | Path | None = None) -> None:
+        super().__init__()
+        import timm
+
+        self.cfg = cfg
+        self.branch = BranchConv(cfg.share_branch_conv) if cfg.use_cnn else nn.Identity()
+        self.attention = (
+            AttentionBlock(cfg.attention_channels, cfg.reduction, cfg.cbam_order) if cfg.use_attention else nn.Identity()
+        )
+        kwargs: dict = {"img_size": cfg.img_size, "num_classes": 0}
+        if cfg.backbone_depth is not None:
+            kwargs["depth"] = cfg.backbone_depth
+        if cfg.patch_size is not None:
+            kwargs["patch_size"] = cfg.patch_size
+        if cfg.pretrained:
+            path = resolve_weights(cfg.backbone, weights)
+            # timm unwraps 'model'/'state_dict', drops the classifier (num_classes=0) and resamples the position
+            # embedding when img_size differs (brief section 8)
+            self.backbone = timm.create_model(
+                cfg.backbone, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs
+            )
+        else:
+            self.backbone = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+        d = self.backbone.num_features
+        # code: DeiT head replaced by Linear(768, 512)-ReLU-Dropout(0.2)-Linear(512, 4)
+        self.head = nn.Sequential(
+            nn.Linear(d, cfg.head_hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.head_dropout),
+            nn.Linear(cfg.head_hidden, cfg.num_classes),
+        )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] -> pooled DeiT features (class token) [B, D]."""
+        s = self.cfg.img_size
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != s or x.shape[3] != s:
+            raise ValueError(
+                f"LungCVT expects input [B, 3, {s}, {s}] (features resized to features.image_size), got {tuple(x.shape)}"
+            )
+        x = self.branch(x)  # [B, 3, S, S]
+        x = self.attention(x)  # [B, 3, S, S]
+        return self.backbone(x)  # [B, D]
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return feats if pre_logits else self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def create_model(
+    name_or_cfg: str | LungCVTConfig | ModelConfig = "lungcvt_base", weights: str | Path | None = None, **overrides
+) -> LungCVT:
+    """Build a model from a registered config name (``lungcvt_base``, ``lungcvt_tiny``, ...) or a config.
+
+    ``overrides`` replace :class:`ModelConfig` fields, e.g. ``create_model("lungcvt_base", pretrained=False)``.
+    Unknown names raise ``ValueError`` listing the registered ones.
+    """
+    import dataclasses
+
+    if isinstance(name_or_cfg, str):
+        mcfg = get_config(name_or_cfg).model
+    elif isinstance(name_or_cfg, LungCVTConfig):
+        mcfg = name_or_cfg.model
+    else:
+        mcfg = name_or_cfg
+    if overrides:
+        mcfg = dataclasses.replace(mcfg, **overrides)
+    return LungCVT(mcfg, weights=weights)
