@@ -1,0 +1,138 @@
+"""Class-imbalance losses of PoCaPNet (paper §3.3, Table 2): CE, class-weighted CE, focal and LDAM.
+
+Transition frames (class 8) are ignored everywhere (paper §3.1; code ``ignore_index=8``). The training loss is the
+sum of the criterion over the MS-TCN stages (code), see :func:`stage_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pocapnet.config import NUM_CLASSES, TRANSITION, TrainConfig
+
+__all__ = [
+    "inverse_frequency_weights",
+    "effective_number_weights",
+    "ldam_margins",
+    "FocalLoss",
+    "LDAMLoss",
+    "build_criterion",
+    "stage_loss",
+    "class_counts",
+]
+
+
+def class_counts(labels: Sequence[np.ndarray], num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Seconds per class over the training operations, ``(num_classes,)`` int64."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for y in labels:
+        counts += np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes)[:num_classes]
+    return counts
+
+
+def _safe(counts: Sequence[float]) -> np.ndarray:
+    n = np.asarray(counts, dtype=np.float64)
+    if np.any(n < 0):
+        raise ValueError(f"class counts must be >= 0, got {n.tolist()}")
+    return np.maximum(n, 1.0)  # a class absent from training gets the weight of a single example
+
+
+def inverse_frequency_weights(counts: Sequence[float]) -> torch.Tensor:
+    """Class weights ``N / n_c`` (code: ``pos_weight``; "class-weighted CE", paper Table 2 row 2)."""
+    n = _safe(counts)
+    return torch.tensor(n.sum() / n, dtype=torch.float32)
+
+
+def effective_number_weights(counts: Sequence[float], beta: float = 0.9999) -> torch.Tensor:
+    """Effective-number weights ``(1 - beta) / (1 - beta^n_c)``, normalised to sum to the class count (Cui et al.)."""
+    n = _safe(counts)
+    w = (1.0 - beta) / (1.0 - np.power(beta, n))
+    w = w / w.sum() * len(n)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def ldam_margins(counts: Sequence[float], max_m: float = 0.5) -> torch.Tensor:
+    """LDAM margins ``m_c ∝ n_c^(-1/4)`` scaled so that the largest is ``max_m`` (Cao et al. 2019)."""
+    m = 1.0 / np.sqrt(np.sqrt(_safe(counts)))
+    m = m * (max_m / m.max())
+    return torch.tensor(m, dtype=torch.float32)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss ``-w_y (1 - p_y)^gamma log p_y`` averaged over non-ignored frames (Lin et al. 2017; gamma 2).
+
+    The author's implementation averaged over all frames including ignored ones; here the mean runs over the
+    frames that count (documented deviation: otherwise the loss scale depends on the share of transitions).
+    """
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, ignore_index: int = TRANSITION) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.ignore_index = ignore_index
+        self.register_buffer("weight", weight if weight is not None else None, persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64."""
+        valid = target != self.ignore_index
+        if not valid.any():
+            return logits.sum() * 0.0
+        lg, t = logits[valid], target[valid]
+        logp = F.log_softmax(lg.float(), dim=1).gather(1, t[:, None])[:, 0]  # (N,)
+        loss = -((1.0 - logp.exp()) ** self.gamma) * logp
+        if self.weight is not None:
+            loss = loss * self.weight.to(loss)[t]
+        return loss.mean()
+
+
+class LDAMLoss(nn.Module):
+    """Label-distribution-aware margin loss (Cao et al. 2019; kaidic/LDAM-DRW as used by the official code).
+
+    ``CE(s * (z - m_y * onehot(y)), y; weight)`` with ``m_c ∝ n_c^(-1/4)`` (max ``max_m``), ``s = 30`` and the
+    effective-number class weights applied from epoch 0 (no deferred re-weighting, as the code). Transition frames
+    are ignored; as in the code, the transition count is replaced by twice the largest count before computing
+    margins and weights.
+    """
+
+    def __init__(self, counts: Sequence[float], max_m: float = 0.5, s: float = 30.0, beta: float = 0.9999,
+                 ignore_index: int = TRANSITION, reweight: bool = True) -> None:
+        super().__init__()
+        n = np.asarray(counts, dtype=np.float64).copy()
+        if 0 <= ignore_index < len(n):
+            n[ignore_index] = 2 * np.max(np.delete(n, ignore_index))  # code: transition count -> 2x max
+        self.register_buffer("margins", ldam_margins(n, max_m), persistent=False)
+        self.register_buffer("weight", effective_number_weights(n, beta) if reweight else None, persistent=False)
+        self.s = s
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64."""
+        valid = target != self.ignore_index
+        if not valid.any():
+            return logits.sum() * 0.0
+        lg, t = logits[valid].float(), target[valid]
+        margin = self.margins.to(lg)[t]  # (N,)
+        adjusted = lg - F.one_hot(t, lg.shape[1]).to(lg) * margin[:, None]  # subtract m_y from the true logit
+        return F.cross_entropy(self.s * adjusted, t, weight=None if self.weight is None else self.weight.to(lg))
+
+
+def build_criterion(cfg: TrainConfig, counts: Sequence[float]) -> nn.Module:
+    """Criterion named by ``cfg.loss`` (ce, wce, focal, ldam) for the training class ``counts``."""
+    if cfg.loss == "ce":
+        return nn.CrossEntropyLoss(ignore_index=TRANSITION)
+    if cfg.loss == "wce":
+        return nn.CrossEntropyLoss(weight=inverse_frequency_weights(counts), ignore_index=TRANSITION)
+    if cfg.loss == "focal":
+        return FocalLoss(cfg.focal_gamma, ignore_index=TRANSITION)
+    if cfg.loss == "ldam":
+        return LDAMLoss(counts, cfg.ldam_max_m, cfg.ldam_s, cfg.ldam_beta, ignore_index=TRANSITION)
+    raise ValueError(f"unknown loss {cfg.loss!r}; choose one of ce, wce, focal, ldam")
+
+
+def stage_loss(criterion: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum of the criterion over stages (code). ``logits``: ``(S, T, C)``; ``target``: ``(T,)``."""
+    return sum((criterion(logits[s], target) for s in range(logits.shape[0])), start=logits.new_zeros(()))

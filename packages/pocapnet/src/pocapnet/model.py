@@ -1,0 +1,307 @@
+"""PoCaPNet: surgical phase recognition from speech and X-ray with a two-stage MS-TCN.
+
+Demir et al., "PoCaPNet: A Novel Approach for Surgical Phase Recognition Using Speech and X-Ray Images",
+Interspeech 2023 (paper Fig. 1, §2.3, §3.2). Branch layouts follow the official code (kubicndmr/PoCaPNet @c384c95);
+the MS-TCN is TeCNO's ``mstcn.py`` (Czempiel et al., MICCAI 2020), itself after Farha & Gall (CVPR 2019).
+
+Batch = time: a mini-batch is ``T`` consecutive seconds of ONE operation. Every second is first reduced to one
+``hidden_dim`` vector (branches + fusion + linear, per second), then the sequence ``(1, hidden_dim, T)`` goes through
+the MS-TCN.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pocapnet.config import ModelConfig, PocapConfig, get_config
+
+__all__ = [
+    "AvgResBlock",
+    "AudioBranch",
+    "MultiStageTCN",
+    "DelayedMemory",
+    "PoCaPNet",
+    "positional_encoding",
+    "create_model",
+    "count_parameters",
+]
+
+
+class AvgResBlock(nn.Module):
+    """Residual Conv1d blocks whose channels are the frames/images/microphones, then a mean over channels.
+
+    The convolution runs along the feature axis (code: ``AvgResBlock``). Input ``(B, C, L)``, output ``(B, L)``.
+    """
+
+    def __init__(self, channels: int, num_pairs: int = 2) -> None:
+        super().__init__()
+        self.pairs = nn.ModuleList()
+        for _ in range(num_pairs):
+            self.pairs.append(
+                nn.ModuleList(
+                    [nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels),
+                     nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels)]
+                )
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, C, L)`` -> ``(B, L)``."""
+        for conv1, bn1, conv2, bn2 in self.pairs:
+            y = F.relu(bn1(conv1(x)))
+            y = bn2(conv2(y))
+            x = F.relu(x + y)
+        return x.mean(dim=1)  # (B, C, L) -> (B, L)
+
+
+class _ResBlock(nn.Module):
+    """Conv(k3)+BN+ReLU, Conv(k3)+BN, plus a 1x1 conv on the residual path, then ReLU (code: ``ResBlock``)."""
+
+    def __init__(self, cin: int, cout: int, momentum: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(cin, cout, 3, padding=1)
+        self.bn1 = nn.BatchNorm1d(cout, momentum=momentum)
+        self.conv2 = nn.Conv1d(cout, cout, 3, padding=1)
+        self.bn2 = nn.BatchNorm1d(cout, momentum=momentum)
+        self.shortcut = nn.Conv1d(cin, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class AudioBranch(nn.Module):
+    """One microphone: wav2vec2 frames as channels, convolution along the feature axis (code: audio branch).
+
+    Input ``(B, F, D)`` (``F`` = 349 wav2vec2 frames of a 7 s window, ``D`` = 1024), output ``(B, D)``.
+    """
+
+    def __init__(self, frames: int, stem: int, res_channels: tuple[int, ...], momentum: float) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv1d(frames, stem, 1), nn.BatchNorm1d(stem, momentum=momentum), nn.ReLU())
+        chans = (stem, *res_channels)
+        self.blocks = nn.Sequential(*[_ResBlock(a, b, momentum) for a, b in zip(chans[:-1], chans[1:], strict=True)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(B, F, D)`` -> ``(B, D)``."""
+        x = self.blocks(self.stem(x))  # (B, F, D) -> (B, C_last, D)
+        return x.mean(dim=1)  # (B, C_last, D) -> (B, D)
+
+
+class _DilatedResidualLayer(nn.Module):
+    """TeCNO/MS-TCN layer: ReLU(dilated conv k3) -> 1x1 conv -> dropout -> residual add."""
+
+    def __init__(self, dilation: int, channels: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.dilation = dilation
+        self.causal = causal
+        # paper/code: acausal, padding=dilation; TeCNO causal: pad 2*dilation and trim -> here left padding only.
+        self.conv_dilated = nn.Conv1d(channels, channels, 3, padding=0, dilation=dilation)
+        self.conv_1x1 = nn.Conv1d(channels, channels, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = (2 * self.dilation, 0) if self.causal else (self.dilation, self.dilation)
+        out = F.relu(self.conv_dilated(F.pad(x, pad)))  # (N, C, T) -> (N, C, T)
+        out = self.dropout(self.conv_1x1(out))
+        return x + out
+
+
+class _SingleStage(nn.Module):
+    def __init__(self, num_layers: int, f_maps: int, dim: int, num_classes: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.conv_1x1 = nn.Conv1d(dim, f_maps, 1)
+        self.layers = nn.ModuleList([_DilatedResidualLayer(2**i, f_maps, dropout, causal) for i in range(num_layers)])
+        self.conv_out = nn.Conv1d(f_maps, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_1x1(x)
+        for layer in self.layers:
+            out = layer(out)
+        return self.conv_out(out)
+
+
+class MultiStageTCN(nn.Module):
+    """Multi-stage TCN (TeCNO ``MultiStageModel``): stage ``s > 1`` refines the softmax of stage ``s-1``.
+
+    Input ``(N, dim, T)``, output ``(S, N, C, T)``.
+    """
+
+    def __init__(self, num_stages: int, num_layers: int, f_maps: int, dim: int, num_classes: int, dropout: float,
+                 causal: bool) -> None:
+        super().__init__()
+        self.stage1 = _SingleStage(num_layers, f_maps, dim, num_classes, dropout, causal)
+        self.stages = nn.ModuleList(
+            [_SingleStage(num_layers, f_maps, num_classes, num_classes, dropout, causal) for _ in range(num_stages - 1)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stage1(x)
+        outputs = [out]
+        for stage in self.stages:
+            out = stage(F.softmax(out, dim=1))
+            outputs.append(out)
+        return torch.stack(outputs, dim=0)  # S x (N, C, T) -> (S, N, C, T)
+
+
+def positional_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal encoding of the second index within the operation (code variant, brief "Positional encoding").
+
+    Dimension ``t`` gets ``sin(idx / 10000^(t/dim))`` for even ``t`` and ``cos`` of the same argument for odd ``t``
+    (paper [25] uses ``2i/d``; the official code uses ``t/d``, kept here).
+
+    Args:
+        positions: ``(T,)`` second index from 0 (int or float).
+        dim: encoding size.
+
+    Returns:
+        ``(T, dim)`` float32.
+    """
+    t = torch.arange(dim, dtype=torch.float32, device=positions.device)
+    arg = positions.float()[:, None] / torch.pow(10000.0, t / dim)[None, :]  # (T, 1) / (1, dim) -> (T, dim)
+    return torch.where((t % 2 == 0)[None, :], torch.sin(arg), torch.cos(arg))
+
+
+class DelayedMemory:
+    """Auto-regressive delayed estimation memory (paper §3.2 setting 3; code: ``y_prev``).
+
+    A FIFO vector of length ``dim`` holding the argmax class indices (as raw floats 0..8) of the previous batches,
+    newest batch first. It is added, detached and unscaled, to every second's ``dim``-d feature of the next batch,
+    and reset to zeros at the start of each operation.
+    """
+
+    def __init__(self, dim: int, device: torch.device | str = "cpu") -> None:
+        self.dim = dim
+        self.vector = torch.zeros(dim, device=device)
+
+    def reset(self) -> None:
+        """Zero the memory (start of an operation)."""
+        self.vector = torch.zeros_like(self.vector)
+
+    def update(self, predictions: torch.Tensor) -> None:
+        """Push a batch of predicted class indices ``(B,)`` (code: write into the last B slots, then roll by B)."""
+        p = predictions.detach().reshape(-1).to(self.vector)
+        if p.numel() >= self.dim:
+            self.vector = p[-self.dim:].clone()
+        else:
+            self.vector = torch.cat([p, self.vector[: self.dim - p.numel()]])  # == roll(buf with buf[-B:]=p, B)
+
+
+class PoCaPOutput(NamedTuple):
+    """``logits``: ``(S, T, C)`` per stage; ``features``: ``(T, hidden_dim)`` input to the MS-TCN."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class PoCaPNet(nn.Module):
+    """PoCaPNet (paper Fig. 1).
+
+    Args:
+        cfg: architecture; defaults give the paper's 2.8 M-parameter network.
+    """
+
+    def __init__(self, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.cfg = cfg
+        self.visual = AvgResBlock(cfg.num_images, cfg.avg_res_blocks)
+        self.audio = nn.ModuleList(
+            [AudioBranch(cfg.audio_frames, cfg.audio_stem_channels, cfg.audio_res_channels, cfg.bn_momentum)
+             for _ in range(cfg.num_mics)]  # code: one branch per microphone, no weight sharing
+        )
+        self.audio_fusion = AvgResBlock(cfg.num_mics, cfg.avg_res_blocks)
+        self.linear = nn.Linear(cfg.image_dim + cfg.audio_dim, cfg.hidden_dim)
+        self.tcn = MultiStageTCN(cfg.num_stages, cfg.num_layers, cfg.num_f_maps, cfg.hidden_dim, cfg.num_classes,
+                                 cfg.dropout, cfg.causal_conv)
+
+    def _check(self, images: torch.Tensor, audio: torch.Tensor) -> None:
+        c = self.cfg
+        if images.ndim != 3 or tuple(images.shape[1:]) != (c.num_images, c.image_dim):
+            raise ValueError(f"images must be (T, {c.num_images}, {c.image_dim}), got {tuple(images.shape)}")
+        want = (c.num_mics, c.audio_frames, c.audio_dim)
+        if audio.ndim != 4 or tuple(audio.shape[1:]) != want or audio.shape[0] != images.shape[0]:
+            raise ValueError(f"audio must be (T={images.shape[0]}, {', '.join(map(str, want))}), "
+                             f"got {tuple(audio.shape)}; were the features extracted with another config?")
+
+    def forward_features(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        """Per-second fusion, no temporal context.
+
+        Args:
+            images: ``(T, num_images, image_dim)`` DenseNet features of the frames t-6..t.
+            audio: ``(T, num_mics, audio_frames, audio_dim)`` wav2vec2 features of each channel's 7 s window.
+
+        Returns:
+            ``(T, hidden_dim)`` after Linear and LeakyReLU.
+        """
+        self._check(images, audio)
+        v = self.visual(images.float())  # (T, 7, Di) -> (T, Di)
+        a = torch.stack([br(audio[:, m].float()) for m, br in enumerate(self.audio)], dim=1)  # -> (T, M, Da)
+        a = self.audio_fusion(a)  # (T, M, Da) -> (T, Da)
+        x = torch.cat([v, a], dim=1)  # (T, Di + Da)
+        return F.leaky_relu(self.linear(x), self.cfg.leaky_slope)  # (T, hidden)
+
+    def forward_temporal(self, feats: torch.Tensor, positions: torch.Tensor | None = None,
+                         history: torch.Tensor | None = None) -> torch.Tensor:
+        """Add the optional positional encoding and delayed-estimation memory, then run the MS-TCN.
+
+        Args:
+            feats: ``(T, hidden_dim)``.
+            positions: ``(T,)`` second index within the operation (needed when ``positional_encoding``).
+            history: ``(hidden_dim,)`` :class:`DelayedMemory` vector (used when ``delayed_estimation``).
+
+        Returns:
+            ``(S, T, num_classes)`` logits of every stage; the last stage is the prediction.
+        """
+        c = self.cfg
+        if c.positional_encoding:
+            if positions is None:
+                raise ValueError("positional_encoding=True needs the seconds' positions within the operation")
+            feats = feats + positional_encoding(positions, c.hidden_dim).to(feats)
+        if c.delayed_estimation and history is not None:
+            feats = feats + history.detach().to(feats)[None, :]  # (T, D) + (1, D)
+        x = feats.t().unsqueeze(0)  # (T, D) -> (1, D, T): the batch axis is the time axis
+        out = self.tcn(x)  # (S, 1, C, T)
+        return out[:, 0].transpose(1, 2)  # (S, 1, C, T) -> (S, T, C)
+
+    def forward(self, images: torch.Tensor, audio: torch.Tensor, positions: torch.Tensor | None = None,
+                history: torch.Tensor | None = None) -> PoCaPOutput:
+        """Full model on ``T`` consecutive seconds of one operation; see :meth:`forward_features`."""
+        feats = self.forward_features(images, audio)
+        return PoCaPOutput(self.forward_temporal(feats, positions, history), feats)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def create_model(name: str | PocapConfig | ModelConfig = "pocapnet", **overrides: object) -> PoCaPNet:
+    """Build a model from a registered config name (see :func:`pocapnet.config.list_configs`) or a config."""
+    if isinstance(name, str):
+        mcfg = get_config(name).model
+    elif isinstance(name, PocapConfig):
+        mcfg = name.model
+    else:
+        mcfg = name
+    if overrides:
+        import dataclasses
+
+        mcfg = dataclasses.replace(mcfg, **overrides)  # type: ignore[arg-type]
+    return PoCaPNet(mcfg)
+
+
+def _expected_full_parameters() -> int:  # documented arithmetic, see README
+    audio = (349 * 128 + 128 + 256) + sum(
+        (a * b * 3 + b) + 2 * b + (b * b * 3 + b) + 2 * b + (a * b + b)
+        for a, b in [(128, 64), (64, 32), (32, 16), (16, 8)]
+    )
+    tcn1 = (1024 * 64 + 64) + 10 * (64 * 64 * 3 + 64 + 64 * 64 + 64) + (64 * 9 + 9)
+    tcn2 = (9 * 64 + 64) + 10 * (64 * 64 * 3 + 64 + 64 * 64 + 64) + (64 * 9 + 9)
+    avg = lambda c: 4 * (c * c * 3 + c + 2 * c)  # noqa: E731
+    return 3 * audio + avg(7) + avg(3) + (2048 * 1024 + 1024) + tcn1 + tcn2
+

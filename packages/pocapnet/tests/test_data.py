@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from medshared.testing import shared_data_dir
+from pocapnet.config import PHASES, TRANSITION
+from pocapnet.data import (
+    DataError,
+    frame_paths,
+    labels_from_ranges,
+    list_operations,
+    load_operation,
+    phase_index,
+    read_annotations,
+    read_frame,
+    read_wav,
+)
+from pocapnet.synthetic import make_schedule, make_synthetic_dataset
+
+
+def test_labels_from_ranges_inclusive_and_closing_runs_to_end():
+    y = labels_from_ranges(["00:00-00:02", "00:03-00:03", "00:04-00:05"], ["Preparation", "Transition", "Closing"], 9)
+    assert y.tolist() == [0, 0, 0, 8, 7, 7, 7, 7, 7]
+    y = labels_from_ranges(["0:00:00-0:00:01", "00:02-00:02"], ["Preperation", "Positioning of the Guide Wire"], 3)
+    assert y.tolist() == [0, 0, 2]
+
+
+def test_unlabelled_seconds_and_unknown_phase():
+    with pytest.raises(DataError, match="unlabelled seconds"):
+        labels_from_ranges(["00:00-00:02", "00:05-00:06"], ["Preparation", "Puncture"], 7)
+    with pytest.raises(DataError, match="unknown phase name 'Suturing'"):
+        labels_from_ranges(["00:00-00:02"], ["Suturing"], 3)
+    assert phase_index("cath control") == 6 and phase_index(8) == TRANSITION
+
+
+def test_schedule_follows_phase_order():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = make_schedule(rng, 120)
+        phases = [int(p) for i, p in enumerate(y) if p != TRANSITION and (i == 0 or p != y[i - 1])]
+        dedup = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+        assert dedup[0] == 0 and dedup[-1] == 7
+        assert set(dedup) == set(range(8))
+        assert len(y) == 120
+
+
+@pytest.fixture()
+def one_op(tmp_path):
+    make_synthetic_dataset(tmp_path, n_ops=1, seconds=(20, 20), seed=1, frame_size=32, progress=False)
+    return tmp_path
+
+
+def test_loader_on_synthetic_json_and_csv(syn_data, tmp_path):
+    ops = list_operations(syn_data)
+    op = load_operation(syn_data, ops[0])
+    assert op.audio.shape == (3, op.seconds * 16000) and len(op.labels) == op.seconds
+    ann = read_annotations(syn_data / "annotations.json")
+    assert set(ann) == set(ops)
+    make_synthetic_dataset(tmp_path, n_ops=1, seconds=(20, 20), seed=1, frame_size=32, labels_format="csv",
+                           frame_format="png", progress=False)
+    op2 = load_operation(tmp_path, "OP_001")
+    assert op2.frames[0].suffix == ".png" and op2.labels.shape == (20,)
+    assert set(op2.labels.tolist()) <= set(range(len(PHASES)))
+
+
+def test_missing_channel(one_op):
+    (one_op / "OP_001" / "Channel_2.wav").unlink()
+    with pytest.raises(FileNotFoundError, match="Channel_2.wav"):
+        load_operation(one_op, "OP_001")
+
+
+def test_channel_length_mismatch(one_op):
+    p = one_op / "OP_001" / "Channel_3.wav"
+    x, sr = sf.read(p)
+    sf.write(p, x[: 10 * sr], sr)
+    with pytest.raises(DataError, match="channel lengths disagree"):
+        load_operation(one_op, "OP_001")
+
+
+def test_frames_mismatch_and_gap(one_op):
+    d = one_op / "OP_001"
+    for i in range(11, 21):
+        (d / f"frame_{i:05d}.jpg").unlink()
+    with pytest.raises(DataError, match="10 frames but 20.0 s of audio"):
+        load_operation(one_op, "OP_001")
+    (d / "frame_00005.jpg").unlink()
+    with pytest.raises(DataError, match="without gaps"):
+        frame_paths(d)
+
+
+def test_unreadable_frame(one_op):
+    (one_op / "OP_001" / "frame_00003.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="unreadable X-ray frame .*frame_00003.jpg"):
+        read_frame(one_op / "OP_001" / "frame_00003.jpg")
+
+
+def test_unknown_phase_in_annotations(one_op):
+    ann = json.loads((one_op / "annotations.json").read_text())
+    ann[0][4][1] = "Coffee break"
+    (one_op / "annotations.json").write_text(json.dumps(ann))
+    with pytest.raises(DataError, match="unknown phase name 'Coffee break'"):
+        load_operation(one_op, "OP_001")
+
+
+def test_no_labels(one_op):
+    (one_op / "annotations.json").unlink()
+    with pytest.raises(DataError, match="no labels"):
+        load_operation(one_op, "OP_001")
+    assert load_operation(one_op, "OP_001", require_labels=False).labels is None
+
+
+def test_resampling_warns(tmp_path):
+    x = np.sin(np.linspace(0, 100, 44100)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", x, 44100)
+    with pytest.warns(UserWarning, match="resampled"):
+        y = read_wav(tmp_path / "a.wav", 16000)
+    assert len(y) == 16000
+
+
+def _real():
+    d = shared_data_dir()
+    if d is None or not (d / "chest_xray").is_dir():
+        pytest.skip("real samples ../shared/data/chest_xray not available (set MEDREPRO_SHARED_DATA)")
+    return d
+
+
+def test_real_radiographs_png_jpeg_dicom():
+    d = _real() / "chest_xray"
+    files = sorted(d.iterdir())
+    kinds = {f.suffix.lower() for f in files}
+    assert {".png", ".jpg", ".dcm"} <= kinds
+    for f in files:
+        img = read_frame(f)
+        assert img.ndim == 2 and img.min() >= 0 and img.max() <= 255 and img.std() > 5, f.name
+
+
+def test_real_speech_reads(tmp_path):
+    d = shared_data_dir()
+    if d is None or not (d / "speech_de").is_dir():
+        pytest.skip("real samples ../shared/data/speech_de not available")
+    for f in sorted((d / "speech_de").glob("*.wav")):
+        x = read_wav(f)
+        assert x.ndim == 1 and len(x) > 16000 and np.abs(x).max() <= 1.0
+    shutil.copy(next((d / "speech_de").glob("*.wav")), tmp_path / "x.wav")
