@@ -1,0 +1,205 @@
+"""ALGES segmentation model: smp U-Net (ResNet-18) with a configurable last layer, plus DEAL's difficulty head.
+
+Paper: Aklilu & Yeung, "ALGES", MLHC 2022, section 3.1.2 (f(X) = softmax(W z(X, V)), W a 1x1 conv with K filters) and
+section 4.1 (U-Net with a ResNet-18 backbone). DEAL: Xie et al., "DEAL: Difficulty-aware Active Learning for Semantic
+Segmentation", ACCV 2020 (probability attention module + difficulty head trained against the error mask).
+
+paper: the last layer is a 1x1 conv; smp's ``Unet`` builds a 3x3 ``SegmentationHead``; here: 1x1 by default
+(``head_kernel_size=1``), 3x3 as an option (the embeddings then use patch forms).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alges.config import AlgesConfig
+
+__all__ = [
+    "AlgesOutput",
+    "AlgesUnet",
+    "DealHead",
+    "build_model",
+    "load_trained",
+    "resolve_encoder_weights",
+    "RESNET18_FILE",
+]
+
+RESNET18_FILE = "resnet18-f37072fd.pth"
+RESNET18_URL = "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+_IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+class AlgesOutput(NamedTuple):
+    """Model outputs. ``logits`` [B, K, H, W]; ``z`` [B, d, H, W] penultimate activations; ``difficulty``
+    [B, 1, H, W] in (0, 1) or None when the model has no DEAL head."""
+
+    logits: torch.Tensor
+    z: torch.Tensor
+    difficulty: torch.Tensor | None
+
+
+class DealHead(nn.Module):
+    """DEAL's semantic-difficulty head (Xie et al. 2020): probability attention over the segmentation logits.
+
+    logits [B, K, H, W] -> resize to ``attention_size`` -> PAM (attention from class probabilities, ``gamma * out + x``
+    with learnable ``gamma`` initialised to 0) -> 1x1 conv to one channel -> upsample -> sigmoid: difficulty [B,1,H,W].
+    paper (official ALGES code): an untrained head built anew in every forward; here: a registered head trained with
+    the BCE loss against the error mask, as the original DEAL.
+    """
+
+    def __init__(self, num_classes: int, attention_size: int) -> None:
+        super().__init__()
+        self.attention_size = attention_size
+        self.gamma = nn.Parameter(torch.zeros(1))
+        self.out = nn.Conv2d(num_classes, 1, kernel_size=1)
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        b, k, h, w = logits.shape
+        x = F.interpolate(logits, size=(self.attention_size, self.attention_size), mode="bilinear", align_corners=False)
+        n = self.attention_size * self.attention_size
+        x_flat = x.reshape(b, k, n)  # [B, K, n]
+        p = x_flat.softmax(dim=1)  # [B, K, n] class probabilities per position
+        energy = torch.bmm(p.transpose(1, 2), p)  # [B, n, n] probability similarity
+        attn = energy.softmax(dim=-1)  # [B, n, n]
+        out = torch.bmm(x_flat, attn.transpose(1, 2))  # [B, K, n]
+        y = (self.gamma * out + x_flat).reshape(b, k, self.attention_size, self.attention_size)  # [B, K, a, a]
+        d = self.out(y)  # [B, 1, a, a]
+        d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)  # [B, 1, H, W]
+        return torch.sigmoid(d)
+
+
+class AlgesUnet(nn.Module):
+    """smp U-Net with the ALGES head. Input: float images [B, 3, H, W] with pixel values in [0, 255] (H, W divisible
+    by 2**encoder_depth); the configured ``input_norm`` is applied inside. Output: :class:`AlgesOutput`.
+
+    Example::
+
+        >>> from alges.config import create_config
+        >>> m = build_model(create_config("alges_tiny"))
+        >>> m(torch.rand(2, 3, 32, 32) * 255).logits.shape
+        torch.Size([2, 13, 32, 32])
+    """
+
+    def __init__(self, cfg: AlgesConfig, *, deal_head: bool = False) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = smp.Unet(
+            encoder_name=cfg.encoder_name,
+            encoder_weights=None,  # weights are loaded from a local file by build_model, never downloaded
+            encoder_depth=cfg.encoder_depth,
+            decoder_channels=tuple(cfg.decoder_channels),
+            classes=cfg.num_classes,
+        )
+        d = cfg.decoder_channels[-1]
+        # paper: 1x1 conv last layer W in R^{K x d}; smp default 3x3 -> replace unless head_kernel_size == 3
+        self.head = nn.Conv2d(d, cfg.num_classes, kernel_size=cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
+        self.net.segmentation_head = nn.Identity()  # unused; the head above is the last layer
+        self.deal = DealHead(cfg.num_classes, cfg.deal_attention_size) if deal_head else None
+        sig = inspect.signature(self.net.decoder.forward)
+        # smp <= 0.4 calls decoder(*features), smp >= 0.5 decoder(features)
+        self._star_decoder = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
+        if cfg.input_norm == "imagenet":
+            self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` for a wrong rank/channel count or a size not divisible by 2**encoder_depth."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected images [B, 3, H, W], got shape {tuple(x.shape)}")
+        div = 2**self.cfg.encoder_depth
+        h, w = x.shape[-2:]
+        if h % div or w % div:
+            ph, pw = -(-h // div) * div, -(-w // div) * div
+            raise ValueError(f"image size {h}x{w} is not divisible by {div}; resize or pad to {ph}x{pw}")
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.input_norm == "unit":
+            return x / 255.0
+        if self.cfg.input_norm == "imagenet":
+            return (x - self.mean) / self.std
+        return x  # "raw": official code feeds 0-255 floats
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 255] -> penultimate activations z [B, d, H, W] (after a ReLU)."""
+        self.check_input(x)
+        feats = self.net.encoder(self.normalize(x))
+        return self.net.decoder(*feats) if self._star_decoder else self.net.decoder(feats)
+
+    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
+        """z [B, d, H, W] -> logits [B, K, H, W]."""
+        return self.head(z)
+
+    def forward(self, x: torch.Tensor) -> AlgesOutput:
+        z = self.forward_features(x)
+        logits = self.forward_head(z)
+        diff = self.deal(logits) if self.deal is not None else None
+        return AlgesOutput(logits, z, diff)
+
+
+def resolve_encoder_weights(spec: str | os.PathLike | None) -> Path | None:
+    """Find the ImageNet ResNet-18 weights file: explicit path, else ``$ALGES_WEIGHTS_DIR/resnet18-f37072fd.pth``,
+    else the torch hub cache. ``None``/"none" means random init (the paper's setting). Never downloads."""
+    if spec is None or str(spec).lower() in ("none", ""):
+        return None
+    if str(spec).lower() != "imagenet":
+        p = Path(spec)
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"encoder weights file {p} not found; download {RESNET18_URL} to that path, "
+                "or use --encoder-weights none for random initialisation (the paper's setting)"
+            )
+        return p
+    candidates = []
+    if os.environ.get("ALGES_WEIGHTS_DIR"):
+        candidates.append(Path(os.environ["ALGES_WEIGHTS_DIR"]) / RESNET18_FILE)
+    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"ImageNet ResNet-18 weights {RESNET18_FILE} not found in {[str(c) for c in candidates]}; download "
+        f"{RESNET18_URL} into $ALGES_WEIGHTS_DIR (or the torch hub cache), pass --encoder-weights PATH, "
+        "or use --encoder-weights none for random initialisation (the paper's setting)"
+    )
+
+
+def build_model(cfg: AlgesConfig, *, deal_head: bool = False, encoder_weights: str | None = None) -> AlgesUnet:
+    """Build the model; ``encoder_weights`` (default ``cfg.encoder_weights``) is a file path, "imagenet" or None."""
+    model = AlgesUnet(cfg, deal_head=deal_head)
+    path = resolve_encoder_weights(encoder_weights if encoder_weights is not None else cfg.encoder_weights)
+    if path is not None:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # classifier is not part of the encoder
+        missing, unexpected = model.net.encoder.load_state_dict(sd, strict=False)
+        if unexpected or [m for m in missing if not m.startswith("fc.")]:
+            raise ValueError(f"{path} does not match {cfg.encoder_name}: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def load_trained(path: str | os.PathLike, map_location: str = "cpu") -> tuple[AlgesUnet, AlgesConfig, dict]:
+    """Rebuild a trained model from an ``alges`` checkpoint (safetensors weights + config in the metadata)."""
+    from medshared.checkpoint import load_checkpoint
+
+    from alges.config import config_from_dict
+
+    sd, cfg_dict, extra = load_checkpoint(path, map_location=map_location)
+    try:
+        cfg = config_from_dict(cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path} is not an alges checkpoint (its config does not fit: {e})") from e
+    model = AlgesUnet(cfg, deal_head=bool(extra.get("deal_head", False)))
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        raise ValueError(f"weights in {path} do not match its config: {str(e).splitlines()[0]}") from e
+    return model.eval(), cfg, extra
