@@ -50,6 +50,7 @@ class ModelConfig:
     norm: str = "frozen_bn"  # frozen_bn (pretrained) | bn (random init; brief Sec. 7 "random-init explosion")
     trainable_layers: int = 3  # mmdet frozen_stages=1 [I]
     fpn_channels: int = 256  # torchvision/mmdet FPN width [V]
+    fpn_min_level: int = 2  # lowest pyramid level P2 (stride 4) as in the paper's FPN; 3 drops P2 (tiny config)
     tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)  # only for backbone="tiny"
     # --- image transform (torchvision/mmdet defaults [V]) ---
     min_size: int = 800
@@ -184,10 +185,11 @@ _TINY_MODEL = dict(
     backbone="tiny",
     norm="bn",
     trainable_layers=5,
-    fpn_channels=64,
+    fpn_channels=32,
+    fpn_min_level=3,
     min_size=384,
     max_size=384,
-    anchor_sizes=(12, 24, 48, 96, 192),
+    anchor_sizes=(16, 32, 64, 128),
     rpn_pre_nms_top_n_train=600,
     rpn_pre_nms_top_n_test=300,
     rpn_post_nms_top_n_train=300,
@@ -195,7 +197,7 @@ _TINY_MODEL = dict(
     box_batch_size_per_image=128,
     representation_size=256,
 )
-#: Light config for tests and the demo: small BatchNorm CNN + FPN(64), 384 px images, 256-wide heads.
+#: Light config for tests and the demo: small BatchNorm CNN + FPN(32) on P3-P5, 384 px images, 256-wide heads.
 register_config(
     DeepACCConfig(
         name="deepacc_tiny",
@@ -282,6 +284,11 @@ def _validate(cfg: DeepACCConfig) -> None:
         raise ValueError(f"model.backbone must be resnet18|resnet34|resnet50|resnet101|tiny, got {m.backbone!r}")
     if m.norm not in ("frozen_bn", "bn"):
         raise ValueError(f"model.norm must be frozen_bn|bn, got {m.norm!r}")
+    if m.fpn_min_level not in (2, 3, 4):
+        raise ValueError(f"model.fpn_min_level must be 2, 3 or 4, got {m.fpn_min_level}")
+    n_levels = 7 - m.fpn_min_level  # returned ResNet stages + the "pool" level
+    if len(m.anchor_sizes) != n_levels:
+        raise ValueError(f"model.anchor_sizes needs {n_levels} sizes for fpn_min_level={m.fpn_min_level}, got {m.anchor_sizes}")
     if m.arch not in ("deepacc", "retinanet"):
         raise ValueError(f"model.arch must be deepacc|retinanet, got {m.arch!r}")
     if m.num_classes != 25:

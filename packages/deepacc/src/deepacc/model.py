@@ -138,10 +138,11 @@ def build_backbone(cfg: ModelConfig, pretrained: str | Path | None = None) -> Ba
             raise ValueError("backbone 'tiny' has no pretrained weights; use --pretrained none")
         widths = tuple(cfg.tiny_widths)
         body = TinyBody(widths)  # type: ignore[arg-type]
+        stages = list(range(cfg.fpn_min_level - 1, 5))  # e.g. [2, 3, 4] for P3..P5
         return BackboneWithFPN(
             body,
-            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-            in_channels_list=list(widths),
+            return_layers={f"layer{s}": str(i) for i, s in enumerate(stages)},
+            in_channels_list=[widths[s - 1] for s in stages],
             out_channels=cfg.fpn_channels,
             extra_blocks=LastLevelMaxPool(),
         )
@@ -150,7 +151,11 @@ def build_backbone(cfg: ModelConfig, pretrained: str | Path | None = None) -> Ba
     # paper: ImageNet-initialised ResNet-101; weights=None + manual load avoids any hub download (brief Sec. 3).
     trainable = cfg.trainable_layers if weights_file is not None else 5
     backbone = resnet_fpn_backbone(
-        backbone_name=cfg.backbone, weights=None, norm_layer=norm_layer, trainable_layers=5
+        backbone_name=cfg.backbone,
+        weights=None,
+        norm_layer=norm_layer,
+        trainable_layers=5,
+        returned_layers=list(range(cfg.fpn_min_level - 1, 5)),
     )
     if weights_file is not None:
         _load_body_weights(backbone.body, weights_file)
@@ -418,7 +423,8 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None) -> nn.
         )
         model.deepacc_config = cfg  # type: ignore[attr-defined]
         return model
-    roi_pool = MultiScaleRoIAlign(featmap_names=["0", "1", "2", "3"], output_size=m.roi_output_size, sampling_ratio=2)
+    n_levels = 6 - m.fpn_min_level  # FPN outputs '0'.. (the extra 'pool' level is used by the RPN only)
+    roi_pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(n_levels)], output_size=m.roi_output_size, sampling_ratio=2)
     model = FasterRCNN(
         backbone,
         num_classes=None,

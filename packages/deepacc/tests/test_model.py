@@ -1,0 +1,173 @@
+"""Model tests on tiny configs: shapes, gradients to every trainable parameter, post-processing indices, weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from deepacc.config import config_from_dict, create_config, list_configs
+from deepacc.model import agnostic_top1, build_model, postprocess_detections, resolve_backbone_weights, set_output_mode
+
+
+def _targets() -> list[dict[str, torch.Tensor]]:
+    return [
+        {"boxes": torch.tensor([[10.0, 12.0, 40.0, 70.0], [60.0, 20.0, 90.0, 50.0], [20.0, 80.0, 50.0, 110.0]]),
+         "labels": torch.tensor([1, 2, 23])},
+        {"boxes": torch.tensor([[30.0, 30.0, 60.0, 90.0], [70.0, 70.0, 100.0, 100.0]]), "labels": torch.tensor([21, 24])},
+    ]  # fmt: skip
+
+
+def _tiny(**model_kw: object):
+    cfg = create_config("deepacc_tiny")
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, min_size=128, max_size=128, **model_kw))
+
+
+SWITCHES = {
+    "a": dict(separate_reg=False, aam=False, siamese=False, gia=False),
+    "b": dict(separate_reg=True, aam=False, siamese=False, gia=False),
+    "c": dict(aam=True, siamese=False, gia=False),
+    "d": dict(aam=False, siamese=True, gia=False),
+    "e": dict(aam=True, siamese=True, gia=False),
+    "f": dict(aam=True, siamese=True, gia=True),
+}
+EXPECTED_LOSSES = {
+    "a": {"loss_classifier"},
+    "b": {"loss_classifier"},
+    "c": {"loss_aam"},
+    "d": {"loss_aam", "loss_ce"},
+    "e": {"loss_aam", "loss_ce"},
+    "f": {"loss_aam", "loss_ce", "loss_gia"},
+}
+
+
+@pytest.mark.parametrize("row", sorted(SWITCHES))
+def test_forward_backward_every_parameter_gets_gradient(row: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(_tiny(**SWITCHES[row])).train()
+    images = [torch.rand(3, 128, 128), torch.rand(3, 120, 128)]
+    losses = model(images, _targets())
+    assert set(losses) == {"loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} | EXPECTED_LOSSES[row]
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert not missing, f"parameters without gradient: {missing}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_separate_branch_structure() -> None:
+    sep = build_model(_tiny(separate_reg=True))
+    shared = build_model(_tiny(separate_reg=False, aam=False, siamese=False, gia=False))
+    assert sep.roi_heads.reg_head is not None and shared.roi_heads.reg_head is None
+    assert sep.roi_heads.cls_score is None and sep.roi_heads.margin_weight.shape == (25, 256)
+    assert shared.roi_heads.cls_score.bias is not None  # plain CE classifier keeps its bias
+    assert sep.roi_heads.bbox_pred.out_features == 4 * 25  # class-specific deltas
+    assert sep.roi_heads.inf_bias.abs().sum() == 0  # Eq. 2: b initialised to zero
+
+
+def test_eval_output_shapes_and_modes() -> None:
+    torch.manual_seed(0)
+    model = build_model(_tiny()).eval()
+    images = [torch.rand(3, 128, 128), torch.rand(3, 96, 128)]
+    with torch.no_grad():
+        out = model(images)
+        assert len(out) == 2
+        for o in out:
+            n = len(o["labels"])
+            assert o["boxes"].shape == (n, 4) and o["scores"].shape == (n,) and o["roi_indices"].shape == (n,)
+            assert n <= 100 and (o["labels"] >= 1).all() and (o["labels"] <= 24).all()
+        set_output_mode(model, "raw")
+        raw = model(images)
+        r = raw[0]["scores"].shape[0]
+        assert raw[0]["scores"].shape == (r, 25) and raw[0]["boxes"].shape == (r * 25, 4)
+        assert torch.allclose(raw[0]["scores"].sum(1), torch.ones(r), atol=1e-4)
+        assert (raw[1]["boxes"][:, 3] <= 96.0 + 1e-3).all()  # clipped to the (original) image
+        set_output_mode(model, "max")
+        mx = model(images)
+        idx = mx[0]["roi_indices"]
+        assert len(torch.unique(idx)) == len(idx)  # at most one detection per RoI in mAP_max mode
+    with pytest.raises(ValueError, match="output mode"):
+        set_output_mode(model, "bogus")
+
+
+def test_training_without_targets_raises() -> None:
+    model = build_model(_tiny()).train()
+    with pytest.raises((ValueError, AssertionError), match="targets"):  # torchvision asserts before our heads
+        model([torch.rand(3, 64, 64)])
+
+
+def test_postprocess_keeps_roi_indices() -> None:
+    k = 4
+    boxes = torch.zeros(3, k, 4)
+    boxes[0] = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    boxes[1] = torch.tensor([50.0, 50.0, 60.0, 60.0])
+    boxes[2] = torch.tensor([0.0, 0.0, 10.0, 11.0])  # overlaps RoI 0 (IoU 0.91)
+    scores = torch.tensor([[0.1, 0.6, 0.3, 0.0], [0.2, 0.1, 0.1, 0.6], [0.05, 0.05, 0.8, 0.1]])
+    std = postprocess_detections(boxes, scores, "standard", score_thresh=0.05, nms_thresh=0.5)
+    got = sorted(zip(std["roi_indices"].tolist(), std["labels"].tolist()))
+    # class-wise NMS: class 2 of RoI 0 (0.3) is suppressed by class 2 of RoI 2 (0.8); class 3 of RoI 2 (0.1) is
+    # suppressed by nothing (RoI 1 is far); class 1 of RoIs 1 (0.1) and 2 (0.05 not > 0.05)
+    assert got == [(0, 1), (1, 1), (1, 2), (1, 3), (2, 2), (2, 3)]
+    assert std["scores"].tolist() == sorted(std["scores"].tolist(), reverse=True)
+    mx = postprocess_detections(boxes, scores, "max", score_thresh=0.05, nms_thresh=0.5)
+    assert sorted(zip(mx["roi_indices"].tolist(), mx["labels"].tolist())) == [(0, 1), (1, 3), (2, 2)]
+    # Acc/AER protocol: score >= 0.5 then class-agnostic NMS 0.7 removes RoI 0 (IoU 0.91 with higher-scored RoI 2)
+    top = agnostic_top1(mx, 0.5, 0.7)
+    assert sorted(top["roi_indices"].tolist()) == [1, 2]
+    with pytest.raises(ValueError, match="mode"):
+        postprocess_detections(boxes, scores, "nope")
+
+
+def test_missing_backbone_weights_names_file_and_flag(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("DEEPACC_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    with pytest.raises(FileNotFoundError, match=r"resnet101-63fe2227\.pth.*--pretrained none"):
+        resolve_backbone_weights("resnet101", "imagenet")
+    with pytest.raises(FileNotFoundError, match="resnet101-63fe2227.pth"):
+        build_model(create_config("deepacc_r101"), pretrained=tmp_path / "nope.pth")
+    assert resolve_backbone_weights("resnet101", None) is None
+
+
+def test_backbone_weights_loaded_from_local_file(tmp_path) -> None:
+    import torchvision
+
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    cfg = create_config("deepacc_r101")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="resnet18", min_size=64, max_size=64))
+    model = build_model(cfg, pretrained=tmp_path)
+    body = model.backbone.body
+    assert torch.equal(body.conv1.weight, ref.conv1.weight)
+    assert torch.equal(body.layer1[0].bn1.running_mean, ref.layer1[0].bn1.running_mean)
+    # trainable_layers = 3: conv1 and layer1 frozen, layer2..4 trainable
+    assert not body.conv1.weight.requires_grad and not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer2[0].conv1.weight.requires_grad
+
+
+def test_registry_and_config_overrides() -> None:
+    names = list_configs()
+    for n in ("deepacc_r101", "table1_a", "table1_f", "faster_rcnn_r101", "retinanet_r101", "deepacc_tiny"):
+        assert n in names
+    with pytest.raises(ValueError, match="valid names"):
+        create_config("nope")
+    paper = create_config("deepacc_r101")
+    assert (paper.model.margin, paper.model.scale, paper.model.aam_weight, paper.model.gia_weight) == (0.25, 64.0, 0.1, 0.1)
+    assert paper.train.milestones == (16, 22) and paper.train.epochs == 24 and paper.train.batch_size == 1
+    cfg = config_from_dict({"base": "deepacc_tiny", "model": {"delta": 0.7}, "train": {"epochs": 3}})
+    assert cfg.model.delta == 0.7 and cfg.train.epochs == 3 and cfg.model.backbone == "tiny"
+    with pytest.raises(ValueError, match="valid keys"):
+        config_from_dict({"model": {"deltaa": 0.7}})
+    with pytest.raises(ValueError, match="expects"):
+        config_from_dict({"train": {"epochs": "three"}})
+
+
+def test_retinanet_baseline_builds_and_runs() -> None:
+    cfg = create_config("retinanet_r101")
+    cfg = dataclasses.replace(
+        cfg, model=dataclasses.replace(create_config("deepacc_tiny").model, arch="retinanet", min_size=96, max_size=96)
+    )
+    model = build_model(cfg).train()
+    losses = model([torch.rand(3, 96, 96)], _targets()[:1])
+    assert {"classification", "bbox_regression"} <= set(losses)
