@@ -100,8 +100,6 @@ def alges_sem(
     """
     p, _, pred = residuals(logits)
     k = p.shape[1]
-    sum_p2 = (p * p).sum(dim=1)  # [B, H, W]
-    p_max = p.amax(dim=1)  # [B, H, W]
     zf = z.float()
     z2 = (zf * zf).sum(dim=1, keepdim=True)  # [B, 1, H, W]
     if kernel_size > 1:
@@ -110,13 +108,15 @@ def alges_sem(
     z2 = z2[:, 0]  # [B, H, W]
     if include_bias:
         z2 = z2 + 1.0
+    # ||r||^2 = (1 - p_max)^2 + sum_{k != y} p_k^2, with 1 - p_max = sum_{k != y} p_k (no cancellation near p_max = 1)
+    p_other = p * (1.0 - F.one_hot(pred, k).permute(0, 3, 1, 2).to(p.dtype))  # [B, K, H, W], argmax entry zeroed
+    r2 = p_other.sum(dim=1) ** 2 + (p_other * p_other).sum(dim=1)  # [B, H, W]
     if variant == "norm":
-        r2 = (sum_p2 + 1.0 - 2.0 * p_max).clamp_min(0.0)
         val = r2.sqrt() * z2.sqrt()
     elif variant == "squared":
-        val = (sum_p2 + 1.0 - 2.0 * p_max).clamp_min(0.0) * z2
+        val = r2 * z2
     elif variant == "official":
-        val = (sum_p2 + k * (1.0 - 2.0 * p_max)) * z2
+        val = ((p * p).sum(dim=1) + k * (1.0 - 2.0 * p.amax(dim=1))) * z2
     else:
         raise ValueError(f"unknown ALGES-sem variant {variant!r}; use norm, squared or official")
     onehot = F.one_hot(pred, k).to(val.dtype)  # [B, H, W, K]

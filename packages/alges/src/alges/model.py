@@ -99,6 +99,10 @@ class AlgesUnet(nn.Module):
             decoder_channels=tuple(cfg.decoder_channels),
             classes=cfg.num_classes,
         )
+        # smp keeps every ResNet stage even when encoder_depth < 5; drop the unused ones (no dead parameters)
+        for i in range(cfg.encoder_depth, 5):
+            if hasattr(self.net.encoder, f"layer{i}"):
+                setattr(self.net.encoder, f"layer{i}", nn.Identity())
         d = cfg.decoder_channels[-1]
         # paper: 1x1 conv last layer W in R^{K x d}; smp default 3x3 -> replace unless head_kernel_size == 3
         self.head = nn.Conv2d(d, cfg.num_classes, kernel_size=cfg.head_kernel_size, padding=cfg.head_kernel_size // 2)
@@ -179,10 +183,12 @@ def build_model(cfg: AlgesConfig, *, deal_head: bool = False, encoder_weights: s
     if path is not None:
         sd = torch.load(path, map_location="cpu", weights_only=True)
         sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}  # classifier is not part of the encoder
-        missing, unexpected = model.net.encoder.load_state_dict(sd, strict=False)
-        if unexpected or [m for m in missing if not m.startswith("fc.")]:
-            raise ValueError(f"{path} does not match {cfg.encoder_name}: missing {missing}, unexpected {unexpected}")
+        unused = [f"layer{i}." for i in range(cfg.encoder_depth, 5)] + ["fc."]  # classifier / dropped stages
+        sd = {k: v for k, v in sd.items() if not any(k.startswith(u) for u in unused)}
+        try:
+            nn.Module.load_state_dict(model.net.encoder, sd, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path} does not match the {cfg.encoder_name} encoder: {str(e)[:300]}") from e
     return model
 
 
