@@ -1,0 +1,335 @@
+"""Frozen configuration dataclasses for both KFGNet stages, with the paper's defaults.
+
+Every default cites where it comes from: ``[P §x]`` the MICCAI 2022 paper (``../shared/papers/kfgnet.txt``),
+``[V]`` the official code as read in ``../shared/briefs/kfgnet.md``, ``[I]`` our inference (documented in README).
+Ablations of Table 1 are switches here (``sampling``, ``spp``, ``motion_attention``, ``arch``), never forks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ClassifierConfig",
+    "ClassifierTrainConfig",
+    "DetectorConfig",
+    "KeyFrameConfig",
+    "KeyFrameTrainConfig",
+    "ClipConfig",
+    "MotionConfig",
+    "CLASSIFIER_PRESETS",
+    "KEYFRAME_PRESETS",
+    "DETECTOR_PRESETS",
+    "TABLE1_ROWS",
+    "get_classifier_config",
+    "get_keyframe_config",
+    "get_detector_config",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+LABELS: tuple[str, str] = ("benign", "malignant")  # index 1 = malignant = positive class [P §3, brief §6]
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """How a clip is cut from a video for the classifier.
+
+    Attributes:
+        num_frames: T, frames per clip; 32 [P §2 "T is empirically set to 32"].
+        size: frames are resized to ``size x size`` pixels; 112 [P §3 "112 x 112 x 32"].
+        sampling: ``"keyframe"`` = T consecutive frames centred on the key frame [P §2];
+            ``"uniform"`` = T frames sampled uniformly over the whole video (Table 1 rows without key frame) [P §3].
+        key_position: index of the key frame inside an interior clip; T // 2 = 16 [I, fork: start = k - 16].
+    """
+
+    num_frames: int = 32
+    size: int = 112
+    sampling: str = "keyframe"
+    key_position: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling not in ("keyframe", "uniform"):
+            raise ValueError(f"sampling must be 'keyframe' or 'uniform', got {self.sampling!r}")
+        if self.num_frames < 4 or self.size < 16:
+            raise ValueError(f"clip too small: num_frames={self.num_frames} (>=4), size={self.size} (>=16)")
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """Motion index (V_motion) settings [P §2 "Motion attention"; brief §4].
+
+    Attributes:
+        neighbours: temporal offsets compared with each frame; (1, 2) = frames i-2, i-1, i+1, i+2 [P §2].
+        ssim_win: SSIM window (uniform, skimage default 7) [I].
+        data_range: SSIM data range for 0-255 frames; 255 (the fork's 100 is wrong) [brief §4].
+        hist_bins: bins of the gray-level histogram compared by correlation (OpenCV HISTCMP_CORREL) [I].
+        centred: use a centred (Pearson) cosine in the loss instead of the plain cosine (deviation switch) [brief §4].
+    """
+
+    neighbours: tuple[int, ...] = (1, 2)
+    ssim_win: int = 7
+    data_range: float = 255.0
+    hist_bins: int = 64
+    centred: bool = False
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Stage 2 network: the lightweight C3D with 3D SPP and motion attention [P §2, brief §1, §3].
+
+    Attributes:
+        arch: ``"light_c3d"`` (ours) or a Table 1 baseline ``"c3d"``, ``"r3d_18"``, ``"r2plus1d_18"``.
+        in_channels: 3 (frames stored as 3-channel B-mode) [V].
+        widths: conv1..conv4 output channels (64, 128, 256, 512) [V].
+        spp: 3-level 3D SPP (full map, 2x2x2, 1x1x1) after pool2 [P §2]; off = flatten the map only.
+        spp_mode: ``"adaptive"`` (any clip size) or ``"official"`` (fixed kernels for a 2x3x3 map) [brief §1].
+        motion_attention: motion attention branch after pool1 [P §2].
+        attention_widths: channels of the branch's three convs (64, 16, 1) [V].
+        attention_padding: spatial padding of the branch convs; 0 [V] (1 lets tiny frames reach 1x1).
+        attention_sigmoid: squash V_temp with a sigmoid (official has none) [brief §10 #7].
+        hidden: fc1 width 512 [V]; dropout 0.5 [P §2].
+        num_classes: 2-logit cross-entropy [brief §10 #10].
+        num_frames, size: the clip the network is built for (fc1's input width depends on them) [P §3].
+        pretrained: baselines only: ``"none"`` or a local weights file (``.pth``/``.safetensors``).
+    """
+
+    arch: str = "light_c3d"
+    in_channels: int = 3
+    widths: tuple[int, int, int, int] = (64, 128, 256, 512)
+    spp: bool = True
+    spp_mode: str = "adaptive"
+    motion_attention: bool = True
+    attention_widths: tuple[int, int] = (64, 16)
+    attention_padding: int = 0
+    attention_sigmoid: bool = False
+    hidden: int = 512
+    dropout: float = 0.5
+    num_classes: int = 2
+    num_frames: int = 32
+    size: int = 112
+    pretrained: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("light_c3d", "c3d", "r3d_18", "r2plus1d_18"):
+            raise ValueError(f"unknown arch {self.arch!r}; valid: light_c3d, c3d, r3d_18, r2plus1d_18")
+        if self.spp_mode not in ("adaptive", "official"):
+            raise ValueError(f"spp_mode must be 'adaptive' or 'official', got {self.spp_mode!r}")
+
+    @property
+    def attention_steps(self) -> int:
+        """Number of V_temp weights: T after conv3 (stride 2) and pool1 (2) = T // 4 (8 for T = 32)."""
+        t = (self.num_frames - 1) // 2 + 1  # conv3 stride 2, pad 1
+        return t // 2
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """Stage 2 optimisation [P §3 Settings].
+
+    Attributes:
+        lr: Adam 1e-3 then ``lr2`` 1e-4 after ``epochs`` epochs, for ``epochs2`` more [P §3].
+        weight_decay: 1e-8 [P §3]. batch_size: 16 [P §3].
+        lambda_motion: weight of L_motion in L = L_cls + L_motion; 1 [P eq. 3].
+        folds: 5-fold stratified CV grouped by patient [P §3, brief §6].
+        flip_prob: p of each of the T, H, W flips [V loader]; intensity_prob: p of the intensity shift
+            (offset +-0.1, scale x[0.9, 1.1]) [V loader].
+        bf16: bf16 autocast; channels_last: channels_last_3d memory format (speed switches, see bench/).
+    """
+
+    lr: float = 1e-3
+    lr2: float = 1e-4
+    epochs: int = 20
+    epochs2: int = 20
+    weight_decay: float = 1e-8
+    batch_size: int = 16
+    lambda_motion: float = 1.0
+    folds: int = 5
+    flip_prob: float = 0.5
+    intensity_prob: float = 0.5
+    bf16: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Stage 1 nodule detector: torchvision Faster R-CNN, one foreground class [P §2].
+
+    Attributes:
+        backbone: ``"resnet50_fpn"`` (torchvision default, 1024-d box feature), ``"mobilenet_v3_fpn"`` (light),
+            or ``"tiny"`` (a 4-conv backbone for tests/demo).
+        min_size, max_size: resize of the detector transform; 500 / 600 [P §3 "resized to 500 x 600"].
+        representation: box-head (FC7) width; fixed by the backbone (1024) except ``tiny``.
+        pretrained_backbone: ``"none"`` or a local file with ImageNet backbone weights.
+        lr, epochs, batch_size: SGD settings of the detector training (paper: "default settings" of [16]) [I].
+        score_threshold: detections kept for the key-frame stage [I].
+    """
+
+    backbone: str = "resnet50_fpn"
+    min_size: int = 500
+    max_size: int = 600
+    representation: int = 1024
+    pretrained_backbone: str = "none"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 4
+    score_threshold: float = 0.05
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+
+    def __post_init__(self) -> None:
+        if self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn", "tiny"):
+            raise ValueError(f"unknown detector backbone {self.backbone!r}; valid: resnet50_fpn, mobilenet_v3_fpn, tiny")
+
+
+@dataclass(frozen=True)
+class KeyFrameConfig:
+    """Stage 1 key-frame score model [P §2; official preset = brief §2].
+
+    Attributes:
+        feature_dim: detector box feature width (FC7); 1024 for torchvision's head, 4096 official [V].
+        feat_embed: FC 256 on the feature [P]; geo_embed: FC 256 on the box + frame vector [P].
+        geo_dim: 5 = normalised box (4) + frame index [P]; 6 adds the detection score [V].
+        lstm_hidden, lstm_layers, bidirectional: the LSTM [P: one LSTM, size not given -> 256, 1, uni] [I].
+        head_hidden: width of the first of the two FCs after the LSTM [I, official 128].
+        non_local: the official channel-affinity non-local block [V]; layer_norm: LayerNorm after the embeddings [V].
+        sigmoid: squash the score to (0, 1) [V].
+        box_norm: ``"minmax"`` per-video min-max of raw coordinates [V] or ``"image"`` (divide by frame size).
+        feat_similarity: ``"exp"`` exp(-d/d_max) [V] or ``"linear"`` 1 - d/d_max [P "unify to 0..1"].
+        max_entries: cap of entries per video (299 linspace + key) [V].
+    """
+
+    feature_dim: int = 1024
+    feat_embed: int = 256
+    geo_embed: int = 256
+    geo_dim: int = 5
+    lstm_hidden: int = 256
+    lstm_layers: int = 1
+    bidirectional: bool = False
+    head_hidden: int = 128
+    non_local: bool = False
+    layer_norm: bool = False
+    sigmoid: bool = False
+    box_norm: str = "minmax"
+    feat_similarity: str = "exp"
+    max_entries: int = 300
+
+    def __post_init__(self) -> None:
+        if self.geo_dim not in (5, 6):
+            raise ValueError(f"geo_dim must be 5 (box + frame) or 6 (+ detection score), got {self.geo_dim}")
+        if self.box_norm not in ("minmax", "image"):
+            raise ValueError(f"box_norm must be 'minmax' or 'image', got {self.box_norm!r}")
+        if self.feat_similarity not in ("exp", "linear"):
+            raise ValueError(f"feat_similarity must be 'exp' or 'linear', got {self.feat_similarity!r}")
+
+
+@dataclass(frozen=True)
+class KeyFrameTrainConfig:
+    """Stage 1 LSTM optimisation: Adam 0.01, batch 64, 20 epochs, MSE [P §3]; extras from the official code [V]."""
+
+    lr: float = 0.01
+    epochs: int = 20
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # official 0.5 [V]
+    mask_padding: bool = True  # official computes MSE over zero padding too [V]; we mask it [I]
+    seed: int = 0
+
+
+CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
+    # the paper's network, 32 x 112 x 112 clips [P §2-3]
+    "kfgnet_light_c3d": {},
+    # bit-compatible SPP kernels of the official 28d3f3e model.py [V]
+    "kfgnet_official": {"spp_mode": "official"},
+    # tiny network for tests and the demo (16 x 64 x 64 clips, narrow convs)
+    "kfgnet_tiny": {"widths": (8, 16, 24, 32), "attention_widths": (8, 4), "attention_padding": 1, "hidden": 32,
+                    "num_frames": 16, "size": 64},
+    "c3d": {"arch": "c3d"},
+    "r3d_18": {"arch": "r3d_18"},
+    "r2plus1d_18": {"arch": "r2plus1d_18"},
+}
+
+# Table 1 rows as (name, preset, clip sampling, overrides) [P Table 1]
+TABLE1_ROWS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
+    ("C3D", "c3d", "uniform", {}),
+    ("R3D", "r3d_18", "uniform", {}),
+    ("R2plus1D", "r2plus1d_18", "uniform", {}),
+    ("lightweight C3D", "kfgnet_light_c3d", "uniform", {"spp": False, "motion_attention": False}),
+    ("+ key-frame", "kfgnet_light_c3d", "keyframe", {"spp": False, "motion_attention": False}),
+    ("+ key-frame + motion attention", "kfgnet_light_c3d", "keyframe", {"spp": False}),
+    ("+ key-frame + 3D SPP", "kfgnet_light_c3d", "keyframe", {"motion_attention": False}),
+    ("Ours (key-frame + SPP + motion)", "kfgnet_light_c3d", "keyframe", {}),
+)
+
+KEYFRAME_PRESETS: dict[str, dict[str, Any]] = {
+    "kfgnet_keyframe": {},  # the paper's LSTM scorer [P §2]
+    # the official 1572ffc scoreNet: 6-d geo input, LayerNorm, non-local, 2-layer BiLSTM(512), FC 128, sigmoid [V]
+    "official_2023": {"feature_dim": 4096, "geo_dim": 6, "feat_embed": 512, "lstm_hidden": 512, "lstm_layers": 2,
+                      "bidirectional": True, "non_local": True, "layer_norm": True, "sigmoid": True},
+    "kfgnet_keyframe_tiny": {"feature_dim": 64, "feat_embed": 32, "geo_embed": 32, "lstm_hidden": 32,
+                             "head_hidden": 16, "bidirectional": True},
+}
+
+DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
+    "resnet50_fpn": {},
+    "mobilenet_v3_fpn": {"backbone": "mobilenet_v3_fpn", "representation": 1024},
+    "tiny": {"backbone": "tiny", "min_size": 128, "max_size": 128, "representation": 64,
+             "anchor_sizes": (16, 32, 48, 64), "lr": 0.02, "batch_size": 8},
+}
+
+
+def _get(presets: dict[str, dict[str, Any]], cls: type, name: str, overrides: dict[str, Any] | None) -> Any:
+    if name not in presets:
+        raise KeyError(f"unknown preset {name!r}; valid: {', '.join(sorted(presets))}")
+    kwargs = dict(presets[name])
+    kwargs.update(overrides or {})
+    valid = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(kwargs) - valid)
+    if bad:
+        raise ValueError(f"unknown {cls.__name__} keys {bad}; valid keys: {sorted(valid)}")
+    return cls(**kwargs)
+
+
+def get_classifier_config(name: str = "kfgnet_light_c3d", **overrides: Any) -> ClassifierConfig:
+    """Registry lookup of a classifier preset (``kfgnet_light_c3d``, ``kfgnet_tiny``, baselines)."""
+    return _get(CLASSIFIER_PRESETS, ClassifierConfig, name, overrides)
+
+
+def get_keyframe_config(name: str = "kfgnet_keyframe", **overrides: Any) -> KeyFrameConfig:
+    """Registry lookup of a key-frame model preset (``kfgnet_keyframe``, ``official_2023``, ``..._tiny``)."""
+    return _get(KEYFRAME_PRESETS, KeyFrameConfig, name, overrides)
+
+
+def get_detector_config(name: str = "resnet50_fpn", **overrides: Any) -> DetectorConfig:
+    """Registry lookup of a detector preset (``resnet50_fpn``, ``mobilenet_v3_fpn``, ``tiny``)."""
+    return _get(DETECTOR_PRESETS, DetectorConfig, name, overrides)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain JSON-able dict of a (possibly nested) config dataclass; tuples become lists."""
+    return json_safe(dataclasses.asdict(cfg))
+
+
+def json_safe(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from :func:`config_to_dict` output (lists back to tuples)."""
+    kwargs = {}
+    types = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in d.items():
+        if k not in types:
+            raise ValueError(f"unknown {cls.__name__} key {k!r} in checkpoint/config; valid: {sorted(types)}")
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kwargs)
+

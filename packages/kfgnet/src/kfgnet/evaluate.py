@@ -1,0 +1,102 @@
+"""Evaluation: stage-1 tolerance curve, stage-2 binary metrics (malignant positive), plots, the prediction figure,
+and the stage-1 pipeline helpers (detections with an on-disk cache)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kfgnet.config import LABELS
+from kfgnet.data import VideoRecord, read_video
+from kfgnet.detector import FrameDetections, detect_frames
+
+__all__ = ["tolerance_curve", "plot_tolerance", "classification_summary", "extract_detections",
+           "plot_prediction", "fmt_pm"]
+
+
+def tolerance_curve(pred_idx: list[int], true_idx: list[int], max_distance: int = 32) -> np.ndarray:
+    """Fraction of videos with |predicted - true key frame| <= D for D = 0..max_distance (medshared)."""
+    from medshared.metrics import keyframe_tolerance_accuracy
+
+    return keyframe_tolerance_accuracy(np.asarray(pred_idx), np.asarray(true_idx), max_distance)
+
+
+def plot_tolerance(curves: dict[str, np.ndarray], path: Path, title: str = "Key-frame localisation") -> Path:
+    """PNG of accuracy vs frame tolerance D (paper Fig. 3b)."""
+    from medshared.plots import plot_curves
+
+    first = next(iter(curves.values()))
+    return plot_curves(np.arange(len(first)), {k: (v, None) for k, v in curves.items()}, path,
+                       xlabel="frame distance tolerance D", ylabel="accuracy", title=title)
+
+
+def classification_summary(cv: dict[str, Any]) -> dict[str, Any]:
+    """Mean and std of accuracy, sensitivity, specificity, precision, F1 (malignant positive) over folds."""
+    keys = ("accuracy", "sensitivity", "specificity", "precision", "f1")
+    return {k: cv["summary"][k] for k in keys if k in cv["summary"]}
+
+
+def fmt_pm(d: dict[str, float], pct: bool = True) -> str:
+    f = 100.0 if pct else 1.0
+    return f"{d['mean'] * f:.1f} ± {d['std'] * f:.1f}"
+
+
+def extract_detections(records: list[VideoRecord], detector: torch.nn.Module, device: torch.device,
+                       cache_dir: Path | None = None, score_threshold: float = 0.05, tag: str = "",
+                       progress: bool = True) -> list[FrameDetections]:
+    """Detector outputs (top box + FC7 feature per frame) for each video, cached as ``.npz`` under ``cache_dir``
+    keyed by video path and ``tag`` (e.g. the detector checkpoint's name)."""
+    out = []
+    it = records
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(records, desc="detect frames", unit="video", leave=False)
+    for r in it:
+        cp = None
+        if cache_dir is not None:
+            h = hashlib.sha1(f"{r.path.resolve()}|{tag}|{score_threshold}".encode()).hexdigest()[:12]
+            cp = Path(cache_dir) / f"{r.name}-{h}.npz"
+            if cp.is_file():
+                out.append(FrameDetections.load(cp))
+                continue
+        d = detect_frames(detector, read_video(r.path), device, score_threshold=score_threshold)
+        if cp is not None:
+            cp.parent.mkdir(parents=True, exist_ok=True)
+            d.save(cp)
+        out.append(d)
+    return out
+
+
+def plot_prediction(frame: np.ndarray, box: np.ndarray | None, key: int, curve_frames: np.ndarray,
+                    curve: np.ndarray, p_malignant: float, path: Path, title: str = "") -> Path:
+    """PNG: the predicted key frame with its nodule box, and the per-frame key-frame score curve."""
+    from medshared.runtime import atomic_path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+    a.imshow(frame, cmap="gray")
+    if box is not None:
+        x1, y1, x2, y2 = box
+        a.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=2))
+    lab = LABELS[int(p_malignant >= 0.5)]
+    a.set_title(f"key frame {key}: {lab} (P(malignant) = {p_malignant:.2f})", fontsize=9)
+    a.axis("off")
+    b.plot(curve_frames, curve, marker=".", ms=3)
+    b.axvline(key, color="r", ls="--", lw=1)
+    b.set_xlabel("frame")
+    b.set_ylabel("key-frame score")
+    b.set_title(title or "per-frame score", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return path

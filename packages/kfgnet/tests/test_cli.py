@@ -1,0 +1,88 @@
+"""CLI smoke tests: every command on a tiny synthetic cohort, and bad input -> one error line, non-zero."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kfgnet.cli import main
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli")
+    assert main(["make-synthetic", "--out", str(out / "data"), "--patients", "6", "--frames", "16", "--size", "64",
+                 "--no-real-backgrounds"]) == 0
+    (out / "cfg.yaml").write_text("clip:\n  num_frames: 8\n  size: 32\ntrain:\n  epochs: 1\n  epochs2: 0\n"
+                                  "  batch_size: 4\ndetector:\n  min_size: 64\n  max_size: 64\n  score_threshold: 0.0\n")
+    return out
+
+
+def test_train_evaluate_predict_pipeline(cohort: Path, capsys: pytest.CaptureFixture) -> None:
+    m, cfg, out = cohort / "data" / "manifest.json", cohort / "cfg.yaml", cohort / "run"
+    common = ["--manifest", str(m), "--config", str(cfg), "--device", "cpu", "--no-progress"]
+    assert main(["train-classifier", *common, "--preset", "kfgnet_tiny", "--folds", "2", "--final",
+                 "--out", str(out / "cls")]) == 0
+    cv = json.loads((out / "cls" / "cv_metrics.json").read_text())
+    assert set(cv["summary"]) >= {"accuracy", "sensitivity", "specificity", "precision", "f1"}
+    assert (out / "cls" / "model.safetensors").is_file() and (out / "cls" / "fold1.safetensors").is_file()
+    assert main(["train-detector", *common, "--preset", "tiny", "--epochs", "1", "--images-per-video", "1",
+                 "--out", str(out / "det")]) == 0
+    assert main(["train-keyframe", *common, "--detector", str(out / "det" / "detector.safetensors"),
+                 "--preset", "kfgnet_keyframe_tiny", "--epochs", "2", "--out", str(out / "kf")]) == 0
+    ckpts = ["--classifier", str(out / "cls" / "model.safetensors"), "--detector",
+             str(out / "det" / "detector.safetensors"), "--keyframe", str(out / "kf" / "keyframe.safetensors")]
+    assert main(["evaluate", *common, *ckpts, "--out", str(out / "eval")]) == 0
+    ev = json.loads((out / "eval" / "evaluation.json").read_text())
+    assert len(ev["keyframe_tolerance_accuracy"]) == 33 and 0 <= ev["classification"]["accuracy"] <= 1
+    video = sorted((cohort / "data" / "videos").glob("*.avi"))[0]
+    assert main(["predict", str(video), *ckpts, "--out", str(out / "pred"), "--device", "cpu"]) == 0
+    pred = json.loads((out / "pred" / "prediction.json").read_text())
+    assert 0 <= pred["key_frame"] < pred["num_frames"] and 0 <= pred["p_malignant"] <= 1
+    assert (out / "pred" / "prediction.png").stat().st_size > 1000
+
+    # bad input: missing checkpoint, unreadable video, unknown label, missing manifest
+    capsys.readouterr()
+    assert main(["predict", str(video), *ckpts[:1], str(out / "none.safetensors"), *ckpts[2:],
+                 "--out", str(out / "p2")]) == 1
+    err = capsys.readouterr().err
+    assert "none.safetensors" in err and "Traceback" not in err and not (out / "p2" / "prediction.json").exists()
+    broken = cohort / "broken.avi"
+    broken.write_bytes(b"garbage")
+    assert main(["predict", str(broken), *ckpts, "--out", str(out / "p3")]) == 1
+    assert "broken.avi" in capsys.readouterr().err
+    rows = json.loads(m.read_text())["videos"]
+    rows[0]["label"] = "weird"
+    bad = m.parent / "bad.json"
+    bad.write_text(json.dumps({"videos": rows}))
+    assert main(["train-classifier", "--manifest", str(bad), "--out", str(out / "x")]) == 1
+    assert "unknown label 'weird'" in capsys.readouterr().err
+    assert main(["train-classifier", "--manifest", str(m.parent / "nope.json"), "--out", str(out / "x")]) == 1
+    assert "not found" in capsys.readouterr().err
+
+
+def test_no_command_and_version() -> None:
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+
+
+def test_bad_config_key(cohort: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = cohort / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: 3\n")
+    assert main(["train-classifier", "--manifest", str(cohort / "data" / "manifest.json"), "--config", str(bad),
+                 "--out", str(cohort / "y")]) == 1
+    assert "learning_rate" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_quick_beats_chance(tmp_path: Path) -> None:
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    h = m["headline"]
+    assert h["metric"] == "cv_accuracy" and h["value"] > h["chance"] + 0.1
+    for f in ("report.md", "tolerance.png", "confusion.png", "prediction.png"):
+        assert (tmp_path / f).is_file()

@@ -1,0 +1,39 @@
+"""Motion index: constructed clips and agreement with the scikit-image / OpenCV reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kfgnet.config import MotionConfig
+from kfgnet.features import frame_motion_index, motion_index_reference, motion_vector, window_average
+
+
+def test_identical_frames_give_one() -> None:
+    rng = np.random.default_rng(0)
+    f = np.repeat(rng.integers(0, 256, (1, 40, 40), dtype=np.uint8), 8, axis=0)
+    assert np.allclose(frame_motion_index(f), 1.0)
+
+
+def test_cut_gives_low_values_at_the_cut() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 120, (1, 48, 48)).astype(np.uint8)
+    b = rng.integers(100, 256, (1, 48, 48)).astype(np.uint8)
+    f = np.concatenate([np.repeat(a, 8, 0), np.repeat(b, 8, 0)])
+    m = frame_motion_index(f)
+    assert m[0] == pytest.approx(1.0) and m[-1] == pytest.approx(1.0)
+    assert m[7] < 0.6 and m[8] < 0.6  # frames next to the cut
+    v = motion_vector(f, 4)
+    assert v.shape == (4,) and v[0] == pytest.approx(1.0) and v[1] < v[0]
+
+
+def test_matches_reference_within_1e3() -> None:
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (48, 48, 3)).astype(np.float64)
+    f = np.stack([np.clip(base + rng.normal(0, 10 * i, base.shape), 0, 255) for i in range(10)]).astype(np.uint8)
+    cfg = MotionConfig(hist_bins=32)
+    assert np.abs(frame_motion_index(f, cfg) - motion_index_reference(f, cfg)).max() < 1e-3
+
+
+def test_window_average() -> None:
+    np.testing.assert_allclose(window_average(np.arange(8.0), 4), [0.5, 2.5, 4.5, 6.5])
