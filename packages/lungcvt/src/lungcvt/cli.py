@@ -1,30 +1,246 @@
-"""Command-line interface of ``lungcvt``."""
+"""Command-line interface of ``lungcvt``: demo, dataset-stats, features, train, evaluate, predict."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lungcvt import __version__
+from lungcvt.config import CLASSES, LungCVTConfig, get_config, list_configs
+
+
+def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        p.add_argument("--data", required=True, help="ICBHI folder with *.wav and *.txt (e.g. ICBHI_final_database)")
+        p.add_argument("--split-file", default=None, help="official split file (default: found next to the data)")
+        p.add_argument("--allow-partial", action="store_true",
+                       help="accept split-file entries without recordings (a subset of the database)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def _add_cfg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="lungcvt_base", help=f"registered config: {', '.join(list_configs())}")
+    p.add_argument("--config", default=None, help="YAML/JSON overrides, e.g. {train: {lr: 0.001}, features: {...}}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``lungcvt`` argument parser."""
-    parser = argparse.ArgumentParser(prog="lungcvt", description="Convolution-Vision Transformer for ICBHI 2017 lung-sound classification.")
+    parser = argparse.ArgumentParser(
+        prog="lungcvt", description="Convolution-Vision Transformer for ICBHI 2017 lung-sound classification."
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report (about 2 minutes)")
+    p.add_argument("--out", default="lungcvt_demo", help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="reduced run (tests)")
+    _add_common(p, data=False)
+
+    p = sub.add_parser("dataset-stats", help="recordings, patients, devices, cycles per class per split")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = sub.add_parser("features", help="compute and cache features for every cycle")
+    _add_common(p)
+    _add_cfg(p)
+    p.add_argument("--cache", required=True, help="feature cache folder")
+    p.add_argument("--backend", choices=("librosa", "nnaudio"), default=None, help="override features.backend")
+
+    p = sub.add_parser("train", help="train on the official training split (patient-disjoint validation inside)")
+    _add_common(p)
+    _add_cfg(p)
+    p.add_argument("--out", required=True, help="output folder (best.safetensors, history.csv, last_state.pt)")
+    p.add_argument("--pretrained", default="auto",
+                   help="DeiT ImageNet weights: 'auto' (search $LUNGCVT_WEIGHTS_DIR and caches), a file, or 'none'")
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last_state.pt exists")
+
+    p = sub.add_parser("evaluate", help="ICBHI / macro-OvR / 2-class scores of a checkpoint")
+    _add_common(p)
+    p.add_argument("--checkpoint", required=True, help="best.safetensors from train")
+    p.add_argument("--out", required=True, help="output folder (metrics.json, predictions.csv, confusion_matrix.png)")
+    p.add_argument("--split", default="test", choices=("test", "train", "all"))
+    p.add_argument("--cache", default=None, help="feature cache folder")
+
+    p = sub.add_parser("predict", help="classify the cycles (or sliding windows) of one recording")
+    p.add_argument("wav", help="recording (.wav, any rate / bit depth)")
+    p.add_argument("--checkpoint", required=True, help="best.safetensors from train")
+    p.add_argument("--annotations", default=None, help="ICBHI .txt with cycles; without it, sliding windows")
+    p.add_argument("--window", type=float, default=2.7, help="window length in s without annotations")
+    p.add_argument("--hop", type=float, default=None, help="window hop in s (default window/2)")
+    p.add_argument("--out", default=None, help="write predictions to this .csv or .json (default: print)")
+    _add_common(p, data=False)
     return parser
 
 
+def _load_cfg(args: argparse.Namespace) -> LungCVTConfig:
+    from medshared.config import load_config_file, override_dataclass
+
+    cfg = get_config(args.preset)
+    if args.config:
+        d = load_config_file(args.config)
+        cfg = override_dataclass(cfg, d)
+        cfg = dataclasses.replace(cfg)  # re-validate
+    return cfg
+
+
+def _cmd_dataset_stats(args: argparse.Namespace) -> int:
+    from lungcvt.data import load_dataset
+
+    recs, missing = load_dataset(args.data, args.split_file, allow_partial=True)
+    parts: dict[str, dict] = {}
+    for r in recs:
+        s = r.split or "unsplit"
+        d = parts.setdefault(s, {"recordings": 0, "patients": set(), "devices": {}, "cycles": [0, 0, 0, 0]})
+        d["recordings"] += 1
+        d["patients"].add(r.info.patient)
+        d["devices"][r.info.device] = d["devices"].get(r.info.device, 0) + 1
+        for c in r.cycles:
+            d["cycles"][c.label] += 1
+    out = {
+        "data": str(args.data),
+        "recordings": len(recs),
+        "patients": len({r.info.patient for r in recs}),
+        "cycles": sum(len(r.cycles) for r in recs),
+        "split_entries_without_recordings": len(missing),
+        "splits": {k: {**v, "patients": len(v["patients"]),
+                       "cycles": dict(zip(CLASSES, v["cycles"])), "n_cycles": sum(v["cycles"])}
+                   for k, v in sorted(parts.items())},
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{out['recordings']} recordings, {out['patients']} patients, {out['cycles']} cycles in {args.data}")
+        print(f"{'split':8s} {'recs':>5s} {'pats':>5s} " + " ".join(f"{c:>8s}" for c in CLASSES) + "    total  devices")
+        for k, v in out["splits"].items():
+            print(f"{k:8s} {v['recordings']:5d} {v['patients']:5d} "
+                  + " ".join(f"{v['cycles'][c]:8d}" for c in CLASSES) + f" {v['n_cycles']:8d}  "
+                  + ", ".join(f"{d}:{n}" for d, n in sorted(v["devices"].items())))
+        if missing:
+            print(f"warning: {len(missing)} split-file entries have no recording (e.g. {missing[:3]}); "
+                  "the full ICBHI 2017 has 920 recordings, 6898 cycles", file=sys.stderr)
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    import time
+
+    from medshared.runtime import resolve_device
+
+    from lungcvt.data import load_dataset
+    from lungcvt.features import feature_key
+    from lungcvt.train import extract_cycles
+
+    cfg = _load_cfg(args)
+    fc = cfg.features if args.backend is None else dataclasses.replace(cfg.features, backend=args.backend)
+    recs, _ = load_dataset(args.data, args.split_file, allow_partial=args.allow_partial)
+    t = time.time()
+    cs = extract_cycles(recs, fc, args.cache, resolve_device(args.device), progress=True)
+    dt = time.time() - t
+    print(f"{len(cs)} cycles from {len(recs)} recordings -> {Path(args.cache) / feature_key(fc)} "
+          f"({dt:.1f} s, {len(cs) / max(dt, 1e-9):.1f} cycles/s)")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lungcvt.train import train
+
+    cfg = _load_cfg(args)
+    weights = None
+    if args.pretrained == "none":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    elif args.pretrained != "auto":
+        weights = args.pretrained
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=True))
+    tr = {}
+    if args.epochs is not None:
+        tr["epochs"] = args.epochs
+    if args.seed is not None:
+        tr["seed"] = args.seed
+    if tr:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **tr))
+    res = train(cfg, args.data, args.out, split_file=args.split_file, device=args.device, weights=weights,
+                cache_dir=args.cache, allow_partial=args.allow_partial, resume=not args.no_resume)
+    print(f"best epoch {res.best_epoch}: val ICBHI score {res.best_val.get('icbhi', {}).get('score', float('nan')):.4f}"
+          f" -> {res.best_checkpoint}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lungcvt.evaluate import evaluate
+
+    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, split_file=args.split_file,
+                 device=args.device, cache_dir=args.cache, allow_partial=args.allow_partial)
+    print(f"{'variant':10s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
+    for v in ("icbhi", "macro_ovr", "two_class"):
+        print(f"{v:10s} {m[v]['se']:7.4f} {m[v]['sp']:7.4f} {m[v]['score']:7.4f}")
+    print(f"accuracy {m['icbhi']['accuracy']:.4f} on {m['n']} cycles; results in {args.out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from medshared.runtime import atomic_write_csv, atomic_write_json
+
+    from lungcvt.evaluate import predict_file
+
+    rows = predict_file(args.checkpoint, args.wav, args.annotations, window_s=args.window, hop_s=args.hop,
+                        device=args.device)
+    if args.out:
+        if args.out.endswith(".json"):
+            atomic_write_json(args.out, rows)
+        else:
+            atomic_write_csv(args.out, rows)
+        print(f"{len(rows)} predictions -> {args.out}")
+    else:
+        for r in rows:
+            print(f"{r['start']:8.3f} {r['end']:8.3f}  {r['pred']:8s}"
+                  + (f"  (true {r['true']})" if "true" in r else "")
+                  + "  " + " ".join(f"{c}={r[f'p_{c}']:.3f}" for c in CLASSES))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lungcvt.demo import run_demo
+
+    m = run_demo(args.out, device=args.device, seed=args.seed, quick=args.quick)
+    h = m["headline"]
+    print(f"headline: {h['metric']} = {h['value']:.4f} (chance {h['chance']:.4f}); results in {args.out}")
+    return 0
+
+
+_COMMANDS = {
+    "demo": _cmd_demo,
+    "dataset-stats": _cmd_dataset_stats,
+    "features": _cmd_features,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "predict": _cmd_predict,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+    """Entry point; returns the process exit code (expected errors: one line on stderr, exit code 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return 0
+    try:
+        return _COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"lungcvt {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # pragma: no cover
+        print("interrupted; `lungcvt train` resumes from OUT/last_state.pt", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

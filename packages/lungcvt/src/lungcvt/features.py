@@ -34,6 +34,7 @@ __all__ = [
     "prepare_cycle",
     "librosa_features",
     "NnAudioFeaturizer",
+    "get_featurizer",
     "compute_features",
     "to_image",
     "FeatureCache",
@@ -148,7 +149,8 @@ def _power_to_db(s: torch.Tensor, ref: torch.Tensor, amin: float = 1e-10, top_db
 
 
 class NnAudioFeaturizer:
-    """Batched features with nnAudio (``MelSpectrogram`` x 2 and ``CQT1992v2``) in torch.
+    """Batched features in torch: ``torch.stft`` + librosa's mel filters for the mel and MFCC channels (one STFT
+    serves both), nnAudio ``CQT1992v2`` (librosa normalisation) for the CQT channel.
 
     Args:
         cfg: feature settings (``check_cqt`` is applied first).
@@ -156,18 +158,21 @@ class NnAudioFeaturizer:
     """
 
     def __init__(self, cfg: FeatureConfig, device: str | torch.device = "cpu") -> None:
+        import librosa
         import scipy.fft
         from nnAudio import features as nf
 
         check_cqt(cfg)
         self.cfg = cfg
         self.device = torch.device(device)
-        common = dict(sr=cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, window="hann", center=True,
-                      pad_mode="constant", power=2.0, fmin=0.0, fmax=None, norm=1, verbose=False)
-        self.mel = nf.MelSpectrogram(n_mels=cfg.n_mels, htk=False, **common).to(self.device)
-        self.mfcc_mel = nf.MelSpectrogram(n_mels=cfg.effective_mfcc_n_mels, htk=True, **common).to(self.device)
+        sr, n_fft = cfg.sample_rate, cfg.n_fft
+        self.window = torch.hann_window(n_fft, periodic=True, device=self.device)  # scipy 'hann', fftbins=True
+        mel_fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=cfg.n_mels, htk=False)  # [n_mels, 1 + n_fft/2]
+        mfcc_fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=cfg.effective_mfcc_n_mels, htk=True)
+        self.mel_fb = torch.tensor(mel_fb, dtype=torch.float32, device=self.device)
+        self.mfcc_fb = torch.tensor(mfcc_fb, dtype=torch.float32, device=self.device)
         self.cqt = nf.CQT1992v2(
-            sr=cfg.sample_rate, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin, n_bins=cfg.cqt_bins,
+            sr=sr, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin, n_bins=cfg.cqt_bins,
             bins_per_octave=cfg.cqt_bins_per_octave, norm=1, window="hann", center=True, pad_mode="constant",
             output_format="Magnitude", verbose=False,
         ).to(self.device)
@@ -184,8 +189,11 @@ class NnAudioFeaturizer:
         x = torch.zeros(len(ys), n_max, device=self.device)  # [B, N_max], zero-padded like librosa's centre pad
         for i, y in enumerate(ys):
             x[i, : len(y)] = torch.from_numpy(y)
-        mel = self.mel(x)  # [B, n_mels, T_max]
-        mmel = self.mfcc_mel(x)  # [B, mfcc_n_mels, T_max]
+        spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=self.window, center=True, pad_mode="constant",
+                          return_complex=True)  # [B, 1 + n_fft/2, T_max]
+        power = spec.real**2 + spec.imag**2
+        mel = self.mel_fb @ power  # [n_mels, F] @ [B, F, T] -> [B, n_mels, T_max]
+        mmel = self.mfcc_fb @ power  # [B, mfcc_n_mels, T_max]
         cqt = self.cqt(x, normalization_type="librosa")  # [B, cqt_bins, T_max]
         out = []
         for i, y in enumerate(ys):
@@ -203,6 +211,19 @@ class NnAudioFeaturizer:
         return out
 
 
+_FEATURIZERS: dict[tuple[str, str], NnAudioFeaturizer] = {}
+
+
+def get_featurizer(cfg: FeatureConfig, device: str | torch.device = "cpu") -> NnAudioFeaturizer:
+    """A cached :class:`NnAudioFeaturizer` (building the CQT kernels takes seconds)."""
+    key = (json.dumps(cfg.spectral_key(), sort_keys=True), str(torch.device(device)))
+    if key not in _FEATURIZERS:
+        if len(_FEATURIZERS) > 4:
+            _FEATURIZERS.clear()
+        _FEATURIZERS[key] = NnAudioFeaturizer(cfg, device)
+    return _FEATURIZERS[key]
+
+
 def compute_features(
     cycles: Sequence[np.ndarray], cfg: FeatureConfig, device: str | torch.device = "cpu", batch_size: int = 16,
     progress: bool = False,
@@ -213,7 +234,7 @@ def compute_features(
     check_cqt(cfg)
     if cfg.backend == "librosa":
         return [librosa_features(c, cfg) for c in tqdm(cycles, desc="features (librosa)", disable=not progress)]
-    fz = NnAudioFeaturizer(cfg, device)
+    fz = get_featurizer(cfg, device)
     # sort by length so that padding inside a batch stays small
     order = sorted(range(len(cycles)), key=lambda i: len(cycles[i]))
     out: list[np.ndarray | None] = [None] * len(cycles)

@@ -199,6 +199,8 @@ class LungCVT(nn.Module):
             kwargs["depth"] = cfg.backbone_depth
         if cfg.patch_size is not None:
             kwargs["patch_size"] = cfg.patch_size
+        if cfg.global_pool != "token":
+            kwargs.update(global_pool=cfg.global_pool, class_token=False)
         if cfg.pretrained:
             path = resolve_weights(cfg.backbone, weights)
             # timm unwraps 'model'/'state_dict', drops the classifier (num_classes=0) and resamples the position
