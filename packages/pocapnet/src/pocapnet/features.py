@@ -387,7 +387,7 @@ class FeatureOperation:
         """Seconds ``[start, stop)``: images ``(B, 7, Di)`` and audio ``(B, 3, F, Da)`` float32 tensors."""
         sec = np.arange(start, stop)
         imgs = image_windows(self.xray, sec, num_images)
-        aud = torch.stack([torch.as_tensor(np.asarray(a[start:stop]), dtype=torch.float32) for a in self.audio], 1)
+        aud = torch.stack([torch.from_numpy(np.array(a[start:stop], dtype=np.float32)) for a in self.audio], 1)
         return imgs, aud  # (B, 7, Di), (B, 3, F, Da)
 
 

@@ -56,19 +56,22 @@ def make_schedule(rng: np.random.Generator, total_s: int, min_phase_s: int = 8) 
         order = [0, 1, 2, 1, 2, 3, 4, 5, 6, 7]
     elif rng.random() < 0.35:
         order = [0, 1, 2, 3, 4, 5, 6, 5, 6, 7]
+    if total_s < 8:
+        raise ValueError(f"an operation needs at least 8 s (one per phase), got {total_s}")
+    if len(order) * min_phase_s > total_s:
+        order = [0, 1, 2, 3, 4, 5, 6, 7]
+        min_phase_s = max(1, min(min_phase_s, total_s // 8))
     share = np.array([PHASE_SECONDS[p] / order.count(p) for p in order], dtype=np.float64)
     share = share * rng.uniform(0.75, 1.25, size=len(order))
-    dur = np.maximum(np.round(share / share.sum() * total_s), min_phase_s).astype(int)
+    spare = total_s - len(order) * min_phase_s  # >= 0 by construction
+    dur = min_phase_s + np.floor(share / share.sum() * spare).astype(int)
     dur[-1] += total_s - dur.sum()  # Closing absorbs the rounding (runs to the end, as in the corpus)
-    if dur[-1] < min_phase_s:
-        dur[int(np.argmax(dur))] -= min_phase_s - dur[-1]
-        dur[-1] = min_phase_s
     y = np.concatenate([np.full(d, p, dtype=np.int64) for p, d in zip(order, dur, strict=True)])
     starts = np.cumsum(dur)[:-1]
-    for s in starts:  # Transition segments of 2-4 s at some phase borders
-        if rng.random() < 0.6:
-            w = int(rng.integers(2, 5))
-            y[max(s - w // 2, 0) : s + (w - w // 2)] = TRANSITION
+    for k, s in enumerate(starts):  # Transition segments of 1-3 s at some borders, never erasing a phase
+        w = int(rng.integers(1, 4))
+        if rng.random() < 0.6 and min(dur[k], dur[k + 1]) >= 2 * w + 1:
+            y[s - w // 2 : s + (w - w // 2)] = TRANSITION
     return y[:total_s]
 
 

@@ -129,7 +129,7 @@ def fit(feat_root: str | Path, out_dir: str | Path, cfg: PocapConfig, split: dic
     last_path, best_path = out_dir / "last.pt", out_dir / "best.safetensors"
     if resume and last_path.is_file():
         st = torch.load(last_path, map_location=device, weights_only=False)
-        if st.get("config") == cfg.to_dict():
+        if _resume_key(st.get("config") or {}) == _resume_key(cfg.to_dict()):
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             start_epoch, best, bad, best_epoch = st["epoch"] + 1, st["best"], st["bad"], st["best_epoch"]
@@ -173,6 +173,12 @@ def fit(feat_root: str | Path, out_dir: str | Path, cfg: PocapConfig, split: dic
     atomic_write_json(out_dir / "config.json", cfg.to_dict())
     return {"history": history, "best_epoch": best_epoch, "best_val_loss": best, "checkpoint": str(best_path),
             "config": cfg}
+
+
+def _resume_key(d: dict[str, Any]) -> dict[str, Any]:
+    """Config fields that must match to resume (max_epochs/patience may change between runs)."""
+    train = {k: v for k, v in d.get("train", {}).items() if k not in ("max_epochs", "patience")}
+    return {"model": d.get("model"), "features": d.get("features"), "train": train}
 
 
 def _acc(y: np.ndarray, p: np.ndarray) -> float:
