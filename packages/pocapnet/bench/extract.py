@@ -76,13 +76,18 @@ def main() -> None:
         ext = AudioExtractor(load_wav2vec2(src), dataclasses.replace(cfg, batch_windows=n), a.device)
         w = audio_windows(op.audio[0], np.arange(n), cfg)
         ext(w[:1], bf16=False)
-        single = []
-        t_single = _time(lambda: single.append(torch.cat([ext(w[i : i + 1], bf16=False) for i in range(n)])))
-        out = {}
-        t_b32 = _time(lambda: out.__setitem__("fp32", ext(w, bf16=False)))
-        t_b16 = _time(lambda: out.__setitem__("bf16", ext(w, bf16=True)))
+        t0 = time.perf_counter()
+        single = torch.cat([ext(w[i : i + 1], bf16=False) for i in range(n)])
+        t_single = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fp32 = ext(w, bf16=False)
+        t_b32 = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bf16 = ext(w, bf16=True)
+        t_b16 = time.perf_counter() - t0
+        out = {"fp32": fp32, "bf16": bf16}
         res[name] = {"single_fp32_s": t_single / n, "batched_fp32_s": t_b32 / n, "batched_bf16_s": t_b16 / n,
-                     "cos_fp32": _cos(out["fp32"], single[0]), "cos_bf16": _cos(out["bf16"], single[0])}
+                     "cos_fp32": _cos(out["fp32"], single), "cos_bf16": _cos(out["bf16"], single)}
         for k in ("single_fp32_s", "batched_fp32_s", "batched_bf16_s"):
             rows.append((f"audio {name} per window: {k[:-2]}", res[name][k] * 1e3, "ms"))
         rows.append((f"audio {name} cosine batched fp32 / bf16 vs single fp32",
