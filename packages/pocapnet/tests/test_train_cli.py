@@ -46,8 +46,9 @@ def test_memory_reset_between_operations(syn_feats, tiny_cfg):
     np.testing.assert_allclose(alone, after, rtol=1e-5, atol=1e-6)
 
 
-def test_streaming_matches_offline_with_causal_tcn(syn_feats, tiny_cfg):
-    model = _model(tiny_cfg, syn_feats, causal_conv=True)
+@pytest.mark.parametrize("pe", [False, True])
+def test_streaming_matches_offline_with_causal_tcn(syn_feats, tiny_cfg, pe):
+    model = _model(tiny_cfg, syn_feats, causal_conv=True, positional_encoding=pe)
     fop = load_feature_operation(syn_feats, "OP_003")
     with torch.no_grad():
         off = run_operation(model, fop, 8, "cpu")["pred"]
@@ -59,6 +60,18 @@ def test_streaming_matches_offline_with_causal_tcn(syn_feats, tiny_cfg):
         preds.append(pred)
     assert sp.memory.vector.abs().sum() > 0  # the memory carried history across chunks
     np.testing.assert_array_equal(np.array(preds), off)
+
+
+def test_incremental_causal_tcn_equals_full_forward(tiny_cfg):
+    from pocapnet.stream import IncrementalCausalTCN
+
+    model = PoCaPNet(dataclasses.replace(tiny_cfg.model, causal_conv=True, num_layers=5)).eval()
+    x = torch.randn(40, tiny_cfg.model.hidden_dim)
+    with torch.no_grad():
+        full = model.forward_temporal(x)[-1]
+    inc = IncrementalCausalTCN(model.tcn)
+    steps = torch.stack([inc.step(x[t]) for t in range(40)])
+    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
 
 
 def test_fit_resume_and_evaluate(syn_feats, tiny_cfg, tmp_path):

@@ -17,9 +17,9 @@ import torch
 
 from pocapnet.config import FeatureConfig
 from pocapnet.features import AudioExtractor, XrayExtractor
-from pocapnet.model import DelayedMemory, PoCaPNet
+from pocapnet.model import DelayedMemory, PoCaPNet, positional_encoding
 
-__all__ = ["OnlineExtractor", "StreamingPredictor"]
+__all__ = ["OnlineExtractor", "StreamingPredictor", "IncrementalCausalTCN"]
 
 
 class OnlineExtractor:
@@ -55,6 +55,42 @@ class OnlineExtractor:
         return img, aud
 
 
+class IncrementalCausalTCN:
+    """Step-by-step evaluation of a causal :class:`~pocapnet.model.MultiStageTCN` (O(layers) per second).
+
+    Each dilated layer keeps its last ``2 * dilation + 1`` inputs, so the output for the newest second equals the
+    last column of the full causal forward over the chunk so far (zero history at the chunk start).
+    """
+
+    def __init__(self, tcn: torch.nn.Module) -> None:
+        self.stages = [tcn.stage1, *tcn.stages]
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new chunk (the offline model zero-pads each chunk's start)."""
+        self.buffers = [[deque(maxlen=2 * layer.dilation + 1) for layer in st.layers] for st in self.stages]
+
+    @staticmethod
+    def _conv1x1(conv: torch.nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        return conv.weight[:, :, 0] @ x + conv.bias  # (Cout, Cin) @ (Cin,) -> (Cout,)
+
+    @torch.no_grad()
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(dim,)`` input of the newest second -> ``(C,)`` logits of the last stage."""
+        out = x
+        for s, (stage, bufs) in enumerate(zip(self.stages, self.buffers, strict=True)):
+            h = self._conv1x1(stage.conv_1x1, out if s == 0 else torch.softmax(out, 0))
+            for layer, buf in zip(stage.layers, bufs, strict=True):
+                buf.append(h)
+                d = layer.dilation
+                taps = [buf[-1 - k * d] if len(buf) > k * d else torch.zeros_like(h) for k in (2, 1, 0)]
+                w = layer.conv_dilated.weight  # (C, C, 3): taps at t-2d, t-d, t
+                y = torch.relu(sum(w[:, :, j] @ taps[j] for j in range(3)) + layer.conv_dilated.bias)
+                h = h + self._conv1x1(layer.conv_1x1, y)
+            out = self._conv1x1(stage.conv_out, h)
+        return out
+
+
 class StreamingPredictor:
     """Per-second PoCaPNet inference with the delayed-estimation memory carried across chunks."""
 
@@ -71,6 +107,7 @@ class StreamingPredictor:
         self.chunk: list[torch.Tensor] = []
         self.chunk_preds: list[int] = []
         self.t = 0
+        self.incremental = IncrementalCausalTCN(self.model.tcn) if self.model.cfg.causal_conv else None
 
     @torch.no_grad()
     def step(self, image_feat: torch.Tensor, audio_feat: torch.Tensor) -> tuple[int, np.ndarray]:
@@ -83,14 +120,24 @@ class StreamingPredictor:
         images = torch.stack(list(self.images))[None]  # (1, 7, Di)
         fused = self.model.forward_features(images, audio_feat.to(self.device)[None])  # (1, H)
         self.chunk.append(fused[0])
-        start = self.t - len(self.chunk) + 1
-        pos = torch.arange(start, self.t + 1, device=self.device)
         hist = self.memory.vector if self.model.cfg.delayed_estimation else None
-        logits = self.model.forward_temporal(torch.stack(self.chunk), pos, hist)[-1, -1]  # (S, n, C) -> (C,)
+        if self.incremental is not None:  # causal TCN: O(layers) per second, same result as the chunk forward
+            x = fused[0]
+            if self.model.cfg.positional_encoding:
+                x = x + positional_encoding(torch.tensor([self.t], device=self.device), x.numel())[0]
+            if hist is not None:
+                x = x + hist
+            logits = self.incremental.step(x)
+        else:  # acausal TCN (paper): re-run the MS-TCN over the chunk so far
+            start = self.t - len(self.chunk) + 1
+            pos = torch.arange(start, self.t + 1, device=self.device)
+            logits = self.model.forward_temporal(torch.stack(self.chunk), pos, hist)[-1, -1]  # (S, n, C) -> (C,)
         pred = int(logits.argmax())
         self.chunk_preds.append(pred)
         self.t += 1
         if len(self.chunk) == self.batch_size:  # chunk complete: push its predictions into the memory
             self.memory.update(torch.tensor(self.chunk_preds, device=self.device))
             self.chunk, self.chunk_preds = [], []
+            if self.incremental is not None:
+                self.incremental.reset()
         return pred, torch.softmax(logits.float(), 0).cpu().numpy()
