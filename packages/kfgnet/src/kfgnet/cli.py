@@ -24,7 +24,7 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
         g.add_argument("--release", type=Path, help="authors' release folder (videos/*.avi + avi.xlsx|avi.csv)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", type=Path, help="YAML/JSON overrides: sections model/train/clip/motion/keyframe/detector")
+    p.add_argument("--config", type=Path, help="YAML/JSON overrides; sections: model, train, clip, motion (classifier), detector, keyframe, keyframe_train")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -113,7 +113,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "config", None):
         return {}
     conf = load_config_file(args.config)
-    valid = {"model", "train", "clip", "motion", "keyframe", "detector"}
+    valid = {"model", "train", "clip", "motion", "keyframe", "keyframe_train", "detector"}
     bad = sorted(set(conf) - valid)
     if bad:
         raise ValueError(f"unknown section(s) {bad} in {args.config}; valid sections: {sorted(valid)}")
@@ -195,7 +195,7 @@ def cmd_train_keyframe(args: argparse.Namespace) -> int:
     records = _records(args)
     dets, dcfg = _stage1(records, args.detector, device, args.out / "cache", not args.no_progress)
     cfg = _apply(get_keyframe_config(args.preset, feature_dim=dcfg.representation), over, "keyframe")
-    tcfg = _apply(KeyFrameTrainConfig(seed=args.seed), over, "train")
+    tcfg = _apply(KeyFrameTrainConfig(seed=args.seed), over, "keyframe_train")
     if args.epochs:
         from dataclasses import replace
 

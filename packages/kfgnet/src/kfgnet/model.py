@@ -48,7 +48,7 @@ class MotionAttention(nn.Module):
         """``x (B, C, T', h, w)`` -> weights ``(B, 1, T', 1, 1)``."""
         w = self.conv2(self.conv1(x))  # (B, 16, T', h', w')
         if w.shape[-1] < 2 or w.shape[-2] < 2:  # tiny frames: replicate up to the 2x2 kernel of conv3
-            w = F.pad(w, (0, max(0, 2 - w.shape[-1]), 0, max(0, 2 - w.shape[-2])), mode="replicate")
+            w = F.pad(w, (0, max(0, 2 - w.shape[-1]), 0, max(0, 2 - w.shape[-2]), 0, 0), mode="replicate")
         w = self.conv3(w)  # (B, 1, T', h'', w'')
         if w.shape[-1] != 1 or w.shape[-2] != 1:
             w = w.mean(dim=(-2, -1), keepdim=True)  # (B, 1, T', 1, 1)
@@ -111,6 +111,9 @@ class LightC3D(nn.Module):
         self.pool2 = nn.MaxPool3d(2)
         self.spp = SPP3d(spp_mode) if spp else None
         self.num_frames, self.size, self.in_channels = num_frames, size, in_channels
+        if num_frames < 16 or size < 32:
+            raise ValueError(f"the light C3D needs clips of at least 16 frames x 32 x 32 pixels (four stride/pool "
+                             f"halvings in time), got {num_frames} x {size} x {size}")
         with torch.no_grad():
             n_feat = self._features(torch.zeros(1, in_channels, num_frames, size, size))[0].shape[1]
         self.fc1 = nn.Linear(n_feat, hidden)
