@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from lungcvt.config import FeatureConfig
+from lungcvt.features import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FeatureCache,
+    FeatureError,
+    NnAudioFeaturizer,
+    check_cqt,
+    compute_features,
+    feature_key,
+    librosa_features,
+    prepare_cycle,
+    to_image,
+)
+
+
+@pytest.mark.parametrize("sr", [4000, 8000, 16000])
+def test_cqt_low_rate_is_an_error(sr):
+    with pytest.raises(FeatureError, match=r"Nyquist.*cqt_bins_per_octave=24"):
+        check_cqt(FeatureConfig(sample_rate=sr))
+    with pytest.raises(FeatureError):
+        NnAudioFeaturizer(FeatureConfig(sample_rate=sr, backend="nnaudio"))
+
+
+def test_cqt_fixes_named_in_the_error_work():
+    check_cqt(FeatureConfig())  # 22,050 Hz, the paper's setting
+    check_cqt(FeatureConfig(sample_rate=4000, cqt_bins_per_octave=24))
+    check_cqt(FeatureConfig(sample_rate=16000, cqt_fmin=16.351597831287414))  # C0
+
+
+def _breath(sr=22050, seconds=2.0, seed=0):
+    from lungcvt.synthetic import synth_cycle
+
+    return synth_cycle(3, seconds, sr, np.random.default_rng(seed)).astype(np.float32) * 0.1
+
+
+@pytest.mark.parametrize("mode", ["faithful", "clean"])
+def test_nnaudio_matches_librosa(mode):
+    cfg = FeatureConfig(mode=mode)
+    y = _breath()
+    a = librosa_features(y, cfg)
+    b = NnAudioFeaturizer(cfg)([y])[0]
+    assert a.shape == b.shape == (3, 96, 1 + len(y) // 512)
+    mfcc_tol = 0.5 if mode == "faithful" else 1e-2
+    assert np.abs(a[0] - b[0]).max() < mfcc_tol
+    assert np.abs(a[1] - b[1]).max() < 0.05  # mel dB: same filters, float32 STFT
+    d = np.abs(a[2] - b[2])
+    assert d.mean() < 1.5, f"CQT mean |dB diff| {d.mean():.3f}"  # nnAudio CQT1992v2 vs librosa's recursive CQT
+    assert np.corrcoef(a[2].ravel(), b[2].ravel())[0, 1] > 0.99
+
+
+def test_batched_equals_single():
+    cfg = FeatureConfig(backend="nnaudio")
+    ys = [_breath(seconds=s, seed=i) for i, s in enumerate((0.7, 2.0, 1.3))]
+    batched = compute_features(ys, cfg, batch_size=3)
+    for y, f in zip(ys, batched):
+        single = NnAudioFeaturizer(cfg)([y])[0]
+        assert f.shape == single.shape
+        np.testing.assert_allclose(f, single, atol=0.05)
+
+
+def test_faithful_mfcc_db_and_clean_mfcc():
+    y = _breath()
+    f = librosa_features(y, FeatureConfig(mode="faithful"))
+    assert f.min() >= -80.0 - 1e-4 and f.max() <= 1e-4  # all three channels in dB below their max
+    assert (f[0] == f[0].min()).mean() > 0.2  # the code's power_to_db on MFCCs floors the negative coefficients
+    c = librosa_features(y, FeatureConfig(mode="clean"))
+    assert (c[0] < 0).any() and (c[0] > 0).any()  # raw MFCCs keep their sign
+
+
+def test_repeat_padding():
+    cfg = FeatureConfig(length="repeat", backend="nnaudio")
+    y = np.arange(1000, dtype=np.float32)
+    p = prepare_cycle(y, cfg)
+    assert len(p) == 8 * 22050 and p[1000] == 0 and p[1999] == 999
+    f = compute_features([_breath(seconds=1.0)], cfg)[0]
+    assert f.shape == (3, 96, 1 + 8 * 22050 // 512)
+
+
+def test_to_image_normalisation():
+    cfg = FeatureConfig(image_size=32)
+    feat = np.full((3, 96, 50), -80.0, dtype=np.float32)
+    img = to_image(feat, cfg)
+    assert img.shape == (3, 32, 32)
+    for ch in range(3):
+        assert float(img[ch, 0, 0]) == pytest.approx((-80.0 - IMAGENET_MEAN[ch]) / IMAGENET_STD[ch], rel=1e-5)
+    clean = to_image(feat, dataclasses.replace(cfg, mode="clean"))
+    assert float(clean[1].mean()) == pytest.approx(-1.0) and float(clean[2].max()) == pytest.approx(-1.0)
+    assert to_image(np.stack([feat, feat]), cfg).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"\[3, F, T\]"):
+        to_image(np.zeros((2, 96, 10)), cfg)
+
+
+def test_cache_roundtrip_and_key(tmp_path):
+    import soundfile as sf
+
+    cfg = FeatureConfig(backend="nnaudio")
+    wav = tmp_path / "x.wav"
+    sf.write(wav, _breath(), 22050)
+    spans = np.array([[0.0, 1.0]])
+    cache = FeatureCache(tmp_path / "cache", cfg)
+    assert cache.get("x", wav, spans) is None
+    feats = [np.random.default_rng(0).standard_normal((3, 96, 20)).astype(np.float32)]
+    cache.put("x", wav, spans, feats)
+    got = cache.get("x", wav, spans)
+    np.testing.assert_allclose(got[0], feats[0], atol=1e-2)  # stored as float16
+    assert cache.get("x", wav, np.array([[0.0, 1.1]])) is None  # edited annotation -> recompute
+    assert feature_key(cfg) != feature_key(dataclasses.replace(cfg, n_mels=64))
+    assert feature_key(cfg) == feature_key(dataclasses.replace(cfg, image_size=64))  # resize happens after the cache
+
+
+def test_features_on_real_4k_and_44k(icbhi_real):
+    from lungcvt.data import load_audio, read_annotations
+
+    cfg = FeatureConfig(backend="nnaudio")
+    for stem in ("104_1b1_Ar_sc_Litt3200", "101_1b1_Al_sc_Meditron"):  # 4 kHz 16-bit, 44.1 kHz 24-bit
+        y, sr = load_audio(icbhi_real / f"{stem}.wav", cfg.sample_rate)
+        c = read_annotations(icbhi_real / f"{stem}.txt")[0]
+        piece = y[int(c.start * sr) : int(c.end * sr)]
+        f = compute_features([piece], cfg)[0]
+        assert f.shape == (3, 96, 1 + len(piece) // 512)
+        assert np.isfinite(f).all()
+        ref = librosa_features(piece, cfg)
+        assert np.abs(ref[1] - f[1]).max() < 0.05
+
+
+def test_synthetic_signatures():
+    """The generator's classes differ as real ones do: wheezes are tonal, crackles impulsive."""
+    from lungcvt.synthetic import synth_cycle
+
+    sr = 22050
+    rng = np.random.default_rng(0)
+
+    def tonality(x):
+        """Largest peak-to-median power ratio of any STFT frame in 80-1200 Hz."""
+        from scipy import signal
+
+        f, _, s = signal.stft(x, sr, nperseg=2048)
+        p = np.abs(s[(f > 80) & (f < 1200)]) ** 2
+        return float(np.max(p.max(0) / np.median(p, 0)))
+
+    normal = [synth_cycle(0, 2.0, sr, rng) for _ in range(8)]
+    crackle = [synth_cycle(1, 2.0, sr, rng) for _ in range(8)]
+    wheeze = [synth_cycle(2, 2.0, sr, rng) for _ in range(8)]
+    assert np.median([tonality(x) for x in wheeze]) > 3 * np.median([tonality(x) for x in normal])
+
+    def crest(x):
+        """Peak over rms of the first difference: explosive transients stand out."""
+        d = np.diff(x)
+        return float(np.abs(d).max() / np.sqrt(np.mean(d**2)))
+
+    assert np.median([crest(x) for x in crackle]) > 1.8 * np.median([crest(x) for x in normal])
+
+def test_feature_error_is_a_value_error():
+    assert issubclass(FeatureError, ValueError)
+    torch.manual_seed(0)
