@@ -84,8 +84,14 @@ class ModelConfig:
     # --- inference branch (Eq. 2) ---
     delta: float = 0.5  # template threshold; not given in the paper [I]
     detach_templates: bool = False  # [I]
+    # Training iterations during which only global centres W_M serve as templates. Sec. 2.3 notes that local centres
+    # "introduce some instability at the beginning stage of the training"; delta alone did not prevent it here
+    # (with s = 64 the margin softmax passes delta at once and all early embeddings are alike) [I].
+    template_warmup_iters: int = 500
     exclude_gt_templates: bool = False  # keep GT boxes added as proposals out of template selection [I]
-    inference_feature_norm: bool = False  # Eq. 2 uses un-normalised features x_i; True gives s * cos [I]
+    # paper (Eq. 2): W_I^T x_i + b with un-normalised x_i; here s * n(x_i)^T W_I + b (brief Sec. 1) because the
+    # un-normalised form made L_CE blow up (1.7 -> 20 at epoch 3 of the demo) once local templates kicked in.
+    inference_feature_norm: bool = True
     # --- GIA (Eq. 3) ---
     detach_partner: bool = False  # [I]
     # --- loss weights (Eq. 4: alpha = 0.1, beta = 1.0, gamma = 0.1) ---
@@ -196,13 +202,15 @@ _TINY_MODEL = dict(
     rpn_post_nms_top_n_test=150,
     box_batch_size_per_image=128,
     representation_size=256,
+    template_warmup_iters=60,
 )
 #: Light config for tests and the demo: small BatchNorm CNN + FPN(32) on P3-P5, 384 px images, 256-wide heads.
 register_config(
     DeepACCConfig(
         name="deepacc_tiny",
         model=ModelConfig(**_TINY_MODEL),  # type: ignore[arg-type]
-        train=TrainConfig(epochs=12, lr=0.02, lr_scaling="literal", batch_size=2, milestones=(9, 11), warmup_iters=50),
+        train=TrainConfig(epochs=12, lr=0.02, lr_scaling="literal", batch_size=2, milestones=(9, 11), warmup_iters=50,
+                          grad_clip=10.0),
     )
 )
 register_config(

@@ -65,8 +65,9 @@ def run_demo(
 
     # 2. train the tiny config (full DeepACC head: AAM + siamese + GIA)
     base = create_config("deepacc_tiny")
+    n_iters = epochs * -(-n_train // base.train.batch_size)
     m_cfg = dataclasses.replace(base.model, min_size=min(h, w), max_size=max(h, w), box_batch_size_per_image=64,
-                                rpn_post_nms_top_n_train=200)
+                                rpn_post_nms_top_n_train=200, template_warmup_iters=n_iters // 2)
     t_cfg = dataclasses.replace(base.train, epochs=epochs, milestones=(max(1, int(epochs * 0.8)),), warmup_iters=30)
     cfg = dataclasses.replace(base, name="deepacc_demo", model=m_cfg, train=t_cfg)
     t0 = time.time()

@@ -268,6 +268,7 @@ class DeepACCRoIHeads(RoIHeads):
             nn.init.zeros_(self.cls_score.bias)
         self.inf_bias = nn.Parameter(torch.zeros(k)) if cfg.siamese else None  # b_j of Eq. 2, zero-initialised
         self.register_buffer("adjacency", group_adjacency(k), persistent=False)
+        self.register_buffer("train_iters", torch.zeros((), dtype=torch.long))  # for template_warmup_iters
         self.output_mode = "standard"
 
     # -- branches ---------------------------------------------------------------------------------------------
@@ -299,12 +300,14 @@ class DeepACCRoIHeads(RoIHeads):
                 return out
             assert self.inf_bias is not None
             sel_probs = margin_probs.detach() if cfg.detach_templates else margin_probs
+            allow_local = not self.training or int(self.train_iters) >= cfg.template_warmup_iters
+            delta = cfg.delta if allow_local else float("inf")  # warm-up: global centres only
             logits = []
             start = 0
             for n in counts:
                 e = emb32[start : start + n]  # [n, D]
                 cand = None if template_mask is None else template_mask[start : start + n]
-                templates, _ = select_templates(sel_probs[start : start + n], e, self.margin_weight, cfg.delta, cand)
+                templates, _ = select_templates(sel_probs[start : start + n], e, self.margin_weight, delta, cand)
                 if cfg.detach_templates:
                     templates = templates.detach()
                 x = F.normalize(e, dim=1) * cfg.scale if cfg.inference_feature_norm else e  # [n, D]
@@ -343,6 +346,7 @@ class DeepACCRoIHeads(RoIHeads):
 
         if self.training:
             out = self._class_outputs(emb, counts, labels, template_mask)
+            self.train_iters += 1
             losses = {"loss_box_reg": box_regression_loss(box_regression.float(), labels, reg_targets, cfg.reg_beta)}
             if not self.use_margin_branch:
                 losses["loss_classifier"] = F.cross_entropy(out["logits"].float(), labels)

@@ -145,7 +145,7 @@ def train(
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
-                    f"{ {k: float(v) for k, v in losses.items()} }; lower train.lr or use pretrained weights"
+                    f"{ {k: float(v.detach()) for k, v in losses.items()} }; lower train.lr or use pretrained weights"
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
