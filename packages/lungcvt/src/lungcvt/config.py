@@ -258,7 +258,7 @@ register_config(LungCVTConfig(name="lungcvt_small", model=ModelConfig(backbone="
 # The notebook preset (lr 1e-3, beta 0.99) to reproduce the official run.
 register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3, cb_beta=0.99)))
 # Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
-# patches, average pooling, clean features (nnAudio), lr 5e-4, batch 16, no mixup.
+# patches, average pooling, clean features (nnAudio), lr 1e-3, batch 16, no mixup.
 register_config(
     LungCVTConfig(
         name="lungcvt_tiny",
@@ -267,6 +267,6 @@ register_config(
             backbone="deit_tiny_patch16_224", backbone_depth=2, patch_size=8, img_size=64, pretrained=False,
             global_pool="avg",
         ),
-        train=TrainConfig(lr=5e-4, batch_size=16, epochs=24, mixup=False),
+        train=TrainConfig(lr=1e-3, batch_size=16, epochs=20, mixup=False),
     )
 )

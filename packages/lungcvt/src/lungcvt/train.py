@@ -137,6 +137,16 @@ def _scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
             ("icbhi", "macro_ovr", "two_class")}
 
 
+def _resumable(saved: dict | None, current: dict) -> bool:
+    """Same config apart from ``train.epochs`` (so an interrupted or extended run continues)."""
+    if saved is None:
+        return False
+    a, b = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    a["train"].pop("epochs", None)
+    b["train"].pop("epochs", None)
+    return a == b
+
+
 def train(
     cfg: LungCVTConfig,
     data_dir: str | Path,
@@ -181,6 +191,10 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "feature_cache"
     check_cqt(cfg.features)
+    if cfg.model.pretrained:  # fail before the (slow) feature extraction when the weights are missing
+        from lungcvt.model import resolve_weights
+
+        weights = resolve_weights(cfg.model.backbone, weights)
     recs, _ = load_dataset(data_dir, split_file, allow_partial=allow_partial)
     if not any(r.split == "train" for r in recs):
         raise ValueError(f"no recordings in the 'train' split under {data_dir}; check the split file")
@@ -205,7 +219,7 @@ def train(
     cfg_dict = cfg.to_dict()
     if resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        if st.get("config") == json.loads(json.dumps(cfg_dict)):
+        if _resumable(st.get("config"), cfg_dict):
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             g.set_state(st["generator"])

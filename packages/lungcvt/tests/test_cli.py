@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lungcvt.cli import build_parser, main
+
+
+def test_help_and_no_command(capsys):
+    assert main([]) == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    for cmd in ("demo", "dataset-stats", "features", "train", "evaluate", "predict"):
+        assert cmd in build_parser().format_help()
+
+
+def test_dataset_stats(syn_dir, capsys):
+    assert main(["dataset-stats", "--data", str(syn_dir), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    n_txt = sum(len([ln for ln in p.read_text().splitlines() if ln.strip()]) for p in syn_dir.glob("*.txt")
+                if not p.name.startswith("ICBHI"))
+    assert out["cycles"] == n_txt
+    assert set(out["splits"]) == {"train", "test"}
+    assert sum(s["n_cycles"] for s in out["splits"].values()) == n_txt
+    assert main(["dataset-stats", "--data", str(syn_dir)]) == 0
+    assert "recordings" in capsys.readouterr().out
+
+
+def test_dataset_stats_real(icbhi_real, capsys):
+    assert main(["dataset-stats", "--data", str(icbhi_real), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recordings"] == 11 and out["cycles"] == 100
+    assert out["split_entries_without_recordings"] == 909
+
+
+def _err(capsys):
+    return capsys.readouterr().err
+
+
+def test_bad_inputs(tmp_path, syn_dir, capsys):
+    import shutil
+
+    assert main(["dataset-stats", "--data", str(tmp_path / "nope")]) == 2
+    assert "data folder not found" in _err(capsys)
+
+    bad = tmp_path / "bad"
+    shutil.copytree(syn_dir, bad)
+    txt = sorted(p for p in bad.glob("*.txt") if not p.name.startswith("ICBHI"))[0]
+    txt.write_text("0.1\t0.9\t0\t0\n0.9\tabc\t0\t0\n")
+    assert main(["dataset-stats", "--data", str(bad)]) == 2
+    err = _err(capsys)
+    assert f"{txt.name}:2: non-numeric" in err and "Traceback" not in err
+
+    # split-file entries without recordings
+    part = tmp_path / "part"
+    shutil.copytree(syn_dir, part)
+    wav = sorted(part.glob("*.wav"))[0]
+    wav.unlink()
+    wav.with_suffix(".txt").unlink()
+    cache = tmp_path / "cache"
+    assert main(["features", "--data", str(part), "--cache", str(cache), "--preset", "lungcvt_tiny"]) == 2
+    assert "without recordings" in _err(capsys)
+
+    # CQT at a rate too low for 96 bins
+    cfg = tmp_path / "low.yaml"
+    cfg.write_text("features:\n  sample_rate: 4000\n")
+    assert main(["features", "--data", str(syn_dir), "--cache", str(cache), "--config", str(cfg),
+                 "--preset", "lungcvt_tiny"]) == 2
+    assert "Nyquist" in _err(capsys)
+    assert not cache.exists() or not any(cache.rglob("*.npz"))
+
+    # unknown config key
+    cfg.write_text("train:\n  learning_rate: 0.1\n")
+    assert main(["features", "--data", str(syn_dir), "--cache", str(cache), "--config", str(cfg)]) == 2
+    assert "learning_rate" in _err(capsys)
+
+    # unreadable wav
+    broken = tmp_path / "broken"
+    shutil.copytree(syn_dir, broken)
+    w = sorted(broken.glob("*.wav"))[0]
+    w.write_bytes(b"not a wav at all")
+    assert main(["features", "--data", str(broken), "--cache", str(tmp_path / "c2"), "--preset", "lungcvt_tiny"]) == 2
+    assert f"{w.name}: unreadable WAV" in _err(capsys)
+
+    # missing weights: fails before any feature work, naming the file and the flag
+    empty = tmp_path / "weights"
+    empty.mkdir()
+    import os
+
+    env = {k: os.environ.get(k) for k in ("LUNGCVT_WEIGHTS_DIR", "TORCH_HOME", "HF_HOME")}
+    os.environ.update(LUNGCVT_WEIGHTS_DIR=str(empty), TORCH_HOME=str(empty), HF_HOME=str(empty))
+    try:
+        assert main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run")]) == 2
+    finally:
+        for k, v in env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    err = _err(capsys)
+    assert "deit_base_patch16_224-b5f2ef4d.pth" in err and "--pretrained none" in err
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+    assert main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run"), "--pretrained",
+                 str(empty / "x.pth")]) == 2
+    assert "x.pth" in _err(capsys)
+
+
+def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys, icbhi_real=None):
+    import csv
+
+    from lungcvt.evaluate import load_model
+
+    run = tmp_path / "run"
+    cache = tmp_path / "cache"
+    args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache),
+            "--device", "cpu"]
+    assert main(args + ["--epochs", "1"]) == 0
+    assert (run / "best.safetensors").is_file() and (run / "last_state.pt").is_file()
+    first = list(csv.DictReader(open(run / "history.csv")))
+    assert len(first) == 1
+    assert main(args + ["--epochs", "2"]) == 0  # resumes at epoch 2
+    hist = list(csv.DictReader(open(run / "history.csv")))
+    assert [h["epoch"] for h in hist] == ["1", "2"] and hist[0] == first[0]
+    model, cfg, extra = load_model(run / "best.safetensors")
+    assert cfg.name == "lungcvt_tiny" and extra["classes"] == ["normal", "crackle", "wheeze", "both"]
+
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(syn_dir), "--out", str(ev),
+                 "--cache", str(cache), "--device", "cpu"]) == 0
+    m = json.loads((ev / "metrics.json").read_text())
+    assert {"icbhi", "macro_ovr", "two_class", "confusion_matrix"} <= set(m)
+    rows = list(csv.DictReader(open(ev / "predictions.csv")))
+    assert len(rows) == m["n"] and (ev / "confusion_matrix.png").stat().st_size > 0
+
+    wav = sorted(syn_dir.glob("*.wav"))[0]
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(wav), "--checkpoint", str(run / "best.safetensors"), "--annotations",
+                 str(wav.with_suffix(".txt")), "--out", str(out), "--device", "cpu"]) == 0
+    n_cycles = len([ln for ln in wav.with_suffix(".txt").read_text().splitlines() if ln.strip()])
+    assert len(list(csv.DictReader(open(out)))) == n_cycles
+
+    assert main(["predict", str(wav), "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_predict_on_real_files(icbhi_real, syn_dir, tmp_path, capsys):
+    """Windows on a real 4 kHz recording; annotated cycles on a real 44.1 kHz one."""
+    from lungcvt.config import get_config
+    from lungcvt.model import LungCVT
+
+    from medshared.checkpoint import save_checkpoint
+
+    cfg = get_config("lungcvt_tiny")
+    ck = tmp_path / "m.safetensors"
+    save_checkpoint(ck, LungCVT(cfg.model).state_dict(), cfg.to_dict())
+    assert main(["predict", str(icbhi_real / "104_1b1_Ar_sc_Litt3200.wav"), "--checkpoint", str(ck), "--window",
+                 "2.7", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == int((25.6 - 2.7) // 1.35) + 1
+    stem = icbhi_real / "101_1b1_Al_sc_Meditron"
+    out = tmp_path / "p.json"
+    assert main(["predict", f"{stem}.wav", "--annotations", f"{stem}.txt", "--checkpoint", str(ck), "--out",
+                 str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == len(stem.with_suffix(".txt").read_text().split("\n")) - 1
+    assert all(r["pred"] in ("normal", "crackle", "wheeze", "both") for r in rows)
