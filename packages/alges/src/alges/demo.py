@@ -86,7 +86,7 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
         n_videos, frames = 4, 16
     data_dir = out / "data"
     videos = generate_cholecseg8k(data_dir, n_videos=n_videos, frames_per_video=frames, seed=seed)
-    n_test = 2 if n_videos >= 6 else 1
+    n_test = 2 if n_videos >= 6 else 1  # whole videos held out: no near-duplicate frames leak into the test set
     index = scan_cholecseg8k(data_dir)  # the real CholecSeg8k loader reads the synthetic files
     split = cholec_split(index, {"train": videos[:-n_test], "test": videos[-n_test:]})
     pool = load_arrays(index, split["train"], cfg.image_size, progress=False)

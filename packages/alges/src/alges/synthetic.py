@@ -100,7 +100,7 @@ def _scene(rng: np.random.Generator, ch: int, cw: int) -> tuple[np.ndarray, np.n
         12: -0.6 + 0 * xx,
         11: -0.6 + 0 * xx,
     }
-    pots = np.stack([prior[c] + 0.8 * _smooth_field(rng, ch, cw, 24) for c in organs])  # [C, ch, cw]
+    pots = np.stack([prior[c] + 0.8 * _smooth_field(rng, ch, cw, 40) for c in organs])  # [C, ch, cw]
     labels = np.asarray(organs, dtype=np.uint8)[pots.argmax(0)]
     if rng.random() < 0.6:  # thin cystic duct: a bent line through the scene
         pts = np.stack([rng.uniform(0.2, 0.8, 3) * cw, rng.uniform(0.3, 0.8, 3) * ch], 1).astype(np.int32)

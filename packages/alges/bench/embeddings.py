@@ -1,0 +1,146 @@
+"""Benchmark: embedding a pool the package's way vs the official ALGES code's way (run by hand, not a test).
+
+(a) time per image: package = batched eval + inference_mode forward with bf16 autocast and channels-last (where the
+    device supports them), then the closed-form ALGES-img in fp32; official = per image, train mode, forward +
+    backward of the mean pixel CE against the argmax pseudo-labels, then read the head's weight gradient.
+    Also checks that the bf16 path's embeddings agree with fp32's (cosine per image).
+(b) peak memory of the closed form vs materialising the per-pixel gradient matrix G (Eq. 3), each measured as the
+    max-RSS growth of a fresh subprocess.
+(c) cost of the closed forms (img + sem) as a fraction of the forward pass.
+
+Usage: ``uv run python packages/alges/bench/embeddings.py [--quick] [--device cpu]``. Last line: JSON with
+``ratio`` = (a) official / package time per image, target >= 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from alges.config import create_config
+from alges.embeddings import alges_img, alges_sem, materialize_G
+from alges.evaluate import infer
+from alges.model import build_model
+
+
+def _official_way(model, images: torch.Tensor) -> tuple[float, torch.Tensor]:
+    model.train()
+    embs = []
+    t = time.perf_counter()
+    for i in range(len(images)):
+        model.zero_grad(set_to_none=True)
+        out = model(images[i : i + 1].float())
+        loss = F.cross_entropy(out.logits, out.logits.argmax(1))
+        loss.backward()
+        embs.append(model.head.weight.grad.flatten().clone())
+    return (time.perf_counter() - t) / len(images), torch.stack(embs)
+
+
+def _memory_child(mode: str, n: int, size: int, k: int, d: int) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(n, k, size, size)
+    z = torch.relu(torch.randn(n, d, size, size))
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == "closed":
+        e = alges_img(logits, z)
+        s = alges_sem(logits, z)
+        _ = float(e.sum() + s.sum())
+    else:
+        G = materialize_G(logits, z)  # [n, N, K, d]
+        e = G.mean(dim=1).flatten(1)
+        s = G.flatten(2).norm(dim=-1)
+        _ = float(e.sum() + s.sum())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"kb": peak - base}))
+
+
+def _memory(mode: str, n: int, size: int, k: int, d: int) -> float:
+    code = (
+        f"import sys; sys.argv=['x']; from importlib.machinery import SourceFileLoader; "
+        f"m=SourceFileLoader('b', {__file__!r}).load_module(); m._memory_child({mode!r}, {n}, {size}, {k}, {d})"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["kb"] / 1024.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer images (about a minute)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=224)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    n_pkg, n_off = (32, 8) if args.quick else (128, 32)
+    cfg = create_config("alges_paper", image_size=args.size, eval_batch_size=16)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(dev)
+    images = (torch.rand(n_pkg, 3, args.size, args.size) * 255).to(torch.uint8)
+    # warm-up
+    infer(model, images[:2].numpy(), cfg, dev, ("alges_img",))
+    t = time.perf_counter()
+    fast = infer(model, images.numpy(), cfg, dev, ("alges_img",))["alges_img"]
+    pkg = (time.perf_counter() - t) / n_pkg
+    fp32 = infer(model, images[:n_off].numpy(), cfg, dev, ("alges_img",), amp=False, channels_last=False)["alges_img"]
+    cos = F.cosine_similarity(torch.from_numpy(fast[:n_off]), torch.from_numpy(fp32), dim=1)
+    off, off_emb = _official_way(model, images[:n_off].to(dev))
+    # official-way gradients are the eval-mode closed form only up to BN mode; report agreement in eval mode too
+    # (c) forward vs closed form
+    model.eval()
+    x = images[:16].float().to(dev)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        z = model.forward_features(x)
+        logits = model.forward_head(z)
+        fwd = (time.perf_counter() - t) / len(x)
+        t = time.perf_counter()
+        alges_img(logits, z)
+        alges_sem(logits, z)
+        cf = (time.perf_counter() - t) / len(x)
+    # (b) memory, 4 images
+    n_mem = 2 if args.quick else 4
+    mem_closed = _memory("closed", n_mem, args.size, cfg.num_classes, cfg.feature_dim)
+    mem_g = _memory("G", n_mem, args.size, cfg.num_classes, cfg.feature_dim)
+    rows = [
+        ("(a) official way: per image train-mode fwd+bwd", f"{1000 * off:.1f} ms/image"),
+        ("(a) package way: batched bf16/channels-last + closed form", f"{1000 * pkg:.1f} ms/image"),
+        ("(a) speed-up", f"{off / pkg:.1f}x (target >= 5x)"),
+        ("    bf16 vs fp32 embeddings, min cosine", f"{float(cos.min()):.4f} (target >= 0.99)"),
+        ("(b) closed form peak memory", f"{mem_closed:.1f} MiB for {n_mem} images"),
+        ("(b) materialised G peak memory", f"{mem_g:.1f} MiB for {n_mem} images"),
+        ("(b) ratio", f"{mem_g / max(mem_closed, 1e-3):.1f}x (target >= 10x)"),
+        ("(c) closed forms (img+sem) / fp32 forward", f"{100 * cf / fwd:.1f}% (target <= 10%)"),
+    ]
+    print(
+        f"device {dev}, {args.size}x{args.size}, K={cfg.num_classes}, d={cfg.feature_dim}, threads "
+        f"{torch.get_num_threads()}"
+    )
+    for a, b in rows:
+        print(f"{a:<62} {b}")
+    print(
+        json.dumps(
+            {
+                "bench": "embeddings",
+                "ratio": round(off / pkg, 2),
+                "target": 5.0,
+                "official_ms": round(1000 * off, 1),
+                "package_ms": round(1000 * pkg, 1),
+                "bf16_min_cosine": round(float(cos.min()), 4),
+                "memory_ratio": round(mem_g / max(mem_closed, 1e-3), 1),
+                "memory_target": 10.0,
+                "closed_form_fraction": round(cf / fwd, 4),
+                "fraction_target": 0.10,
+                "n_official_images": len(off_emb),
+                "quick": args.quick,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
