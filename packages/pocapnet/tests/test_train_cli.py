@@ -109,6 +109,10 @@ def test_cli_smoke_and_bad_inputs(syn_data, syn_feats, tmp_path, capsys):
                  "--out", str(tmp_path / "p2")]) == 0
     rows = (tmp_path / "p2" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("second,phase") and len(rows) == 17
+    # whole-operation predict from the raw files (features extracted on the fly into a temporary folder)
+    assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--quiet",
+                 "--out", str(tmp_path / "p4")]) == 0
+    assert len((tmp_path / "p4" / "predictions.csv").read_text().splitlines()) == 17
     capsys.readouterr()
     # bad inputs: one clear message, non-zero, no output written
     assert main(["train", "--features", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
@@ -138,5 +142,7 @@ def test_demo_beats_chance(tmp_path):
     m = run_demo(tmp_path, device="cpu", seed=0, quick=True)
     head = m["headline"]
     assert head["value"] > head["chance"] + 0.3, head
+    # the model reads its inputs: shuffling each test operation's features in time destroys the accuracy
+    assert m["control_inputs_shuffled_accuracy"]["mean"] < head["value"] - 0.15, m["control_inputs_shuffled_accuracy"]
     for f in ("metrics.json", "report.md", "test_ribbons.png", "test_confusion.png", "loss_curves.png"):
         assert (tmp_path / f).is_file()

@@ -199,17 +199,18 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                       flush=True)
         print(f"streamed {op.seconds} s, mean latency {1000 * np.mean(lat):.1f} ms per second (incl. extraction)")
     else:
-        if a.features is not None:
-            fop = load_feature_operation(a.features.parent, a.features.name)
-        else:
-            import tempfile
+        import tempfile
 
-            tmp = Path(tempfile.mkdtemp(prefix="pocapnet_feat_"))
-            fx = cfg.features
-            extract_operation(op, tmp / op.name, AudioExtractor(load_wav2vec2(fx.wav2vec2), fx, dev),
-                              XrayExtractor(load_densenet(fx.xray_weights), fx, dev), fx, progress=not a.quiet)
-            fop = load_feature_operation(tmp, op.name)
-        r = run_operation(model, fop, cfg.train.batch_size, dev)
+        with tempfile.TemporaryDirectory(prefix="pocapnet_feat_") as tmp:
+            if a.features is not None:
+                fop = load_feature_operation(a.features.parent, a.features.name)
+            else:  # extract this operation's features with the checkpoint's extractor settings
+                fx = cfg.features
+                extract_operation(op, Path(tmp) / op.name, AudioExtractor(load_wav2vec2(fx.wav2vec2), fx, dev),
+                                  XrayExtractor(load_densenet(fx.xray_weights), fx, dev), fx, progress=not a.quiet)
+                fop = load_feature_operation(tmp, op.name)
+            r = run_operation(model, fop, cfg.train.batch_size, dev)
+            del fop
         for t, p in enumerate(r["pred"]):
             prob_t = round(float(r["prob"][t, p]), 4)
             rows.append({"second": t, "phase": PHASES[int(p)], "index": int(p), "prob": prob_t})

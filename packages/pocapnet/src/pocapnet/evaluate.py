@@ -18,7 +18,8 @@ from pocapnet.features import load_feature_operation
 from pocapnet.model import PoCaPNet
 from pocapnet.train import run_operation
 
-__all__ = ["operation_metrics", "evaluate_operations", "majority_rate", "plot_ribbons", "write_results"]
+__all__ = ["operation_metrics", "evaluate_operations", "majority_rate", "plot_ribbons", "write_results",
+           "PermutedOperation"]
 
 
 def operation_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -45,9 +46,35 @@ def majority_rate(train_labels: list[np.ndarray], test_labels: list[np.ndarray])
     return {"phase": PHASES[major], "accuracy": float(np.mean(accs))}
 
 
+class PermutedOperation:
+    """Control: an operation whose per-second features are shuffled in time (labels kept in order).
+
+    A model that reads its inputs loses accuracy on it; one that only exploits position/phase-order priors does not.
+    """
+
+    def __init__(self, fop: Any, seed: int = 0) -> None:
+        perm = np.random.default_rng(seed).permutation(len(fop))
+        self.name, self.meta, self.labels = fop.name, fop.meta, fop.labels
+        self.xray = np.asarray(fop.xray)[perm]
+        self.audio = [np.asarray(a)[perm] for a in fop.audio]
+
+    def __len__(self) -> int:
+        return len(self.xray)
+
+    def chunk(self, start: int, stop: int, num_images: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+        from pocapnet.features import image_windows
+
+        imgs = image_windows(self.xray, np.arange(start, stop), num_images)
+        aud = torch.stack([torch.from_numpy(np.array(a[start:stop], dtype=np.float32)) for a in self.audio], 1)
+        return imgs, aud
+
+
 def evaluate_operations(model: PoCaPNet, feat_root: str | Path, ops: list[str], batch_size: int,
-                        device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Predict and score each operation; returns per-op rows, mean ± std, predictions and a confusion matrix."""
+                        device: str | torch.device = "cpu", permute_seed: int | None = None) -> dict[str, Any]:
+    """Predict and score each operation; returns per-op rows, mean ± std, predictions and a confusion matrix.
+
+    With ``permute_seed`` the features of each operation are shuffled in time first (see :class:`PermutedOperation`).
+    """
     from medshared.metrics import aggregate, confusion_matrix
 
     model.eval()
@@ -55,6 +82,8 @@ def evaluate_operations(model: PoCaPNet, feat_root: str | Path, ops: list[str], 
     with torch.no_grad():
         for o in ops:
             fop = load_feature_operation(feat_root, o)
+            if permute_seed is not None:
+                fop = PermutedOperation(fop, permute_seed)
             if fop.labels is None:
                 raise ValueError(f"{o}: no labels stored with the features; cannot evaluate (use predict)")
             r = run_operation(model, fop, batch_size, device)

@@ -62,7 +62,7 @@ def make_schedule(rng: np.random.Generator, total_s: int, min_phase_s: int = 8) 
         order = [0, 1, 2, 3, 4, 5, 6, 7]
         min_phase_s = max(1, min(min_phase_s, total_s // 8))
     share = np.array([PHASE_SECONDS[p] / order.count(p) for p in order], dtype=np.float64)
-    share = share * rng.uniform(0.75, 1.25, size=len(order))
+    share = share * rng.uniform(0.5, 1.5, size=len(order))
     spare = total_s - len(order) * min_phase_s  # >= 0 by construction
     dur = min_phase_s + np.floor(share / share.sum() * spare).astype(int)
     dur[-1] += total_s - dur.sum()  # Closing absorbs the rounding (runs to the end, as in the corpus)
@@ -78,9 +78,9 @@ def make_schedule(rng: np.random.Generator, total_s: int, min_phase_s: int = 8) 
 def _speech(rng: np.random.Generator, n: int, sr: int, f0: float, f1: float, f2: float, rate: float) -> np.ndarray:
     t = np.arange(n) / sr
     vib = 1.0 + 0.03 * np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6.28))
-    phase = 2 * np.pi * np.cumsum(f0 * vib) / sr
-    sig = np.zeros(n, dtype=np.float64)
-    for k in range(1, int(3800 // f0)):
+    phase = (2 * np.pi * np.cumsum(f0 * vib) / sr).astype(np.float32)
+    sig = np.zeros(n, dtype=np.float32)
+    for k in range(1, int(3000 // f0)):
         fk = k * f0
         amp = np.exp(-(((fk - f1) / 120.0) ** 2)) + 0.7 * np.exp(-(((fk - f2) / 180.0) ** 2)) + 0.02
         sig += amp * np.sin(k * phase)
