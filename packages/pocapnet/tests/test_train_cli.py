@@ -113,6 +113,12 @@ def test_cli_smoke_and_bad_inputs(syn_data, syn_feats, tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--quiet",
                  "--out", str(tmp_path / "p4")]) == 0
     assert len((tmp_path / "p4" / "predictions.csv").read_text().splitlines()) == 17
+    # extract CLI: pooled fp16 features (349x smaller audio arrays)
+    assert main(["extract", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "fp"), "--preset", "pocapnet_tiny",
+                 "--pooled", "--fp16", "--device", "cpu"]) == 0
+    pooled = load_feature_operation(tmp_path / "fp", "OP_001")
+    assert pooled.audio[0].shape == (16, 1, 32) and pooled.audio[0].dtype == np.float16
+    assert pooled.meta["audio_frames"] == 1
     capsys.readouterr()
     # bad inputs: one clear message, non-zero, no output written
     assert main(["train", "--features", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
