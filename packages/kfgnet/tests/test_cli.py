@@ -23,16 +23,17 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_train_evaluate_predict_pipeline(cohort: Path, capsys: pytest.CaptureFixture) -> None:
     m, cfg, out = cohort / "data" / "manifest.json", cohort / "cfg.yaml", cohort / "run"
     common = ["--manifest", str(m), "--config", str(cfg), "--device", "cpu", "--no-progress"]
-    assert main(["train-classifier", *common, "--preset", "kfgnet_tiny", "--folds", "2", "--final",
+    assert main(["train-classifier", *common, "--preset", "kfgnet_tiny", "--folds", "2",
                  "--out", str(out / "cls")]) == 0
     cv = json.loads((out / "cls" / "cv_metrics.json").read_text())
     assert set(cv["summary"]) >= {"accuracy", "sensitivity", "specificity", "precision", "f1"}
-    assert (out / "cls" / "model.safetensors").is_file() and (out / "cls" / "fold1.safetensors").is_file()
+    assert (out / "cls" / "fold0.safetensors").is_file() and (out / "cls" / "fold1.safetensors").is_file()
+    assert not list((out / "cls").glob("*.state.pt"))  # resumable states removed once a fold is done
     assert main(["train-detector", *common, "--preset", "tiny", "--epochs", "1", "--images-per-video", "1",
                  "--out", str(out / "det")]) == 0
     assert main(["train-keyframe", *common, "--detector", str(out / "det" / "detector.safetensors"),
                  "--preset", "kfgnet_keyframe_tiny", "--epochs", "2", "--out", str(out / "kf")]) == 0
-    ckpts = ["--classifier", str(out / "cls" / "model.safetensors"), "--detector",
+    ckpts = ["--classifier", str(out / "cls" / "fold0.safetensors"), "--detector",
              str(out / "det" / "detector.safetensors"), "--keyframe", str(out / "kf" / "keyframe.safetensors")]
     assert main(["evaluate", *common, *ckpts, "--out", str(out / "eval")]) == 0
     ev = json.loads((out / "eval" / "evaluation.json").read_text())

@@ -133,8 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = DemoConfig()
     if args.quick:
-        cfg = DemoConfig(n_patients=12, num_frames=32, frame_size=80, clip_frames=16, clip_size=40, folds=2, epochs=10,
-                         epochs2=4, det_epochs=2, det_images_per_video=2, kf_epochs=15)
+        cfg = DemoConfig(n_patients=10, num_frames=24, frame_size=64, clip_frames=16, clip_size=32, folds=2, epochs=10,
+                         epochs2=4, det_epochs=1, det_images_per_video=1, kf_epochs=10)
     m = run_demo(args.out, resolve_device(args.device), args.seed, cfg, progress=not args.no_progress)
     print((args.out / "report.md").read_text())
     h = m["headline"]

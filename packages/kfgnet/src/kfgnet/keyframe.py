@@ -22,6 +22,7 @@ from kfgnet.detector import FrameDetections
 from kfgnet.losses import keyframe_mse
 
 __all__ = ["box_iou_1", "generate_labels", "key_entry", "subsample_entries", "geo_features", "NonLocalChannel",
+           "build_keyframe_model",
            "KeyFrameNet", "build_sequences", "train_keyframe", "predict_keyframes", "save_keyframe",
            "load_keyframe"]
 
