@@ -29,6 +29,11 @@ def test_split_is_seeded_and_by_operation(tiny_cfg):
     a, b = split_operations(ops, tiny_cfg), split_operations(ops, tiny_cfg)
     assert a == b and sorted(sum(a.values(), [])) == ops
     assert (len(a["train"]), len(a["val"]), len(a["test"])) == (6, 2, 2)
+    real = [f"OP_{i:03d}" for i in range(1, 41)]
+    off = split_operations(real, tiny_cfg, "official")
+    assert (len(off["train"]), len(off["val"]), len(off["test"])) == (16, 6, 5) and "OP_028" in off["test"]
+    with pytest.raises(ValueError, match="without features"):
+        split_operations(ops, tiny_cfg, "official")
 
 
 def _model(cfg, feats, **kw):

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     _add_config_args(p)
-    p.add_argument("--split", type=Path, help="split manifest (medshared save_split JSON); default 60/20/20 seeded")
+    p.add_argument("--split", type=Path, help="split manifest (medshared save_split JSON) or 'official' (the code's "
+                                              "16/6/5 operations); default: seeded 60/20/20 by operation")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--device", default="auto")
 

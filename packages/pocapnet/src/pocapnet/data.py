@@ -43,6 +43,7 @@ __all__ = [
     "labels_from_ranges",
     "read_label_csv",
     "load_operation",
+    "transition_mask",
 ]
 
 CHANNEL_FILES: tuple[str, ...] = ("Channel_1.wav", "Channel_2.wav", "Channel_3.wav")
@@ -245,6 +246,7 @@ class Operation:
 
     @property
     def seconds(self) -> int:
+        """Aligned length in seconds (= frames)."""
         return len(self.frames)
 
 

@@ -21,15 +21,23 @@ from pocapnet.features import FeatureOperation, load_feature_operation
 from pocapnet.losses import build_criterion, class_counts, stage_loss
 from pocapnet.model import DelayedMemory, PoCaPNet
 
-__all__ = ["split_operations", "run_operation", "model_config_for_features", "fit", "load_model"]
+#: The official code's split (Random(1881), double shuffle of the "mid" list; brief "Split"): 16/6/5 operations.
+OFFICIAL_SPLIT: dict[str, list[str]] = {
+    "train": [f"OP_{i:03d}" for i in (1, 4, 5, 7, 10, 14, 15, 16, 17, 26, 27, 31, 35, 36, 39, 40)],
+    "val": [f"OP_{i:03d}" for i in (6, 12, 19, 25, 29, 38)],
+    "test": [f"OP_{i:03d}" for i in (28, 30, 32, 33, 34)],
+}
+
+__all__ = ["OFFICIAL_SPLIT", "split_operations", "run_operation", "model_config_for_features", "fit", "load_model"]
 
 
 def split_operations(ops: list[str], cfg: PocapConfig, split_file: str | Path | None = None) -> dict[str, list[str]]:
-    """60/20/20 random split by operation (medshared, seeded) or an explicit manifest (``medshared.splits``)."""
+    """60/20/20 random split by operation (medshared, seeded), an explicit manifest (``medshared.splits``), or
+    ``"official"`` for the official code's 16/6/5 lists (:data:`OFFICIAL_SPLIT`)."""
     from medshared.splits import load_split, ratio_split
 
     if split_file is not None:
-        split = load_split(split_file)
+        split = OFFICIAL_SPLIT if str(split_file) == "official" else load_split(split_file)
         unknown = sorted(set(sum(split.values(), [])) - set(ops))
         if unknown:
             raise ValueError(f"split file {split_file} names operations without features: {unknown[:5]}")
