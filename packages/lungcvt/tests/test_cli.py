@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from lungcvt.cli import build_parser, main
 
 
@@ -19,8 +18,11 @@ def test_help_and_no_command(capsys):
 def test_dataset_stats(syn_dir, capsys):
     assert main(["dataset-stats", "--data", str(syn_dir), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    n_txt = sum(len([ln for ln in p.read_text().splitlines() if ln.strip()]) for p in syn_dir.glob("*.txt")
-                if not p.name.startswith("ICBHI"))
+    n_txt = sum(
+        len([ln for ln in p.read_text().splitlines() if ln.strip()])
+        for p in syn_dir.glob("*.txt")
+        if not p.name.startswith("ICBHI")
+    )
     assert out["cycles"] == n_txt
     assert set(out["splits"]) == {"train", "test"}
     assert sum(s["n_cycles"] for s in out["splits"].values()) == n_txt
@@ -66,8 +68,22 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
     # CQT at a rate too low for 96 bins
     cfg = tmp_path / "low.yaml"
     cfg.write_text("features:\n  sample_rate: 4000\n")
-    assert main(["features", "--data", str(syn_dir), "--cache", str(cache), "--config", str(cfg),
-                 "--preset", "lungcvt_tiny"]) == 2
+    assert (
+        main(
+            [
+                "features",
+                "--data",
+                str(syn_dir),
+                "--cache",
+                str(cache),
+                "--config",
+                str(cfg),
+                "--preset",
+                "lungcvt_tiny",
+            ]
+        )
+        == 2
+    )
     assert "Nyquist" in _err(capsys)
     assert not cache.exists() or not any(cache.rglob("*.npz"))
 
@@ -102,8 +118,10 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
     err = _err(capsys)
     assert "deit_base_patch16_224-b5f2ef4d.pth" in err and "--pretrained none" in err
     assert not (tmp_path / "run" / "best.safetensors").exists()
-    assert main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run"), "--pretrained",
-                 str(empty / "x.pth")]) == 2
+    assert (
+        main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run"), "--pretrained", str(empty / "x.pth")])
+        == 2
+    )
     assert "x.pth" in _err(capsys)
 
 
@@ -114,8 +132,19 @@ def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys, icbhi_real=Non
 
     run = tmp_path / "run"
     cache = tmp_path / "cache"
-    args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache),
-            "--device", "cpu"]
+    args = [
+        "train",
+        "--data",
+        str(syn_dir),
+        "--out",
+        str(run),
+        "--preset",
+        "lungcvt_tiny",
+        "--cache",
+        str(cache),
+        "--device",
+        "cpu",
+    ]
     assert main(args + ["--epochs", "1"]) == 0
     assert (run / "best.safetensors").is_file() and (run / "last_state.pt").is_file()
     first = list(csv.DictReader(open(run / "history.csv")))
@@ -127,8 +156,24 @@ def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys, icbhi_real=Non
     assert cfg.name == "lungcvt_tiny" and extra["classes"] == ["normal", "crackle", "wheeze", "both"]
 
     ev = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(syn_dir), "--out", str(ev),
-                 "--cache", str(cache), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.safetensors"),
+                "--data",
+                str(syn_dir),
+                "--out",
+                str(ev),
+                "--cache",
+                str(cache),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     m = json.loads((ev / "metrics.json").read_text())
     assert {"icbhi", "macro_ovr", "two_class", "confusion_matrix"} <= set(m)
     rows = list(csv.DictReader(open(ev / "predictions.csv")))
@@ -136,8 +181,23 @@ def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys, icbhi_real=Non
 
     wav = sorted(syn_dir.glob("*.wav"))[0]
     out = tmp_path / "pred.csv"
-    assert main(["predict", str(wav), "--checkpoint", str(run / "best.safetensors"), "--annotations",
-                 str(wav.with_suffix(".txt")), "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(wav),
+                "--checkpoint",
+                str(run / "best.safetensors"),
+                "--annotations",
+                str(wav.with_suffix(".txt")),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     n_cycles = len([ln for ln in wav.with_suffix(".txt").read_text().splitlines() if ln.strip()])
     assert len(list(csv.DictReader(open(out)))) == n_cycles
 
@@ -149,20 +209,34 @@ def test_predict_on_real_files(icbhi_real, syn_dir, tmp_path, capsys):
     """Windows on a real 4 kHz recording; annotated cycles on a real 44.1 kHz one."""
     from lungcvt.config import get_config
     from lungcvt.model import LungCVT
-
     from medshared.checkpoint import save_checkpoint
 
     cfg = get_config("lungcvt_tiny")
     ck = tmp_path / "m.safetensors"
     save_checkpoint(ck, LungCVT(cfg.model).state_dict(), cfg.to_dict())
-    assert main(["predict", str(icbhi_real / "104_1b1_Ar_sc_Litt3200.wav"), "--checkpoint", str(ck), "--window",
-                 "2.7", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(icbhi_real / "104_1b1_Ar_sc_Litt3200.wav"),
+                "--checkpoint",
+                str(ck),
+                "--window",
+                "2.7",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == int((25.6 - 2.7) // 1.35) + 1
     stem = icbhi_real / "101_1b1_Al_sc_Meditron"
     out = tmp_path / "p.json"
-    assert main(["predict", f"{stem}.wav", "--annotations", f"{stem}.txt", "--checkpoint", str(ck), "--out",
-                 str(out)]) == 0
+    assert (
+        main(["predict", f"{stem}.wav", "--annotations", f"{stem}.txt", "--checkpoint", str(ck), "--out", str(out)])
+        == 0
+    )
     rows = json.loads(out.read_text())
     assert len(rows) == len(stem.with_suffix(".txt").read_text().split("\n")) - 1
     assert all(r["pred"] in ("normal", "crackle", "wheeze", "both") for r in rows)

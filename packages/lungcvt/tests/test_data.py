@@ -3,7 +3,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-
 from lungcvt.data import (
     KNOWN_SPLIT_QUIRKS,
     Cycle,

@@ -5,7 +5,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from lungcvt.config import FeatureConfig
 from lungcvt.features import (
     IMAGENET_MEAN,
@@ -158,6 +157,7 @@ def test_synthetic_signatures():
         return float(np.abs(d).max() / np.sqrt(np.mean(d**2)))
 
     assert np.median([crest(x) for x in crackle]) > 1.8 * np.median([crest(x) for x in normal])
+
 
 def test_feature_error_is_a_value_error():
     assert issubclass(FeatureError, ValueError)

@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from lungcvt.losses import ClassBalancedCE, class_balanced_weights, mixup_batch
 
 OFFICIAL_TRAIN_COUNTS = [2063, 1215, 501, 363]

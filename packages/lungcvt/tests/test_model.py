@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from lungcvt.config import LungCVTConfig, ModelConfig, get_config, list_configs, register_config
 from lungcvt.model import AttentionBlock, BranchConv, LungCVT, SpatialGate, create_model, resolve_weights
 

@@ -17,8 +17,11 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
     if data:
         p.add_argument("--data", required=True, help="ICBHI folder with *.wav and *.txt (e.g. ICBHI_final_database)")
         p.add_argument("--split-file", default=None, help="official split file (default: found next to the data)")
-        p.add_argument("--allow-partial", action="store_true",
-                       help="accept split-file entries without recordings (a subset of the database)")
+        p.add_argument(
+            "--allow-partial",
+            action="store_true",
+            help="accept split-file entries without recordings (a subset of the database)",
+        )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
@@ -55,8 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_cfg(p)
     p.add_argument("--out", required=True, help="output folder (best.safetensors, history.csv, last_state.pt)")
-    p.add_argument("--pretrained", default="auto",
-                   help="DeiT ImageNet weights: 'auto' (search $LUNGCVT_WEIGHTS_DIR and caches), a file, or 'none'")
+    p.add_argument(
+        "--pretrained",
+        default="auto",
+        help="DeiT ImageNet weights: 'auto' (search $LUNGCVT_WEIGHTS_DIR and caches), a file, or 'none'",
+    )
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
@@ -110,9 +116,15 @@ def _cmd_dataset_stats(args: argparse.Namespace) -> int:
         "patients": len({r.info.patient for r in recs}),
         "cycles": sum(len(r.cycles) for r in recs),
         "split_entries_without_recordings": len(missing),
-        "splits": {k: {**v, "patients": len(v["patients"]),
-                       "cycles": dict(zip(CLASSES, v["cycles"])), "n_cycles": sum(v["cycles"])}
-                   for k, v in sorted(parts.items())},
+        "splits": {
+            k: {
+                **v,
+                "patients": len(v["patients"]),
+                "cycles": dict(zip(CLASSES, v["cycles"])),
+                "n_cycles": sum(v["cycles"]),
+            }
+            for k, v in sorted(parts.items())
+        },
     }
     if args.json:
         print(json.dumps(out, indent=2))
@@ -120,12 +132,18 @@ def _cmd_dataset_stats(args: argparse.Namespace) -> int:
         print(f"{out['recordings']} recordings, {out['patients']} patients, {out['cycles']} cycles in {args.data}")
         print(f"{'split':8s} {'recs':>5s} {'pats':>5s} " + " ".join(f"{c:>8s}" for c in CLASSES) + "    total  devices")
         for k, v in out["splits"].items():
-            print(f"{k:8s} {v['recordings']:5d} {v['patients']:5d} "
-                  + " ".join(f"{v['cycles'][c]:8d}" for c in CLASSES) + f" {v['n_cycles']:8d}  "
-                  + ", ".join(f"{d}:{n}" for d, n in sorted(v["devices"].items())))
+            print(
+                f"{k:8s} {v['recordings']:5d} {v['patients']:5d} "
+                + " ".join(f"{v['cycles'][c]:8d}" for c in CLASSES)
+                + f" {v['n_cycles']:8d}  "
+                + ", ".join(f"{d}:{n}" for d, n in sorted(v["devices"].items()))
+            )
         if missing:
-            print(f"warning: {len(missing)} split-file entries have no recording (e.g. {missing[:3]}); "
-                  "the full ICBHI 2017 has 920 recordings, 6898 cycles", file=sys.stderr)
+            print(
+                f"warning: {len(missing)} split-file entries have no recording (e.g. {missing[:3]}); "
+                "the full ICBHI 2017 has 920 recordings, 6898 cycles",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -144,8 +162,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
     t = time.time()
     cs = extract_cycles(recs, fc, args.cache, resolve_device(args.device), progress=True)
     dt = time.time() - t
-    print(f"{len(cs)} cycles from {len(recs)} recordings -> {Path(args.cache) / feature_key(fc)} "
-          f"({dt:.1f} s, {len(cs) / max(dt, 1e-9):.1f} cycles/s)")
+    print(
+        f"{len(cs)} cycles from {len(recs)} recordings -> {Path(args.cache) / feature_key(fc)} "
+        f"({dt:.1f} s, {len(cs) / max(dt, 1e-9):.1f} cycles/s)"
+    )
     return 0
 
 
@@ -166,18 +186,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tr["seed"] = args.seed
     if tr:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **tr))
-    res = train(cfg, args.data, args.out, split_file=args.split_file, device=args.device, weights=weights,
-                cache_dir=args.cache, allow_partial=args.allow_partial, resume=not args.no_resume)
-    print(f"best epoch {res.best_epoch}: val ICBHI score {res.best_val.get('icbhi', {}).get('score', float('nan')):.4f}"
-          f" -> {res.best_checkpoint}")
+    res = train(
+        cfg,
+        args.data,
+        args.out,
+        split_file=args.split_file,
+        device=args.device,
+        weights=weights,
+        cache_dir=args.cache,
+        allow_partial=args.allow_partial,
+        resume=not args.no_resume,
+    )
+    print(
+        f"best epoch {res.best_epoch}: val ICBHI score {res.best_val.get('icbhi', {}).get('score', float('nan')):.4f}"
+        f" -> {res.best_checkpoint}"
+    )
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lungcvt.evaluate import evaluate
 
-    m = evaluate(args.checkpoint, args.data, args.out, split=args.split, split_file=args.split_file,
-                 device=args.device, cache_dir=args.cache, allow_partial=args.allow_partial)
+    m = evaluate(
+        args.checkpoint,
+        args.data,
+        args.out,
+        split=args.split,
+        split_file=args.split_file,
+        device=args.device,
+        cache_dir=args.cache,
+        allow_partial=args.allow_partial,
+    )
     print(f"{'variant':10s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
     for v in ("icbhi", "macro_ovr", "two_class"):
         print(f"{v:10s} {m[v]['se']:7.4f} {m[v]['sp']:7.4f} {m[v]['score']:7.4f}")
@@ -190,8 +229,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from lungcvt.evaluate import predict_file
 
-    rows = predict_file(args.checkpoint, args.wav, args.annotations, window_s=args.window, hop_s=args.hop,
-                        device=args.device)
+    rows = predict_file(
+        args.checkpoint, args.wav, args.annotations, window_s=args.window, hop_s=args.hop, device=args.device
+    )
     if args.out:
         if args.out.endswith(".json"):
             atomic_write_json(args.out, rows)
@@ -200,9 +240,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(rows)} predictions -> {args.out}")
     else:
         for r in rows:
-            print(f"{r['start']:8.3f} {r['end']:8.3f}  {r['pred']:8s}"
-                  + (f"  (true {r['true']})" if "true" in r else "")
-                  + "  " + " ".join(f"{c}={r[f'p_{c}']:.3f}" for c in CLASSES))
+            print(
+                f"{r['start']:8.3f} {r['end']:8.3f}  {r['pred']:8s}"
+                + (f"  (true {r['true']})" if "true" in r else "")
+                + "  "
+                + " ".join(f"{c}={r[f'p_{c}']:.3f}" for c in CLASSES)
+            )
     return 0
 
 

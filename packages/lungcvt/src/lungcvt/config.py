@@ -117,7 +117,13 @@ class ModelConfig:
         cbam_order: ``"official"`` = spatial gate (with BN + ReLU) then channel gate (code ``Blocks.py``);
             ``"standard"`` = channel then spatial gate without the ReLU (Woo et al. 2018, paper Eq. 11-12).
         attention_channels: width of the attention block (code: 16).
+        bn_momentum: momentum of the spatial gate's BatchNorm (code: 0.01; at that value the running statistics
+            need hundreds of steps to settle, so short runs use 0.1).
         reduction: channel-MLP reduction ratio (code: 16, giving a 1-unit hidden layer).
+        front_init: ``"torch"`` (PyTorch default init of the convolution block, code) or ``"identity"`` (the branch
+            conv and the 3->C->3 attention convs start as a pass-through of the three feature channels plus the
+            default-initialised extra channels; ours, for short from-scratch runs where the default init shrinks the
+            input about 8x and the DeiT learns much later).
         head_hidden: hidden width of the classifier head (code: 512).
         head_dropout: head dropout (code: 0.2).
         pretrained: initialise DeiT from ImageNet weights (paper IV-C: DeiT pre-trained weights).
@@ -134,6 +140,8 @@ class ModelConfig:
     share_branch_conv: bool = True
     cbam_order: str = "official"
     attention_channels: int = 16
+    bn_momentum: float = 0.01
+    front_init: str = "torch"
     reduction: int = 16
     head_hidden: int = 512
     head_dropout: float = 0.2
@@ -143,7 +151,11 @@ class ModelConfig:
         if self.cbam_order not in ("official", "standard"):
             raise ValueError(f"model.cbam_order must be 'official' or 'standard', got {self.cbam_order!r}")
         if not self.backbone.startswith("deit"):
-            raise ValueError(f"model.backbone must be a timm DeiT name (deit_tiny/small/base...), got {self.backbone!r}")
+            raise ValueError(
+                f"model.backbone must be a timm DeiT name (deit_tiny/small/base...), got {self.backbone!r}"
+            )
+        if self.front_init not in ("torch", "identity"):
+            raise ValueError(f"model.front_init must be 'torch' or 'identity', got {self.front_init!r}")
         if self.global_pool not in ("token", "avg"):
             raise ValueError(f"model.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.num_classes < 2:
@@ -258,14 +270,19 @@ register_config(LungCVTConfig(name="lungcvt_small", model=ModelConfig(backbone="
 # The notebook preset (lr 1e-3, beta 0.99) to reproduce the official run.
 register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3, cb_beta=0.99)))
 # Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
-# patches, average pooling, clean features (nnAudio), lr 1e-3, batch 16, no mixup.
+# patches, average pooling, identity-initialised front end, clean features (nnAudio), lr 1e-3, batch 16, no mixup.
 register_config(
     LungCVTConfig(
         name="lungcvt_tiny",
         features=FeatureConfig(image_size=64, backend="nnaudio", mode="clean"),
         model=ModelConfig(
-            backbone="deit_tiny_patch16_224", backbone_depth=2, patch_size=8, img_size=64, pretrained=False,
+            backbone="deit_tiny_patch16_224",
+            backbone_depth=2,
+            patch_size=8,
+            img_size=64,
+            pretrained=False,
             global_pool="avg",
+            front_init="identity",
         ),
         train=TrainConfig(lr=1e-3, batch_size=16, epochs=20, mixup=False),
     )

@@ -324,8 +324,13 @@ def validation_split(
     groups = [r.info.patient for r in train]
     if len(set(groups)) < 2:
         raise DataError("need recordings from at least 2 patients in the training split to hold out validation")
-    parts = ratio_split(list(range(len(train))), ratios=(1 - val_fraction, val_fraction), seed=seed, groups=groups,
-                        names=("train", "val"))
+    parts = ratio_split(
+        list(range(len(train))),
+        ratios=(1 - val_fraction, val_fraction),
+        seed=seed,
+        groups=groups,
+        names=("train", "val"),
+    )
     tr = [train[i] for i in parts["train"]]
     va = [train[i] for i in parts["val"]]
     if not va or not tr:  # tiny sets: force one patient into validation

@@ -52,8 +52,9 @@ def plot_feature_examples(data_dir: Path, cfg: LungCVTConfig, path: Path) -> Non
     plt.close(fig)
 
 
-def run_demo(out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bool = False,
-             progress: bool = True) -> dict:
+def run_demo(
+    out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bool = False, progress: bool = True
+) -> dict:
     """Run the whole pipeline on synthetic data; returns the metrics dict (also written to ``out/metrics.json``).
 
     Args:
@@ -70,8 +71,8 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = get_config("lungcvt_tiny")
-    n_patients = 20 if quick else 40
-    epochs = 8 if quick else base.train.epochs
+    n_patients = 32 if quick else 40
+    epochs = 12 if quick else base.train.epochs
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed, epochs=epochs))
     data = out / "data"
     syn = generate_icbhi(data, n_patients=n_patients, recordings_per_patient=(1, 3), seed=seed)
@@ -79,8 +80,9 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bo
     cache = out / "feature_cache"
     res = train(cfg, data, out / "train", device=device, cache_dir=cache, resume=False, progress=progress)
     t_train = time.time() - t0 - t_data
-    ev = evaluate(res.best_checkpoint, data, out / "eval", split="test", device=device, cache_dir=cache,
-                  progress=progress)
+    ev = evaluate(
+        res.best_checkpoint, data, out / "eval", split="test", device=device, cache_dir=cache, progress=progress
+    )
     from lungcvt.data import load_dataset
 
     recs, _ = load_dataset(data)
@@ -88,11 +90,23 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bo
     train_labels = [c.label for r in recs if r.split == "train" for c in r.cycles]
     chance = majority_chance(train_labels, test_labels)
     hist = res.history
-    plot_curves([h["epoch"] for h in hist], {"val ICBHI score": ([h["val_icbhi_score"] for h in hist], None),
-                                              "train loss": ([h["train_loss"] for h in hist], None)},
-                out / "training_curve.png", xlabel="epoch", ylabel="value", title="LungCVT demo training")
-    plot_confusion_matrix(np.array(ev["confusion_matrix"]), list(CLASSES), out / "confusion_matrix.png",
-                          title=f"test ICBHI score {ev['icbhi']['score']:.3f}")
+    plot_curves(
+        [h["epoch"] for h in hist],
+        {
+            "val ICBHI score": ([h["val_icbhi_score"] for h in hist], None),
+            "train loss": ([h["train_loss"] for h in hist], None),
+        },
+        out / "training_curve.png",
+        xlabel="epoch",
+        ylabel="value",
+        title="LungCVT demo training",
+    )
+    plot_confusion_matrix(
+        np.array(ev["confusion_matrix"]),
+        list(CLASSES),
+        out / "confusion_matrix.png",
+        title=f"test ICBHI score {ev['icbhi']['score']:.3f}",
+    )
     plot_feature_examples(data, cfg, out / "feature_examples.png")
     wall = time.time() - t0
     metrics = {
@@ -102,8 +116,14 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bo
         "best_val": res.best_val,
         "best_epoch": res.best_epoch,
         "history": hist,
-        "data": {"recordings": syn.n_recordings, "cycles": syn.n_cycles, "class_counts": syn.class_counts,
-                 "train_counts_after_val_holdout": res.train_counts, "n_val": res.n_val, "n_test": len(test_labels)},
+        "data": {
+            "recordings": syn.n_recordings,
+            "cycles": syn.n_cycles,
+            "class_counts": syn.class_counts,
+            "train_counts_after_val_holdout": res.train_counts,
+            "n_val": res.n_val,
+            "n_test": len(test_labels),
+        },
         "timing_s": {"data": round(t_data, 1), "train": round(t_train, 1), "total": round(wall, 1)},
         "config": cfg.to_dict(),
         "quick": quick,
@@ -120,13 +140,22 @@ def run_demo(out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bo
         "| metric (test split) | Se | Sp | Score | Accuracy |",
         "|---|---|---|---|---|",
     ]
-    for name, d in (("ICBHI (official, headline)", ev["icbhi"]), ("macro one-vs-rest (paper code)", ev["macro_ovr"]),
-                    ("2-class normal/abnormal", ev["two_class"]),
-                    (f"chance: always '{chance['majority_class']}' (ICBHI)", chance["icbhi"])):
+    for name, d in (
+        ("ICBHI (official, headline)", ev["icbhi"]),
+        ("macro one-vs-rest (paper code)", ev["macro_ovr"]),
+        ("2-class normal/abnormal", ev["two_class"]),
+        (f"chance: always '{chance['majority_class']}' (ICBHI)", chance["icbhi"]),
+    ):
         lines.append(f"| {name} | {d['se']:.3f} | {d['sp']:.3f} | {d['score']:.3f} | {d['accuracy']:.3f} |")
-    lines += ["", f"Confusion matrix (rows true N/C/W/B): {ev['confusion_matrix']}", "",
-              f"Wall time {wall:.0f} s (data {t_data:.0f} s, train {t_train:.0f} s).", "",
-              "Plots: `confusion_matrix.png`, `training_curve.png`, `feature_examples.png`.", ""]
+    lines += [
+        "",
+        f"Confusion matrix (rows true N/C/W/B): {ev['confusion_matrix']}",
+        "",
+        f"Wall time {wall:.0f} s (data {t_data:.0f} s, train {t_train:.0f} s).",
+        "",
+        "Plots: `confusion_matrix.png`, `training_curve.png`, `feature_examples.png`.",
+        "",
+    ]
     report = "\n".join(lines)
     atomic_write_text(out / "report.md", report)
     if progress:

@@ -62,9 +62,16 @@ def _rows(cycles: CycleSet, logits: np.ndarray) -> list[dict]:
     rows = []
     for i in range(len(cycles)):
         p = int(probs[i].argmax())
-        rows.append({"recording": cycles.stems[i], "start": cycles.starts[i], "end": cycles.ends[i],
-                     "true": CLASSES[cycles.labels[i]], "pred": CLASSES[p],
-                     **{f"p_{c}": round(float(probs[i, k]), 5) for k, c in enumerate(CLASSES)}})
+        rows.append(
+            {
+                "recording": cycles.stems[i],
+                "start": cycles.starts[i],
+                "end": cycles.ends[i],
+                "true": CLASSES[cycles.labels[i]],
+                "pred": CLASSES[p],
+                **{f"p_{c}": round(float(probs[i, k]), 5) for k, c in enumerate(CLASSES)},
+            }
+        )
     return rows
 
 
@@ -99,11 +106,16 @@ def evaluate(
     logits = predict_logits(model, cycles, cfg.features, dev, bf16=cfg.train.bf16, progress=progress)
     pred = logits.argmax(1)
     metrics = score_predictions(cycles.labels, pred)
-    metrics.update({"split": split, "checkpoint": str(checkpoint), "n_recordings": len(chosen),
-                    "config_name": cfg.name})
+    metrics.update(
+        {"split": split, "checkpoint": str(checkpoint), "n_recordings": len(chosen), "config_name": cfg.name}
+    )
     atomic_write_csv(out / "predictions.csv", _rows(cycles, logits))
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), list(CLASSES), out / "confusion_matrix.png",
-                          title=f"LungCVT {split}: ICBHI score {metrics['icbhi']['score']:.3f}")
+    plot_confusion_matrix(
+        np.array(metrics["confusion_matrix"]),
+        list(CLASSES),
+        out / "confusion_matrix.png",
+        title=f"LungCVT {split}: ICBHI score {metrics['icbhi']['score']:.3f}",
+    )
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -149,8 +161,13 @@ def predict_file(
         cyc = [Cycle(float(s), float(min(s + window_s, dur)), 0, 0) for s in starts]
     pieces = [audio[int(round(c.start * sr)) : max(int(round(c.end * sr)), int(round(c.start * sr)) + 1)] for c in cyc]
     feats = compute_features(pieces, cfg.features, device=dev)
-    cs = CycleSet(feats=feats, labels=[c.label for c in cyc], stems=[Path(wav).stem] * len(cyc),
-                  starts=[c.start for c in cyc], ends=[c.end for c in cyc])
+    cs = CycleSet(
+        feats=feats,
+        labels=[c.label for c in cyc],
+        stems=[Path(wav).stem] * len(cyc),
+        starts=[c.start for c in cyc],
+        ends=[c.end for c in cyc],
+    )
     rows = _rows(cs, predict_logits(model, cs, cfg.features, dev))
     for r in rows:
         if not annotated:

@@ -132,7 +132,11 @@ def librosa_features(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     cqt = librosa.amplitude_to_db(
         np.abs(
             librosa.cqt(
-                y=y, sr=sr, hop_length=hop, n_bins=cfg.cqt_bins, bins_per_octave=cfg.cqt_bins_per_octave,
+                y=y,
+                sr=sr,
+                hop_length=hop,
+                n_bins=cfg.cqt_bins,
+                bins_per_octave=cfg.cqt_bins_per_octave,
                 fmin=cfg.cqt_fmin,
             )
         ),
@@ -172,9 +176,17 @@ class NnAudioFeaturizer:
         self.mel_fb = torch.tensor(mel_fb, dtype=torch.float32, device=self.device)
         self.mfcc_fb = torch.tensor(mfcc_fb, dtype=torch.float32, device=self.device)
         self.cqt = nf.CQT1992v2(
-            sr=sr, hop_length=cfg.hop_length, fmin=cfg.cqt_fmin, n_bins=cfg.cqt_bins,
-            bins_per_octave=cfg.cqt_bins_per_octave, norm=1, window="hann", center=True, pad_mode="constant",
-            output_format="Magnitude", verbose=False,
+            sr=sr,
+            hop_length=cfg.hop_length,
+            fmin=cfg.cqt_fmin,
+            n_bins=cfg.cqt_bins,
+            bins_per_octave=cfg.cqt_bins_per_octave,
+            norm=1,
+            window="hann",
+            center=True,
+            pad_mode="constant",
+            output_format="Magnitude",
+            verbose=False,
         ).to(self.device)
         m = cfg.effective_mfcc_n_mels
         dct = scipy.fft.dct(np.eye(m), type=2, norm="ortho", axis=0)[: cfg.n_mfcc]  # [n_mfcc, n_mels]
@@ -189,8 +201,9 @@ class NnAudioFeaturizer:
         x = torch.zeros(len(ys), n_max, device=self.device)  # [B, N_max], zero-padded like librosa's centre pad
         for i, y in enumerate(ys):
             x[i, : len(y)] = torch.from_numpy(y)
-        spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=self.window, center=True, pad_mode="constant",
-                          return_complex=True)  # [B, 1 + n_fft/2, T_max]
+        spec = torch.stft(
+            x, cfg.n_fft, cfg.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
+        )  # [B, 1 + n_fft/2, T_max]
         power = spec.real**2 + spec.imag**2
         mel = self.mel_fb @ power  # [n_mels, F] @ [B, F, T] -> [B, n_mels, T_max]
         mmel = self.mfcc_fb @ power  # [B, mfcc_n_mels, T_max]
@@ -225,7 +238,10 @@ def get_featurizer(cfg: FeatureConfig, device: str | torch.device = "cpu") -> Nn
 
 
 def compute_features(
-    cycles: Sequence[np.ndarray], cfg: FeatureConfig, device: str | torch.device = "cpu", batch_size: int = 16,
+    cycles: Sequence[np.ndarray],
+    cfg: FeatureConfig,
+    device: str | torch.device = "cpu",
+    batch_size: int = 16,
     progress: bool = False,
 ) -> list[np.ndarray]:
     """Features of many cycles with ``cfg.backend`` -> list of float32 [3, 96, T_i]."""

@@ -65,10 +65,10 @@ class SpatialGate(nn.Module):
         relu: apply a ReLU before the sigmoid (official code; keeps scales >= 0.5).
     """
 
-    def __init__(self, kernel_size: int = 7, relu: bool = True) -> None:
+    def __init__(self, kernel_size: int = 7, relu: bool = True, bn_momentum: float = 0.01) -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01)
+        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=bn_momentum)
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,11 +102,13 @@ class AttentionBlock(nn.Module):
         order: ``"official"`` spatial (BN+ReLU) then channel; ``"standard"`` channel then spatial (no ReLU).
     """
 
-    def __init__(self, channels: int = 16, reduction: int = 16, order: str = "official") -> None:
+    def __init__(
+        self, channels: int = 16, reduction: int = 16, order: str = "official", bn_momentum: float = 0.01
+    ) -> None:
         super().__init__()
         self.order = order
         self.conv_in = nn.Conv2d(3, channels, 3, padding=1, bias=False)
-        self.spatial = SpatialGate(7, relu=(order == "official"))
+        self.spatial = SpatialGate(7, relu=(order == "official"), bn_momentum=bn_momentum)
         self.channel = ChannelGate(channels, reduction)
         self.conv_out = nn.Conv2d(channels, 3, 3, padding=1, bias=False)
 
@@ -130,8 +132,12 @@ def _candidates(backbone: str) -> list[str]:
     names = []
     if backbone in _WEIGHT_URLS:
         names.append(_WEIGHT_URLS[backbone].rsplit("/", 1)[1])
-    names += [f"{backbone}.fb_in1k.safetensors", f"{backbone}.safetensors", f"{backbone}.pth",
-              f"{backbone}.fb_in1k/model.safetensors"]
+    names += [
+        f"{backbone}.fb_in1k.safetensors",
+        f"{backbone}.safetensors",
+        f"{backbone}.pth",
+        f"{backbone}.fb_in1k/model.safetensors",
+    ]
     return names
 
 
@@ -192,7 +198,9 @@ class LungCVT(nn.Module):
         self.cfg = cfg
         self.branch = BranchConv(cfg.share_branch_conv) if cfg.use_cnn else nn.Identity()
         self.attention = (
-            AttentionBlock(cfg.attention_channels, cfg.reduction, cfg.cbam_order) if cfg.use_attention else nn.Identity()
+            AttentionBlock(cfg.attention_channels, cfg.reduction, cfg.cbam_order, cfg.bn_momentum)
+            if cfg.use_attention
+            else nn.Identity()
         )
         kwargs: dict = {"img_size": cfg.img_size, "num_classes": 0}
         if cfg.backbone_depth is not None:
@@ -210,12 +218,32 @@ class LungCVT(nn.Module):
             )
         else:
             self.backbone = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+        if cfg.front_init == "identity":
+            self._identity_init()
         d = self.backbone.num_features
         # code: DeiT head replaced by Linear(768, 512)-ReLU-Dropout(0.2)-Linear(512, 4)
         self.head = nn.Sequential(
-            nn.Linear(d, cfg.head_hidden), nn.ReLU(inplace=True), nn.Dropout(cfg.head_dropout),
+            nn.Linear(d, cfg.head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(cfg.head_dropout),
             nn.Linear(cfg.head_hidden, cfg.num_classes),
         )
+
+    @torch.no_grad()
+    def _identity_init(self) -> None:
+        """Start the convolution block as a pass-through of the 3 feature channels (``front_init="identity"``)."""
+        if isinstance(self.branch, BranchConv):
+            self.branch.conv.weight.zero_()
+            w = self.branch.conv.weight  # [1, 1, 3, 3] shared, or [3, 1, 3, 3] grouped
+            w[:, 0, 1, 1] = 1.0
+        if isinstance(self.attention, AttentionBlock):
+            a = self.attention
+            a.conv_in.weight[:3].zero_()  # [C, 3, 3, 3]: channels 0..2 copy the input channels
+            a.conv_out.weight.mul_(0.1)  # [3, C, 3, 3]: small contribution of the other channels
+            for c in range(3):
+                a.conv_in.weight[c, c, 1, 1] = 1.0
+                a.conv_out.weight[c, :3].zero_()
+                a.conv_out.weight[c, c, 1, 1] = 1.0
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] -> pooled DeiT features (class token) [B, D]."""

@@ -71,8 +71,10 @@ def extract_cycles(
         if feats is None:
             audio, sr = load_audio(rec.wav, cfg.sample_rate)
             cycles = check_cycles_within(rec, len(audio) / sr)
-            pieces = [audio[int(round(c.start * sr)) : max(int(round(c.end * sr)), int(round(c.start * sr)) + 1)]
-                      for c in cycles]
+            pieces = [
+                audio[int(round(c.start * sr)) : max(int(round(c.end * sr)), int(round(c.start * sr)) + 1)]
+                for c in cycles
+            ]
             feats = compute_features(pieces, cfg, device=device)
             if cache:
                 cache.put(rec.stem, rec.wav, spans, feats)
@@ -102,8 +104,13 @@ class CycleDataset(Dataset):
 
 @torch.no_grad()
 def predict_logits(
-    model: LungCVT, cycles: CycleSet, cfg: FeatureConfig, device: torch.device, batch_size: int = 64,
-    bf16: bool = False, progress: bool = False,
+    model: LungCVT,
+    cycles: CycleSet,
+    cfg: FeatureConfig,
+    device: torch.device,
+    batch_size: int = 64,
+    bf16: bool = False,
+    progress: bool = False,
 ) -> np.ndarray:
     """Logits [N, C] for every cycle, in order."""
     from medshared.runtime import autocast_context
@@ -133,8 +140,10 @@ class TrainResult:
 def _scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
     from medshared.metrics import icbhi_scores
 
-    return {v: icbhi_scores(list(y_true), list(y_pred), variant=v, labels=CLASSES) for v in
-            ("icbhi", "macro_ovr", "two_class")}
+    return {
+        v: icbhi_scores(list(y_true), list(y_pred), variant=v, labels=CLASSES)
+        for v in ("icbhi", "macro_ovr", "two_class")
+    }
 
 
 def _resumable(saved: dict | None, current: dict) -> bool:
@@ -209,8 +218,13 @@ def train(
     crit = ClassBalancedCE(counts, tc.cb_beta).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     g = torch.Generator().manual_seed(tc.seed)
-    dl = DataLoader(CycleDataset(tr, cfg.features), batch_size=tc.batch_size, shuffle=True, generator=g,
-                    drop_last=len(tr) > tc.batch_size)
+    dl = DataLoader(
+        CycleDataset(tr, cfg.features),
+        batch_size=tc.batch_size,
+        shuffle=True,
+        generator=g,
+        drop_last=len(tr) > tc.batch_size,
+    )
 
     state_path = out / "last_state.pt"
     best_path = out / "best.safetensors"
@@ -250,27 +264,65 @@ def train(
             n += len(y)
         pred = predict_logits(model, va, cfg.features, dev, bf16=tc.bf16).argmax(1)
         sc = _scores(va.labels, pred.tolist())
-        row = {"epoch": epoch + 1, "train_loss": tot / max(n, 1), "val_icbhi_score": sc["icbhi"]["score"],
-               "val_se": sc["icbhi"]["se"], "val_sp": sc["icbhi"]["sp"], "val_macro_ovr_score": sc["macro_ovr"]["score"],
-               "val_accuracy": sc["icbhi"]["accuracy"]}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": tot / max(n, 1),
+            "val_icbhi_score": sc["icbhi"]["score"],
+            "val_se": sc["icbhi"]["se"],
+            "val_sp": sc["icbhi"]["sp"],
+            "val_macro_ovr_score": sc["macro_ovr"]["score"],
+            "val_accuracy": sc["icbhi"]["accuracy"],
+        }
         history.append(row)
         if sc["icbhi"]["score"] > best_score:
             best_score, best_epoch, best_val = sc["icbhi"]["score"], epoch + 1, sc
-            save_checkpoint(best_path, model.state_dict(), cfg_dict,
-                            extra={"epoch": epoch + 1, "val": sc, "train_counts": counts, "classes": list(CLASSES),
-                                   "lungcvt_version": __version__})
+            save_checkpoint(
+                best_path,
+                model.state_dict(),
+                cfg_dict,
+                extra={
+                    "epoch": epoch + 1,
+                    "val": sc,
+                    "train_counts": counts,
+                    "classes": list(CLASSES),
+                    "lungcvt_version": __version__,
+                },
+            )
         with atomic_path(state_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                        "best_score": best_score, "best_epoch": best_epoch, "best_val": best_val, "history": history,
-                        "config": json.loads(json.dumps(cfg_dict)), "generator": g.get_state(),
-                        "torch_rng": torch.get_rng_state()}, tmp)
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": epoch,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "best_val": best_val,
+                    "history": history,
+                    "config": json.loads(json.dumps(cfg_dict)),
+                    "generator": g.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp,
+            )
         if progress:
-            print(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val ICBHI score {row['val_icbhi_score']:.4f}"
-                  f"  (Se {row['val_se']:.3f} Sp {row['val_sp']:.3f})", flush=True)
+            print(
+                f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val ICBHI score {row['val_icbhi_score']:.4f}"
+                f"  (Se {row['val_se']:.3f} Sp {row['val_sp']:.3f})",
+                flush=True,
+            )
     atomic_write_csv(out / "history.csv", history)
-    atomic_write_json(out / "train.json", {"best_epoch": best_epoch, "best_val": best_val, "train_counts": counts,
-                                            "n_train": len(tr), "n_val": len(va), "config": cfg_dict,
-                                            "val_patients": sorted({r.info.patient for r in va_recs})})
+    atomic_write_json(
+        out / "train.json",
+        {
+            "best_epoch": best_epoch,
+            "best_val": best_val,
+            "train_counts": counts,
+            "n_train": len(tr),
+            "n_val": len(va),
+            "config": cfg_dict,
+            "val_patients": sorted({r.info.patient for r in va_recs}),
+        },
+    )
     return TrainResult(best_path, best_epoch, best_val, history, counts, len(va))
 
 
