@@ -18,14 +18,12 @@ import multiprocessing as mp
 import resource
 import statistics
 import time
-
 from typing import Any
 
 
 def _image(size: tuple[int, int]) -> Any:
     import numpy as np
     import torch
-
     from deepacc.data import read_image
 
     try:
@@ -56,7 +54,6 @@ def _cfg(name: str, min_size: int) -> Any:
 
 def _measure(job: dict[str, Any], q: Any) -> None:
     import torch
-
     from deepacc.model import build_model
 
     torch.manual_seed(0)
@@ -105,9 +102,8 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
 
 def _bf16_compare(checkpoint: str | None, min_size: int, reps: int) -> dict[str, Any]:
     import torch
-    from medshared.metrics import box_iou
-
     from deepacc.model import build_model, set_output_mode
+    from medshared.metrics import box_iou
 
     x, _ = _image((1200, 1600))
     if checkpoint:
@@ -159,7 +155,8 @@ def main() -> None:
         inf = _run({"kind": "infer", "config": name, "min_size": min_size, "reps": reps})
         trn = _run({"kind": "train", "config": name, "min_size": min_size, "reps": 1})
         rows.append({"model": label, "infer_s": inf["seconds"], "infer_peak_mb": inf["peak_rss_mb"],
-                     "train_step_s": trn["seconds"], "train_peak_mb": trn["peak_rss_mb"], "image": inf["image"]})  # fmt: skip
+                     "train_step_s": trn["seconds"], "train_peak_mb": trn["peak_rss_mb"],
+                     "image": inf["image"]})  # fmt: skip
     bf = _bf16_compare(args.checkpoint, min_size, reps)
     print(f"CPU, 1600x1200 image ({rows[0]['image']}) resized to short side {min_size}; median of {reps} run(s)")
     print(f"{'model':<24}{'s/image':>10}{'peak MB':>10}{'train s/step':>14}{'train peak MB':>15}")
@@ -174,7 +171,8 @@ def main() -> None:
                       "deepacc_s_per_image": round(rows[1]["infer_s"], 4),
                       "faster_rcnn_s_per_image": round(rows[0]["infer_s"], 4),
                       "train_step_ratio": round(rows[1]["train_step_s"] / rows[0]["train_step_s"], 4),
-                      "deepacc_peak_mb": round(rows[1]["infer_peak_mb"]), "faster_rcnn_peak_mb": round(rows[0]["infer_peak_mb"]),
+                      "deepacc_peak_mb": round(rows[1]["infer_peak_mb"]),
+                      "faster_rcnn_peak_mb": round(rows[0]["infer_peak_mb"]),
                       "bf16_speedup": round(bf["speedup"], 4),
                       "bf16_unchanged_fraction": bf["fraction_unchanged_iou0.9_same_class"],
                       "min_size": min_size, "quick": args.quick}))  # fmt: skip

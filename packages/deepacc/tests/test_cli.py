@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from deepacc.cli import main
 
 TINY_YAML = """

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from deepacc.data import (
     DataError,
     DetectionDataset,
@@ -23,6 +21,7 @@ from deepacc.data import (
     validate_samples,
 )
 from deepacc.synthetic import SynthConfig, compose_metaphase, load_real_crops, procedural_crops, write_synthetic
+from PIL import Image
 
 SMALL = SynthConfig(height=160, width=160, scale=0.4)
 
@@ -175,7 +174,8 @@ def _write_voc(root: Path, samples) -> None:  # noqa: ANN001
             f"<ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
             for b, lab in zip(s.boxes, s.labels)
         )
-        xml = f"<annotation><filename>{stem}.png</filename><size><width>160</width><height>160</height></size>{objs}</annotation>"
+        size = "<size><width>160</width><height>160</height></size>"
+        xml = f"<annotation><filename>{stem}.png</filename>{size}{objs}</annotation>"
         (root / "annotations" / f"{stem}.xml").write_text(xml)
     (root / "train.txt").write_text("\n".join(stems[:2]) + "\n")
 
@@ -250,6 +250,7 @@ def test_procedural_fallback_lengths() -> None:
     crops = procedural_crops(seed=0, n_per_class=2)
     length = {c: np.mean([(a > 12).any(1).sum() for a in v]) for c, v in crops.items()}
     assert length[1] > length[10] > length[21]
+
     # class-specific band pattern: same class profiles correlate more than different classes
     def prof(a: np.ndarray) -> np.ndarray:
         p = a.astype(float).sum(1)
@@ -267,7 +268,7 @@ def test_make_synthetic_real_source_missing_folder(tmp_path: Path) -> None:
 
 
 def test_image_with_16bit_and_rgba(tmp_path: Path) -> None:
-    a16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 10)
+    a16 = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 10
     Image.fromarray(a16).save(tmp_path / "a.tif")
     a = read_image(tmp_path / "a.tif")
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and a.max() == 255

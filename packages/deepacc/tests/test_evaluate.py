@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from deepacc.config import create_config
 from deepacc.data import Sample
 from deepacc.evaluate import chance_map, evaluate_detections

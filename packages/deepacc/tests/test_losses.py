@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from deepacc.losses import (
     aam_loss,
     arcface_logits,

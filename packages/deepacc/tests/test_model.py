@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from deepacc.config import config_from_dict, create_config, list_configs
 from deepacc.model import agnostic_top1, build_model, postprocess_detections, resolve_backbone_weights, set_output_mode
 
@@ -15,7 +14,8 @@ def _targets() -> list[dict[str, torch.Tensor]]:
     return [
         {"boxes": torch.tensor([[10.0, 12.0, 40.0, 70.0], [60.0, 20.0, 90.0, 50.0], [20.0, 80.0, 50.0, 110.0]]),
          "labels": torch.tensor([1, 2, 23])},
-        {"boxes": torch.tensor([[30.0, 30.0, 60.0, 90.0], [70.0, 70.0, 100.0, 100.0]]), "labels": torch.tensor([21, 24])},
+        {"boxes": torch.tensor([[30.0, 30.0, 60.0, 90.0], [70.0, 70.0, 100.0, 100.0]]),
+         "labels": torch.tensor([21, 24])},
     ]  # fmt: skip
 
 
@@ -153,7 +153,12 @@ def test_registry_and_config_overrides() -> None:
     with pytest.raises(ValueError, match="valid names"):
         create_config("nope")
     paper = create_config("deepacc_r101")
-    assert (paper.model.margin, paper.model.scale, paper.model.aam_weight, paper.model.gia_weight) == (0.25, 64.0, 0.1, 0.1)
+    assert (paper.model.margin, paper.model.scale, paper.model.aam_weight, paper.model.gia_weight) == (
+        0.25,
+        64.0,
+        0.1,
+        0.1,
+    )
     assert paper.train.milestones == (16, 22) and paper.train.epochs == 24 and paper.train.batch_size == 1
     cfg = config_from_dict({"base": "deepacc_tiny", "model": {"delta": 0.7}, "train": {"epochs": 3}})
     assert cfg.model.delta == 0.7 and cfg.train.epochs == 3 and cfg.model.backbone == "tiny"
@@ -171,3 +176,28 @@ def test_retinanet_baseline_builds_and_runs() -> None:
     model = build_model(cfg).train()
     losses = model([torch.rand(3, 96, 96)], _targets()[:1])
     assert {"classification", "bbox_regression"} <= set(losses)
+
+
+def test_template_warmup_uses_global_centres_then_local() -> None:
+    torch.manual_seed(0)
+    model = build_model(_tiny(template_warmup_iters=1, delta=0.0)).train()
+    heads = model.roi_heads
+    emb = torch.rand(6, 256)
+    labels = torch.tensor([1, 1, 2, 0, 0, 3])
+    w_logits = heads._class_outputs(emb, [6], labels)["logits"]  # iteration 0: global centres only
+    cos_w = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(heads.margin_weight, dim=1).t()
+    torch.testing.assert_close(w_logits, 64.0 * cos_w, rtol=1e-4, atol=1e-3)
+    heads.train_iters += 1
+    local = heads._class_outputs(emb, [6], labels)["logits"]  # delta 0: every class takes a local centre
+    assert not torch.allclose(local[:, 1:], 64.0 * cos_w[:, 1:], atol=1e-2)
+    torch.testing.assert_close(local[:, 0], 64.0 * cos_w[:, 0], rtol=1e-4, atol=1e-3)  # background stays global
+
+
+def test_heads_with_zero_proposals() -> None:
+    model = build_model(_tiny()).eval()
+    feats = {str(i): torch.rand(1, 32, 16 // 2**i, 16 // 2**i) for i in range(3)}
+    for mode in ("standard", "max", "raw"):
+        set_output_mode(model, mode)
+        with torch.no_grad():
+            out, _ = model.roi_heads(feats, [torch.zeros(0, 4)], [(128, 128)])
+        assert out[0]["boxes"].shape[-1] == 4 and out[0]["scores"].shape[0] == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-
 import sys
 import time
 from collections.abc import Sequence
@@ -36,8 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-train", type=int, default=None, help="synthetic training images (default: demo setting)")
     p.add_argument("--n-test", type=int, default=None, help="held-out synthetic images (default: demo setting)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: demo setting)")
-    p.add_argument("--source", default="auto", choices=["auto", "real", "procedural"],
-                   help="chromosome crops: real BioImLab crops from the shared data folder, or procedural rods")
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "real", "procedural"],
+        help="chromosome crops: real BioImLab crops from the shared data folder, or procedural rods",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_common(p)
 
@@ -58,12 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="VOC split list name (e.g. train -> train.txt)")
     p.add_argument("--val-data", default=None, help="optional held-out data evaluated after training")
     p.add_argument("--out", required=True, help="run folder (checkpoint, history, metrics)")
-    p.add_argument("--model", default="deepacc_r101", help="registered config (deepacc_r101, table1_a..f, "
-                   "faster_rcnn_r101, retinanet_r101, deepacc_tiny, faster_rcnn_tiny)")
+    p.add_argument(
+        "--model",
+        default="deepacc_r101",
+        help="registered config (deepacc_r101, table1_a..f, "
+        "faster_rcnn_r101, retinanet_r101, deepacc_tiny, faster_rcnn_tiny)",
+    )
     p.add_argument("--config", default=None, help="YAML/JSON overrides: {model: {...}, train: {...}, eval: {...}}")
-    p.add_argument("--pretrained", default="imagenet",
-                   help="backbone ImageNet weights: imagenet (search $DEEPACC_WEIGHTS_DIR and the torch cache), a "
-                   "path, or none for random init (default: imagenet)")
+    p.add_argument(
+        "--pretrained",
+        default="imagenet",
+        help="backbone ImageNet weights: imagenet (search $DEEPACC_WEIGHTS_DIR and the torch cache), a "
+        "path, or none for random init (default: imagenet)",
+    )
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="base lr before scaling (paper: 0.02)")
@@ -88,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--score-thresh", type=float, default=None, help="default: eval.acc_score_thresh (0.5)")
+    p.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="resize the image's short side to this many pixels inside the model (default: the config's "
+        "min_size); use it when chromosomes are much larger or smaller than in training",
+    )
     p.add_argument("--amp", action="store_true")
     _add_common(p)
     return parser
@@ -190,8 +207,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict_image(model: Any, cfg: Any, image_path: str | Path, device: Any, score_thresh: float | None = None,
-                  amp: bool = False) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+def predict_image(
+    model: Any,
+    cfg: Any,
+    image_path: str | Path,
+    device: Any,
+    score_thresh: float | None = None,
+    amp: bool = False,
+    short_side: int | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Detect chromosomes on one image: top-1 class per RoI, score >= thresh, class-agnostic NMS (Sec. 3.1)."""
     import torch
     from medshared.runtime import autocast_context
@@ -203,12 +227,19 @@ def predict_image(model: Any, cfg: Any, image_path: str | Path, device: Any, sco
     img = read_image(image_path)  # [H, W, 3]
     x = torch.from_numpy(img).permute(2, 0, 1).float().div(255.0).to(device)  # [3, H, W]
     thr = cfg.eval.acc_score_thresh if score_thresh is None else score_thresh
+    if short_side is not None and short_side < 32:
+        raise ValueError(f"--short-side must be >= 32 pixels, got {short_side}")
+    tr = model.transform
+    old_sizes = (tr.min_size, tr.max_size)
+    if short_side is not None:
+        tr.min_size, tr.max_size = (short_side,), int(short_side * 1333 / 800)
     set_output_mode(model, "max")
     try:
         with torch.no_grad(), autocast_context(device, amp):
             det = model([x])[0]
     finally:
         set_output_mode(model, "standard")
+        tr.min_size, tr.max_size = old_sizes
     det = {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in det.items()}
     det = agnostic_top1(det, thr, cfg.eval.agnostic_nms_thresh)
     items = []
@@ -224,18 +255,17 @@ def predict_image(model: Any, cfg: Any, image_path: str | Path, device: Any, sco
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
     from medshared.runtime import atomic_write_json, resolve_device
 
     from deepacc.train import load_model
     from deepacc.viz import draw_detections, karyogram, save_png
 
-    import numpy as np
-
     device = resolve_device(args.device)
     if not Path(args.image).is_file():
         raise FileNotFoundError(f"image not found: {args.image}")
     model, cfg, _ = load_model(args.checkpoint, device)
-    img, result = predict_image(model, cfg, args.image, device, args.score_thresh, args.amp)
+    img, result = predict_image(model, cfg, args.image, device, args.score_thresh, args.amp, args.short_side)
     boxes = np.array([d["box_xyxy"] for d in result["detections"]]).reshape(-1, 4)
     labels = np.array([d["class_id"] for d in result["detections"]], dtype=np.int64)
     scores = np.array([d["score"] for d in result["detections"]])
@@ -297,5 +327,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
-
-

@@ -209,12 +209,15 @@ register_config(
     DeepACCConfig(
         name="deepacc_tiny",
         model=ModelConfig(**_TINY_MODEL),  # type: ignore[arg-type]
-        train=TrainConfig(epochs=12, lr=0.02, lr_scaling="literal", batch_size=2, milestones=(9, 11), warmup_iters=50,
-                          grad_clip=10.0),
+        train=TrainConfig(
+            epochs=12, lr=0.02, lr_scaling="literal", batch_size=2, milestones=(9, 11), warmup_iters=50, grad_clip=10.0
+        ),
     )
 )
 register_config(
-    _with_model("faster_rcnn_tiny", create_config("deepacc_tiny"), separate_reg=False, aam=False, siamese=False, gia=False)
+    _with_model(
+        "faster_rcnn_tiny", create_config("deepacc_tiny"), separate_reg=False, aam=False, siamese=False, gia=False
+    )
 )
 
 
@@ -296,7 +299,9 @@ def _validate(cfg: DeepACCConfig) -> None:
         raise ValueError(f"model.fpn_min_level must be 2, 3 or 4, got {m.fpn_min_level}")
     n_levels = 7 - m.fpn_min_level  # returned ResNet stages + the "pool" level
     if len(m.anchor_sizes) != n_levels:
-        raise ValueError(f"model.anchor_sizes needs {n_levels} sizes for fpn_min_level={m.fpn_min_level}, got {m.anchor_sizes}")
+        raise ValueError(
+            f"model.anchor_sizes needs {n_levels} sizes for fpn_min_level={m.fpn_min_level}, got {m.anchor_sizes}"
+        )
     if m.arch not in ("deepacc", "retinanet"):
         raise ValueError(f"model.arch must be deepacc|retinanet, got {m.arch!r}")
     if m.num_classes != 25:

@@ -87,7 +87,8 @@ def normalize_label(name: Any, source: str = "") -> int | None:
     if mt and int(mt.group(2)) in _GROUP_OF and _GROUP_OF[int(mt.group(2))] == mt.group(1):
         return int(mt.group(2))
     raise DataError(
-        f"{source}: unknown chromosome label {s!r}; expected 1..22, 23/X, 24/Y or A1..G22 (fix or remove the annotation)"
+        f"{source}: unknown chromosome label {s!r}; expected 1..22, 23/X, 24/Y or A1..G22 "
+        "(fix or remove the annotation)"
     )
 
 
@@ -105,10 +106,11 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     arr: np.ndarray | None = None
-    try:
-        arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    except Exception:  # noqa: BLE001 - fall back to PIL
-        arr = None
+    if path.suffix.lower() not in (".tif", ".tiff"):  # OpenCV warns on private TIFF tags: PIL reads those
+        try:
+            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        except Exception:  # noqa: BLE001 - fall back to PIL
+            arr = None
     if arr is None:
         try:
             with Image.open(path) as im:
@@ -278,7 +280,9 @@ def load_voc(root: str | Path, split: str | None = None) -> list[Sample]:
         raise DataError(f"{root}: VOC layout needs annotations/ (or Annotations/) and images/ (or JPEGImages/)")
     xmls = sorted(ann_dir.glob("*.xml"))
     if split is not None:
-        lst = next((p for p in (root / f"{split}.txt", root / "ImageSets" / "Main" / f"{split}.txt") if p.is_file()), None)
+        lst = next(
+            (p for p in (root / f"{split}.txt", root / "ImageSets" / "Main" / f"{split}.txt") if p.is_file()), None
+        )
         if lst is None:
             raise FileNotFoundError(f"{root}: split list {split}.txt not found")
         stems = [ln.split()[0] for ln in lst.read_text().splitlines() if ln.strip()]

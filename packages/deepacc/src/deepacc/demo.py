@@ -66,8 +66,14 @@ def run_demo(
     # 2. train the tiny config (full DeepACC head: AAM + siamese + GIA)
     base = create_config("deepacc_tiny")
     n_iters = epochs * -(-n_train // base.train.batch_size)
-    m_cfg = dataclasses.replace(base.model, min_size=min(h, w), max_size=max(h, w), box_batch_size_per_image=64,
-                                rpn_post_nms_top_n_train=200, template_warmup_iters=n_iters // 2)
+    m_cfg = dataclasses.replace(
+        base.model,
+        min_size=min(h, w),
+        max_size=max(h, w),
+        box_batch_size_per_image=64,
+        rpn_post_nms_top_n_train=200,
+        template_warmup_iters=n_iters // 2,
+    )
     t_cfg = dataclasses.replace(base.train, epochs=epochs, milestones=(max(1, int(epochs * 0.8)),), warmup_iters=30)
     cfg = dataclasses.replace(base, name="deepacc_demo", model=m_cfg, train=t_cfg)
     t0 = time.time()
@@ -81,13 +87,23 @@ def run_demo(
     eval_seconds = time.time() - t0
     chance = res["chance"]["random_labels"]
     metrics: dict[str, Any] = {
-        "headline": {"metric": "map50", "value": res["map50"], "chance": chance,
-                     "chance_definition": "mAP@0.5 of the model's own boxes and scores with labels drawn uniformly "
-                                          "from the 24 classes (mean of 5 draws)"},  # fmt: skip
+        "headline": {
+            "metric": "map50",
+            "value": res["map50"],
+            "chance": chance,
+            "chance_definition": "mAP@0.5 of the model's own boxes and scores with labels drawn uniformly "
+            "from the 24 classes (mean of 5 draws)",
+        },  # fmt: skip
         **{k: v for k, v in res.items() if k != "matched_pairs"},
-        "data": {"n_train": n_train, "n_test": n_test, "height": h, "width": w, "source": data_source,
-                 "note": "test images are new compositions; with real crops the 138 BioImLab crops are shared "
-                         "between train and test images"},  # fmt: skip
+        "data": {
+            "n_train": n_train,
+            "n_test": n_test,
+            "height": h,
+            "width": w,
+            "source": data_source,
+            "note": "test images are new compositions; with real crops the 138 BioImLab crops are shared "
+            "between train and test images",
+        },  # fmt: skip
         "config": dataclasses.asdict(cfg),
         "history": history,
         "timing": {"train_seconds": train_seconds, "eval_seconds": eval_seconds},
@@ -97,7 +113,8 @@ def run_demo(
     _write_eval(out, res, prefix="test_")
     ep = [r["epoch"] for r in history]
     curves = {k: (np.array([r[k] for r in history]), np.zeros(len(history)))
-              for k in ("loss", "loss_box_reg", "loss_aam", "loss_ce", "loss_gia", "loss_objectness") if k in history[0]}  # fmt: skip
+              for k in ("loss", "loss_box_reg", "loss_aam", "loss_ce", "loss_gia", "loss_objectness")
+              if k in history[0]}  # fmt: skip
     plot_curves(np.array(ep), curves, out / "loss_curves.png", "epoch", "loss", title="DeepACC demo training")
     _plot_ap(res["ap_per_class"], chance, out / "ap_per_class.png")
     det0 = detections_from_raw(raws[:1], cfg, "max")[0]
@@ -113,7 +130,8 @@ def run_demo(
     real_note = "skipped: shared data folder absent"
     root = shared_data_dir()
     if predict_real and root is not None and (root / "chromosome" / "A.tif").is_file():
-        img_real, result = predict_image(model, cfg, root / "chromosome" / "A.tif", dev)
+        # A.tif chromosomes are about 60-100 px long; 0.4x brings them to the synthetic training scale
+        img_real, result = predict_image(model, cfg, root / "chromosome" / "A.tif", dev, short_side=480)
         boxes = np.array([d["box_xyxy"] for d in result["detections"]]).reshape(-1, 4)
         labels = np.array([d["class_id"] for d in result["detections"]], dtype=np.int64)
         scores = np.array([d["score"] for d in result["detections"]])

@@ -94,7 +94,9 @@ def chance_map(
     vals = []
     for s in range(seeds):
         rng = np.random.default_rng(1234 + s)
-        rd = [{"boxes": d["boxes"], "scores": d["scores"], "labels": rng.integers(1, 25, len(d["labels"]))} for d in dets]
+        rd = [
+            {"boxes": d["boxes"], "scores": d["scores"], "labels": rng.integers(1, 25, len(d["labels"]))} for d in dets
+        ]
         vals.append(detection_map(rd, gts, num_classes=24, iou_threshold=iou)["map"])
     vals_gt = []
     for s in range(seeds):
@@ -108,7 +110,9 @@ def chance_map(
     return {"random_labels": float(np.mean(vals)), "gt_boxes_random_scores": float(np.mean(vals_gt))}
 
 
-def _confusion_pairs(dets: list[dict[str, np.ndarray]], gts: list[dict[str, np.ndarray]], iou: float) -> tuple[list, list]:
+def _confusion_pairs(
+    dets: list[dict[str, np.ndarray]], gts: list[dict[str, np.ndarray]], iou: float
+) -> tuple[list, list]:
     """(true, predicted) class of GT boxes matched class-agnostically (greedy by score, IoU >= iou)."""
     from medshared.metrics import box_iou
 

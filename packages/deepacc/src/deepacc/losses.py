@@ -41,7 +41,9 @@ def cosine(features: Tensor, weight: Tensor) -> Tensor:
     return (f @ w.t()).clamp(-1.0, 1.0)  # [R, K]
 
 
-def arcface_logits(cos: Tensor, labels: Tensor, margin: float, scale: float, apply_mask: Tensor | None = None) -> Tensor:
+def arcface_logits(
+    cos: Tensor, labels: Tensor, margin: float, scale: float, apply_mask: Tensor | None = None
+) -> Tensor:
     """ArcFace logits (Eq. 1): ``s * cos(theta_y + m)`` on the target column, ``s * cos(theta_j)`` elsewhere.
 
     Uses the insightface convention (``easy_margin=False``): where ``theta_y + m > pi`` (``cos <= cos(pi - m)``) the

@@ -25,7 +25,8 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, boxes as box_ops, nms
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, nms
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
@@ -70,7 +71,9 @@ class TinyBody(nn.Module):
             )
 
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+            nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
         )
         self.layer1 = block(widths[0], widths[0])  # stride 4
         self.layer2 = block(widths[0], widths[1])  # stride 8
@@ -127,7 +130,9 @@ def _load_body_weights(body: nn.Module, path: Path) -> None:
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the backbone (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: weights do not match the backbone (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     body.load_state_dict(state, strict=True)
 
 
@@ -352,9 +357,7 @@ class DeepACCRoIHeads(RoIHeads):
                 losses["loss_classifier"] = F.cross_entropy(out["logits"].float(), labels)
             else:
                 margin = cfg.margin if cfg.aam else 0.0  # Table 1(d): margin branch without margin
-                losses["loss_aam"] = cfg.aam_weight * aam_loss(
-                    out["cos"], labels, margin, cfg.scale, cfg.margin_on_bg
-                )
+                losses["loss_aam"] = cfg.aam_weight * aam_loss(out["cos"], labels, margin, cfg.scale, cfg.margin_on_bg)
                 if cfg.siamese:
                     losses["loss_ce"] = cfg.ce_weight * F.cross_entropy(out["logits"], labels)
             if cfg.gia:
@@ -369,7 +372,8 @@ class DeepACCRoIHeads(RoIHeads):
 
         out = self._class_outputs(emb, counts)
         scores = F.softmax(out["logits"].float(), dim=1)  # [R, K]
-        pred_boxes = self.box_coder.decode(box_regression.float(), proposals)  # [R, K, 4]
+        # [R, 4K] -> [R, K, 4]; the explicit reshape also covers R = 0 (decode then returns [0, 4K])
+        pred_boxes = self.box_coder.decode(box_regression.float(), proposals).reshape(-1, self.num_classes, 4)
         results: list[dict[str, Tensor]] = []
         for b, s, shape in zip(pred_boxes.split(counts, 0), scores.split(counts, 0), image_shapes):
             b = box_ops.clip_boxes_to_image(b, shape)  # [n, K, 4]
@@ -428,7 +432,9 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None) -> nn.
         model.deepacc_config = cfg  # type: ignore[attr-defined]
         return model
     n_levels = 6 - m.fpn_min_level  # FPN outputs '0'.. (the extra 'pool' level is used by the RPN only)
-    roi_pool = MultiScaleRoIAlign(featmap_names=[str(i) for i in range(n_levels)], output_size=m.roi_output_size, sampling_ratio=2)
+    roi_pool = MultiScaleRoIAlign(
+        featmap_names=[str(i) for i in range(n_levels)], output_size=m.roi_output_size, sampling_ratio=2
+    )
     model = FasterRCNN(
         backbone,
         num_classes=None,
@@ -462,5 +468,3 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
-
-

@@ -79,7 +79,7 @@ def default_crop_dir() -> Path | None:
 
 
 def load_real_crops(folder: str | Path) -> dict[int, list[np.ndarray]]:
-    """Read ``<cell>/<cell>_<class><copy>.bmp`` crops as bright-on-dark ``uint8 [h, w]`` arrays, keyed by class 1..24."""
+    """Read ``<cell>/<cell>_<class><copy>.bmp`` crops as bright-on-dark ``uint8 [h, w]`` arrays keyed by class."""
     from PIL import Image
 
     folder = Path(folder)
@@ -140,9 +140,7 @@ def _principal_angle(mask: np.ndarray) -> float:
     return math.atan2(vy, vx)  # angle of the long axis
 
 
-def _transform_crop(
-    crop: np.ndarray, angle: float, sx: float, sy: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _transform_crop(crop: np.ndarray, angle: float, sx: float, sy: float) -> tuple[np.ndarray, np.ndarray]:
     """Align the crop's long axis with y, scale (thickness ``sx``, length ``sy``), rotate by ``angle`` (rad).
 
     Returns the warped intensity ``[h', w']`` float32 in [0, 1] and its mask (bool).
@@ -203,7 +201,9 @@ def compose_metaphase(
             continue
         crop = pool[int(rng.integers(len(pool)))]
         sc = cfg.scale * (1 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter))
-        inten, mask = _transform_crop(crop, rng.uniform(0, 2 * math.pi), sc * effects["thickness"], sc * effects["length"])
+        inten, mask = _transform_crop(
+            crop, rng.uniform(0, 2 * math.pi), sc * effects["thickness"], sc * effects["length"]
+        )
         mh, mw = mask.shape
         if mh >= hgt or mw >= wid or not mask.any():
             continue
@@ -263,7 +263,8 @@ def write_synthetic(
     folder = Path(crop_dir) if crop_dir is not None else default_crop_dir()
     if source == "real" and (folder is None or not folder.is_dir()):
         raise FileNotFoundError(
-            f"chromosome crop folder not found ({folder}); set MEDREPRO_SHARED_DATA or --crop-dir, or use --source procedural"
+            f"chromosome crop folder not found ({folder}); set MEDREPRO_SHARED_DATA or --crop-dir, "
+            "or use --source procedural"
         )
     use_real = source == "real" or (source == "auto" and folder is not None and folder.is_dir())
     crops = load_real_crops(folder) if use_real else procedural_crops(seed)  # type: ignore[arg-type]
@@ -286,12 +287,17 @@ def write_synthetic(
                        "batch_effects": effects})  # fmt: skip
         for b, lab in zip(boxes, labels):
             x1, y1, x2, y2 = (float(v) for v in b)
-            annotations.append({"id": ann_id, "image_id": i + 1, "category_id": int(lab), "bbox": [x1, y1, x2 - x1, y2 - y1],
+            annotations.append({"id": ann_id, "image_id": i + 1, "category_id": int(lab),
+                                "bbox": [x1, y1, x2 - x1, y2 - y1],
                                 "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})  # fmt: skip
             ann_id += 1
     coco = {
-        "info": {"description": "DeepACC synthetic metaphases", "source": "real crops" if use_real else "procedural",
-                 "seed": seed, "config": asdict(cfg)},  # fmt: skip
+        "info": {
+            "description": "DeepACC synthetic metaphases",
+            "source": "real crops" if use_real else "procedural",
+            "seed": seed,
+            "config": asdict(cfg),
+        },  # fmt: skip
         "images": images,
         "annotations": annotations,
         "categories": [{"id": c, "name": CLASS_NAMES[c], "supercategory": "chromosome"} for c in range(1, 25)],

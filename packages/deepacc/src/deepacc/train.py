@@ -43,7 +43,9 @@ def lr_factor(iteration: int, epoch: int, tcfg: TrainConfig) -> float:
     return f
 
 
-def save_model(path: str | Path, model: torch.nn.Module, cfg: DeepACCConfig, extra: dict[str, Any] | None = None) -> Path:
+def save_model(
+    path: str | Path, model: torch.nn.Module, cfg: DeepACCConfig, extra: dict[str, Any] | None = None
+) -> Path:
     """Write weights + config (safetensors, atomic)."""
     from medshared.checkpoint import save_checkpoint
 
@@ -62,7 +64,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     model = build_model(cfg, pretrained=None)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return model.to(device).eval(), cfg, extra
 
 
@@ -89,7 +93,8 @@ def train(
 
     Args:
         out_dir: receives ``model.safetensors``, ``train_state.pt``, ``history.csv``, ``config.json``.
-        pretrained: backbone ImageNet weights (path / "imagenet" / None); see :func:`deepacc.model.resolve_backbone_weights`.
+        pretrained: backbone ImageNet weights (path / "imagenet" / None); see
+            :func:`deepacc.model.resolve_backbone_weights`.
         resume: continue from ``out_dir/train_state.pt`` when present.
         amp: bf16 autocast (the margin branch stays fp32).
         epoch_callback: called after each epoch with (epoch, model); its dict is merged into the history row.

@@ -33,7 +33,9 @@ def save_png(path: str | Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None = None
+) -> np.ndarray:
     """Overlay boxes coloured by Denver group with class names (and scores) on an RGB ``uint8 [H, W, 3]`` image."""
     import cv2
 

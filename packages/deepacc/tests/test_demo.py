@@ -1,0 +1,23 @@
+"""The demo's headline (mAP@0.5 on held-out synthetic images) beats the computed chance level (reduced demo)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from deepacc.demo import run_demo
+
+
+@pytest.mark.slow
+def test_reduced_demo_beats_chance(tmp_path: Path) -> None:
+    metrics = run_demo(tmp_path / "demo", device="cpu", seed=0, n_train=24, n_test=4, epochs=5, progress=False,
+                       predict_real=False)  # fmt: skip
+    head = metrics["headline"]
+    assert head["metric"] == "map50"
+    assert 0.0 <= head["chance"] < 0.05
+    assert head["value"] > 3 * head["chance"] and head["value"] > 0.02, head
+    on_disk = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert on_disk["headline"]["value"] == pytest.approx(head["value"])
+    for name in ("report.md", "loss_curves.png", "ap_per_class.png", "test0_overlay.png", "test0_karyogram.png"):
+        assert (tmp_path / "demo" / name).is_file(), name
