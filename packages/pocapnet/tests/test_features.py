@@ -157,3 +157,18 @@ def test_real_radiographs_through_xray_extractor():
     feats = ext(frames)
     assert feats.shape == (len(frames), 32) and torch.isfinite(feats).all()
     assert torch.pdist(feats).min() > 0
+
+
+def test_online_extractor_equals_offline_features(syn_data, syn_feats, tiny_cfg):
+    from pocapnet.stream import OnlineExtractor
+
+    fcfg = dataclasses.replace(tiny_cfg.features, bf16=False)
+    op = load_operation(syn_data, "OP_002")
+    fop = load_feature_operation(syn_feats, "OP_002")
+    online = OnlineExtractor(AudioExtractor(load_wav2vec2("tiny-random"), fcfg),
+                             XrayExtractor(load_densenet("tiny-random"), fcfg), fcfg)
+    for t in range(9):  # crosses the 7 s window length: from zero-padded to fully filled windows
+        img, aud = online.step(op.audio[:, t * 16000 : (t + 1) * 16000], read_frame(op.frames[t]))
+        np.testing.assert_allclose(img.numpy(), fop.xray[t], rtol=1e-3, atol=1e-4)
+        for ch in range(3):
+            np.testing.assert_allclose(aud[ch].numpy(), fop.audio[ch][t], rtol=1e-3, atol=2e-4)
