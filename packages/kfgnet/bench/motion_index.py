@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import torch
-
 from kfgnet.features import frame_motion_index, motion_index_reference
 from kfgnet.synthetic import make_video
 
@@ -32,7 +31,11 @@ def timed(fn, reps: int) -> tuple[float, object]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 compares "
+                    "with the single-threaded loop on equal terms and avoids OpenMP spin-waits on a shared CPU")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     reps = 3 if a.quick else 10
     rng = np.random.default_rng(0)
     clip = make_video(rng, True, 32, 112)["frames"]  # (32, 112, 112) uint8 synthetic ultrasound

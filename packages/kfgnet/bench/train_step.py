@@ -13,7 +13,6 @@ import json
 import time
 
 import torch
-
 from kfgnet.losses import kfgnet_loss
 from kfgnet.model import create_model
 
@@ -49,7 +48,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 compares "
+                    "with the single-threaded loop on equal terms and avoids OpenMP spin-waits on a shared CPU")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     batch = a.batch or (2 if a.quick else 4)
     steps = a.steps or (2 if a.quick else 4)
     rows = []

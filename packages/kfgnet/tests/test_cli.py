@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from kfgnet.cli import main
 
 
@@ -16,7 +15,8 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert main(["make-synthetic", "--out", str(out / "data"), "--patients", "6", "--frames", "16", "--size", "64",
                  "--no-real-backgrounds"]) == 0
     (out / "cfg.yaml").write_text("clip:\n  num_frames: 16\n  size: 32\ntrain:\n  epochs: 1\n  epochs2: 0\n"
-                                  "  batch_size: 4\ndetector:\n  min_size: 64\n  max_size: 64\n  score_threshold: 0.0\n")
+                                  "  batch_size: 4\ndetector:\n  min_size: 64\n  max_size: 64\n"
+                                  "  score_threshold: 0.0\n")
     return out
 
 

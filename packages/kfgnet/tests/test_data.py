@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from kfgnet.config import ClipConfig
 from kfgnet.data import ClipDataset, DataError, clip_indices, read_manifest, read_release, read_video
 

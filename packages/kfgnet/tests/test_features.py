@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from kfgnet.config import MotionConfig
 from kfgnet.features import frame_motion_index, motion_index_reference, motion_vector, window_average
 

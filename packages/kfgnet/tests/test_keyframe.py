@@ -7,12 +7,19 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from kfgnet.config import KeyFrameTrainConfig, get_detector_config, get_keyframe_config
 from kfgnet.data import DataError
 from kfgnet.detector import FrameDetections, build_detector, detect_frames
-from kfgnet.keyframe import (KeyFrameNet, build_keyframe_model, build_sequences, generate_labels, geo_features,
-                             predict_keyframes, subsample_entries, train_keyframe)
+from kfgnet.keyframe import (
+    KeyFrameNet,
+    build_keyframe_model,
+    build_sequences,
+    generate_labels,
+    geo_features,
+    predict_keyframes,
+    subsample_entries,
+    train_keyframe,
+)
 
 
 def test_labels_one_at_key_and_hand_computation() -> None:
@@ -70,11 +77,11 @@ def test_keyframe_net_forward_backward(preset: str) -> None:
 
 def test_keyframe_training_learns_a_simple_rule() -> None:
     cfg = get_keyframe_config("kfgnet_keyframe_tiny", feature_dim=16)
-    dets = [_dets(12, seed=s) for s in range(16)]
-    keys = [int(d.frame_num[np.argmax((d.boxes[:, 0]))]) for d in dets]  # key = right-most box
+    dets = [_dets(12, seed=s) for s in range(12)]
+    keys = [int(d.frame_num[np.argmax(d.boxes[:, 0])]) for d in dets]  # key = right-most box
     seqs = build_sequences(dets, keys, cfg)
     assert all(s["label"][s["key"]] == pytest.approx(1.0) for s in seqs)
-    m = train_keyframe(seqs, cfg, KeyFrameTrainConfig(epochs=60, batch_size=8, lr=0.01), torch.device("cpu"), False)
+    m = train_keyframe(seqs, cfg, KeyFrameTrainConfig(epochs=40, batch_size=12, lr=0.01), torch.device("cpu"), False)
     pred, curves = predict_keyframes(m, seqs, torch.device("cpu"))
     assert len(curves[0]) == 12
     assert np.mean(np.abs(np.array(pred) - np.array(keys)) <= 2) >= 0.5

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from kfgnet.losses import keyframe_mse, kfgnet_loss, motion_loss
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kfgnet.config import get_classifier_config
 from kfgnet.model import LightC3D, SPP3d, build_classifier, create_model, list_models
 
@@ -48,7 +47,10 @@ def test_gradient_reaches_every_parameter() -> None:
     assert not missing, missing
 
 
-@pytest.mark.parametrize("over", [{"spp": False}, {"motion_attention": False}, {"spp": False, "motion_attention": False}])
+SWITCHES = [{"spp": False}, {"motion_attention": False}, {"spp": False, "motion_attention": False}]
+
+
+@pytest.mark.parametrize("over", SWITCHES)
 def test_table1_switches(over: dict) -> None:
     m = create_model("kfgnet_tiny", **over).eval()
     logits, v_temp = m(torch.rand(1, 3, 16, 64, 64))

@@ -24,7 +24,8 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
         g.add_argument("--release", type=Path, help="authors' release folder (videos/*.avi + avi.xlsx|avi.csv)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", type=Path, help="YAML/JSON overrides; sections: model, train, clip, motion (classifier), detector, keyframe, keyframe_train")
+    p.add_argument("--config", type=Path, help="YAML/JSON overrides; sections: model, train, clip, motion, "
+                   "detector, keyframe, keyframe_train")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -133,8 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = DemoConfig()
     if args.quick:
-        cfg = DemoConfig(n_patients=10, num_frames=24, frame_size=64, clip_frames=16, clip_size=32, folds=2, epochs=10,
-                         epochs2=4, det_epochs=1, det_images_per_video=1, kf_epochs=10)
+        cfg = DemoConfig(n_patients=14, num_frames=24, frame_size=64, clip_frames=16, clip_size=48, folds=2, epochs=14,
+                         epochs2=6, batch_size=4, det_epochs=1, det_images_per_video=1, kf_epochs=10)
     m = run_demo(args.out, resolve_device(args.device), args.seed, cfg, progress=not args.no_progress)
     print((args.out / "report.md").read_text())
     h = m["headline"]

@@ -184,7 +184,8 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn", "tiny"):
-            raise ValueError(f"unknown detector backbone {self.backbone!r}; valid: resnet50_fpn, mobilenet_v3_fpn, tiny")
+            raise ValueError(f"unknown detector backbone {self.backbone!r}; "
+                             "valid: resnet50_fpn, mobilenet_v3_fpn, tiny")
 
 
 @dataclass(frozen=True)

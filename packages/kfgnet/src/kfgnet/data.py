@@ -101,7 +101,8 @@ def read_video(path: str | Path, gray: bool = False) -> np.ndarray:
         raise DataError(f"frames of {p} differ in size: {sorted(shapes)}")
     arr = np.stack(frames)  # (T, H, W, 3) BGR
     if gray:
-        return np.ascontiguousarray(arr[..., 0] * 0.114 + arr[..., 1] * 0.587 + arr[..., 2] * 0.299).round().astype(np.uint8)
+        g = arr[..., 0] * 0.114 + arr[..., 1] * 0.587 + arr[..., 2] * 0.299  # BGR -> luma
+        return np.ascontiguousarray(g.round().astype(np.uint8))
     return np.ascontiguousarray(arr[..., ::-1])  # RGB
 
 
@@ -120,7 +121,8 @@ def _parse_boxes(raw: Any, where: str) -> dict[int, list[float]]:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise DataError(f"boxes of {where} are not valid JSON ({e}); expected {{\"frame\": [x1, y1, x2, y2]}}") from e
+            raise DataError(f"boxes of {where} are not valid JSON ({e}); "
+                            f"expected {{\"frame\": [x1, y1, x2, y2]}}") from e
     out = {}
     for k, b in dict(raw).items():
         if len(b) != 4:
@@ -154,7 +156,8 @@ def read_manifest(path: str | Path) -> list[VideoRecord]:
         where = f"{p} entry {i}"
         missing = [k for k in ("video", "label", "key_frame") if k not in r or r[k] in (None, "")]
         if missing:
-            raise DataError(f"{where} lacks {missing}; required columns: video, label, key_frame (patient_id, boxes optional)")
+            raise DataError(f"{where} lacks {missing}; required columns: video, label, key_frame "
+                            f"(patient_id, boxes optional)")
         try:
             key = int(r["key_frame"])
         except (TypeError, ValueError) as e:

@@ -6,21 +6,31 @@
 3. stage 2: grouped stratified k-fold CV of the light C3D + SPP + motion attention on clips centred on the annotated
    key frames, and on the stage-1 key frames for the held-out videos; headline = CV accuracy vs the majority rate.
 
-Reduced sizes (64-px frames, 3 folds, 20 epochs, 16 x 48 x 48 clips, tiny networks) so it takes about two minutes on 2 CPU cores.
+Reduced sizes (64-px frames, 3 folds, 18 epochs, 16 x 48 x 48 clips, tiny networks) so it takes about two
+minutes on 2 idle CPU cores.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from kfgnet.config import (LABELS, ClassifierTrainConfig, ClipConfig, KeyFrameTrainConfig, MotionConfig,
-                           config_to_dict, get_classifier_config, get_detector_config, get_keyframe_config)
+from kfgnet.config import (
+    LABELS,
+    ClassifierTrainConfig,
+    ClipConfig,
+    KeyFrameTrainConfig,
+    MotionConfig,
+    config_to_dict,
+    get_classifier_config,
+    get_detector_config,
+    get_keyframe_config,
+)
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -57,8 +67,14 @@ def run_demo(out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | N
 
     from kfgnet.data import read_manifest
     from kfgnet.detector import detection_dataset, save_detector, train_detector
-    from kfgnet.evaluate import (classification_summary, extract_detections, fmt_pm, plot_prediction,
-                                 plot_tolerance, tolerance_curve)
+    from kfgnet.evaluate import (
+        classification_summary,
+        extract_detections,
+        fmt_pm,
+        plot_prediction,
+        plot_tolerance,
+        tolerance_curve,
+    )
     from kfgnet.keyframe import build_sequences, predict_keyframes, save_keyframe, train_keyframe
     from kfgnet.synthetic import SyntheticConfig, make_synthetic
     from kfgnet.train import cross_validate

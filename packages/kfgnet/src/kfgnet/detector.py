@@ -102,7 +102,8 @@ def detection_dataset(records: list[VideoRecord], max_per_video: int = 8, negati
                 raise DataError(f"box on frame {k} of {r.path}, which has only {len(frames)} frames")
             if x1 < -1 or y1 < -1 or x2 > w + 1 or y2 > h + 1:
                 raise DataError(f"box {r.boxes[k]} of frame {k} in {r.path} lies outside the {w}x{h} frame")
-        pick = keys if len(keys) <= max_per_video else [keys[i] for i in np.linspace(0, len(keys) - 1, max_per_video).round().astype(int)]
+        sel = np.linspace(0, len(keys) - 1, min(len(keys), max_per_video)).round().astype(int)
+        pick = sorted({keys[i] for i in sel})
         for k in pick:
             out.append((frames[k], np.asarray([r.boxes[k]], dtype=np.float32)))
         free = [i for i in range(len(frames)) if all(abs(i - k) > 3 for k in keys)]
@@ -235,7 +236,7 @@ def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, ba
             bx.append((box_r[0] * scale).cpu().numpy())
             sc.append(float(d["scores"][top]))
             ft.append(f[0].float().cpu().numpy())
-    d = ft[0].shape[0] if ft else int(getattr(model.roi_heads.box_head, "fc7").out_features)
+    d = ft[0].shape[0] if ft else int(model.roi_heads.box_head.fc7.out_features)
     return FrameDetections(np.asarray(fn, dtype=np.int64), np.asarray(bx, dtype=np.float32).reshape(-1, 4),
                            np.asarray(sc, dtype=np.float32), np.asarray(ft, dtype=np.float32).reshape(-1, d),
                            tuple(frames.shape[1:3]), len(frames))

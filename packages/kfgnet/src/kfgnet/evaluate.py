@@ -75,9 +75,8 @@ def extract_detections(records: list[VideoRecord], detector: torch.nn.Module, de
 def plot_prediction(frame: np.ndarray, box: np.ndarray | None, key: int, curve_frames: np.ndarray,
                     curve: np.ndarray, p_malignant: float, path: Path, title: str = "") -> Path:
     """PNG: the predicted key frame with its nodule box, and the per-frame key-frame score curve."""
-    from medshared.runtime import atomic_path
-
     import matplotlib
+    from medshared.runtime import atomic_path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -70,7 +70,8 @@ class SPP3d(nn.Module):
         """``x (B, C, t, h, w)`` -> ``(B, C * (t*h*w + 8 + 1))``."""
         if self.mode == "official":
             if tuple(x.shape[2:]) != (2, 3, 3):
-                raise ValueError(f"spp_mode='official' needs a 2x3x3 map (32 x 112 x 112 clips), got {tuple(x.shape[2:])}")
+                raise ValueError(f"spp_mode='official' needs a 2x3x3 map (32 x 112 x 112 clips), "
+                                 f"got {tuple(x.shape[2:])}")
             p1 = F.max_pool3d(x, (2, 3, 3))  # (B, C, 1, 1, 1)
             p2 = F.max_pool3d(x, (1, 2, 2), stride=(1, 2, 2), padding=(0, 1, 1))  # (B, C, 2, 2, 2)
         else:
@@ -98,7 +99,8 @@ class LightC3D(nn.Module):
 
     def __init__(self, in_channels: int = 3, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
                  num_classes: int = 2, num_frames: int = 32, size: int = 112, spp: bool = True,
-                 spp_mode: str = "adaptive", motion_attention: bool = True, attention_widths: tuple[int, int] = (64, 16),
+                 spp_mode: str = "adaptive", motion_attention: bool = True,
+                 attention_widths: tuple[int, int] = (64, 16),
                  attention_padding: int = 0, attention_sigmoid: bool = False, hidden: int = 512, dropout: float = 0.5):
         super().__init__()
         self.conv1 = _conv_bn(in_channels, widths[0], 1)
@@ -171,7 +173,8 @@ class C3D(nn.Module):
         )
         fcw = max(8, int(fc * width_mult))
         self.head = nn.Sequential(nn.Linear(w[7] * 16, fcw), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                                  nn.Linear(fcw, fcw), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(fcw, num_classes))
+                                  nn.Linear(fcw, fcw), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                  nn.Linear(fcw, num_classes))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.head(self.features(x).flatten(1)), None  # features (B, C, 1, 4, 4) -> (B, 16C)

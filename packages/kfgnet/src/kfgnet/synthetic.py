@@ -156,7 +156,8 @@ def make_video(rng: np.random.Generator, malignant: bool, num_frames: int, size:
             if nodule["halo"] > 0:
                 ring = _nodule_mask(size, cx, cy, ax + 2, ay + 2, nodule["harmonics"], nodule["rough"]) & ~mask
                 img[ring] *= 1.0 - 0.5 * nodule["halo"]
-            tex = 1.0 + nodule["hetero"] * cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 2)
+            noise = rng.normal(0, 1, (size, size)).astype(np.float32)
+            tex = 1.0 + nodule["hetero"] * cv2.GaussianBlur(noise, (0, 0), 2)
             inner = np.full((size, size), 105.0, np.float32) * nodule["echo"] * tex
             blur = 0.5 + 3.0 * abs(d)  # sharpest at the key frame
             soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), blur)

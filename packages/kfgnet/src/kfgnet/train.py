@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kfgnet.config import (LABELS, ClassifierConfig, ClassifierTrainConfig, ClipConfig, MotionConfig,
-                           config_to_dict)
+from kfgnet.config import LABELS, ClassifierConfig, ClassifierTrainConfig, ClipConfig, MotionConfig, config_to_dict
 from kfgnet.data import ClipDataset, VideoRecord
 from kfgnet.losses import kfgnet_loss
 from kfgnet.model import build_classifier
