@@ -133,3 +133,13 @@ def test_missing_weights(tmp_path, monkeypatch):
         resolve_weights("deit_base_patch16_224")
     with pytest.raises(FileNotFoundError, match=r"not found: .*missing\.pth.*--pretrained none"):
         resolve_weights("deit_base_patch16_224", tmp_path / "missing.pth")
+
+
+def test_identity_front_init_passes_features_through():
+    m = LungCVT(dataclasses.replace(TINY, front_init="identity")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(m.branch(x), x)
+    a = m.attention.conv_in(x)[:, :3]
+    torch.testing.assert_close(a, x)
+    default = LungCVT(dataclasses.replace(TINY, front_init="torch")).eval()
+    assert not torch.allclose(default.branch(x), x)

@@ -169,6 +169,7 @@ class TrainConfig:
     Attributes:
         lr: Adam learning rate (paper IV-C: 1e-4; the notebook used 1e-3).
         weight_decay: Adam weight decay (code: 0).
+        warmup_steps: linear learning-rate warm-up steps (paper: fixed lr, 0; the tiny config uses 60).
         batch_size: mini-batch size (code: 32).
         epochs: number of epochs (code: 100).
         cb_beta: class-balanced loss beta (paper Eq. 13; code 0.99 is a no-op, brief section 3; ours 0.999).
@@ -182,6 +183,7 @@ class TrainConfig:
 
     lr: float = 1e-4
     weight_decay: float = 0.0
+    warmup_steps: int = 0
     batch_size: int = 32
     epochs: int = 100
     cb_beta: float = 0.999
@@ -270,7 +272,8 @@ register_config(LungCVTConfig(name="lungcvt_small", model=ModelConfig(backbone="
 # The notebook preset (lr 1e-3, beta 0.99) to reproduce the official run.
 register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3, cb_beta=0.99)))
 # Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
-# patches, average pooling, identity-initialised front end, clean features (nnAudio), lr 1e-3, batch 16, no mixup.
+# patches, average pooling, identity-initialised front end, clean features (nnAudio), lr 1e-3 with 60 warm-up
+# steps, batch 16, no mixup.
 register_config(
     LungCVTConfig(
         name="lungcvt_tiny",
@@ -284,6 +287,6 @@ register_config(
             global_pool="avg",
             front_init="identity",
         ),
-        train=TrainConfig(lr=1e-3, batch_size=16, epochs=20, mixup=False),
+        train=TrainConfig(lr=1e-3, warmup_steps=60, batch_size=16, epochs=20, mixup=False),
     )
 )

@@ -250,7 +250,8 @@ class LungCVT(nn.Module):
         s = self.cfg.img_size
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] != s or x.shape[3] != s:
             raise ValueError(
-                f"LungCVT expects input [B, 3, {s}, {s}] (features resized to features.image_size), got {tuple(x.shape)}"
+                f"LungCVT expects input [B, 3, {s}, {s}] (features resized to features.image_size), "
+                f"got {tuple(x.shape)}"
             )
         x = self.branch(x)  # [B, 3, S, S]
         x = self.attention(x)  # [B, 3, S, S]

@@ -244,6 +244,7 @@ def train(
         else:
             log.warning("%s holds a different config; starting over", state_path)
 
+    step = start_epoch * len(dl)
     for epoch in range(start_epoch, tc.epochs):
         model.train()
         tot, n = 0.0, 0
@@ -257,9 +258,13 @@ def train(
                     loss = crit.mixed(model(xm), ya, yb, lam)
                 else:
                     loss = crit(model(x), y)
+            if tc.warmup_steps > 0:
+                for group in opt.param_groups:
+                    group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
             tot += float(loss.detach()) * len(y)
             n += len(y)
         pred = predict_logits(model, va, cfg.features, dev, bf16=tc.bf16).argmax(1)
