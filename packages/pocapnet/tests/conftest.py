@@ -1,8 +1,15 @@
-"""Session fixtures: a small synthetic PoCaP dataset on disk and its tiny-random features (built once)."""
+"""Session fixtures: a small synthetic PoCaP dataset on disk and its tiny-random features (built once).
+
+Every test here runs with ONE intra-op torch thread, restored afterwards (so nothing leaks into other packages'
+tests): the workloads are tiny tensors where thread synchronisation dominates, and on a busy 2-core machine the
+default thread count made the suite 10-40x slower (measured).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,9 +17,21 @@ import torch
 from pocapnet.config import get_config
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_threads() -> Iterator[None]:
     torch.manual_seed(0)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +44,8 @@ def syn_data(tmp_path_factory) -> Path:
     from pocapnet.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("pocap_data")
-    make_synthetic_dataset(root, n_ops=4, seconds=(28, 34), seed=3, frame_size=64, progress=False)
+    with one_thread():
+        make_synthetic_dataset(root, n_ops=4, seconds=(28, 34), seed=3, frame_size=64, progress=False)
     return root
 
 
@@ -35,5 +55,6 @@ def syn_feats(syn_data, tmp_path_factory, tiny_cfg) -> Path:
 
     out = tmp_path_factory.mktemp("pocap_feats")
     fcfg = dataclasses.replace(tiny_cfg.features, batch_windows=16, bf16=False)
-    extract_dataset(syn_data, out, fcfg, "cpu", progress=False, require_labels=True)
+    with one_thread():
+        extract_dataset(syn_data, out, fcfg, "cpu", progress=False, require_labels=True)
     return out
