@@ -71,19 +71,8 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
     cfg = create_config("alges_demo", seeds=(seed,))
     n_videos, frames = 6, 40
     if quick:
-        cfg = dataclasses.replace(
-            cfg,
-            image_size=32,
-            encoder_depth=3,
-            decoder_channels=(32, 16, 8),
-            epochs=6,
-            n_init=6,
-            n_query=6,
-            n_rounds=2,
-            coreset_grid=2,
-            deal_attention_size=8,
-        )
-        n_videos, frames = 4, 16
+        cfg = dataclasses.replace(cfg, image_size=32, batch_size=2, epochs=10, n_init=10, n_query=10, n_rounds=2)
+        n_videos, frames = 3, 16
     data_dir = out / "data"
     videos = generate_cholecseg8k(data_dir, n_videos=n_videos, frames_per_video=frames, seed=seed)
     n_test = 2 if n_videos >= 6 else 1  # whole videos held out: no near-duplicate frames leak into the test set
