@@ -15,10 +15,8 @@ Usage: ``uv run python packages/alges/bench/embeddings.py [--quick] [--device cp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import resource
-import subprocess
-import sys
 import time
 
 import torch
@@ -42,31 +40,38 @@ def _official_way(model, images: torch.Tensor) -> tuple[float, torch.Tensor]:
     return (time.perf_counter() - t) / len(images), torch.stack(embs)
 
 
-def _memory_child(mode: str, n: int, size: int, k: int, d: int) -> None:
-    torch.manual_seed(0)
-    logits = torch.randn(n, k, size, size)
-    z = torch.relu(torch.randn(n, d, size, size))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if mode == "closed":
-        e = alges_img(logits, z)
-        s = alges_sem(logits, z)
-        _ = float(e.sum() + s.sum())
-    else:
-        G = materialize_G(logits, z)  # [n, N, K, d]
-        e = G.mean(dim=1).flatten(1)
-        s = G.flatten(2).norm(dim=-1)
-        _ = float(e.sum() + s.sum())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kb": peak - base}))
+def _hwm_kib() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def _peak_mib(fn) -> float:
+    """Peak RSS growth (MiB) while running ``fn``: reset the high-water mark (Linux clear_refs 5), run, read VmHWM."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _hwm_kib()
+    fn()
+    return (_hwm_kib() - base) / 1024.0
 
 
 def _memory(mode: str, n: int, size: int, k: int, d: int) -> float:
-    code = (
-        f"import sys; sys.argv=['x']; from importlib.machinery import SourceFileLoader; "
-        f"m=SourceFileLoader('b', {__file__!r}).load_module(); m._memory_child({mode!r}, {n}, {size}, {k}, {d})"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["kb"] / 1024.0
+    torch.manual_seed(0)
+    logits = torch.randn(n, k, size, size)
+    z = torch.relu(torch.randn(n, d, size, size))
+
+    def closed() -> None:
+        float(alges_img(logits, z).sum() + alges_sem(logits, z).sum())
+
+    def materialised() -> None:
+        G = materialize_G(logits, z)  # [n, N, K, d]: Eq. 3
+        float(G.mean(dim=1).sum() + G.flatten(2).norm(dim=-1).sum())
+
+    return _peak_mib(closed if mode == "closed" else materialised)
 
 
 def main() -> None:
@@ -74,12 +79,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer images (about a minute)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--size", type=int, default=224)
+    ap.add_argument(
+        "--checkpoint",
+        help="trained alges checkpoint for the bf16-vs-fp32 agreement check (a random-init "
+        "model has near-tied logits, so bf16 flips its argmax pseudo-labels)",
+    )
     args = ap.parse_args()
     dev = torch.device(args.device)
     n_pkg, n_off = (32, 8) if args.quick else (128, 32)
     cfg = create_config("alges_paper", image_size=args.size, eval_batch_size=16)
     torch.manual_seed(0)
-    model = build_model(cfg).to(dev)
+    if args.checkpoint:
+        from alges.model import load_trained
+
+        model, cfg, _ = load_trained(args.checkpoint)
+        cfg = dataclasses.replace(cfg, eval_batch_size=16)
+        args.size = cfg.image_size
+        model = model.to(dev)
+    else:
+        model = build_model(cfg).to(dev)
     images = (torch.rand(n_pkg, 3, args.size, args.size) * 255).to(torch.uint8)
     # warm-up
     infer(model, images[:2].numpy(), cfg, dev, ("alges_img",))

@@ -24,7 +24,7 @@ def residuals(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """logits [B, K, H, W] -> (p [B, K, H, W], r = p - onehot(argmax p) [B, K, H, W], pred [B, H, W] int64), fp32."""
     p = logits.float().softmax(dim=1)
     pred = p.argmax(dim=1)
-    r = p - F.one_hot(pred, p.shape[1]).permute(0, 3, 1, 2).to(p.dtype)  # [B, H, W, K] -> [B, K, H, W]
+    r = p.scatter_add(1, pred.unsqueeze(1), torch.full_like(p[:, :1], -1.0))  # subtract 1 at the argmax class
     return p, r, pred
 
 
@@ -65,7 +65,7 @@ def alges_img(
     r_flat = r.reshape(b, k, n)  # [B, K, N]
     blocks = []
     for zs in _shifts(z.float(), kernel_size):
-        blocks.append(torch.einsum("bkn,bdn->bkd", r_flat, zs.reshape(b, -1, n)) / n)  # [B, K, d]
+        blocks.append(torch.bmm(r_flat, zs.reshape(b, -1, n).transpose(1, 2)) / n)  # [B, K, N] @ [B, N, d] -> [B, K, d]
     g = torch.stack(blocks, dim=-1)  # [B, K, d, k*k], matches weight [K, d, k, k] flattened
     g = g.reshape(b, k, -1)  # [B, K, d*k*k]
     if variant == "row_norm":
@@ -98,8 +98,9 @@ def alges_sem(
     Returns:
         fp32 embeddings [B, K].
     """
-    p, _, pred = residuals(logits)
-    k = p.shape[1]
+    p = logits.float().softmax(dim=1)
+    pred = p.argmax(dim=1)
+    b, k = p.shape[:2]
     zf = z.float()
     z2 = (zf * zf).sum(dim=1, keepdim=True)  # [B, 1, H, W]
     if kernel_size > 1:
@@ -109,7 +110,7 @@ def alges_sem(
     if include_bias:
         z2 = z2 + 1.0
     # ||r||^2 = (1 - p_max)^2 + sum_{k != y} p_k^2, with 1 - p_max = sum_{k != y} p_k (no cancellation near p_max = 1)
-    p_other = p * (1.0 - F.one_hot(pred, k).permute(0, 3, 1, 2).to(p.dtype))  # [B, K, H, W], argmax entry zeroed
+    p_other = p.scatter(1, pred.unsqueeze(1), 0.0)  # [B, K, H, W], argmax entry zeroed
     r2 = p_other.sum(dim=1) ** 2 + (p_other * p_other).sum(dim=1)  # [B, H, W]
     if variant == "norm":
         val = r2.sqrt() * z2.sqrt()
@@ -119,8 +120,8 @@ def alges_sem(
         val = ((p * p).sum(dim=1) + k * (1.0 - 2.0 * p.amax(dim=1))) * z2
     else:
         raise ValueError(f"unknown ALGES-sem variant {variant!r}; use norm, squared or official")
-    onehot = F.one_hot(pred, k).to(val.dtype)  # [B, H, W, K]
-    return torch.einsum("bhwk,bhw->bk", onehot, val)  # [B, K]
+    out = torch.zeros(b, k, dtype=val.dtype, device=val.device)
+    return out.scatter_add_(1, pred.reshape(b, -1), val.reshape(b, -1))  # [B, K]: per predicted class sum
 
 
 def materialize_G(logits: torch.Tensor, z: torch.Tensor, *, kernel_size: int = 1) -> torch.Tensor:
