@@ -162,3 +162,45 @@ def test_demo_quick_beats_chance(tmp_path):
     assert h["value"] > h["chance"] + 0.05, h
     for f in ("report.md", "learning_curve.png", "rounds.csv"):
         assert (tmp_path / "demo" / f).is_file()
+
+
+def test_simulate_cli_writes_curves_and_table(syn_root, tmp_path):
+    out = tmp_path / "sim"
+    argv = [
+        "simulate",
+        "--data",
+        str(syn_root),
+        "--strategies",
+        "random,alges-sem",
+        "--rounds",
+        "2",
+        "--epochs",
+        "1",
+        "--seeds",
+        "0",
+        "--train-videos",
+        "video01,video02",
+        "--test-videos",
+        "video03",
+        "--max-test-frames",
+        "4",
+        "--preset",
+        "alges_tiny",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
+    assert main(argv) == 0
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [(r["strategy"], r["round"], r["n_labeled"]) for r in rows] == [
+        ("random", "0", "4"),
+        ("random", "1", "7"),
+        ("alges-sem", "0", "4"),
+        ("alges-sem", "1", "7"),
+    ]
+    for f in ("learning_curve.png", "table.md", "results.json", "config.json"):
+        assert (out / f).is_file()
+    assert "alges-sem" in (out / "table.md").read_text()
+    assert main(argv) == 0  # a rerun resumes from the saved state (nothing left to train)
+    assert main(argv[:4] + ["random,bogus"] + argv[5:]) == 1
