@@ -84,6 +84,6 @@ def test_demo_quick_beats_chance(tmp_path: Path) -> None:
     assert main(["demo", "--quick", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     h = m["headline"]
-    assert h["metric"] == "cv_accuracy" and h["value"] > h["chance"] + 0.1
+    assert h["metric"] == "cv_accuracy" and h["value"] > h["chance"] + 0.05
     for f in ("report.md", "tolerance.png", "confusion.png", "prediction.png"):
         assert (tmp_path / f).is_file()

@@ -202,7 +202,7 @@ def cmd_train_keyframe(args: argparse.Namespace) -> int:
 
         tcfg = replace(tcfg, epochs=args.epochs)
     keys = [r.key_frame for r in records]
-    seqs = build_sequences(dets, keys, cfg)
+    seqs = build_sequences(dets, keys, cfg, [str(r.path) for r in records])
     log: list[dict[str, Any]] = []
     model = train_keyframe(seqs, cfg, tcfg, device, not args.no_progress, log)
     save_keyframe(args.out / "keyframe.safetensors", model, cfg, {"log": log})
@@ -283,7 +283,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.detector and args.keyframe:
         dets, _ = _stage1(records, args.detector, device, args.out / "cache", not args.no_progress)
         km, kcfg = load_keyframe(args.keyframe, device)
-        keys, _ = predict_keyframes(km, build_sequences(dets, None, kcfg), device)
+        keys, _ = predict_keyframes(km, build_sequences(dets, None, kcfg, [str(r.path) for r in records]),
+                                   device)
         tol = tolerance_curve(keys, [r.key_frame for r in records])
         plot_tolerance({"predicted key frames": tol}, args.out / "tolerance.png")
         out["keyframe_tolerance_accuracy"] = tol.tolist()
@@ -320,6 +321,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     km, kcfg = load_keyframe(args.keyframe, device)
     frames = read_video(args.video)
     d = detect_frames(det, frames, device, score_threshold=dcfg.score_threshold)
+    if len(d.frame_num) == 0:
+        from kfgnet.data import DataError
+
+        raise DataError(f"no nodule detected in any frame of {args.video} (detector score threshold "
+                        f"{dcfg.score_threshold}); check the video or retrain the detector")
     seqs = build_sequences([d], None, kcfg)
     keys, curves = predict_keyframes(km, seqs, device)
     k = keys[0]

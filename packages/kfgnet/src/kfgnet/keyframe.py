@@ -165,13 +165,14 @@ def build_keyframe_model(cfg: KeyFrameConfig) -> KeyFrameNet:
                        cfg.sigmoid)
 
 
-def build_sequences(dets: list[FrameDetections], key_frames: list[int] | None, cfg: KeyFrameConfig
-                    ) -> list[dict[str, np.ndarray]]:
+def build_sequences(dets: list[FrameDetections], key_frames: list[int] | None, cfg: KeyFrameConfig,
+                    names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
     """Per video: entries (capped), features, geo vector, and (with key frames) labels and the key entry."""
     out = []
     for i, d in enumerate(dets):
         if len(d.frame_num) == 0:
-            raise DataError(f"video {i} has no frame with a detection; the key-frame stage needs at least one "
+            name = names[i] if names else f"number {i}"
+            raise DataError(f"video {name} has no frame with a detection; the key-frame stage needs at least one "
                             f"(lower the detector's score threshold or retrain the detector)")
         key = key_entry(d.frame_num, key_frames[i]) if key_frames is not None else None
         sel = subsample_entries(len(d.frame_num), key, cfg.max_entries)
