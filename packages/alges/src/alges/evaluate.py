@@ -18,7 +18,7 @@ from medshared.runtime import autocast_context
 from tqdm.auto import tqdm
 
 from alges.config import IGNORE_INDEX, AlgesConfig
-from alges.embeddings import alges_img, alges_sem
+from alges.embeddings import alges_img, alges_sem, channel_argmax
 from alges.model import AlgesUnet
 from alges.selection import deal_scores
 from alges.train import to_batch
@@ -89,7 +89,7 @@ def _infer(
         logits = model.forward_head(z)  # [B, K, H, W]
         p = logits.softmax(dim=1)
         if "pred" in outputs:
-            res["pred"].append(p.argmax(dim=1).to(torch.uint8).cpu().numpy())
+            res["pred"].append(channel_argmax(logits).to(torch.uint8).cpu().numpy())
         if "entropy" in outputs:
             res["entropy"].append((-torch.special.xlogy(p, p)).sum(dim=(1, 2, 3)).double().cpu().numpy())
         if "margin" in outputs or "least_confidence" in outputs:
