@@ -95,3 +95,15 @@ def test_plots_write_png(tmp_path):
     assert p.stat().st_size > 1000
     with pytest.raises(ValueError, match="does not match"):
         plots.plot_confusion_matrix([[1]], ["a", "b"], tmp_path / "x.png")
+
+
+def test_registry_errors():
+    from medshared.registry import Registry
+
+    reg = Registry[int]("config")
+    assert reg.register("b", 2) == 2 and reg.register("a", 1) == 1
+    assert reg.get("a") == 1 and reg.names() == ["a", "b"] and "b" in reg and reg.values() == [1, 2]
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a", 3)
+    with pytest.raises(ValueError, match="unknown config 'c'; valid names: a, b"):
+        reg.get("c")

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from medshared.registry import Registry
+
 __all__ = [
     "CLASS_NAMES",
     "GREY_TO_ID",
@@ -162,27 +164,22 @@ def config_from_dict(d: dict[str, Any]) -> AlgesConfig:
     return AlgesConfig(**kw)
 
 
-_REGISTRY: dict[str, AlgesConfig] = {}
+_REGISTRY: Registry[AlgesConfig] = Registry("config")
 
 
 def register_config(cfg: AlgesConfig) -> AlgesConfig:
     """Register a named config; registering a name twice raises ``ValueError``."""
-    if cfg.name in _REGISTRY:
-        raise ValueError(f"config {cfg.name!r} is already registered")
-    _REGISTRY[cfg.name] = cfg
-    return cfg
+    return _REGISTRY.register(cfg.name, cfg)
 
 
 def list_configs() -> list[str]:
     """Names of the registered configs."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_config(name: str = "alges_paper", **overrides: Any) -> AlgesConfig:
     """Return the registered config ``name`` with keyword overrides applied."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown config {name!r}; valid names: {list_configs()}")
-    return dataclasses.replace(_REGISTRY[name], **overrides)
+    return dataclasses.replace(_REGISTRY.get(name), **overrides)
 
 
 register_config(AlgesConfig())

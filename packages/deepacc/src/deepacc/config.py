@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from medshared.registry import Registry
+
 __all__ = [
     "CLASS_NAMES",
     "DENVER_GROUPS",
@@ -147,27 +149,22 @@ class DeepACCConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, DeepACCConfig] = {}
+_REGISTRY: Registry[DeepACCConfig] = Registry("config")
 
 
 def register_config(cfg: DeepACCConfig) -> DeepACCConfig:
     """Register ``cfg`` under ``cfg.name``; a duplicate name raises ``ValueError``."""
-    if cfg.name in _REGISTRY:
-        raise ValueError(f"config {cfg.name!r} is already registered")
-    _REGISTRY[cfg.name] = cfg
-    return cfg
+    return _REGISTRY.register(cfg.name, cfg)
 
 
 def list_configs() -> list[str]:
     """Names of the registered configs."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def create_config(name: str = "deepacc_r101") -> DeepACCConfig:
     """Return the registered config ``name``; unknown names raise ``ValueError`` listing the valid ones."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown config {name!r}; valid names: {', '.join(list_configs())}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def _with_model(name: str, base: DeepACCConfig, **model_kw: Any) -> DeepACCConfig:

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from medshared.registry import Registry
+
 __all__ = [
     "CLASSES",
     "FeatureConfig",
@@ -235,26 +237,22 @@ def config_from_dict(d: dict[str, Any]) -> LungCVTConfig:
     )
 
 
-_REGISTRY: dict[str, LungCVTConfig] = {}
+_REGISTRY: Registry[LungCVTConfig] = Registry("config")
 
 
 def register_config(cfg: LungCVTConfig) -> LungCVTConfig:
     """Register ``cfg`` under ``cfg.name``; registering a name twice raises ``ValueError``."""
-    if cfg.name in _REGISTRY:
-        raise ValueError(f"config {cfg.name!r} is already registered")
-    _REGISTRY[cfg.name] = cfg
-    return cfg
+    return _REGISTRY.register(cfg.name, cfg)
 
 
 def list_configs() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names of the registered configs."""
+    return _REGISTRY.names()
 
 
 def get_config(name: str) -> LungCVTConfig:
     """Return the registered config ``name``; unknown names raise ``ValueError`` listing the valid ones."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown config {name!r}; valid: {list_configs()}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 # Paper's best model (Table II last row): DeiT-Base + CNN + attention.
