@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from medshared.cli import run_cli
 
 from alges import __version__
 
@@ -375,20 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except EXPECTED_ERRORS as e:
-        print(f"alges {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except json.JSONDecodeError as e:  # pragma: no cover - subclass of ValueError, kept explicit
-        print(f"alges {args.command}: error: invalid JSON: {e}", file=sys.stderr)
-        return 1
+    """Entry point; returns the process exit code (1 on expected bad input, with one message on stderr)."""
+    return run_cli(
+        build_parser(),
+        argv,
+        expected=EXPECTED_ERRORS,
+        error_code=1,
+        interrupt_hint="simulate resumes when re-run; train with --resume",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from medshared.cli import error_message, run_cli
+
+
+def _parser(calls: list) -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(prog="toy")
+    sub = parser.add_subparsers(dest="command")
+    p = sub.add_parser("ok")
+    p.add_argument("--n", type=int, default=0)
+    sub.add_parser("missing")
+    sub.add_parser("unknown-class")
+    sub.add_parser("bug")
+    sub.add_parser("stop")
+
+    def ok(args):
+        calls.append(args.n)
+        return None if args.n == 0 else args.n
+
+    def missing(args):
+        raise FileNotFoundError("weights file /w.pt not found; pass --pretrained none for random init")
+
+    def unknown(args):
+        raise KeyError("unknown class 'foo'")
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    def stop(args):
+        raise KeyboardInterrupt
+
+    return parser, {"ok": ok, "missing": missing, "unknown-class": unknown, "bug": bug, "stop": stop}
+
+
+def test_run_cli_dispatches_and_maps_errors(capsys):
+    calls: list = []
+    parser, commands = _parser(calls)
+    assert run_cli(parser, ["ok"], commands) == 0
+    assert run_cli(parser, ["ok", "--n", "3"], commands) == 3
+    assert calls == [0, 3]
+    assert run_cli(parser, [], commands) == 2
+    capsys.readouterr()
+    assert run_cli(parser, ["missing"], commands, error_code=5) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["toy missing: error: weights file /w.pt not found; pass --pretrained none for random init"]
+    assert run_cli(parser, ["unknown-class"], commands) == 1
+    assert capsys.readouterr().err.strip() == "toy unknown-class: error: unknown class 'foo'"
+    assert run_cli(parser, ["stop"], commands, interrupt_hint="re-run to resume") == 130
+    assert "interrupted; re-run to resume" in capsys.readouterr().err
+    with pytest.raises(ZeroDivisionError):  # a bug is not an expected error: it keeps its traceback
+        run_cli(parser, ["bug"], commands)
+
+
+def test_run_cli_uses_set_defaults_func():
+    parser = argparse.ArgumentParser(prog="toy")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("go").set_defaults(func=lambda args: 7)
+    assert run_cli(parser, ["go"]) == 7
+
+
+def test_error_message_strips_keyerror_quotes():
+    assert error_message(KeyError("no such phase 'X'")) == "no such phase 'X'"
+    assert str(KeyError("a")) == "'a'"
+    assert error_message(ValueError("bad")) == "bad"
