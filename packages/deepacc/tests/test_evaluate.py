@@ -77,3 +77,20 @@ def test_chance_map_is_low_for_many_classes() -> None:
     ch = chance_map(dets, gts)
     assert ch["random_labels"] < 0.15  # perfect boxes, random labels
     assert 0.02 < ch["gt_boxes_random_scores"] < 0.2  # about 1/24 precision at full recall
+
+
+def test_retinanet_dicts_give_map_max_from_their_top1_detections(tmp_path: Path) -> None:
+    gt = np.array([[0, 0, 10, 20], [30, 0, 40, 20]], np.float32)
+    sample = Sample(tmp_path / "a.png", gt, np.array([3, 7]), 64, 64)
+    box = torch.tensor([[0.0, 0, 10, 20], [0, 0, 10, 20], [30, 0, 40, 20]])
+    raw = {  # standard: the first GT box also scores class 5 higher than class 3; max: one class per anchor
+        "boxes": box, "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([5, 3, 7]),
+        "max_boxes": box[[0, 2]], "max_scores": torch.tensor([0.9, 0.7]), "max_labels": torch.tensor([5, 7]),
+    }  # fmt: skip
+    res = evaluate_detections([raw], [sample], create_config("deepacc_tiny"), with_chance=False)
+    # VOC AP over the 24 classes: standard finds both GT classes (AP 1 for 3 and 7) -> 2/24 among the classes with GT;
+    # max loses class 3 (its anchor's top-1 is the wrong class 5)
+    assert res["map50"] > res["map50_max"] > 0
+    no_max = {k: v for k, v in raw.items() if not k.startswith("max_")}
+    res2 = evaluate_detections([no_max], [sample], create_config("deepacc_tiny"), with_chance=False)
+    assert np.isnan(res2["map50_max"]) and res2["map50"] == pytest.approx(res["map50"])

@@ -178,6 +178,45 @@ def test_retinanet_baseline_builds_and_runs() -> None:
     assert {"classification", "bbox_regression"} <= set(losses)
 
 
+def _retinanet_tiny(size: int = 96):
+    cfg = create_config("retinanet_r101")
+    tiny = create_config("deepacc_tiny").model
+    return dataclasses.replace(cfg, model=dataclasses.replace(tiny, arch="retinanet", min_size=size, max_size=160))
+
+
+def test_retinanet_max_mode_keeps_top1_foreground_class_per_anchor() -> None:
+    model = build_model(_retinanet_tiny()).eval()
+    logits = torch.full((3, 25), -9.0)  # [A=3 anchors, K=25]
+    logits[0, 3], logits[0, 5] = 3.0, 2.0  # anchor 0: classes 3 and 5 both above the 0.05 score threshold
+    logits[1, 0], logits[1, 7] = 4.0, 1.0  # anchor 1: background column highest, class 7 the best foreground
+    anchors = torch.tensor([[10.0, 10.0, 40.0, 60.0], [50.0, 20.0, 80.0, 70.0], [5.0, 5.0, 20.0, 20.0]])
+    head = {"cls_logits": [logits[None]], "bbox_regression": [torch.zeros(1, 3, 4)]}
+    std = model.postprocess_detections(head, [[anchors]], [(96, 96)])[0]
+    assert sorted(std["labels"].tolist()) == [0, 3, 5, 7]  # torchvision: every (anchor, class) pair
+    mx = model.postprocess_max(head, [[anchors]], [(96, 96)])[0]
+    assert mx["labels"].tolist() == [3, 7]  # one detection per anchor, never background
+    torch.testing.assert_close(mx["boxes"], anchors[:2], rtol=0, atol=1e-4)
+    torch.testing.assert_close(mx["scores"], torch.sigmoid(torch.tensor([3.0, 1.0])), rtol=0, atol=1e-6)
+
+
+def test_retinanet_raw_mode_max_boxes_in_original_frame() -> None:
+    torch.manual_seed(0)
+    model = build_model(_retinanet_tiny()).eval()
+    model.score_thresh = 0.0  # untrained: the focal-loss prior puts every score near 0.01
+    img = torch.rand(3, 80, 120)  # resized to 96 x 144 inside the model
+    with torch.no_grad():
+        set_output_mode(model, "max")
+        mx = model([img])[0]
+        set_output_mode(model, "raw")
+        raw = model([img])[0]
+        set_output_mode(model, "standard")
+    assert len(mx["boxes"]) == 100 and {"boxes", "max_boxes", "max_scores", "max_labels"} <= set(raw)
+    torch.testing.assert_close(raw["max_boxes"], mx["boxes"])
+    assert float(raw["max_boxes"][:, 2].max()) <= 120.0 + 1e-3 and float(raw["max_boxes"][:, 3].max()) <= 80.0 + 1e-3
+    assert float(raw["max_boxes"][:, 2].max()) > 100.0  # boxes do reach the right part of the original image
+    assert int(raw["max_labels"].min()) >= 1
+
+
 def test_template_warmup_uses_global_centres_then_local() -> None:
     torch.manual_seed(0)
     model = build_model(_tiny(template_warmup_iters=1, delta=0.0)).train()

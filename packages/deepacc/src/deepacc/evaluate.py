@@ -33,7 +33,8 @@ def predict_raw(
     progress: bool = False,
 ) -> list[Any]:
     """Run the model once per image. DeepACC models return raw ``(boxes [R,K,4], scores [R,K])``; RetinaNet returns
-    its own detection dicts."""
+    its standard detection dict plus the top-1-class-per-anchor detections under ``max_boxes`` / ``max_scores`` /
+    ``max_labels``."""
     from medshared.runtime import autocast_context
     from tqdm.auto import tqdm
 
@@ -49,7 +50,7 @@ def predict_raw(
             with autocast_context(device, amp):
                 out = model([img.to(device)])[0]
             if "roi_indices" in out or "labels" in out:  # RetinaNet
-                outs.append({k_: v.float().cpu() for k_, v in out.items()})
+                outs.append({k_: (v.float() if v.is_floating_point() else v).cpu() for k_, v in out.items()})
             else:
                 scores = out["scores"].float().cpu()
                 k = scores.shape[1]
@@ -64,8 +65,11 @@ def detections_from_raw(raws: list[Any], cfg: DeepACCConfig, mode: str) -> list[
     m = cfg.model
     dets = []
     for r in raws:
-        if isinstance(r, dict):  # RetinaNet already post-processed (no per-RoI class vectors)
-            dets.append(r)
+        if isinstance(r, dict):  # RetinaNet, already post-processed both ways (model.DeepACCRetinaNet)
+            if mode == "max" and "max_boxes" in r:
+                dets.append({k: r[f"max_{k}"] for k in ("boxes", "scores", "labels")})
+            else:
+                dets.append({k: v for k, v in r.items() if not k.startswith("max_")})
             continue
         boxes, scores = r
         dets.append(postprocess_detections(boxes, scores, mode, m.score_thresh, m.nms_thresh, m.detections_per_img))
@@ -141,7 +145,7 @@ def evaluate_detections(
     e = cfg.eval
     gts = _gts(samples)
     det_std = to_numpy_dets(detections_from_raw(raws, cfg, "standard"))
-    has_raw = all(not isinstance(r, dict) for r in raws)
+    has_raw = all(not isinstance(r, dict) or "max_boxes" in r for r in raws)
     det_max = to_numpy_dets(detections_from_raw(raws, cfg, "max")) if has_raw else None
     res_map = detection_map(det_std, gts, num_classes=24, iou_threshold=e.iou_threshold)
     out: dict[str, Any] = {"n_images": len(samples), "n_gt": int(sum(len(g["labels"]) for g in gts))}
@@ -151,7 +155,7 @@ def evaluate_detections(
     if det_max is not None:
         out["map50_max"] = detection_map(det_max, gts, num_classes=24, iou_threshold=e.iou_threshold)["map"]
     else:
-        out["map50_max"] = float("nan")  # RetinaNet has no per-RoI class vector
+        out["map50_max"] = float("nan")  # detections without the top-1 (max) post-processing
     acc_dets = [
         {k: v.numpy() for k, v in agnostic_top1({k: torch.as_tensor(v) for k, v in d.items()},
                                                 e.acc_score_thresh, e.agnostic_nms_thresh).items()}

@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection import _utils as det_utils
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, nms
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -35,6 +37,7 @@ from deepacc.losses import aam_loss, box_regression_loss, cosine, gia_loss, grou
 
 __all__ = [
     "BACKBONE_WEIGHT_FILES",
+    "DeepACCRetinaNet",
     "DeepACCRoIHeads",
     "TinyBody",
     "agnostic_top1",
@@ -388,6 +391,74 @@ class DeepACCRoIHeads(RoIHeads):
         return results, {}
 
 
+# ------------------------------------------------------------------------------------------------------ RetinaNet
+class _MaxBoxesTransform(GeneralizedRCNNTransform):
+    """torchvision's transform; ``postprocess`` also maps the ``max_boxes`` of :class:`DeepACCRetinaNet` back to the
+    original image size."""
+
+    def postprocess(
+        self,
+        result: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        if not self.training:
+            for pred, im_s, o_im_s in zip(result, image_shapes, original_image_sizes):
+                if "max_boxes" in pred:
+                    pred["max_boxes"] = resize_boxes(pred["max_boxes"], im_s, o_im_s)
+        return result
+
+
+class DeepACCRetinaNet(RetinaNet):
+    """torchvision RetinaNet (Table 2 baseline) with a top-1-class-per-anchor post-processing for mAP_max.
+
+    ``output_mode``: ``standard`` (torchvision: every (anchor, class) pair above ``score_thresh`` is a candidate),
+    ``max`` (only the arg-max foreground class of each anchor, the RetinaNet analogue of the top-1 class per RoI of
+    Sec. 3.1) or ``raw`` (the standard dict plus ``max_boxes`` / ``max_scores`` / ``max_labels``).
+    """
+
+    output_mode: str = "standard"
+
+    def postprocess_max(
+        self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Per anchor keep only its best foreground class (column 0 = background is never a label), then the same
+        score threshold, per-level top-k, decoding and class-wise NMS as torchvision."""
+        detections: list[dict[str, Tensor]] = []
+        for index, image_shape in enumerate(image_shapes):
+            boxes_all, scores_all, labels_all = [], [], []
+            for reg, logits, anc in zip(
+                [br[index] for br in head_outputs["bbox_regression"]],  # [A_l, 4] per level
+                [cl[index] for cl in head_outputs["cls_logits"]],  # [A_l, K] per level
+                anchors[index],  # [A_l, 4] per level
+            ):
+                scores, cls = torch.sigmoid(logits[:, 1:]).max(dim=1)  # [A_l], [A_l]: top-1 foreground class
+                idx = torch.where(scores > self.score_thresh)[0]
+                num_topk = det_utils._topk_min(idx, self.topk_candidates, 0)
+                top, order = scores[idx].topk(num_topk)
+                idx = idx[order]
+                b = self.box_coder.decode_single(reg[idx], anc[idx])  # [n, 4]
+                boxes_all.append(box_ops.clip_boxes_to_image(b, image_shape))
+                scores_all.append(top)
+                labels_all.append(cls[idx] + 1)
+            b, s, lab = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+            keep = box_ops.batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
+        return detections
+
+    def postprocess_detections(  # type: ignore[override]
+        self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]], image_shapes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        if self.output_mode == "max":
+            return self.postprocess_max(head_outputs, anchors, image_shapes)
+        dets = super().postprocess_detections(head_outputs, anchors, image_shapes)
+        if self.output_mode == "raw":
+            for d, m in zip(dets, self.postprocess_max(head_outputs, anchors, image_shapes)):
+                d.update({f"max_{k}": v for k, v in m.items()})
+        return dets
+
+
 # ---------------------------------------------------------------------------------------------------------- builder
 def _anchor_generator(cfg: ModelConfig, per_level_scales: int = 1) -> AnchorGenerator:
     if per_level_scales == 1:
@@ -420,7 +491,7 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None) -> nn.
         image_std=[0.229, 0.224, 0.225],
     )
     if m.arch == "retinanet":
-        model = RetinaNet(
+        model = DeepACCRetinaNet(
             backbone,
             num_classes=m.num_classes,
             anchor_generator=_anchor_generator(m, 3),
@@ -429,6 +500,7 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None) -> nn.
             detections_per_img=m.detections_per_img,
             **common,
         )
+        model.transform = _MaxBoxesTransform(m.min_size, m.max_size, common["image_mean"], common["image_std"])
         model.deepacc_config = cfg  # type: ignore[attr-defined]
         return model
     n_levels = 6 - m.fpn_min_level  # FPN outputs '0'.. (the extra 'pool' level is used by the RPN only)
@@ -455,9 +527,11 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None) -> nn.
 
 
 def set_output_mode(model: nn.Module, mode: str) -> None:
-    """Choose ``standard`` / ``max`` / ``raw`` outputs of a DeepACC model (no-op for RetinaNet)."""
+    """Choose ``standard`` / ``max`` / ``raw`` outputs of a DeepACC model or of the RetinaNet baseline."""
     if mode not in ("standard", "max", "raw"):
         raise ValueError(f"output mode must be standard|max|raw, got {mode!r}")
+    if isinstance(model, DeepACCRetinaNet):
+        model.output_mode = mode
     heads = getattr(model, "roi_heads", None)
     if isinstance(heads, DeepACCRoIHeads):
         heads.output_mode = mode
