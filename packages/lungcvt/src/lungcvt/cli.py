@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_cfg(p)
     p.add_argument("--cache", required=True, help="feature cache folder")
-    p.add_argument("--backend", choices=("librosa", "nnaudio"), default=None, help="override features.backend")
+    p.add_argument("--backend", choices=("librosa", "torch", "nnaudio"), default=None, help="override features.backend")
 
     p = sub.add_parser("train", help="train on the official training split (patient-disjoint validation inside)")
     _add_common(p)

@@ -30,7 +30,7 @@ __all__ = [
 CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
 
 _MODES = ("faithful", "clean")
-_BACKENDS = ("librosa", "nnaudio")
+_BACKENDS = ("librosa", "torch", "nnaudio")
 _LENGTHS = ("none", "repeat")
 
 
@@ -56,7 +56,8 @@ class FeatureConfig:
             repeats short cycles and cuts long ones to ``repeat_seconds`` (ours, as RespireNet / Patch-Mix).
         repeat_seconds: target duration for ``length="repeat"`` (8 s, as the peers in brief section 7).
         image_size: side of the square model input (code: ``T.Resize((224, 224))``).
-        backend: ``"librosa"`` (reference, per cycle) or ``"nnaudio"`` (batched torch).
+        backend: ``"librosa"`` (reference, per cycle), ``"torch"`` (batched torch with an FFT-domain multi-resolution
+            CQT; ours) or ``"nnaudio"`` (batched torch with nnAudio's ``CQT1992v2`` for the CQT; slower).
     """
 
     sample_rate: int = 22050
@@ -275,7 +276,7 @@ register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3
 register_config(
     LungCVTConfig(
         name="lungcvt_tiny",
-        features=FeatureConfig(image_size=64, backend="nnaudio", mode="clean"),
+        features=FeatureConfig(image_size=64, backend="torch", mode="clean"),
         model=ModelConfig(
             backbone="deit_tiny_patch16_224",
             backbone_depth=2,

@@ -1,10 +1,16 @@
 """Feature extraction (paper III-A; official ``SoundLoader``): MFCC, mel spectrogram and CQT stacked as 3 x 96 x T.
 
-Two backends compute the same pre-resize features:
+Three backends compute the same pre-resize features:
 
-- :func:`librosa_features` (reference, one cycle at a time, exactly the librosa calls of the official code);
-- :class:`NnAudioFeaturizer` (nnAudio, batched torch on CPU or GPU; cycles of different lengths are zero-padded,
-  which is what librosa's ``center=True, pad_mode="constant"`` does at the end anyway, then cropped to T_i).
+- ``librosa``: :func:`librosa_features` (reference, one cycle at a time, exactly the librosa calls of the official
+  code);
+- ``torch`` (batched default): :class:`BatchedFeaturizer` with :class:`FFTCQT`, librosa's multi-resolution CQT
+  written in torch (per-octave short FFTs on a signal decimated in the FFT domain); CPU or GPU;
+- ``nnaudio``: :class:`BatchedFeaturizer` with nnAudio's ``CQT1992v2`` (time-domain kernels; slower, kept to
+  compare).
+
+Batched backends zero-pad cycles of different lengths (which is what librosa's ``center=True, pad_mode="constant"``
+does at the end anyway), take each item's dB reference over its own frames, and crop to T_i.
 
 Then :func:`to_image` resizes to ``image_size`` squared and normalises (faithful: ImageNet mean/std on dB values as
 the code; clean: dB rescaled to [-1, 1], MFCC standardised). :class:`FeatureCache` stores the pre-resize features
@@ -33,6 +39,8 @@ __all__ = [
     "check_cqt",
     "prepare_cycle",
     "librosa_features",
+    "FFTCQT",
+    "BatchedFeaturizer",
     "NnAudioFeaturizer",
     "get_featurizer",
     "compute_features",
@@ -146,94 +154,303 @@ def librosa_features(audio: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
     return np.stack([mfcc[:, :t], mel[:, :t], cqt[:, :t]]).astype(np.float32)  # 3 x [96, T] -> [3, 96, T]
 
 
-def _power_to_db(s: torch.Tensor, ref: torch.Tensor, amin: float = 1e-10, top_db: float = 80.0) -> torch.Tensor:
-    """librosa.power_to_db for one item (``ref`` a scalar tensor)."""
-    out = 10.0 * torch.log10(torch.clamp(s, min=amin)) - 10.0 * torch.log10(torch.clamp(ref.abs(), min=amin))
-    return torch.maximum(out, out.max() - top_db)
+def _db_batch(s: torch.Tensor, valid: torch.Tensor, amin: float = 1e-10, top_db: float = 80.0) -> torch.Tensor:
+    """``librosa.power_to_db(s_i, ref=np.max)`` for every item of a batch at once.
+
+    Args:
+        s: power [B, T_max, F] (padded frames of an item are ignored through ``valid``).
+        valid: bool [B, T_max, 1], True on an item's own frames.
+
+    Returns:
+        dB [B, T_max, F], each item relative to its own maximum over its valid frames, floored at max - ``top_db``.
+    """
+    ref = s.masked_fill(~valid, -torch.inf).amax(dim=(1, 2), keepdim=True).abs()  # [B, 1, 1]
+    out = 10.0 * torch.log10(s.clamp_min(amin)) - 10.0 * torch.log10(ref.clamp_min(amin))
+    return torch.maximum(out, out.masked_fill(~valid, -torch.inf).amax(dim=(1, 2), keepdim=True) - top_db)
 
 
-class NnAudioFeaturizer:
-    """Batched features in torch: ``torch.stft`` + librosa's mel filters for the mel and MFCC channels (one STFT
-    serves both), nnAudio ``CQT1992v2`` (librosa normalisation) for the CQT channel.
+def _frames(x: torch.Tensor, n_fft: int, hop: int, n_frames: int) -> torch.Tensor:
+    """Centred frames as ``torch.stft(center=True, pad_mode="constant")``: [B, N] -> view [B, n_frames, n_fft]."""
+    xp = F.pad(x, (n_fft // 2, n_fft // 2))  # [B, N + n_fft]
+    return xp.unfold(-1, n_fft, hop)[:, :n_frames]  # [B, 1 + N // hop, n_fft] -> [B, n_frames, n_fft]
+
+
+class FFTCQT:
+    """Batched constant-Q transform in torch with librosa's own multi-resolution scheme (``librosa.vqt``).
+
+    Per octave (top down), librosa takes a short STFT (box window, ``n_fft`` = the octave's longest filter rounded up
+    to a power of two: 128 samples at the paper's settings) and projects it on the octave's FFT-domain filter bank;
+    then it halves the rate (soxr, a sharp anti-alias filter) and the hop. Here the FFT-domain bank (librosa's own
+    wavelets, normalisation, sparsification and scaling, computed once) is folded with the DFT into a real
+    time-domain kernel [n_fft, 2 x bins] per octave, so each octave is one small matmul on strided frames. All
+    decimated signals come from one FFT of the zero-padded batch: octave ``k`` keeps the spectrum below its Nyquist
+    frequency, tapered by a raised cosine over the top 10 % (above every filter of that octave), and inverts it at
+    ``sr / 2**k``; the padding is longer than the taper's impulse response, so nothing wraps around. Early
+    downsampling, the ``hop % 2`` rule, the per-octave basis scaling and the final ``1/sqrt(length)`` scaling follow
+    librosa 0.11.
+
+    Against ``librosa.cqt`` the dB maps differ by about 0.02 dB on average (``test_batched_matches_librosa``),
+    against 0.4 dB for nnAudio's ``CQT1992v2``, which convolves 96 kernels of up to 16,384 taps at every frame.
+
+    Args:
+        sr: sample rate in Hz.
+        hop_length: hop in samples at ``sr``.
+        fmin: lowest bin frequency in Hz.
+        n_bins: number of bins.
+        bins_per_octave: bins per octave.
+        device: torch device.
+    """
+
+    def __init__(
+        self,
+        sr: int,
+        hop_length: int,
+        fmin: float,
+        n_bins: int,
+        bins_per_octave: int,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        import librosa
+
+        self.device = torch.device(device)
+        self.hop_length = hop_length
+        self.n_bins = n_bins
+        freqs = librosa.cqt_frequencies(n_bins=n_bins, fmin=fmin, bins_per_octave=bins_per_octave)
+        alpha = librosa.filters._relative_bandwidth(freqs=freqs)
+        lengths, cutoff = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr, window="hann", alpha=alpha)
+        n_octaves = int(math.ceil(n_bins / bins_per_octave))
+        n_filters = min(bins_per_octave, n_bins)
+        # librosa's early downsampling (constantq.__early_downsample_count)
+        count1 = max(0, int(np.ceil(np.log2(sr / 2.0 / cutoff)) - 1) - 1)
+        twos = (hop_length & -hop_length).bit_length() - 1  # number of factors 2 in hop_length
+        early = min(count1, max(0, twos - n_octaves + 1))
+        sr_e, hop = sr / 2**early, hop_length // 2**early
+        if early:  # librosa recomputes the lengths for the final scaling at the early-downsampled rate
+            lengths, _ = librosa.filters.wavelet_lengths(freqs=freqs, sr=sr_e, window="hann", alpha=alpha)
+        idx = np.arange(n_bins)
+        # per octave: (first bin, decimation factor from sr, n_fft, hop, real kernel [n_fft, 2 * bins in octave])
+        self.octaves: list[tuple[int, int, int, int, torch.Tensor]] = []
+        my_sr, my_hop = sr_e, hop
+        for i in range(n_octaves):
+            sl = slice(-n_filters, None) if i == 0 else slice(-n_filters * (i + 1), -n_filters * i)
+            ii = idx[sl]
+            basis, lens = librosa.filters.wavelet(
+                freqs=freqs[ii], sr=my_sr, filter_scale=1, norm=1, pad_fft=True, window="hann", alpha=alpha[ii]
+            )
+            n_fft = basis.shape[1]
+            basis = basis * (lens[:, None] / float(n_fft))  # re-normalise to the FFT length (librosa)
+            fb = np.fft.fft(basis, n=n_fft, axis=1)[:, : n_fft // 2 + 1]  # [n, n_fft/2 + 1]
+            fb = librosa.util.sparsify_rows(fb, quantile=0.01, dtype=np.complex64).toarray().astype(np.complex128)
+            fb = fb * np.sqrt(sr_e / my_sr) / np.sqrt(lengths[ii])[:, None]  # downsampling and length scaling
+            # response = sum_f fb[k, f] * sum_n x[n] exp(-2 pi i f n / n_fft) = sum_n kern[n, k] x[n]
+            f = np.arange(n_fft // 2 + 1)
+            dft = np.exp(-2j * np.pi * np.outer(f, np.arange(n_fft)) / n_fft)  # [F, n_fft]
+            kern = (fb @ dft).T  # [n_fft, n] complex
+            kern = np.concatenate([kern.real, kern.imag], axis=1)  # [n_fft, 2n]: real parts, then imaginary parts
+            factor = int(round(sr / my_sr))
+            self.octaves.append(
+                (int(ii[0]), factor, n_fft, my_hop, torch.tensor(kern, dtype=torch.float32, device=self.device))
+            )
+            if my_hop % 2 == 0:
+                my_hop //= 2
+                my_sr /= 2.0
+        self.max_factor = max(o[1] for o in self.octaves)
+        self._tapers: dict[int, torch.Tensor] = {}
+
+    def _taper(self, n_keep: int) -> torch.Tensor:
+        """[n_keep] spectral weights: 1 up to 90 % of the octave's Nyquist, raised cosine to 0 at it (cached)."""
+        if n_keep not in self._tapers:
+            if len(self._tapers) > 64:
+                self._tapers.clear()
+            f = torch.linspace(0.0, 1.0, n_keep, device=self.device)
+            w = torch.clamp((1.0 - f) / 0.1, 0.0, 1.0)
+            self._tapers[n_keep] = (0.5 - 0.5 * torch.cos(math.pi * w)).to(torch.complex64)
+        return self._tapers[n_keep]
+
+    def responses(self, x: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Magnitude CQT of a zero-padded batch, frames first.
+
+        Args:
+            x: float32 [B, N] at ``sr``.
+            lengths: each item's own length in samples (its decimated signals are zeroed beyond it, as librosa sees
+                a signal that ends there); ``None`` = all ``N``.
+
+        Returns:
+            float32 [B, 1 + N // hop_length, n_bins], bins from ``fmin`` upwards.
+        """
+        import scipy.fft
+
+        b, n = x.shape
+        m = self.max_factor
+        # zero padding: room for the taper's impulse response at the coarsest rate (about 40 samples there)
+        pad_len = scipy.fft.next_fast_len(-(-(n + 64 * m) // m)) * m  # 5-smooth multiple of the largest factor
+        spec = torch.fft.rfft(x, n=pad_len) if m > 1 else None  # [B, pad_len/2 + 1]
+        t_out = 1 + n // self.hop_length
+        out = torch.empty(b, t_out, self.n_bins, device=x.device)
+        signals: dict[int, torch.Tensor] = {1: x}  # the top octave(s) see the signal itself, as in librosa
+        for first, factor, n_fft, hop, kern in self.octaves:
+            if factor not in signals:
+                assert spec is not None
+                n_k = pad_len // factor
+                keep = n_k // 2 + 1
+                # [B, keep] -> [B, n_k] at sr/factor, same amplitude, times sqrt(factor) as librosa's scale=True
+                xk = torch.fft.irfft(spec[:, :keep] * self._taper(keep), n=n_k) * (math.sqrt(factor) / factor)
+                xk = xk[:, : -(-n // factor)]
+                if lengths is not None and factor > 1:
+                    own = torch.tensor([-(-ln // factor) for ln in lengths], device=x.device)
+                    xk = xk * (torch.arange(xk.shape[1], device=x.device) < own[:, None])
+                signals[factor] = xk
+            nb = kern.shape[1] // 2
+            r = _frames(signals[factor], n_fft, hop, t_out) @ kern  # [B, T, n_fft] @ [n_fft, 2nb] -> [B, T, 2nb]
+            out[..., first : first + nb] = torch.sqrt(r[..., :nb].square() + r[..., nb:].square())
+        return out
+
+    def __call__(self, x: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
+        """Magnitude CQT: float32 [B, N] -> [B, n_bins, 1 + N // hop_length] (see :meth:`responses`)."""
+        return self.responses(x, lengths).transpose(1, 2)
+
+
+class BatchedFeaturizer:
+    """Batched features in torch: framed ``torch.fft.rfft`` + librosa's mel filters for the mel and MFCC channels
+    (one FFT and one matmul serve both), and for the CQT channel either :class:`FFTCQT` (``cqt="fft"``, backend
+    ``"torch"``, the default) or nnAudio ``CQT1992v2`` with librosa normalisation (``cqt="nnaudio"``, backend
+    ``"nnaudio"``). Internally frames come first ([B, T, F]), so every FFT and matmul works on contiguous rows.
 
     Args:
         cfg: feature settings (``check_cqt`` is applied first).
         device: torch device for the transforms.
+        cqt: ``"fft"`` or ``"nnaudio"``.
     """
 
-    def __init__(self, cfg: FeatureConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, cfg: FeatureConfig, device: str | torch.device = "cpu", cqt: str = "fft") -> None:
         import librosa
         import scipy.fft
-        from nnAudio import features as nf
 
         check_cqt(cfg)
+        if cqt not in ("fft", "nnaudio"):
+            raise ValueError(f"cqt must be 'fft' or 'nnaudio', got {cqt!r}")
         self.cfg = cfg
         self.device = torch.device(device)
+        self.cqt_impl = cqt
         sr, n_fft = cfg.sample_rate, cfg.n_fft
         self.window = torch.hann_window(n_fft, periodic=True, device=self.device)  # scipy 'hann', fftbins=True
         mel_fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=cfg.n_mels, htk=False)  # [n_mels, 1 + n_fft/2]
         mfcc_fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=cfg.effective_mfcc_n_mels, htk=True)
-        self.mel_fb = torch.tensor(mel_fb, dtype=torch.float32, device=self.device)
-        self.mfcc_fb = torch.tensor(mfcc_fb, dtype=torch.float32, device=self.device)
-        self.cqt = nf.CQT1992v2(
-            sr=sr,
-            hop_length=cfg.hop_length,
-            fmin=cfg.cqt_fmin,
-            n_bins=cfg.cqt_bins,
-            bins_per_octave=cfg.cqt_bins_per_octave,
-            norm=1,
-            window="hann",
-            center=True,
-            pad_mode="constant",
-            output_format="Magnitude",
-            verbose=False,
-        ).to(self.device)
+        # one matmul for both filter banks: [1 + n_fft/2, n_mels + mfcc_n_mels]
+        self.fb_t = torch.tensor(np.concatenate([mel_fb, mfcc_fb]).T, dtype=torch.float32, device=self.device)
+        # non-zero blocks (FFT bins f0:f1 x filters m0:m1) of each bank, 256 bins at a time: 4-6x fewer products
+        self.fb_blocks: list[tuple[int, int, int, int]] = []
+        for off, bank in ((0, mel_fb), (cfg.n_mels, mfcc_fb)):
+            for f0 in range(0, bank.shape[1], 256):
+                f1 = min(bank.shape[1], f0 + 256)
+                rows = np.flatnonzero((bank[:, f0:f1] != 0).any(axis=1))
+                if len(rows):
+                    self.fb_blocks.append((f0, f1, off + int(rows[0]), off + int(rows[-1]) + 1))
         m = cfg.effective_mfcc_n_mels
         dct = scipy.fft.dct(np.eye(m), type=2, norm="ortho", axis=0)[: cfg.n_mfcc]  # [n_mfcc, n_mels]
-        self.dct = torch.tensor(dct, dtype=torch.float32, device=self.device)
+        self.dct_t = torch.tensor(dct.T, dtype=torch.float32, device=self.device)  # [n_mels, n_mfcc]
+        if cqt == "fft":
+            self.cqt = FFTCQT(
+                sr, cfg.hop_length, cfg.cqt_fmin, cfg.cqt_bins, cfg.cqt_bins_per_octave, device=self.device
+            )
+        else:
+            from nnAudio import features as nf
 
-    @torch.no_grad()
-    def __call__(self, cycles: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Features of a batch of cycles (float32 [N_i] each) -> list of float32 [3, 96, T_i]."""
+            self.cqt = nf.CQT1992v2(
+                sr=sr,
+                hop_length=cfg.hop_length,
+                fmin=cfg.cqt_fmin,
+                n_bins=cfg.cqt_bins,
+                bins_per_octave=cfg.cqt_bins_per_octave,
+                norm=1,
+                window="hann",
+                center=True,
+                pad_mode="constant",
+                output_format="Magnitude",
+                verbose=False,
+            ).to(self.device)
+
+    def pad(self, cycles: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[int]]:
+        """Length policy, then zero-pad into one batch: float32 [B, N_max] (librosa's centre pad is zeros too)."""
         cfg = self.cfg
         ys = [_min_length(prepare_cycle(np.asarray(c, dtype=np.float32), cfg), cfg) for c in cycles]
-        n_max = max(len(y) for y in ys)
-        x = torch.zeros(len(ys), n_max, device=self.device)  # [B, N_max], zero-padded like librosa's centre pad
+        lens = [len(y) for y in ys]
+        x = np.zeros((len(ys), max(lens)), dtype=np.float32)
         for i, y in enumerate(ys):
-            x[i, : len(y)] = torch.from_numpy(y)
-        spec = torch.stft(
-            x, cfg.n_fft, cfg.hop_length, window=self.window, center=True, pad_mode="constant", return_complex=True
-        )  # [B, 1 + n_fft/2, T_max]
-        power = spec.real**2 + spec.imag**2
-        mel = self.mel_fb @ power  # [n_mels, F] @ [B, F, T] -> [B, n_mels, T_max]
-        mmel = self.mfcc_fb @ power  # [B, mfcc_n_mels, T_max]
-        cqt = self.cqt(x, normalization_type="librosa")  # [B, cqt_bins, T_max]
-        out = []
-        for i, y in enumerate(ys):
-            t = min(1 + len(y) // cfg.hop_length, mel.shape[-1], cqt.shape[-1])
-            m_i = mel[i, :, :t]
-            mm_i = mmel[i, :, :t]
-            c_i = cqt[i, :, :t]
-            # librosa.feature.mfcc: power_to_db(ref=1.0, top_db=80), then DCT-II (ortho) over the mel axis
-            mfcc = self.dct @ _power_to_db(mm_i, torch.tensor(1.0, device=self.device))  # [n_mfcc, t]
-            if cfg.mode == "faithful":
-                mfcc = _power_to_db(mfcc, mfcc.max())
-            mel_db = _power_to_db(m_i, m_i.max())
-            cqt_db = _power_to_db(c_i**2, c_i.max() ** 2, amin=1e-10)  # amplitude_to_db(ref=max)
-            out.append(torch.stack([mfcc, mel_db, cqt_db]).float().cpu().numpy())  # [3, 96, t]
+            x[i, : len(y)] = y
+        return torch.from_numpy(x).to(self.device), lens
+
+    @torch.no_grad()
+    def batch(self, x: torch.Tensor, lens: Sequence[int], stages: dict[str, float] | None = None) -> torch.Tensor:
+        """Features of a padded batch -> float32 [B, 3, 96, T_max] (item i valid up to ``1 + lens[i] // hop``).
+
+        ``stages``, when given, accumulates seconds per stage (stft, mel, mfcc, cqt, db) for the benchmark.
+        """
+        import time
+
+        cfg = self.cfg
+        sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+        clock = [time.perf_counter()]
+
+        def lap(name: str) -> None:
+            if stages is not None:
+                sync()
+                now = time.perf_counter()
+                stages[name] = stages.get(name, 0.0) + now - clock[0]
+                clock[0] = now
+
+        t_max = 1 + x.shape[1] // cfg.hop_length
+        spec = torch.fft.rfft(_frames(x, cfg.n_fft, cfg.hop_length, t_max) * self.window)  # [B, T, 1 + n_fft/2]
+        re_im = torch.view_as_real(spec)  # [B, T, F, 2]
+        power = torch.addcmul(re_im[..., 0].square(), re_im[..., 1], re_im[..., 1])  # |X|^2 [B, T, F]
+        lap("stft")
+        valid = torch.arange(t_max, device=x.device) < torch.tensor([1 + n // cfg.hop_length for n in lens])[:, None]
+        valid = valid.to(x.device)[:, :, None]  # [B, T, 1]
+        bands = power.new_zeros(*power.shape[:2], self.fb_t.shape[1])  # [B, T, n_mels + mfcc_n_mels]
+        for f0, f1, m0, m1 in self.fb_blocks:  # block-sparse power @ fb_t: each mel filter spans a few FFT bins
+            bands[..., m0:m1] += power[..., f0:f1] @ self.fb_t[f0:f1, m0:m1]  # [B, T, f] @ [f, m] -> [B, T, m]
+        mel_db = _db_batch(bands[..., : cfg.n_mels], valid)  # power_to_db(ref=max)
+        lap("mel")
+        # librosa.feature.mfcc: power_to_db(ref=1.0, top_db=80) per item, then DCT-II (ortho) over the mel axis
+        lm = 10.0 * torch.log10(bands[..., cfg.n_mels :].clamp_min(1e-10))
+        lm = torch.maximum(lm, lm.masked_fill(~valid, -torch.inf).amax(dim=(1, 2), keepdim=True) - 80.0)
+        mfcc = lm @ self.dct_t  # [B, T, M] @ [M, n_mfcc] -> [B, T, n_mfcc]
+        if cfg.mode == "faithful":
+            mfcc = _db_batch(mfcc, valid)
+        lap("mfcc")
+        if self.cqt_impl == "fft":
+            c = self.cqt.responses(x, lens)  # [B, T_max, cqt_bins]
+        else:
+            c = self.cqt(x, normalization_type="librosa").transpose(1, 2)  # [B, cqt_bins, T'] -> [B, T', cqt_bins]
+        lap("cqt")
+        t = min(t_max, c.shape[1])
+        cqt_db = _db_batch(c[:, :t].square(), valid[:, :t])  # amplitude_to_db(ref=max)
+        out = torch.stack([mfcc[:, :t], mel_db[:, :t], cqt_db], dim=1).transpose(2, 3)  # [B, 3, T, 96] -> [B, 3, 96, T]
+        lap("db")
         return out
 
+    def __call__(self, cycles: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Features of a batch of cycles (float32 [N_i] each) -> list of float32 [3, 96, T_i]."""
+        x, lens = self.pad(cycles)
+        out = self.batch(x, lens).cpu().numpy()  # [B, 3, 96, T_max] (a transposed view; items copied below)
+        return [np.ascontiguousarray(out[i, :, :, : 1 + n // self.cfg.hop_length]) for i, n in enumerate(lens)]
 
-_FEATURIZERS: dict[tuple[str, str], NnAudioFeaturizer] = {}
+
+def NnAudioFeaturizer(cfg: FeatureConfig, device: str | torch.device = "cpu") -> BatchedFeaturizer:  # noqa: N802
+    """:class:`BatchedFeaturizer` with nnAudio's ``CQT1992v2`` (backend ``"nnaudio"``; kept for comparison)."""
+    return BatchedFeaturizer(cfg, device, cqt="nnaudio")
 
 
-def get_featurizer(cfg: FeatureConfig, device: str | torch.device = "cpu") -> NnAudioFeaturizer:
-    """A cached :class:`NnAudioFeaturizer` (building the CQT kernels takes seconds)."""
+_FEATURIZERS: dict[tuple[str, str], BatchedFeaturizer] = {}
+
+
+def get_featurizer(cfg: FeatureConfig, device: str | torch.device = "cpu") -> BatchedFeaturizer:
+    """A cached :class:`BatchedFeaturizer` for ``cfg.backend`` (``"torch"`` or ``"nnaudio"``)."""
     key = (json.dumps(cfg.spectral_key(), sort_keys=True), str(torch.device(device)))
     if key not in _FEATURIZERS:
         if len(_FEATURIZERS) > 4:
             _FEATURIZERS.clear()
-        _FEATURIZERS[key] = NnAudioFeaturizer(cfg, device)
+        _FEATURIZERS[key] = BatchedFeaturizer(cfg, device, cqt="nnaudio" if cfg.backend == "nnaudio" else "fft")
     return _FEATURIZERS[key]
 
 
@@ -254,7 +471,7 @@ def compute_features(
     # sort by length so that padding inside a batch stays small
     order = sorted(range(len(cycles)), key=lambda i: len(cycles[i]))
     out: list[np.ndarray | None] = [None] * len(cycles)
-    for s in tqdm(range(0, len(order), batch_size), desc="features (nnAudio)", disable=not progress):
+    for s in tqdm(range(0, len(order), batch_size), desc=f"features ({cfg.backend})", disable=not progress):
         idx = order[s : s + batch_size]
         for i, f in zip(idx, fz([cycles[i] for i in idx])):
             out[i] = f
