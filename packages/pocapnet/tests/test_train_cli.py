@@ -79,6 +79,52 @@ def test_incremental_causal_tcn_equals_full_forward(tiny_cfg):
     torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
 
 
+def _perturb_batchnorm(model: PoCaPNet) -> PoCaPNet:
+    g = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):  # non-trivial eval statistics, so folding them is tested
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_frozen_model_equals_module(tiny_cfg, causal):
+    from pocapnet.stream import FrozenPoCaPNet
+
+    c = tiny_cfg.model
+    model = _perturb_batchnorm(PoCaPNet(dataclasses.replace(c, causal_conv=causal, num_layers=6)))
+    T = 21
+    img, aud = torch.randn(T, c.num_images, c.image_dim), torch.randn(T, c.num_mics, c.audio_frames, c.audio_dim)
+    hist = torch.rand(c.hidden_dim) * 8
+    with torch.no_grad():
+        feats = model.forward_features(img, aud)
+        logits = model.forward_temporal(feats, None, hist)[-1]  # (T, C)
+    frozen = FrozenPoCaPNet(model)
+    f = torch.stack([frozen.features(img[t], aud[t]) for t in range(T)])
+    torch.testing.assert_close(f, feats, rtol=1e-4, atol=1e-5)
+    h0 = torch.stack([frozen.stage1_input(feats[t] + hist) for t in range(T)], 1)  # (f_maps, T)
+    torch.testing.assert_close(frozen.temporal(h0).t(), logits, rtol=1e-4, atol=1e-5)
+    f16 = torch.stack([FrozenPoCaPNet(model, bf16=True).features(img[t], aud[t]) for t in range(T)])
+    assert torch.nn.functional.cosine_similarity(f16, feats).min() > 0.99
+
+
+def test_fast_streaming_equals_reference_streaming(syn_feats, tiny_cfg):
+    model = _perturb_batchnorm(_model(tiny_cfg, syn_feats, positional_encoding=True))  # acausal TCN (paper)
+    fop = load_feature_operation(syn_feats, "OP_004")
+    fast, ref = StreamingPredictor(model, 8), StreamingPredictor(model, 8, fast=False)
+    for t in range(len(fop)):  # several chunks: the memory and the per-chunk cache are reset and refilled
+        img = torch.as_tensor(np.array(fop.xray[t], dtype=np.float32))
+        _, aud = fop.chunk(t, t + 1)
+        (pa, qa), (pb, qb) = fast.step(img, aud[0]), ref.step(img, aud[0])
+        assert pa == pb
+        np.testing.assert_allclose(qa, qb, rtol=1e-4, atol=1e-5)
+    assert fast.memory.vector.abs().sum() > 0
+    torch.testing.assert_close(fast.memory.vector, ref.memory.vector)
+
+
 def test_fit_resume_and_evaluate(syn_feats, tiny_cfg, tmp_path):
     cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, max_epochs=2, batch_size=16))
     split = {"train": ["OP_001", "OP_002"], "val": ["OP_003"], "test": ["OP_004"]}

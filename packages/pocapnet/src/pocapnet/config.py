@@ -79,7 +79,8 @@ class FeatureConfig:
     pooled: bool = False  # code: all 349 frames kept; True = mean over frames (349x smaller, a deviation)
     fp16: bool = False  # store features as float16 (halves the disk; a package option)
     batch_windows: int = 8  # windows per wav2vec2 forward
-    bf16: bool = True  # bf16 autocast for wav2vec2: XLSR-53 size cosine 0.9998 to fp32 (bench/extract.py)
+    bf16: bool = True  # wav2vec2 cast once to bf16 (package option; `extract --fp32` turns it off): XLSR-53 size
+    # cosine >= 0.9998 to fp32 on synthetic audio and real German speech (bench/extract.py)
     xray_size: int = 224  # code: frames resized to 224 x 224
     xray_batch: int = 32  # frames per DenseNet forward
     wav2vec2: str = "facebook/wav2vec2-large-xlsr-53"  # paper §2.2: XLSR-53 (a local folder or the HF cache name)
