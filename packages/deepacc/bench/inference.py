@@ -1,8 +1,11 @@
 """Benchmark (run by hand): DeepACC vs plain Faster R-CNN with the same ResNet-101-FPN backbone on a 1600x1200
-metaphase, CPU: seconds per image, peak memory, training-step time; and bf16 autocast vs fp32 inference for DeepACC
-(speed-up and the fraction of detections unchanged at IoU 0.9 with the same class).
+metaphase, CPU: seconds per image, peak memory, training-step time; and bf16 against fp32 inference for DeepACC, both
+as ``torch.autocast`` and as bf16 weights cast once (``deepacc.model.cast_bf16``): speed-up and the fraction of top-1
+detections unchanged at IoU 0.9 with the same class.
 
     uv run python packages/deepacc/bench/inference.py [--quick] [--checkpoint run/model.safetensors]
+    uv run python packages/deepacc/bench/inference.py --bf16-only --checkpoint demo/run/model.safetensors \
+        --data demo/data/test/annotations.json     # the demo model on its held-out synthetic images
 
 Target: DeepACC's heads add <= 10% inference time (ratio = DeepACC / Faster R-CNN seconds per image <= 1.10).
 Each measurement runs in a fresh process so peak RSS is per model. Weights are random (no ImageNet file needed);
@@ -100,12 +103,38 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def _bf16_compare(checkpoint: str | None, min_size: int, reps: int) -> dict[str, Any]:
-    import torch
-    from deepacc.model import build_model, set_output_mode
+def _agreement(d32: dict[str, Any], d16: dict[str, Any], min_score: float) -> tuple[int, int]:
+    """(fp32 detections with score >= min_score, how many of them have a bf16 detection at IoU >= 0.9, same class)."""
+    import numpy as np
     from medshared.metrics import box_iou
 
-    x, _ = _image((1200, 1600))
+    keep = d32["scores"].numpy() >= min_score
+    b32, l32 = d32["boxes"].numpy()[keep], d32["labels"].numpy()[keep]
+    b16, l16 = d16["boxes"].numpy(), d16["labels"].numpy()
+    if not len(b32) or not len(b16):
+        return int(len(b32)), 0
+    iou = box_iou(b32, b16)  # [N32, N16]
+    same = ((iou >= 0.9) & (l16[None, :] == l32[:, None])).any(1)
+    return int(len(b32)), int(np.sum(same))
+
+
+def _bf16_compare(checkpoint: str | None, data: str | None, min_size: int, reps: int) -> dict[str, Any]:
+    """fp32 against bf16 autocast and against bf16 weights cast once (``deepacc.model.cast_bf16``), top-1 detections
+    (mAP_max post-processing); images: ``data`` (COCO json, e.g. the demo's held-out set) or A.tif."""
+    import copy
+
+    import torch
+    from deepacc.model import build_model, cast_bf16, set_output_mode
+
+    if data:
+        from deepacc.data import DetectionDataset, load_dataset
+
+        ds = DetectionDataset(load_dataset(data), train=False)
+        images = [ds[i][0] for i in range(len(ds))]
+        img_note = f"{len(images)} images of {data}"
+    else:
+        images = [_image((1200, 1600))[0]]
+        img_note = "1600x1200 image"
     if checkpoint:
         from deepacc.train import load_model
 
@@ -115,32 +144,33 @@ def _bf16_compare(checkpoint: str | None, min_size: int, reps: int) -> dict[str,
         torch.manual_seed(0)
         model = build_model(_cfg("deepacc_r101", min_size), pretrained=None).eval()
         note = "random-init R101 (no trained weights): scores are near-uniform, so class flips are likely"
-    set_output_mode(model, "max")
-    res: dict[str, Any] = {"model": note}
+    cast = cast_bf16(copy.deepcopy(model))
+    for m in (model, cast):
+        set_output_mode(m, "max")
+    res: dict[str, Any] = {"model": note, "images": img_note}
+    times: dict[str, list[float]] = {"fp32": [], "autocast": [], "cast": []}
+    outs: dict[str, list[Any]] = {"fp32": [], "autocast": [], "cast": []}
     with torch.no_grad():
-        model([x])
-        t32, t16 = [], []
-        for _ in range(reps):
-            t = time.perf_counter()
-            d32 = model([x])[0]
-            t32.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                d16 = model([x])[0]
-            t16.append(time.perf_counter() - t)
-    res["fp32_seconds"] = statistics.median(t32)
-    res["bf16_seconds"] = statistics.median(t16)
-    res["speedup"] = res["fp32_seconds"] / res["bf16_seconds"]
-    keep32 = torch.ones(len(d32["scores"]), dtype=torch.bool)  # every top-1 detection with score > 0.05
-    b32, l32 = d32["boxes"][keep32].float().numpy(), d32["labels"][keep32].numpy()
-    b16, l16 = d16["boxes"].float().numpy(), d16["labels"].numpy()
-    same = 0
-    if len(b32) and len(b16):
-        iou = box_iou(b32, b16)
-        for i in range(len(b32)):
-            same += int(((iou[i] >= 0.9) & (l16 == l32[i])).any())
-    res["n_fp32_detections"] = int(len(b32))
-    res["fraction_unchanged_iou0.9_same_class"] = same / len(b32) if len(b32) else float("nan")
+        for m, amp in ((model, False), (model, True), (cast, False)):  # warm-up
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                m([images[0]])
+        for rep in range(reps):
+            for x in images:
+                for key, m, amp in (("fp32", model, False), ("autocast", model, True), ("cast", cast, False)):
+                    t = time.perf_counter()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                        d = m([x])[0]
+                    times[key].append(time.perf_counter() - t)
+                    if rep == 0:
+                        outs[key].append({k: v.float() if v.is_floating_point() else v for k, v in d.items()})
+    for key in times:
+        res[f"{key}_seconds"] = statistics.median(times[key])
+    for key in ("autocast", "cast"):
+        res[f"{key}_speedup"] = res["fp32_seconds"] / res[f"{key}_seconds"]
+        for thr, tag in ((0.05, "all"), (0.5, "p05")):
+            n, same = map(sum, zip(*[_agreement(a, b, thr) for a, b in zip(outs["fp32"], outs[key])]))
+            res[f"{key}_n_{tag}"] = n
+            res[f"{key}_unchanged_{tag}"] = same / n if n else float("nan")
     return res
 
 
@@ -148,8 +178,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short side 400 px and 1 repetition (about a minute)")
     ap.add_argument("--checkpoint", default=None, help="trained deepacc checkpoint for the bf16 comparison")
+    ap.add_argument("--data", default=None, help="COCO json whose images the bf16 comparison uses (default A.tif)")
+    ap.add_argument("--bf16-only", action="store_true", help="skip the DeepACC vs Faster R-CNN part")
     args = ap.parse_args()
     min_size, reps = (400, 1) if args.quick else (800, 3)
+    bf = _bf16_compare(args.checkpoint, args.data, min_size, reps)
+    print(f"bf16 vs fp32, DeepACC top-1 detections ({bf['model']}; {bf['images']})")
+    print(f"{'mode':<22}{'s/image':>10}{'speed-up':>10}{'unchanged (all)':>17}{'unchanged (p>=0.5)':>20}")
+    print(f"{'fp32':<22}{bf['fp32_seconds']:>10.4f}{1.0:>10.2f}")
+    for key, label in (("autocast", "bf16 autocast"), ("cast", "bf16 weights (cast)")):
+        print(f"{label:<22}{bf[key + '_seconds']:>10.4f}{bf[key + '_speedup']:>10.2f}"
+              f"{bf[key + '_unchanged_all']:>10.3f} of {bf[key + '_n_all']:<5}"
+              f"{bf[key + '_unchanged_p05']:>12.3f} of {bf[key + '_n_p05']:<5}")  # fmt: skip
+    bf_json = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in bf.items() if k not in ("model", "images")}
+    if args.bf16_only:
+        print(json.dumps({"bench": "inference_bf16", "ratio": round(bf["cast_speedup"], 4), "target": 1.0, **bf_json}))
+        return
     rows = []
     for name, label in (("faster_rcnn_r101", "Faster R-CNN R101-FPN"), ("deepacc_r101", "DeepACC R101-FPN")):
         inf = _run({"kind": "infer", "config": name, "min_size": min_size, "reps": reps})
@@ -157,15 +201,11 @@ def main() -> None:
         rows.append({"model": label, "infer_s": inf["seconds"], "infer_peak_mb": inf["peak_rss_mb"],
                      "train_step_s": trn["seconds"], "train_peak_mb": trn["peak_rss_mb"],
                      "image": inf["image"]})  # fmt: skip
-    bf = _bf16_compare(args.checkpoint, min_size, reps)
     print(f"CPU, 1600x1200 image ({rows[0]['image']}) resized to short side {min_size}; median of {reps} run(s)")
     print(f"{'model':<24}{'s/image':>10}{'peak MB':>10}{'train s/step':>14}{'train peak MB':>15}")
     for r in rows:
         print(f"{r['model']:<24}{r['infer_s']:>10.3f}{r['infer_peak_mb']:>10.0f}{r['train_step_s']:>14.3f}"
               f"{r['train_peak_mb']:>15.0f}")  # fmt: skip
-    print(f"bf16 autocast vs fp32 (DeepACC): fp32 {bf['fp32_seconds']:.3f}s, bf16 {bf['bf16_seconds']:.3f}s, "
-          f"speed-up {bf['speedup']:.2f}x, unchanged detections {bf['fraction_unchanged_iou0.9_same_class']:.3f} "
-          f"of {bf['n_fp32_detections']} ({bf['model']})")  # fmt: skip
     ratio = rows[1]["infer_s"] / rows[0]["infer_s"]
     print(json.dumps({"bench": "inference", "ratio": round(ratio, 4), "target": 1.10,
                       "deepacc_s_per_image": round(rows[1]["infer_s"], 4),
@@ -173,9 +213,7 @@ def main() -> None:
                       "train_step_ratio": round(rows[1]["train_step_s"] / rows[0]["train_step_s"], 4),
                       "deepacc_peak_mb": round(rows[1]["infer_peak_mb"]),
                       "faster_rcnn_peak_mb": round(rows[0]["infer_peak_mb"]),
-                      "bf16_speedup": round(bf["speedup"], 4),
-                      "bf16_unchanged_fraction": bf["fraction_unchanged_iou0.9_same_class"],
-                      "min_size": min_size, "quick": args.quick}))  # fmt: skip
+                      "bf16": bf_json, "min_size": min_size, "quick": args.quick}))  # fmt: skip
 
 
 if __name__ == "__main__":

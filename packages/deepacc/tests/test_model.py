@@ -7,7 +7,14 @@ import dataclasses
 import pytest
 import torch
 from deepacc.config import config_from_dict, create_config, list_configs
-from deepacc.model import agnostic_top1, build_model, postprocess_detections, resolve_backbone_weights, set_output_mode
+from deepacc.model import (
+    agnostic_top1,
+    build_model,
+    cast_bf16,
+    postprocess_detections,
+    resolve_backbone_weights,
+    set_output_mode,
+)
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:
@@ -240,3 +247,27 @@ def test_heads_with_zero_proposals() -> None:
         with torch.no_grad():
             out, _ = model.roi_heads(feats, [torch.zeros(0, 4)], [(128, 128)])
         assert out[0]["boxes"].shape[-1] == 4 and out[0]["scores"].shape[0] == 0
+
+
+def test_cast_bf16_keeps_fp32_interfaces_and_close_outputs() -> None:
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(_tiny()).eval()
+    cast = cast_bf16(copy.deepcopy(model))
+    heads = cast.roi_heads
+    assert next(cast.backbone.parameters()).dtype == torch.bfloat16
+    assert heads.box_head.fc6.weight.dtype == torch.bfloat16
+    assert heads.margin_weight.dtype == torch.float32 and heads.bbox_pred.weight.dtype == torch.float32
+    x = torch.rand(3, 128, 128)
+    set_output_mode(model, "raw")
+    set_output_mode(cast, "raw")
+    with torch.no_grad():
+        feats32 = model.backbone(x[None])
+        feats16 = cast.backbone(x[None])  # fp32 in, fp32 out
+        out32, out16 = model([x])[0], cast([x])[0]
+    assert all(v.dtype == torch.float32 for v in feats16.values())
+    rel = max(float((feats16[k] - feats32[k]).norm() / feats32[k].norm()) for k in feats32)
+    assert 0 < rel < 0.05, rel  # bf16 rounding, not a different network
+    assert out16["scores"].dtype == torch.float32 and out16["boxes"].dtype == torch.float32
+    assert out16["scores"].shape[1] == out32["scores"].shape[1] == 25

@@ -42,6 +42,7 @@ __all__ = [
     "TinyBody",
     "agnostic_top1",
     "build_model",
+    "cast_bf16",
     "postprocess_detections",
     "resolve_backbone_weights",
 ]
@@ -542,3 +543,34 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
+
+
+def _to_dtype(obj: Any, dtype: torch.dtype) -> Any:
+    """Cast floating tensors inside ``obj`` (tensor, list/tuple, dict) to ``dtype``."""
+    if isinstance(obj, Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_dtype(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_dtype(v, dtype)) for k, v in obj.items())
+    return obj
+
+
+def cast_bf16(model: nn.Module) -> nn.Module:
+    """Inference only: cast the heavy parts (backbone + FPN, RPN head, the two-FC RoI heads) to bf16 once, in place.
+
+    Each cast part takes and returns fp32 (hooks convert at its boundary), so anchors, box decoding, the margin and
+    inference branches (fp32 as in training), NMS and post-processing stay fp32. On CPUs with AMX / AVX512-BF16, bf16
+    weights avoid the per-call weight re-cast of ``torch.autocast``. Returns ``model`` (in eval mode).
+    """
+    parts: list[nn.Module] = [model.backbone]
+    if hasattr(model, "rpn"):
+        parts.append(model.rpn.head)
+    heads = getattr(model, "roi_heads", None)
+    if isinstance(heads, DeepACCRoIHeads):
+        parts += [m for m in (heads.box_head, heads.reg_head) if m is not None]
+    for part in parts:
+        part.to(torch.bfloat16)
+        part.register_forward_pre_hook(lambda _m, args: _to_dtype(args, torch.bfloat16))
+        part.register_forward_hook(lambda _m, _args, out: _to_dtype(out, torch.float32))
+    return model.eval()
