@@ -57,6 +57,10 @@ def test_geo_features_minmax_and_image() -> None:
     assert g[-1, 4] == pytest.approx(10 / 11)
     g6 = geo_features(d, get_keyframe_config("kfgnet_keyframe", geo_dim=6, box_norm="image"))
     assert g6.shape == (6, 6) and np.allclose(g6[:, 5], d.scores)
+    gs = geo_features(d, get_keyframe_config("kfgnet_keyframe", geo_dim=6, score_norm="minmax"))
+    lo, hi = d.scores.min(), d.scores.max()
+    np.testing.assert_allclose(gs[:, 5], (d.scores - lo) / (hi - lo), atol=1e-6)
+    np.testing.assert_allclose(gs[:, :5], g, atol=1e-6)  # the box and frame columns are unchanged
 
 
 @pytest.mark.parametrize("preset", ["kfgnet_keyframe", "official_2023"])

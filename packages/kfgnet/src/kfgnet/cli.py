@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smaller cohort and fewer epochs (tests)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="classifier training/inference: bf16 autocast + channels_last_3d (default) or fp32")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("make-synthetic", help="write synthetic ultrasound videos + manifest")
@@ -132,10 +134,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from kfgnet.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig()
+    bf16 = getattr(args, "precision", "bf16") == "bf16"
+    cfg = DemoConfig(bf16=bf16, channels_last=bf16)
     if args.quick:
         cfg = DemoConfig(n_patients=14, num_frames=24, frame_size=64, clip_frames=16, clip_size=48, folds=2, epochs=14,
-                         epochs2=6, batch_size=4, det_epochs=1, det_images_per_video=1, kf_epochs=10)
+                         epochs2=6, batch_size=4, det_epochs=1, det_images_per_video=1, det_size=64, kf_epochs=10,
+                         stage1_extra_patients=3, bf16=bf16, channels_last=bf16)
     m = run_demo(args.out, resolve_device(args.device), args.seed, cfg, progress=not args.no_progress)
     print((args.out / "report.md").read_text())
     h = m["headline"]

@@ -201,6 +201,9 @@ class KeyFrameConfig:
         non_local: the official channel-affinity non-local block [V]; layer_norm: LayerNorm after the embeddings [V].
         sigmoid: squash the score to (0, 1) [V].
         box_norm: ``"minmax"`` per-video min-max of raw coordinates [V] or ``"image"`` (divide by frame size).
+        score_norm: with ``geo_dim=6``, the detection score as is (``"none"`` [V]) or min-max per video
+            (``"minmax"``, [I]: a weakly trained detector's scores span a narrow range, e.g. 0.1-0.25, so the raw
+            value hardly moves the 256-wide embedding; stretched per video it says where the nodule is most visible).
         feat_similarity: ``"exp"`` exp(-d/d_max) [V] or ``"linear"`` 1 - d/d_max [P "unify to 0..1"].
         max_entries: cap of entries per video (299 linspace + key) [V].
     """
@@ -217,6 +220,7 @@ class KeyFrameConfig:
     layer_norm: bool = False
     sigmoid: bool = False
     box_norm: str = "minmax"
+    score_norm: str = "none"
     feat_similarity: str = "exp"
     max_entries: int = 300
 
@@ -225,6 +229,8 @@ class KeyFrameConfig:
             raise ValueError(f"geo_dim must be 5 (box + frame) or 6 (+ detection score), got {self.geo_dim}")
         if self.box_norm not in ("minmax", "image"):
             raise ValueError(f"box_norm must be 'minmax' or 'image', got {self.box_norm!r}")
+        if self.score_norm not in ("none", "minmax"):
+            raise ValueError(f"score_norm must be 'none' or 'minmax', got {self.score_norm!r}")
         if self.feat_similarity not in ("exp", "linear"):
             raise ValueError(f"feat_similarity must be 'exp' or 'linear', got {self.feat_similarity!r}")
 

@@ -84,7 +84,8 @@ def subsample_entries(n: int, key: int | None, max_entries: int) -> np.ndarray:
 
 
 def geo_features(det: FrameDetections, cfg: KeyFrameConfig) -> np.ndarray:
-    """``(N, 5|6)``: normalised box (per-video min-max [V] or / frame size) + normalised frame index (+ score)."""
+    """``(N, 5|6)``: normalised box (per-video min-max [V] or / frame size) + normalised frame index (+ score, raw
+    [V] or per-video min-max)."""
     boxes = det.boxes.astype(np.float64)
     if cfg.box_norm == "image":
         h, w = det.size
@@ -95,7 +96,11 @@ def geo_features(det: FrameDetections, cfg: KeyFrameConfig) -> np.ndarray:
     fr = det.frame_num.astype(np.float64)[:, None] / max(det.num_frames - 1, 1)
     cols = [nb, fr]
     if cfg.geo_dim == 6:
-        cols.append(det.scores.astype(np.float64)[:, None])
+        sc = det.scores.astype(np.float64)
+        if cfg.score_norm == "minmax":
+            span = sc.max() - sc.min() if len(sc) else 0.0
+            sc = (sc - sc.min()) / span if span > 0 else np.ones_like(sc)
+        cols.append(sc[:, None])
     return np.concatenate(cols, 1).astype(np.float32)
 
 
