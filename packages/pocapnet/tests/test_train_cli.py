@@ -111,6 +111,25 @@ def test_frozen_model_equals_module(tiny_cfg, causal):
     assert torch.nn.functional.cosine_similarity(f16, feats).min() > 0.99
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_bounded_tcn_step_equals_full_chunk_forward(tiny_cfg, causal):
+    from pocapnet.stream import FrozenPoCaPNet
+
+    # 4 layers: receptive field 15 < 40 seconds, so stage 2 is also recomputed only in part
+    model = PoCaPNet(dataclasses.replace(tiny_cfg.model, causal_conv=causal, num_layers=4)).eval()
+    frozen = FrozenPoCaPNet(model)
+    h0 = torch.randn(tiny_cfg.model.num_f_maps, 40)
+    full = frozen.temporal(h0)  # (C, 40)
+    cache = frozen.new_chunk_cache(40)
+    steps = torch.stack([frozen.temporal_step(cache, h0[:, t]) for t in range(40)], 1)
+    with torch.no_grad():  # column t of the step-wise result = last column of the forward over the first t+1
+        want = torch.stack([frozen.temporal(h0[:, : t + 1])[:, -1] for t in range(40)], 1)
+    torch.testing.assert_close(steps, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(steps[:, -1], full[:, -1], rtol=1e-4, atol=1e-5)
+    filled = frozen.fill_chunk_cache(h0[:, :25], 40)
+    torch.testing.assert_close(frozen.temporal_step(filled, h0[:, 25]), want[:, 25], rtol=1e-4, atol=1e-5)
+
+
 def test_fast_streaming_equals_reference_streaming(syn_feats, tiny_cfg):
     model = _perturb_batchnorm(_model(tiny_cfg, syn_feats, positional_encoding=True))  # acausal TCN (paper)
     fop = load_feature_operation(syn_feats, "OP_004")
@@ -160,6 +179,9 @@ def test_cli_smoke_and_bad_inputs(syn_data, syn_feats, tmp_path, capsys):
                  "--out", str(tmp_path / "p2")]) == 0
     rows = (tmp_path / "p2" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("second,phase") and len(rows) == 17
+    assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--stream", "--quiet",
+                 "--fp32", "--out", str(tmp_path / "p2f")]) == 0  # reference precision (default: bf16 branches)
+    assert len((tmp_path / "p2f" / "predictions.csv").read_text().splitlines()) == 17
     # whole-operation predict from the raw files (features extracted on the fly into a temporary folder)
     assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--quiet",
                  "--out", str(tmp_path / "p4")]) == 0

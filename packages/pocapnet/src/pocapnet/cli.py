@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--op", type=Path, required=True, help="operation folder OP_xxx/ (raw wav + frames)")
     p.add_argument("--features", type=Path, help="precomputed feature folder of this operation (whole-op mode)")
     p.add_argument("--stream", action="store_true", help="causal, one estimate per second from the live feed")
+    p.add_argument("--fp32", action="store_true",
+                   help="float32 everywhere (default: wav2vec2 as the checkpoint's features.bf16 says, and with "
+                        "--stream the three audio branches on bf16 weights; same predictions, bench/stream.py)")
     p.add_argument("--out", type=Path, required=True, help="output folder (predictions.csv)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--device", default="auto")
@@ -183,6 +186,8 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
     dev = _device(a.device)
     model, cfg, _ = load_model(a.checkpoint, dev)
+    if a.fp32:
+        cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, bf16=False))
     op = load_operation(a.op.parent, a.op.name, cfg.features.sample_rate, require_labels=False)
     rows: list[dict[str, Any]] = []
     if a.stream:
@@ -191,7 +196,7 @@ def _cmd_predict(a: argparse.Namespace) -> int:
         fx = cfg.features
         online = OnlineExtractor(AudioExtractor(load_wav2vec2(fx.wav2vec2), fx, dev),
                                  XrayExtractor(load_densenet(fx.xray_weights), fx, dev), fx)
-        sp = StreamingPredictor(model, cfg.train.batch_size, dev)
+        sp = StreamingPredictor(model, cfg.train.batch_size, dev, bf16=not a.fp32)
         sr = fx.sample_rate
         lat = []
         for t in range(op.seconds):

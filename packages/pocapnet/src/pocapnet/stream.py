@@ -244,6 +244,64 @@ class FrozenPoCaPNet:
         assert out is not None
         return out
 
+    def new_chunk_cache(self, capacity: int) -> dict:
+        """Per-chunk buffers for :meth:`temporal_step`: every stage's every layer input ``(f_maps, capacity)``."""
+        f = self.stages[0][0].shape[0]
+        dev = self.linear_w.device
+        return {"n": 0, "h": [[torch.zeros(f, capacity, device=dev) for _ in range(len(st[2]) + 1)]
+                              for st in self.stages]}
+
+    @torch.no_grad()
+    def fill_chunk_cache(self, h0: torch.Tensor, capacity: int) -> dict:
+        """A :meth:`new_chunk_cache` holding the chunk ``h0`` ``(f_maps, n)`` (full forward, every layer input kept)."""
+        cache = self.new_chunk_cache(capacity)
+        n = h0.shape[1]
+        out = None
+        for s, (w_in, b_in, layers, w_out, b_out) in enumerate(self.stages):
+            h = h0 if s == 0 else torch.addmm(b_in[:, None], w_in, torch.softmax(out, 0))
+            cache["h"][s][0][:, :n] = h
+            for i, (wt, b, offs, w1, b1) in enumerate(layers):
+                y = torch.relu(_shift_sum((wt @ h).view(3, h.shape[0], -1), b[:, None], offs))
+                h = h + torch.addmm(b1[:, None], w1, y)
+                cache["h"][s][i + 1][:, :n] = h
+            out = torch.addmm(b_out[:, None], w_out, h)
+        cache["n"] = n
+        return cache
+
+    @torch.no_grad()
+    def temporal_step(self, cache: dict, h0_col: torch.Tensor) -> torch.Tensor:
+        """Append one second to the chunk and return its last-stage logits ``(C,)`` (= ``temporal(...)[:, -1]``).
+
+        Only what the new second changes is recomputed: a dilated layer's output at position ``p`` depends on
+        inputs ``p + offsets``, so when the layer's inputs changed from position ``c`` on, its outputs change from
+        ``c - max(offsets)`` on (``c - d`` for the paper's acausal layers: the right zero padding of the chunk end
+        became data). Layer ``l`` of stage 1 thus recomputes about ``3 * 2**l`` columns instead of the whole chunk;
+        stage 2 sees stage 1's last layer changed everywhere (receptive field 1023 > 512) and is recomputed whole.
+        Earlier columns come from the cache.
+        """
+        n = cache["n"]
+        T = n + 1
+        c = n  # first position whose input changed
+        out = None
+        for s, (w_in, b_in, layers, w_out, b_out) in enumerate(self.stages):
+            H = cache["h"][s]
+            if s == 0:
+                H[0][:, n] = h0_col
+            else:
+                H[0][:, c:T] = torch.addmm(b_in[:, None], w_in, torch.softmax(out, 0))
+            for i, (wt, b, offs, w1, b1) in enumerate(layers):
+                c_new = max(0, c - max(offs))  # first output that changes
+                lo = max(0, c_new + min(offs))  # first input those outputs read
+                x = H[i][:, lo:T]  # (f, T - lo)
+                y = torch.relu(_shift_sum((wt @ x).view(3, x.shape[0], -1), b[:, None], offs))
+                k = c_new - lo  # slice columns before c_new saw a false left edge: dropped
+                H[i + 1][:, c_new:T] = x[:, k:] + torch.addmm(b1[:, None], w1, y[:, k:])
+                c = c_new
+            out = torch.addmm(b_out[:, None], w_out, H[len(layers)][:, c:T])  # (C, T - c)
+        cache["n"] = T
+        assert out is not None
+        return out[:, -1]
+
 
 class StreamingPredictor:
     """Per-second PoCaPNet inference with the delayed-estimation memory carried across chunks."""
@@ -269,7 +327,7 @@ class StreamingPredictor:
         self.memory = DelayedMemory(self.model.cfg.hidden_dim, self.device)
         self.images: deque[torch.Tensor] = deque(maxlen=self.model.cfg.num_images)
         self.chunk: list[torch.Tensor] = []  # fused (H,) vectors of the current chunk
-        self.chunk_h0: list[torch.Tensor] = []  # fast path: stage-1 input-conv columns (f_maps,) of the chunk
+        self.tcn_cache: dict | None = None  # fast acausal path: per-layer columns of the chunk so far
         self.chunk_preds: list[int] = []
         self.t = 0
         self.incremental = IncrementalCausalTCN(self.model.tcn) if self.model.cfg.causal_conv else None
@@ -296,9 +354,10 @@ class StreamingPredictor:
             x = x + hist
         if self.incremental is not None:  # causal TCN: O(layers) per second, same result as the chunk forward
             logits = self.incremental.step(x)
-        elif self.frozen is not None:  # acausal TCN (paper): MS-TCN over the chunk so far, input conv cached
-            self.chunk_h0.append(self.frozen.stage1_input(x))
-            logits = self.frozen.temporal(torch.stack(self.chunk_h0, 1))[:, -1]  # (f_maps, n) -> (C, n) -> (C,)
+        elif self.frozen is not None:  # acausal TCN (paper): only the columns the new second changes
+            if self.tcn_cache is None:
+                self.tcn_cache = self.frozen.new_chunk_cache(self.batch_size)
+            logits = self.frozen.temporal_step(self.tcn_cache, self.frozen.stage1_input(x))  # (C,)
         else:  # acausal TCN, reference path: re-run the MS-TCN over the chunk so far
             start = self.t - len(self.chunk) + 1
             pos = torch.arange(start, self.t + 1, device=self.device)
@@ -308,7 +367,7 @@ class StreamingPredictor:
         self.t += 1
         if len(self.chunk) == self.batch_size:  # chunk complete: push its predictions into the memory
             self.memory.update(torch.tensor(self.chunk_preds, device=self.device))
-            self.chunk, self.chunk_h0, self.chunk_preds = [], [], []
+            self.chunk, self.chunk_preds, self.tcn_cache = [], [], None
             if self.incremental is not None:
                 self.incremental.reset()
         return pred, torch.softmax(logits.float(), 0).cpu().numpy()
