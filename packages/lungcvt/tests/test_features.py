@@ -215,3 +215,20 @@ def test_synthetic_signatures():
 def test_feature_error_is_a_value_error():
     assert issubclass(FeatureError, ValueError)
     torch.manual_seed(0)
+
+
+def test_to_image_mfcc_per_coefficient_norm():
+    """mfcc_norm="coefficient" standardises each MFCC track over time (CMVN); "cycle" is dominated by c0."""
+    rng = np.random.default_rng(0)
+    feat = np.full((3, 96, 96), -40.0, dtype=np.float32)
+    feat[0] = rng.standard_normal((96, 96)) * np.linspace(0.1, 5, 96)[:, None] + np.linspace(-300, 20, 96)[:, None]
+    cfg = FeatureConfig(image_size=96, mode="clean", mfcc_norm="coefficient")  # same size: the resize is identity
+    img = to_image(feat, cfg)
+    np.testing.assert_allclose(img[0].mean(1), 0.0, atol=1e-3)
+    np.testing.assert_allclose(img[0].std(1), 1.0, atol=1e-3)
+    assert float(img[1].mean()) == pytest.approx(0.0)  # mel/CQT unchanged: -40 dB -> 0
+    per_cycle = to_image(feat, dataclasses.replace(cfg, mfcc_norm="cycle"))
+    assert float(per_cycle[0].std(1).max()) < 0.1  # one mean/std per cycle: the rows' own variation vanishes
+    with pytest.raises(ValueError, match="mfcc_norm"):
+        FeatureConfig(mfcc_norm="row")
+    assert feature_key(cfg) == feature_key(dataclasses.replace(cfg, mfcc_norm="cycle"))  # applied after the cache

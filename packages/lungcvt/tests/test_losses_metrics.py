@@ -87,3 +87,18 @@ def test_majority_chance_is_half():
     c = majority_chance([0, 0, 0, 1, 2], [0, 1, 2, 3, 0])
     assert c["majority_class"] == "normal"
     assert c["icbhi"]["score"] == pytest.approx(0.5)
+
+
+def test_lr_schedule():
+    from lungcvt.config import TrainConfig
+    from lungcvt.train import lr_at
+
+    const = TrainConfig(lr=1e-3, warmup_steps=10)
+    assert lr_at(const, 0, 100) == pytest.approx(1e-4)
+    assert lr_at(const, 9, 100) == pytest.approx(1e-3) == lr_at(const, 99, 100)
+    cos = TrainConfig(lr=1e-3, warmup_steps=0, lr_schedule="cosine")
+    assert lr_at(cos, 0, 100) == pytest.approx(1e-3)
+    assert lr_at(cos, 50, 100) == pytest.approx(5e-4)
+    assert lr_at(cos, 100, 100) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

@@ -255,6 +255,15 @@ class FFTCQT:
                 my_hop //= 2
                 my_sr /= 2.0
         self.max_factor = max(o[1] for o in self.octaves)
+        # columns of the bottom-up concatenation of the octaves' [re | im] blocks that hold each bin's re and im
+        re_idx, im_idx, off = [], [], 0
+        for _, _, _, _, kern in self.octaves[::-1]:
+            nb = kern.shape[1] // 2
+            re_idx += range(off, off + nb)
+            im_idx += range(off + nb, off + 2 * nb)
+            off += 2 * nb
+        self._re_idx = torch.tensor(re_idx, device=self.device)
+        self._im_idx = torch.tensor(im_idx, device=self.device)
         self._tapers: dict[int, torch.Tensor] = {}
 
     def _taper(self, n_keep: int) -> torch.Tensor:
@@ -267,13 +276,14 @@ class FFTCQT:
             self._tapers[n_keep] = (0.5 - 0.5 * torch.cos(math.pi * w)).to(torch.complex64)
         return self._tapers[n_keep]
 
-    def responses(self, x: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
-        """Magnitude CQT of a zero-padded batch, frames first.
+    def responses(self, x: torch.Tensor, lengths: Sequence[int] | None = None, power: bool = False) -> torch.Tensor:
+        """Magnitude (or, with ``power``, squared magnitude) CQT of a zero-padded batch, frames first.
 
         Args:
             x: float32 [B, N] at ``sr``.
             lengths: each item's own length in samples (its decimated signals are zeroed beyond it, as librosa sees
                 a signal that ends there); ``None`` = all ``N``.
+            power: return |C|^2 (what ``amplitude_to_db`` squares anyway) and skip the square root.
 
         Returns:
             float32 [B, 1 + N // hop_length, n_bins], bins from ``fmin`` upwards.
@@ -286,9 +296,9 @@ class FFTCQT:
         pad_len = scipy.fft.next_fast_len(-(-(n + 64 * m) // m)) * m  # 5-smooth multiple of the largest factor
         spec = torch.fft.rfft(x, n=pad_len) if m > 1 else None  # [B, pad_len/2 + 1]
         t_out = 1 + n // self.hop_length
-        out = torch.empty(b, t_out, self.n_bins, device=x.device)
+        parts: list[torch.Tensor] = []  # per octave [B, T, 2 * bins]: real parts, then imaginary parts
         signals: dict[int, torch.Tensor] = {1: x}  # the top octave(s) see the signal itself, as in librosa
-        for first, factor, n_fft, hop, kern in self.octaves:
+        for _, factor, n_fft, hop, kern in self.octaves:
             if factor not in signals:
                 assert spec is not None
                 n_k = pad_len // factor
@@ -300,10 +310,11 @@ class FFTCQT:
                     own = torch.tensor([-(-ln // factor) for ln in lengths], device=x.device)
                     xk = xk * (torch.arange(xk.shape[1], device=x.device) < own[:, None])
                 signals[factor] = xk
-            nb = kern.shape[1] // 2
-            r = _frames(signals[factor], n_fft, hop, t_out) @ kern  # [B, T, n_fft] @ [n_fft, 2nb] -> [B, T, 2nb]
-            out[..., first : first + nb] = torch.sqrt(r[..., :nb].square() + r[..., nb:].square())
-        return out
+            parts.append(_frames(signals[factor], n_fft, hop, t_out) @ kern)  # [B,T,n_fft] @ [n_fft,2nb] -> [B,T,2nb]
+        # octaves run top down; bins go bottom up: [B, T, 2 * n_bins] as (re, im) pairs of octave blocks
+        sq = torch.cat(parts[::-1], dim=-1).square()  # [B, T, 2 * n_bins]
+        out = sq.index_select(-1, self._re_idx) + sq.index_select(-1, self._im_idx)  # |C|^2 [B, T, n_bins]
+        return out if power else out.sqrt_()
 
     def __call__(self, x: torch.Tensor, lengths: Sequence[int] | None = None) -> torch.Tensor:
         """Magnitude CQT: float32 [B, N] -> [B, n_bins, 1 + N // hop_length] (see :meth:`responses`)."""
@@ -401,8 +412,8 @@ class BatchedFeaturizer:
 
         t_max = 1 + x.shape[1] // cfg.hop_length
         spec = torch.fft.rfft(_frames(x, cfg.n_fft, cfg.hop_length, t_max) * self.window)  # [B, T, 1 + n_fft/2]
-        re_im = torch.view_as_real(spec)  # [B, T, F, 2]
-        power = torch.addcmul(re_im[..., 0].square(), re_im[..., 1], re_im[..., 1])  # |X|^2 [B, T, F]
+        sq = torch.view_as_real(spec).square()  # [B, T, F, 2] (re^2, im^2)
+        power = sq[..., 0] + sq[..., 1]  # |X|^2 [B, T, F] (faster than abs() or a sum over the last axis)
         lap("stft")
         valid = torch.arange(t_max, device=x.device) < torch.tensor([1 + n // cfg.hop_length for n in lens])[:, None]
         valid = valid.to(x.device)[:, :, None]  # [B, T, 1]
@@ -419,12 +430,12 @@ class BatchedFeaturizer:
             mfcc = _db_batch(mfcc, valid)
         lap("mfcc")
         if self.cqt_impl == "fft":
-            c = self.cqt.responses(x, lens)  # [B, T_max, cqt_bins]
+            c2 = self.cqt.responses(x, lens, power=True)  # |C|^2 [B, T_max, cqt_bins]
         else:
-            c = self.cqt(x, normalization_type="librosa").transpose(1, 2)  # [B, cqt_bins, T'] -> [B, T', cqt_bins]
+            c2 = self.cqt(x, normalization_type="librosa").transpose(1, 2).square()  # [B, bins, T'] -> [B, T', bins]
         lap("cqt")
-        t = min(t_max, c.shape[1])
-        cqt_db = _db_batch(c[:, :t].square(), valid[:, :t])  # amplitude_to_db(ref=max)
+        t = min(t_max, c2.shape[1])
+        cqt_db = _db_batch(c2[:, :t], valid[:, :t])  # amplitude_to_db(ref=max) = power_to_db of |C|^2
         out = torch.stack([mfcc[:, :t], mel_db[:, :t], cqt_db], dim=1).transpose(2, 3)  # [B, 3, T, 96] -> [B, 3, 96, T]
         lap("db")
         return out
@@ -482,7 +493,9 @@ def to_image(feat: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tenso
     """Resize [3, 96, T] (or [B, 3, 96, T]) features to ``image_size`` squared and normalise -> float32 tensor.
 
     Faithful: bilinear resize (as ``T.Resize``, antialiased) then ImageNet mean/std applied to the dB values (code).
-    Clean: mel/CQT dB in [-80, 0] mapped to [-1, 1]; MFCC standardised per cycle.
+    Clean: mel/CQT dB in [-80, 0] mapped to [-1, 1]; MFCC standardised per cycle (``mfcc_norm="cycle"``: one
+    mean/std over the image, which the 0th coefficient dominates) or per coefficient over time before the resize
+    (``mfcc_norm="coefficient"``, cepstral mean and variance normalisation).
     """
     x = torch.as_tensor(feat, dtype=torch.float32)
     squeeze = x.dim() == 3
@@ -491,6 +504,10 @@ def to_image(feat: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tenso
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected features [3, F, T] or [B, 3, F, T], got {tuple(x.shape)}")
     s = cfg.image_size
+    if cfg.mode == "clean" and cfg.mfcc_norm == "coefficient":
+        mfcc = x[:, :1]  # [B, 1, n_mfcc, T]: each coefficient's track standardised over time
+        mfcc = (mfcc - mfcc.mean(dim=3, keepdim=True)) / mfcc.std(dim=3, keepdim=True).clamp_min(1e-3)
+        x = torch.cat([mfcc, x[:, 1:]], dim=1)
     x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=True)  # [B, 3, S, S]
     if cfg.mode == "faithful":
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -498,9 +515,11 @@ def to_image(feat: np.ndarray | torch.Tensor, cfg: FeatureConfig) -> torch.Tenso
         x = (x - mean) / std
     else:
         mfcc = x[:, :1]
-        mu = mfcc.mean(dim=(2, 3), keepdim=True)
-        sd = mfcc.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-        x = torch.cat([(mfcc - mu) / sd, x[:, 1:] / 40.0 + 1.0], dim=1)  # [B, 1+2, S, S]
+        if cfg.mfcc_norm == "cycle":
+            mu = mfcc.mean(dim=(2, 3), keepdim=True)
+            sd = mfcc.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+            mfcc = (mfcc - mu) / sd
+        x = torch.cat([mfcc, x[:, 1:] / 40.0 + 1.0], dim=1)  # [B, 1+2, S, S]
     return x[0] if squeeze else x
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lungcvt import __version__
-from lungcvt.config import CLASSES, FeatureConfig, LungCVTConfig
+from lungcvt.config import CLASSES, FeatureConfig, LungCVTConfig, TrainConfig
 from lungcvt.data import Recording, check_cycles_within, load_audio, load_dataset, validation_split
 from lungcvt.features import FeatureCache, check_cqt, compute_features, to_image
 from lungcvt.losses import ClassBalancedCE, mixup_batch
@@ -146,6 +147,14 @@ def _scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
     }
 
 
+def lr_at(tc: TrainConfig, step: int, total_steps: int) -> float:
+    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
+    lr = tc.lr * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else tc.lr
+    if tc.lr_schedule == "cosine":
+        lr *= 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    return lr
+
+
 def _resumable(saved: dict | None, current: dict) -> bool:
     """Same config apart from ``train.epochs`` (so an interrupted or extended run continues)."""
     if saved is None:
@@ -258,9 +267,9 @@ def train(
                     loss = crit.mixed(model(xm), ya, yb, lam)
                 else:
                     loss = crit(model(x), y)
-            if tc.warmup_steps > 0:
+            if tc.warmup_steps > 0 or tc.lr_schedule != "constant":
                 for group in opt.param_groups:
-                    group["lr"] = tc.lr * min(1.0, (step + 1) / tc.warmup_steps)
+                    group["lr"] = lr_at(tc, step, tc.epochs * len(dl))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
