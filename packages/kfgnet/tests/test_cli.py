@@ -87,3 +87,24 @@ def test_demo_quick_beats_chance(tmp_path: Path) -> None:
     assert h["metric"] == "cv_accuracy" and h["value"] > h["chance"] + 0.05
     for f in ("report.md", "tolerance.png", "confusion.png", "prediction.png"):
         assert (tmp_path / f).is_file()
+    k = m["keyframe"]  # stage 1 is scored on the CV test split plus the extra held-out cohort
+    assert k["n_test_videos"] == k["n_test_from_cv_cohort"] + k["n_test_extra_cohort"] and k["n_test_extra_cohort"] > 0
+    assert len(k["pred"]) == len(k["true"]) == k["n_test_videos"]
+    assert m["config"]["demo"]["bf16"] is True
+
+
+@pytest.mark.parametrize(("flag", "bf16"), [([], True), (["--precision", "fp32"], False)])
+def test_demo_precision_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], bf16: bool) -> None:
+    import kfgnet.demo
+
+    seen = {}
+
+    def fake_run_demo(out: Path, device: object, seed: int, cfg: kfgnet.demo.DemoConfig, progress: bool) -> dict:
+        seen["cfg"] = cfg
+        (out / "report.md").write_text("report")
+        return {"headline": {"metric": "cv_accuracy", "value": 0.5, "chance": 0.5}}
+
+    monkeypatch.setattr(kfgnet.demo, "run_demo", fake_run_demo)
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu", "--no-progress", *flag]) == 0
+    assert seen["cfg"].bf16 is bf16 and seen["cfg"].channels_last is bf16
+    assert seen["cfg"].det_size == 128 and seen["cfg"].kf_geo_dim == 6  # the stage-1 settings of the full demo

@@ -36,3 +36,28 @@ def test_matches_reference_within_1e3() -> None:
 
 def test_window_average() -> None:
     np.testing.assert_allclose(window_average(np.arange(8.0), 4), [0.5, 2.5, 4.5, 6.5])
+
+
+def test_motion_index_restores_torch_threads() -> None:
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        frame_motion_index(np.zeros((4, 16, 16), np.uint8))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_ssim_pairs_matches_skimage() -> None:
+    import torch
+    from kfgnet.features import ssim_pairs
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 255, (3, 30, 33))
+    b = np.clip(a + rng.normal(0, 30, a.shape), 0, 255)
+    got = ssim_pairs(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    want = [structural_similarity(a[k], b[k], win_size=7, data_range=255) for k in range(3)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
