@@ -61,6 +61,11 @@ def test_evaluate_and_predict(run: dict) -> None:
     assert main(["predict", str(img), "--checkpoint", ckpt, "--out", str(pr), "--score-thresh", "0.0"]) == 0
     det = json.loads((pr / f"{img.stem}_detections.json").read_text())
     assert det["width"] == 160 and isinstance(det["detections"], list)
+    pr16 = run["root"] / "pred_bf16"  # --amp: bf16 weights cast once
+    assert main(["predict", str(img), "--checkpoint", ckpt, "--out", str(pr16), "--score-thresh", "0.0", "--amp"]) == 0
+    det16 = json.loads((pr16 / f"{img.stem}_detections.json").read_text())
+    n32, n16 = det["n_detections"], det16["n_detections"]
+    assert det16["width"] == 160 and abs(n16 - n32) <= max(2, n32 // 4)
     assert (pr / f"{img.stem}_overlay.png").is_file() and (pr / f"{img.stem}_karyogram.png").is_file()
 
 
