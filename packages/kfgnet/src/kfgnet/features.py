@@ -44,16 +44,26 @@ def to_gray(frames: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float6
     return x.to(dtype)
 
 
-def _box_sum(x: torch.Tensor, win: int, dim: int) -> torch.Tensor:
-    """Sums over every ``win``-long window along ``dim`` (valid region), by a cumulative sum and one difference.
+def _box_mean(padded: torch.Tensor, win: int) -> torch.Tensor:
+    """Mean over every ``win x win`` window (valid region) of ``padded[:, 1:, :]``, whose row 0 must be zero.
 
-    For uint8 frames centred at 128 every partial sum is an integer below 2**24 up to 1024 px (float32 exact).
+    Separable, by cumulative sums: a window sum is ``c[k + win] - c[k]`` once a zero leads the cumulative sum, so each
+    axis costs one ``cumsum`` and one subtraction (written straight into the next zero-led buffer). For uint8 frames
+    centred at 128 every partial sum is an integer below 2**24 up to ~1000 px, so float32 is exact.
+
+    Args:
+        padded: ``(N, H + 1, W)`` float32, ``padded[:, 0] == 0``.
+
+    Returns:
+        ``(N, H - win + 1, W - win + 1)``.
     """
-    c = x.cumsum(dim)
-    n = x.shape[dim] - win + 1
-    out = c.narrow(dim, win - 1, n).clone()  # window ending at index win - 1 + k ...
-    out.narrow(dim, 1, n - 1).sub_(c.narrow(dim, 0, n - 1))  # ... minus everything before its start
-    return out
+    n, h1, w = padded.shape
+    c = padded.cumsum(1)  # (N, H + 1, W), c[:, 0] = 0
+    rows = torch.empty(n, h1 - win, w + 1, dtype=padded.dtype)  # column 0 = 0 leads the second cumsum
+    rows[:, :, 0] = 0
+    torch.sub(c[:, win:], c[:, :-win], out=rows[:, :, 1:])  # window sums along H
+    c = rows.cumsum(2)
+    return torch.sub(c[:, :, win:], c[:, :, :-win]).mul_(1.0 / (win * win))
 
 
 def ssim_pairs(a: torch.Tensor, b: torch.Tensor, win: int = 7, data_range: float = 255.0) -> torch.Tensor:
@@ -82,14 +92,16 @@ def _ssim_maps(g: torch.Tensor, offsets: list[int], win: int, data_range: float)
     """
     t, h, w = g.shape
     npair = sum(t - d for d in offsets)
-    buf = torch.empty(2 * t + npair, h, w, dtype=torch.float32)  # [x | x^2 | x*y per pair], no torch.cat
-    c = torch.sub(g, 128.0, out=buf[:t])
-    torch.mul(c, c, out=buf[t:2 * t])
+    buf = torch.empty(2 * t + npair, h + 1, w, dtype=torch.float32)  # [x | x^2 | x*y per pair], no torch.cat
+    buf[:, 0] = 0  # the zero row that leads the cumulative sums of _box_mean
+    data = buf[:, 1:]
+    c = torch.sub(g, 128.0, out=data[:t])
+    torch.mul(c, c, out=data[t:2 * t])
     o = 2 * t
     for d in offsets:
-        torch.mul(c[:-d], c[d:], out=buf[o:o + t - d])
+        torch.mul(c[:-d], c[d:], out=data[o:o + t - d])
         o += t - d
-    m = _box_sum(_box_sum(buf, win, 1), win, 2).mul_(1.0 / (win * win))  # local means, valid region
+    m = _box_mean(buf, win)  # local means, valid region
     mu, mxx, mxy = m[:t], m[t:2 * t], m[2 * t:]
     cov_norm = win * win / (win * win - 1.0)
     c1 = (0.01 * data_range) ** 2
