@@ -47,7 +47,7 @@ def _prefill(sp: StreamingPredictor, fused: torch.Tensor, img: torch.Tensor, n: 
             h0 = sp.frozen.stage1_input(fused + hist)[:, None].expand(-1, n)
             caches[key] = sp.frozen.fill_chunk_cache(h0, sp.batch_size)
         c = caches[key]
-        sp.tcn_cache = {"n": c["n"], "h": [[h.clone() for h in hs] for hs in c["h"]]}
+        sp.tcn_cache = {"n": c["n"], "h": [[None if h is None else h.clone() for h in hs] for hs in c["h"]]}
     sp.t = n
     sp.chunk_preds = [0] * n
     sp.images.extend([img] * 7)

@@ -245,25 +245,47 @@ class FrozenPoCaPNet:
         return out
 
     def new_chunk_cache(self, capacity: int) -> dict:
-        """Per-chunk buffers for :meth:`temporal_step`: every stage's every layer input ``(f_maps, capacity)``."""
+        """Per-chunk buffers for :meth:`temporal_step`: the ``(f_maps, capacity)`` inputs of every layer that a later
+        second can reuse. An input whose positions always all change (its cumulative reach, the sum of the
+        preceding layers' right offsets, is at least ``capacity - 1``: stage 1's last layers and all of stage 2 for
+        the paper's 512-s chunks) is not stored."""
         f = self.stages[0][0].shape[0]
         dev = self.linear_w.device
-        return {"n": 0, "h": [[torch.zeros(f, capacity, device=dev) for _ in range(len(st[2]) + 1)]
-                              for st in self.stages]}
+        reach, h = 0, []
+        for _, _, layers, _, _ in self.stages:
+            bufs = []
+            for i in range(len(layers) + 1):
+                bufs.append(torch.zeros(f, capacity, device=dev) if reach < capacity - 1 else None)
+                if i < len(layers):
+                    reach += max(layers[i][2])
+            h.append(bufs)
+        return {"n": 0, "h": h}
+
+    @staticmethod
+    def _put(buf: torch.Tensor | None, new: torch.Tensor, c: int, T: int) -> torch.Tensor:
+        """Store the changed columns ``[c, T)`` and return the layer input over ``[0, T)``."""
+        if buf is None:  # never reused: every column changed
+            assert c == 0, c
+            return new
+        buf[:, c:T] = new
+        return buf[:, :T]
 
     @torch.no_grad()
     def fill_chunk_cache(self, h0: torch.Tensor, capacity: int) -> dict:
-        """A :meth:`new_chunk_cache` holding the chunk ``h0`` ``(f_maps, n)`` (full forward, every layer input kept)."""
+        """A :meth:`new_chunk_cache` holding the chunk ``h0`` ``(f_maps, n)`` (full forward, layer inputs kept)."""
         cache = self.new_chunk_cache(capacity)
         n = h0.shape[1]
         out = None
         for s, (w_in, b_in, layers, w_out, b_out) in enumerate(self.stages):
             h = h0 if s == 0 else torch.addmm(b_in[:, None], w_in, torch.softmax(out, 0))
-            cache["h"][s][0][:, :n] = h
+            bufs = cache["h"][s]
             for i, (wt, b, offs, w1, b1) in enumerate(layers):
+                if bufs[i] is not None:
+                    bufs[i][:, :n] = h
                 y = torch.relu(_shift_sum((wt @ h).view(3, h.shape[0], -1), b[:, None], offs))
                 h = h + torch.addmm(b1[:, None], w1, y)
-                cache["h"][s][i + 1][:, :n] = h
+            if bufs[-1] is not None:
+                bufs[-1][:, :n] = h
             out = torch.addmm(b_out[:, None], w_out, h)
         cache["n"] = n
         return cache
@@ -277,27 +299,25 @@ class FrozenPoCaPNet:
         ``c - max(offsets)`` on (``c - d`` for the paper's acausal layers: the right zero padding of the chunk end
         became data). Layer ``l`` of stage 1 thus recomputes about ``3 * 2**l`` columns instead of the whole chunk;
         stage 2 sees stage 1's last layer changed everywhere (receptive field 1023 > 512) and is recomputed whole.
-        Earlier columns come from the cache.
+        Unchanged columns come from the cache.
         """
         n = cache["n"]
         T = n + 1
         c = n  # first position whose input changed
         out = None
         for s, (w_in, b_in, layers, w_out, b_out) in enumerate(self.stages):
-            H = cache["h"][s]
-            if s == 0:
-                H[0][:, n] = h0_col
-            else:
-                H[0][:, c:T] = torch.addmm(b_in[:, None], w_in, torch.softmax(out, 0))
+            bufs = cache["h"][s]
+            new = h0_col[:, None] if s == 0 else torch.addmm(b_in[:, None], w_in, torch.softmax(out, 0))  # [c, T)
+            cur = self._put(bufs[0], new, c, T)  # (f, T)
             for i, (wt, b, offs, w1, b1) in enumerate(layers):
                 c_new = max(0, c - max(offs))  # first output that changes
                 lo = max(0, c_new + min(offs))  # first input those outputs read
-                x = H[i][:, lo:T]  # (f, T - lo)
+                x = cur[:, lo:T]  # (f, T - lo)
                 y = torch.relu(_shift_sum((wt @ x).view(3, x.shape[0], -1), b[:, None], offs))
                 k = c_new - lo  # slice columns before c_new saw a false left edge: dropped
-                H[i + 1][:, c_new:T] = x[:, k:] + torch.addmm(b1[:, None], w1, y[:, k:])
+                cur = self._put(bufs[i + 1], x[:, k:] + torch.addmm(b1[:, None], w1, y[:, k:]), c_new, T)
                 c = c_new
-            out = torch.addmm(b_out[:, None], w_out, H[len(layers)][:, c:T])  # (C, T - c)
+            out = torch.addmm(b_out[:, None], w_out, cur[:, c:T])  # (C, T - c)
         cache["n"] = T
         assert out is not None
         return out[:, -1]
