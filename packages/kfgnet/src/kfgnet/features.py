@@ -175,14 +175,18 @@ def frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig | No
         ``(T,)`` float64 array in [-1, 1]; 1 for a still clip, low at a cut.
     """
     cfg = cfg or MotionConfig()
+    with _one_thread():
+        return _frame_motion_index(frames, cfg)
+
+
+def _frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig) -> np.ndarray:
     g = to_gray(frames, torch.float32)  # (T, H, W)
     t = g.shape[0]
     if t < 2:
         return np.ones(t)
     offsets = [d for d in cfg.neighbours if d < t]
-    with _one_thread():
-        ssim = _ssim_maps(g, offsets, cfg.ssim_win, cfg.data_range)  # pairs (i, i + d), each computed once
-        hist = _histograms(g, cfg.hist_bins)  # (T, bins)
+    ssim = _ssim_maps(g, offsets, cfg.ssim_win, cfg.data_range)  # pairs (i, i + d), each computed once
+    hist = _histograms(g, cfg.hist_bins)  # (T, bins)
     total = torch.zeros(t, dtype=torch.float64)
     count = torch.zeros(t, dtype=torch.float64)
     for d, s in zip(offsets, ssim):  # a loop over the offsets (1, 2), not over pairs
