@@ -61,3 +61,12 @@ def test_ssim_pairs_matches_skimage() -> None:
     got = ssim_pairs(torch.from_numpy(a), torch.from_numpy(b)).numpy()
     want = [structural_similarity(a[k], b[k], win_size=7, data_range=255) for k in range(3)]
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(("t", "neighbours"), [(19, (2, 1, 3)), (9, (1, 2)), (2, (1, 2))])
+def test_blocks_and_offsets_match_reference(t: int, neighbours: tuple[int, ...]) -> None:
+    """Clips longer than one 8-frame block, a last block shorter than an offset, unsorted offsets."""
+    rng = np.random.default_rng(t)
+    f = np.clip(rng.normal(120, 40, (1, 24, 28)) + rng.normal(0, 15, (t, 24, 28)), 0, 255).astype(np.uint8)
+    cfg = MotionConfig(neighbours=neighbours)
+    assert np.abs(frame_motion_index(f, cfg) - motion_index_reference(f, cfg)).max() < 1e-5
