@@ -63,7 +63,7 @@ def test_ssim_pairs_matches_skimage() -> None:
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize(("t", "neighbours"), [(19, (2, 1, 3)), (9, (1, 2)), (2, (1, 2))])
+@pytest.mark.parametrize(("t", "neighbours"), [(19, (2, 1, 3)), (9, (1, 2)), (2, (1, 2)), (2, (2,))])
 def test_blocks_and_offsets_match_reference(t: int, neighbours: tuple[int, ...]) -> None:
     """Clips longer than one 8-frame block, a last block shorter than an offset, unsorted offsets."""
     rng = np.random.default_rng(t)

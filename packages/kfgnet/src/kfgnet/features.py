@@ -183,7 +183,8 @@ def frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig | No
 
     Each unordered pair (i, i + d), d in ``cfg.neighbours``, is computed once (SSIM and histogram correlation are
     symmetric: about 2T pairs, not 4T), in float32 (agrees with the float64 scikit-image / OpenCV loop within 1e-6
-    on uint8 frames); no Python loop over pairs. Runs on one torch thread (see :func:`_one_thread`).
+    on uint8 frames); no Python loop over pairs, SSIM in cache-sized 8-frame blocks. Runs on one torch thread
+    (see :func:`_one_thread`).
 
     Args:
         frames: ``(T, H, W)`` gray or ``(T, H, W, 3)`` RGB, 0..255.
@@ -203,6 +204,8 @@ def _frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig) ->
     if t < 2:
         return np.ones(t)
     offsets = [d for d in cfg.neighbours if d < t]
+    if not offsets:  # no neighbour inside the clip: nothing moves, as in the reference loop
+        return np.ones(t)
     ssim = _ssim_chunked(g, offsets, cfg.ssim_win, cfg.data_range)  # pairs (i, i + d), each computed once
     hist = _histograms(g, cfg.hist_bins)  # (T, bins)
     total = torch.zeros(t, dtype=torch.float64)
