@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from medshared.cli import run_cli
+
 from deepacc import __version__
 
 _EXPECTED_ERRORS = (FileNotFoundError, ValueError, FloatingPointError, OSError, KeyError)
@@ -321,21 +323,18 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (0 ok, 1 bad input, 2 usage)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
     t0 = time.time()
-    try:
-        rc = _COMMANDS[args.command](args)
-    except _EXPECTED_ERRORS as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"deepacc {args.command}: error: {msg}", file=sys.stderr)
-        return 1
-    if args.command != "demo":
-        print(f"done in {time.time() - t0:.1f}s", file=sys.stderr)
-    return rc
+
+    def timed(command: str):
+        def run(args: argparse.Namespace) -> int:
+            rc = _COMMANDS[command](args)
+            if command != "demo":
+                print(f"done in {time.time() - t0:.1f}s", file=sys.stderr)
+            return rc
+
+        return run
+
+    return run_cli(build_parser(), argv, {name: timed(name) for name in _COMMANDS}, expected=_EXPECTED_ERRORS)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,10 +7,11 @@ Commands: ``demo``, ``make-synthetic``, ``train-detector``, ``train-keyframe``, 
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from medshared.cli import EXPECTED_ERRORS, run_cli
 
 from kfgnet import __version__
 
@@ -356,18 +357,8 @@ COMMANDS = {"demo": cmd_demo, "make-synthetic": cmd_make_synthetic, "train-detec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return COMMANDS[args.command](args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"kfgnet: error: {msg}", file=sys.stderr)
-        return EXIT_ERROR
+    """Entry point; returns the process exit code (EXIT_ERROR on expected bad input, with one message on stderr)."""
+    return run_cli(build_parser(), argv, COMMANDS, expected=(*EXPECTED_ERRORS, RuntimeError), error_code=EXIT_ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from medshared.cli import run_cli
 
 from pocapnet import __version__
 
@@ -235,30 +236,21 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pocapnet.demo import run_demo
+
+    run_demo(args.out, device=args.device, seed=args.seed, quick=args.quick)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 on expected bad input, with one message on stderr)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
     from pocapnet.data import DataError
 
-    handlers = {"make-synthetic": _cmd_make_synthetic, "extract": _cmd_extract, "train": _cmd_train,
-                "evaluate": _cmd_evaluate, "predict": _cmd_predict}
-    try:
-        if args.command == "demo":
-            from pocapnet.demo import run_demo
-
-            run_demo(args.out, device=args.device, seed=args.seed, quick=args.quick)
-            return 0
-        return handlers[args.command](args)
-    except (FileNotFoundError, DataError, ValueError) as e:
-        print(f"pocapnet {args.command}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
-        return 130
+    handlers = {"demo": _cmd_demo, "make-synthetic": _cmd_make_synthetic, "extract": _cmd_extract,
+                "train": _cmd_train, "evaluate": _cmd_evaluate, "predict": _cmd_predict}
+    return run_cli(build_parser(), argv, handlers, expected=(FileNotFoundError, DataError, ValueError),
+                   interrupt_hint="re-run the same command to resume")
 
 
 if __name__ == "__main__":  # pragma: no cover
