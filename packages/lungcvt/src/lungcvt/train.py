@@ -93,14 +93,20 @@ def extract_cycles(
 class CycleDataset(Dataset):
     """Resized, normalised feature images: item -> (float32 [3, S, S], int label)."""
 
-    def __init__(self, cycles: CycleSet, cfg: FeatureConfig) -> None:
-        self.cycles, self.cfg = cycles, cfg
+    def __init__(
+        self, cycles: CycleSet, cfg: FeatureConfig, time_roll: bool = False, generator: torch.Generator | None = None
+    ) -> None:
+        self.cycles, self.cfg, self.time_roll, self.generator = cycles, cfg, time_roll, generator
 
     def __len__(self) -> int:
         return len(self.cycles)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return to_image(self.cycles.feats[i], self.cfg), int(self.cycles.labels[i])
+        img = to_image(self.cycles.feats[i], self.cfg)  # [3, S, S] (frequency, time)
+        if self.time_roll:  # training augmentation: the cycle rotated in time, events keep their shape and pitch
+            shift = int(torch.randint(img.shape[-1], (1,), generator=self.generator))
+            img = torch.roll(img, shift, dims=-1)
+        return img, int(self.cycles.labels[i])
 
 
 @torch.no_grad()
@@ -228,7 +234,7 @@ def train(
     opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     g = torch.Generator().manual_seed(tc.seed)
     dl = DataLoader(
-        CycleDataset(tr, cfg.features),
+        CycleDataset(tr, cfg.features, time_roll=tc.time_roll, generator=g),
         batch_size=tc.batch_size,
         shuffle=True,
         generator=g,
