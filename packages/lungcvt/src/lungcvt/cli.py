@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from medshared.cli import run_cli
+
 from lungcvt import __version__
 from lungcvt.config import CLASSES, LungCVTConfig, get_config, list_configs
 
@@ -270,20 +272,8 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (expected errors: one line on stderr, exit code 2)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
-    try:
-        return _COMMANDS[args.command](args)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"lungcvt {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # pragma: no cover
-        print("interrupted; `lungcvt train` resumes from OUT/last_state.pt", file=sys.stderr)
-        return 130
+    return run_cli(build_parser(), argv, _COMMANDS, expected=(FileNotFoundError, ValueError, KeyError), error_code=2,
+                   interrupt_hint="`lungcvt train` resumes from OUT/last_state.pt")
 
 
 if __name__ == "__main__":  # pragma: no cover
