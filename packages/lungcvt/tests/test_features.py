@@ -232,3 +232,31 @@ def test_to_image_mfcc_per_coefficient_norm():
     with pytest.raises(ValueError, match="mfcc_norm"):
         FeatureConfig(mfcc_norm="row")
     assert feature_key(cfg) == feature_key(dataclasses.replace(cfg, mfcc_norm="cycle"))  # applied after the cache
+
+
+def test_synthetic_wheeze_visible_in_tiny_image():
+    """The synthetic wheeze tone survives the tiny config's 64 px mel image (README "Demo results").
+
+    A tonal-line detector (mel pixel minus the mean of the rows 2 above and below, averaged over 5 time columns,
+    maximum over the image) separates 48 wheeze from 48 normal cycles with AUC 0.93 at ``WHEEZE_LEVEL`` (1.5-3.0;
+    0.84-0.93 over 4 seeds); the earlier, fainter 0.8-1.6 gives 0.79 (0.71-0.82), and the demo model did not learn
+    wheezes from it.
+    """
+    from lungcvt.config import get_config
+    from lungcvt.synthetic import synth_cycle
+
+    cfg = get_config("lungcvt_tiny").features
+    rng = np.random.default_rng(0)
+
+    def line_score(img: torch.Tensor) -> float:
+        m = img[1]  # mel channel [64, 64]
+        d = (m - 0.5 * (torch.roll(m, 2, 0) + torch.roll(m, -2, 0)))[2:-2]
+        return float(torch.nn.functional.avg_pool1d(d[None], 5, 1).max())
+
+    scores = {}
+    for label in (0, 2):
+        xs = [(0.1 * synth_cycle(label, 2.7, cfg.sample_rate, rng)).astype(np.float32) for _ in range(48)]
+        scores[label] = np.array([line_score(to_image(f, cfg)) for f in compute_features(xs, cfg)])
+    pos, neg = scores[2][:, None], scores[0][None]
+    auc = float(((pos > neg) + 0.5 * (pos == neg)).mean())
+    assert auc > 0.85, auc

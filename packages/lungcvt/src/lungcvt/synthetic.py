@@ -25,7 +25,7 @@ from scipy import signal
 
 from lungcvt.data import LOCATIONS, SPLIT_FILE_NAME
 
-__all__ = ["DEVICE_FORMATS", "synth_cycle", "generate_icbhi", "SyntheticSummary"]
+__all__ = ["DEVICE_FORMATS", "WHEEZE_LEVEL", "synth_cycle", "generate_icbhi", "SyntheticSummary"]
 
 #: device -> (sample rate Hz, PCM subtypes to draw from, low-pass cutoff Hz, gain)
 DEVICE_FORMATS: dict[str, tuple[int, tuple[str, ...], float, float]] = {
@@ -35,6 +35,10 @@ DEVICE_FORMATS: dict[str, tuple[int, tuple[str, ...], float, float]] = {
     "AKGC417L": (44100, ("PCM_24", "PCM_16"), 4000.0, 1.2),
 }
 _CLASS_P = (0.53, 0.27, 0.13, 0.07)  # ICBHI proportions: 3642/1864/886/506 of 6898 cycles
+#: wheeze tone peak amplitude relative to the breath's rms (about 1). At 1.5-3.0 the tone stands 18/26/34 dB
+#: (10th/50th/90th percentile) above the breath in its own STFT bin; the earlier 0.8-1.6 (12/21/28 dB) left many
+#: wheezes too faint for the tiny demo model after the 64 px resize (wheeze recall 0-0.17, README "Demo results").
+WHEEZE_LEVEL = (1.5, 3.0)
 
 
 def _bandpass(x: np.ndarray, lo: float, hi: float, sr: int, order: int = 4) -> np.ndarray:
@@ -95,7 +99,7 @@ def synth_cycle(label: int, duration_s: float, sr: int, rng: np.random.Generator
     if label in (1, 3):
         x = x + _crackles(n, sr, rng, level=rng.uniform(2.5, 5.0))
     if label in (2, 3):
-        x = x + _wheeze(n, sr, rng, level=rng.uniform(0.8, 1.6))
+        x = x + _wheeze(n, sr, rng, level=rng.uniform(*WHEEZE_LEVEL))
     return x
 
 
