@@ -8,7 +8,8 @@ Signatures (Sovijarvi et al. 2000, "Definition of terms for applications of resp
 - normal: breath-like band-limited noise (100-1000 Hz) under an inspiration/expiration envelope;
 - crackle: short (5-20 ms) explosive transients (a sharp initial deflection decaying within the burst), several per
   cycle, on top of the breath;
-- wheeze: a sustained tonal component (100-1000 Hz fundamental, slight glide, a weaker 2nd harmonic), >= 100 ms;
+- wheeze: a sustained tonal component (100-1000 Hz fundamental, slight glide, a weaker 2nd harmonic), >= 100 ms,
+  dominating its frequency band (`WHEEZE_LEVEL`);
 - both: crackles and a wheeze.
 
 Devices and formats as in the database: Litt3200 at 4 kHz 16-bit, Meditron / LittC2SE / AKGC417L at 44.1 kHz 24-bit
