@@ -287,7 +287,7 @@ register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3
 # Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
 # patches, average pooling, identity-initialised front end, clean features (batched torch backend), lr 1e-3 with 60
 # warm-up steps and cosine decay (a fixed 1e-3 made the validation score flip between all-normal and all-abnormal
-# epochs), batch 16, no mixup.
+# epochs), batch 16, no mixup, 30 epochs (20 left the loss at 0.59 on the seed-1 demo data).
 register_config(
     LungCVTConfig(
         name="lungcvt_tiny",
@@ -301,6 +301,6 @@ register_config(
             global_pool="avg",
             front_init="identity",
         ),
-        train=TrainConfig(lr=1e-3, warmup_steps=60, lr_schedule="cosine", batch_size=16, epochs=20, mixup=False),
+        train=TrainConfig(lr=1e-3, warmup_steps=60, lr_schedule="cosine", batch_size=16, epochs=30, mixup=False),
     )
 )
