@@ -57,7 +57,8 @@ class FeatureConfig:
         repeat_seconds: target duration for ``length="repeat"`` (8 s, as the peers in brief section 7).
         image_size: side of the square model input (code: ``T.Resize((224, 224))``).
         mfcc_norm: clean mode's MFCC normalisation in ``to_image``: ``"cycle"`` (one mean/std per cycle) or
-            ``"coefficient"`` (each coefficient standardised over time, CMVN; ours, the tiny config).
+            ``"coefficient"`` (each coefficient standardised over time, CMVN; ours, an option: it did not help the
+            tiny config, README "Demo results").
         backend: ``"librosa"`` (reference, per cycle), ``"torch"`` (batched torch with an FFT-domain multi-resolution
             CQT; ours) or ``"nnaudio"`` (batched torch with nnAudio's ``CQT1992v2`` for the CQT; slower).
     """
