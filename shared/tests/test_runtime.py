@@ -107,3 +107,70 @@ def test_registry_errors():
         reg.register("a", 3)
     with pytest.raises(ValueError, match="unknown config 'c'; valid names: a, b"):
         reg.get("c")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_atomic_writes_respect_umask(tmp_path, mask):
+    import os
+
+    old = os.umask(mask)
+    try:
+        assert runtime.current_umask() == mask
+        runtime.atomic_write_json(tmp_path / "m.json", {"a": 1})
+        runtime.atomic_write_text(tmp_path / "t.txt", "x")
+        lin = torch.nn.Linear(2, 2)
+        checkpoint.save_checkpoint(tmp_path / "c.safetensors", lin.state_dict(), {})
+        ref = tmp_path / "ref"
+        ref.write_text("x")  # what open() gives under the same umask
+    finally:
+        os.umask(old)
+    want = 0o666 & ~mask
+    for name in ("m.json", "t.txt", "c.safetensors", "ref"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == want, name
+
+
+def test_yaml_scientific_notation(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 10\noptim:\n  lr: 1e-4\n  sizes: [3, 4]\nname: '1e-4'\n")
+    raw = config.load_config_file(f)
+    assert raw["optim"]["lr"] == 1e-4 and isinstance(raw["optim"]["lr"], float)
+    assert raw["epochs"] == 10 and isinstance(raw["epochs"], int)
+    assert raw["name"] == "1e-4"  # quoted stays a string
+    cfg = config.override_dataclass(_Outer(), raw)
+    assert cfg.optim.lr == 1e-4 and cfg.name == "1e-4"
+    loaded = config.yaml_load("a: 5E+3\nb: -2.5e-3\nc: .5\nd: 1_000\ne: abc\nf: 1e4x\n")
+    assert loaded == {"a": 5000.0, "b": -0.0025, "c": 0.5, "d": 1000, "e": "abc", "f": "1e4x"}
+
+
+def test_tests_run_on_one_torch_thread():
+    assert torch.get_num_threads() == 1  # the root conftest pins it
+
+
+class _Aug(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return float(runtime.worker_rng().random())
+
+
+class _AugOnce(_Aug):
+    """The anti-pattern: one generator made in __init__, copied into every worker."""
+
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def __getitem__(self, i):
+        return float(self.rng.random())
+
+
+def test_worker_rng_differs_per_worker_and_epoch():
+    from torch.utils.data import DataLoader
+
+    def draws(ds, workers):
+        loader = DataLoader(ds, batch_size=None, num_workers=workers, generator=torch.Generator().manual_seed(0))
+        return list(loader) + list(loader)  # two epochs
+
+    assert len(set(draws(_Aug(), 2))) == 8  # 2 workers x 2 items x 2 epochs, no repeat
+    assert len(set(draws(_Aug(), 0))) == 8  # main process: continues across epochs
+    assert len(set(draws(_AugOnce(), 2))) < 8  # the failure this helper exists for: workers repeat each other

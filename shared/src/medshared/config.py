@@ -1,18 +1,57 @@
-"""Config files: read YAML/JSON and apply them to frozen dataclasses with unknown-key and type checks."""
+"""Config files: read YAML/JSON and apply them to frozen dataclasses with unknown-key and type checks.
+
+YAML is read with YAML 1.2's number rules: PyYAML follows YAML 1.1, where ``1e-4`` (no dot) is the *string*
+``"1e-4"``; here it is the float 0.0001, as a user writing ``lr: 1e-4`` means.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["config_to_dict", "load_config_file", "override_dataclass"]
+__all__ = ["config_to_dict", "load_config_file", "override_dataclass", "yaml_load"]
 
 T = TypeVar("T")
+
+
+# YAML 1.2 core-schema floats (plus 1.1's forms PyYAML already knows): 1e-4, 1E+3, .5, 5., -2.5e-3, .inf, .nan.
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+def _yaml_loader() -> Any:
+    """A ``SafeLoader`` subclass whose float resolver accepts exponents without a dot (``1e-4``)."""
+    import yaml
+
+    class _Loader(yaml.SafeLoader):
+        pass
+
+    # Drop the YAML 1.1 float resolver and add the wider one; ints keep priority (resolvers are tried in order and
+    # the int resolver is registered before this one, so "10" stays an int).
+    _Loader.yaml_implicit_resolvers = {
+        k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+    return _Loader
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (``1e-4`` is a float, not a string)."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -30,9 +69,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = yaml_load(text)
     except Exception as e:
         raise ValueError(f"cannot parse config file {path}: {e}") from e
     if data is None:

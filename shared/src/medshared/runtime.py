@@ -1,5 +1,6 @@
-"""Runtime helpers: seeding, device resolution, bf16 autocast, and atomic writes (temp file + rename) so that an
-interrupted run never leaves a half-written result or checkpoint."""
+"""Runtime helpers: seeding (including DataLoader workers), device resolution, bf16 autocast, and atomic writes
+(temp file + rename) so that an interrupted run never leaves a half-written result or checkpoint. Files are created
+with the mode the process umask gives (0644 under umask 022), as ``open()`` would."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "autocast_context",
+    "current_umask",
     "resolve_device",
     "seed_everything",
+    "worker_rng",
 ]
 
 
@@ -38,6 +41,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+_WORKER_RNG: dict[tuple[int, int], np.random.Generator] = {}
+
+
+def worker_rng() -> np.random.Generator:
+    """A NumPy ``Generator`` for augmentation that differs per DataLoader worker and per epoch.
+
+    torch seeds each worker with ``base_seed + worker_id`` (a new ``base_seed`` every epoch unless workers persist)
+    and already re-seeds ``random`` and NumPy's global state from it. A generator created once in a dataset's
+    ``__init__`` is instead copied into every worker with the same state, so every worker and every epoch draw the
+    same augmentation. Call this inside ``__getitem__``: it returns one generator per (process, torch seed),
+    created on first use, so draws continue across items and differ across workers and epochs. In the main process
+    (``num_workers=0``) it is seeded from ``torch.initial_seed()`` and continues across epochs.
+    """
+    import torch
+
+    key = (os.getpid(), torch.initial_seed())
+    rng = _WORKER_RNG.get(key)
+    if rng is None:
+        if len(_WORKER_RNG) > 64:  # old epochs' workers of a long run
+            _WORKER_RNG.clear()
+        rng = _WORKER_RNG[key] = np.random.default_rng(key[1])
+    return rng
 
 
 def resolve_device(spec: str = "auto") -> Any:
@@ -74,9 +101,25 @@ def autocast_context(device: Any, enabled: bool = True) -> contextlib.AbstractCo
     return torch.autocast(dev.type, dtype=torch.bfloat16)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # fallback: set and restore (not thread-safe, but only on systems without /proc)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed onto ``path``, on error removed.
+
+    The final file gets mode ``0o666 & ~umask`` (what ``open(path, "w")`` gives), not ``mkstemp``'s private 0600.
 
     Example:
         >>> with atomic_path("out/model.safetensors") as tmp:  # doctest: +SKIP
@@ -89,6 +132,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -1,11 +1,16 @@
-"""Test helpers: where the real data samples live."""
+"""Test helpers: where the real data samples live, and a file server on 127.0.0.1 for download tests."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["shared_data_dir"]
+__all__ = ["ServedURL", "serve_files", "shared_data_dir"]
 
 
 def shared_data_dir() -> Path | None:
@@ -26,3 +31,48 @@ def shared_data_dir() -> Path | None:
                 if cand.is_dir():
                     return cand
     return None
+
+
+class ServedURL(str):
+    """The base URL of :func:`serve_files` (``http://127.0.0.1:PORT``); ``.requests`` lists the paths asked for."""
+
+    requests: list[str]
+
+
+@contextlib.contextmanager
+def serve_files(directory: str | Path) -> Iterator[ServedURL]:
+    """Serve ``directory`` over HTTP on 127.0.0.1 (a free port) for the duration of the block.
+
+    Download code is tested against it instead of the internet: ``f"{url}/name-abc123.pth"``. Proxy variables are
+    bypassed for loopback while the block runs. ``url.requests`` records every request path (e.g. to assert that a
+    second call was served from the cache).
+    """
+    directory = Path(directory)
+    requests: list[str] = []
+
+    class _Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet test server
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            requests.append(self.path)
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    saved = {k: os.environ.get(k) for k in ("no_proxy", "NO_PROXY")}
+    for k in saved:
+        os.environ[k] = ",".join(x for x in ("127.0.0.1", "localhost", saved[k]) if x)
+    url = ServedURL(f"http://127.0.0.1:{server.server_address[1]}")
+    url.requests = requests
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
