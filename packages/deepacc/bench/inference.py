@@ -124,7 +124,8 @@ def _bf16_compare(checkpoint: str | None, data: str | None, min_size: int, reps:
     import copy
 
     import torch
-    from deepacc.model import build_model, cast_bf16, set_output_mode
+    from deepacc.model import build_model, set_output_mode
+    from deepacc.precision import cast_bf16
 
     if data:
         from deepacc.data import DetectionDataset, load_dataset

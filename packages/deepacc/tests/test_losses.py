@@ -125,10 +125,13 @@ def test_gia_hand_value() -> None:
         float(p[0] @ p[1])  # RoI 0 (class 1) with class-2 partner
         + float(p[1] @ p[0])  # RoI 1 (class 2) with class-1 partner
         + float(p[2] @ p[0])  # RoI 2 (class 2) with class-1 partner
-    ) / 5  # N+ = 5 positives
+    ) / 4 / 2  # image 0: N+ = 4 positives; image 1: one positive, no partner (0); mean over the 2 images
     got = gia_loss(probs, labels, img, group_adjacency())
     assert got.item() == pytest.approx(expected, rel=1e-6)
-    assert expected == pytest.approx((0.7 * 0.4 + 0.3 * 0.6) * 2 / 5 + (0.5 * 0.7 + 0.5 * 0.3) / 5)
+    assert expected == pytest.approx(((0.7 * 0.4 + 0.3 * 0.6) * 2 / 4 + (0.5 * 0.7 + 0.5 * 0.3) / 4) / 2)
+    # a batch split into its images (DDP with one image per rank averages the per-image losses) gives the same loss
+    per_image = [gia_loss(probs[img == i], labels[img == i], img[img == i] * 0, group_adjacency()) for i in (0, 1)]
+    assert got.item() == pytest.approx(sum(v.item() for v in per_image) / 2, rel=1e-6)
 
 
 def test_gia_gradients_and_detach() -> None:

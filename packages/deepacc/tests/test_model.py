@@ -7,14 +7,10 @@ import dataclasses
 import pytest
 import torch
 from deepacc.config import config_from_dict, create_config, list_configs
-from deepacc.model import (
-    agnostic_top1,
-    build_model,
-    cast_bf16,
-    postprocess_detections,
-    resolve_backbone_weights,
-    set_output_mode,
-)
+from deepacc.backbone import resolve_backbone_weights
+from deepacc.model import build_model, set_output_mode
+from deepacc.postprocess import agnostic_top1, postprocess_detections
+from deepacc.precision import cast_bf16
 
 
 def _targets() -> list[dict[str, torch.Tensor]]:
@@ -224,19 +220,28 @@ def test_retinanet_raw_mode_max_boxes_in_original_frame() -> None:
     assert int(raw["max_labels"].min()) >= 1
 
 
-def test_template_warmup_uses_global_centres_then_local() -> None:
+def test_templates_local_from_first_iteration_with_literal_eq2() -> None:
+    """Eq. 2 from iteration 0: classes whose best RoI passes delta use that RoI's normalised embedding, the others
+    (and background) the global centre; logits are W_I^T x + b with x NOT normalised (the paper's form)."""
     torch.manual_seed(0)
-    model = build_model(_tiny(template_warmup_iters=1, delta=0.0)).train()
+    model = build_model(_tiny(delta=0.0)).train()
     heads = model.roi_heads
     emb = torch.rand(6, 256)
-    labels = torch.tensor([1, 1, 2, 0, 0, 3])
-    w_logits = heads._class_outputs(emb, [6], labels)["logits"]  # iteration 0: global centres only
-    cos_w = torch.nn.functional.normalize(emb, dim=1) @ torch.nn.functional.normalize(heads.margin_weight, dim=1).t()
-    torch.testing.assert_close(w_logits, 64.0 * cos_w, rtol=1e-4, atol=1e-3)
-    heads.train_iters += 1
-    local = heads._class_outputs(emb, [6], labels)["logits"]  # delta 0: every class takes a local centre
-    assert not torch.allclose(local[:, 1:], 64.0 * cos_w[:, 1:], atol=1e-2)
-    torch.testing.assert_close(local[:, 0], 64.0 * cos_w[:, 0], rtol=1e-4, atol=1e-3)  # background stays global
+    heads.inf_bias.data = torch.arange(25, dtype=torch.float32) * 0.01
+    out = heads.class_outputs(emb, [6])  # first call, training mode: no warm-up, no counter
+    probs = torch.softmax(64.0 * out["cos"], 1)
+    j_star = probs.argmax(0)  # [K]
+    nf = torch.nn.functional.normalize
+    expected = emb @ nf(emb[j_star], dim=1).t() + heads.inf_bias  # delta 0: every foreground class local
+    w0 = nf(heads.margin_weight[0], dim=0)
+    expected[:, 0] = emb @ w0 + heads.inf_bias[0]  # background: always the global centre
+    torch.testing.assert_close(out["logits"], expected, rtol=1e-5, atol=1e-5)
+    assert heads.last_template_stats["local_fraction"] == 1.0
+    heads.cfg = dataclasses.replace(heads.cfg, delta=1.0)  # delta 1: nothing passes, all global
+    glob = heads.class_outputs(emb, [6])["logits"]
+    torch.testing.assert_close(glob, emb @ nf(heads.margin_weight, dim=1).t() + heads.inf_bias, rtol=1e-5, atol=1e-5)
+    assert heads.last_template_stats["local_fraction"] == 0.0
+    assert not hasattr(heads, "train_iters")  # no hidden iteration counter can change the loss
 
 
 def test_heads_with_zero_proposals() -> None:

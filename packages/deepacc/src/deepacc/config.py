@@ -58,13 +58,17 @@ class ModelConfig:
     min_size: int = 800
     max_size: int = 1333
     # --- RPN (mmdet 2020 config [V]) ---
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one per level P2-P6 (Faster R-CNN)
+    retinanet_anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # P3-P7, x 2^(0, 1/3, 2/3) (torchvision)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_pre_nms_top_n_test: int = 1000
     rpn_post_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_test: int = 1000
     rpn_nms_thresh: float = 0.7
+    rpn_fg_iou_thresh: float = 0.7  # torchvision / mmdet [V]
+    rpn_bg_iou_thresh: float = 0.3
+    rpn_batch_size_per_image: int = 256
     # --- RoI sampling (identical in mmdet and torchvision [V]) ---
     roi_output_size: int = 7
     box_batch_size_per_image: int = 512
@@ -84,16 +88,15 @@ class ModelConfig:
     scale: float = 64.0
     margin_on_bg: bool = True  # ArcFace margin also on background targets [I]
     # --- inference branch (Eq. 2) ---
-    delta: float = 0.5  # template threshold; not given in the paper [I]
+    # Template threshold of Eq. 2 (not given in the paper [I]); it is the only gate between global and local
+    # centres, from the first training iteration on (Sec. 2.3: "we set a threshold delta to control where local class
+    # center W_I,j comes from"). An earlier global-only warm-up followed by a hard switch made L_CE jump; see README.
+    delta: float = 0.5
     detach_templates: bool = False  # [I]
-    # Training iterations during which only global centres W_M serve as templates. Sec. 2.3 notes that local centres
-    # "introduce some instability at the beginning stage of the training"; delta alone did not prevent it here
-    # (with s = 64 the margin softmax passes delta at once and all early embeddings are alike) [I].
-    template_warmup_iters: int = 500
     exclude_gt_templates: bool = False  # keep GT boxes added as proposals out of template selection [I]
-    # paper (Eq. 2): W_I^T x_i + b with un-normalised x_i; here s * n(x_i)^T W_I + b (brief Sec. 1) because the
-    # un-normalised form made L_CE blow up (1.7 -> 20 at epoch 3 of the demo) once local templates kicked in.
-    inference_feature_norm: bool = True
+    # Eq. 2 as printed: W_I^T x_i + b with x_i NOT normalised (the Remark of Sec. 2.3: the branch avoids the
+    # information loss of normalisation). True: s * n(x_i)^T W_I + b (the previous default; ablation in the README).
+    inference_feature_norm: bool = False
     # --- GIA (Eq. 3) ---
     detach_partner: bool = False  # [I]
     # --- loss weights (Eq. 4: alpha = 0.1, beta = 1.0, gamma = 0.1) ---
@@ -125,6 +128,9 @@ class TrainConfig:
     warmup_factor: float = 0.001  # [V]
     hflip_prob: float = 0.5  # Sec. 3.1
     grad_clip: float = 0.0  # 0 = off (mmdet 2x config has none)
+    checkpoint_every: int = 500  # iterations between mid-epoch resume points (0: only at epoch ends)
+    val_every: int = 1  # epochs between validations (best checkpoint by mAP@0.5) when validation data is given
+    scan_images: bool = True  # decode every image before training; all unreadable / wrong-size ones reported at once
     empty_images: str = "keep"  # keep images without annotations as negatives | reject them
     num_workers: int = 0
 
@@ -172,11 +178,12 @@ def _with_model(name: str, base: DeepACCConfig, **model_kw: Any) -> DeepACCConfi
 
 
 _PAPER = register_config(DeepACCConfig())
-# Table 1 ablation rows (validation set). (c) trains the margin branch alone, so L_AAM is its only classification
-# loss: weight 1.0 there [I]; (d) has the margin branch without margin (m = 0, normalised softmax) to give templates.
+# Table 1 ablation rows (validation set). (c) trains the margin branch alone; Sec. 3.1 sets alpha = 0.1 "in all
+# experiments", so L_AAM keeps weight 0.1 there too (an earlier version used 1.0 [I]; both measured in the README).
+# (d) has the margin branch without margin (m = 0, normalised softmax) to give templates.
 register_config(_with_model("table1_a", _PAPER, separate_reg=False, aam=False, siamese=False, gia=False))
 register_config(_with_model("table1_b", _PAPER, separate_reg=True, aam=False, siamese=False, gia=False))
-register_config(_with_model("table1_c", _PAPER, aam=True, siamese=False, gia=False, aam_weight=1.0))
+register_config(_with_model("table1_c", _PAPER, aam=True, siamese=False, gia=False))
 register_config(_with_model("table1_d", _PAPER, aam=False, siamese=True, gia=False))
 register_config(_with_model("table1_e", _PAPER, aam=True, siamese=True, gia=False))
 register_config(_with_model("table1_f", _PAPER, aam=True, siamese=True, gia=True))
@@ -199,7 +206,7 @@ _TINY_MODEL = dict(
     rpn_post_nms_top_n_test=150,
     box_batch_size_per_image=128,
     representation_size=256,
-    template_warmup_iters=60,
+    retinanet_anchor_sizes=(16, 32, 64, 128, 256),
 )
 #: Light config for tests and the demo: small BatchNorm CNN + FPN(32) on P3-P5, 384 px images, 256-wide heads.
 register_config(
@@ -271,6 +278,9 @@ def config_from_dict(data: dict[str, Any], base: DeepACCConfig | None = None) ->
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid top-level keys: {sorted(valid)} (and 'base')")
+    for sec in ("model",):  # keys of earlier versions, read from old checkpoints and ignored
+        if isinstance(data.get(sec), dict) and "template_warmup_iters" in data[sec]:
+            data[sec] = {k: v for k, v in data[sec].items() if k != "template_warmup_iters"}
     out = base
     if "name" in data:
         out = dataclasses.replace(out, name=str(data["name"]))
@@ -295,7 +305,9 @@ def _validate(cfg: DeepACCConfig) -> None:
     if m.fpn_min_level not in (2, 3, 4):
         raise ValueError(f"model.fpn_min_level must be 2, 3 or 4, got {m.fpn_min_level}")
     n_levels = 7 - m.fpn_min_level  # returned ResNet stages + the "pool" level
-    if len(m.anchor_sizes) != n_levels:
+    if len(m.retinanet_anchor_sizes) != 5:
+        raise ValueError(f"model.retinanet_anchor_sizes needs 5 sizes (P3-P7), got {m.retinanet_anchor_sizes}")
+    if m.arch == "deepacc" and len(m.anchor_sizes) != n_levels:
         raise ValueError(
             f"model.anchor_sizes needs {n_levels} sizes for fpn_min_level={m.fpn_min_level}, got {m.anchor_sizes}"
         )
@@ -307,6 +319,8 @@ def _validate(cfg: DeepACCConfig) -> None:
         raise ValueError(f"model.margin must be in [0, pi), got {m.margin}")
     if cfg.train.lr_scaling not in ("linear", "literal"):
         raise ValueError(f"train.lr_scaling must be linear|literal, got {cfg.train.lr_scaling!r}")
+    if cfg.train.checkpoint_every < 0 or cfg.train.val_every < 1:
+        raise ValueError("train.checkpoint_every must be >= 0 and train.val_every >= 1")
     if cfg.train.empty_images not in ("keep", "reject"):
         raise ValueError(f"train.empty_images must be keep|reject, got {cfg.train.empty_images!r}")
 

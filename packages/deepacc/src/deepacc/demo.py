@@ -1,6 +1,12 @@
-"""``deepacc demo``: synthetic metaphases (COCO JSON + PNG on disk) -> train ``deepacc_tiny`` -> evaluate on held-out
-synthetic images -> metrics.json, report.md, plots. Headline: mAP@0.5 against the computed chance level (the same
-model's boxes and scores with uniformly random class labels)."""
+"""``deepacc demo``: data -> train ``deepacc_tiny`` with the full DeepACC head -> evaluate on held-out images ->
+metrics.json, report.md, plots, and a prediction (overlay + karyogram) on the real spread ``A.tif`` when present.
+
+* default (no argument): synthetic spreads composed from the shared sample crops (or procedural rods), about two
+  minutes on two CPU cores;
+* ``--crops DIR``: spreads composed per cell from real karyotyped cells (:mod:`deepacc.compose`), the test set from
+  held-out cells (or ``--test-crops``): chromosomes the model never saw; about five minutes.
+Headline: mAP@0.5 against the computed chance level (the same model's boxes and scores with uniformly random labels).
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,73 @@ from typing import Any
 
 import numpy as np
 
-from deepacc.config import CLASS_NAMES, create_config
+from deepacc.config import CLASS_NAMES, DeepACCConfig, create_config
 
-__all__ = ["DEMO_SETTINGS", "run_demo"]
+__all__ = ["CROPS_SETTINGS", "DEMO_SETTINGS", "demo_config", "run_demo"]
 
 #: Score threshold of the demo's pictures only (metrics use the paper's 0.5): the short demo's top-1 scores are low.
 DISPLAY_THRESH = 0.3
-#: Default demo size: about two minutes on two idle CPU cores (864 iterations at batch 2, about 0.17 CPU-s each).
+#: Synthetic demo: about two minutes on two idle CPU cores.
 DEMO_SETTINGS = {"n_train": 96, "n_test": 8, "epochs": 18, "height": 320, "width": 320, "scale": 0.62}
+#: Real-crop demo: spreads of 384 px (crops at 0.5x), 80% of the cells for training, about five minutes.
+CROPS_SETTINGS = {"n_train": 152, "n_test": 19, "epochs": 12, "train_fraction": 0.8}
+
+
+def demo_config(n_iters: int, epochs: int, size: int) -> DeepACCConfig:
+    """``deepacc_tiny`` at ``size`` px with the full head (AAM + siamese inference branch with delta 0.5 from the
+    first iteration + GIA); 128 RoIs per image, half positive; x0.1 after 80% of the epochs."""
+    base = create_config("deepacc_tiny")
+    m_cfg = dataclasses.replace(base.model, min_size=size, max_size=size, box_batch_size_per_image=128,
+                                box_positive_fraction=0.5, rpn_post_nms_top_n_train=200)  # fmt: skip
+    t_cfg = dataclasses.replace(base.train, epochs=epochs, milestones=(max(1, int(epochs * 0.8)),),
+                                warmup_iters=min(30, max(1, n_iters // 10)), checkpoint_every=0)  # fmt: skip
+    return dataclasses.replace(base, name="deepacc_demo", model=m_cfg, train=t_cfg)
+
+
+def _head_name(cfg: DeepACCConfig) -> str:
+    m = cfg.model
+    parts = ["separate regression branch" if m.separate_reg else "shared FC head"]
+    if m.aam:
+        parts.append(f"AAM margin branch (m {m.margin}, s {m.scale:g}, alpha {m.aam_weight:g})")
+    if m.siamese:
+        x = "s * n(x)" if m.inference_feature_norm else "x not normalised (Eq. 2 as printed)"
+        parts.append(f"siamese inference branch (delta {m.delta:g}, local templates from the first iteration, {x})")
+    if m.gia:
+        parts.append(f"GIA loss (gamma {m.gia_weight:g})")
+    return ", ".join(parts)
+
+
+def _make_data(out: Path, seed: int, n_train: int, n_test: int, source: str, crops: str | None,
+               test_crops: str | None) -> tuple[Path, Path, dict[str, Any], int]:  # fmt: skip
+    """Write the demo's train / test COCO sets; returns their paths, a data description and the image size."""
+    if crops is None:
+        from deepacc.synthetic import SynthConfig, write_synthetic
+
+        h, w = DEMO_SETTINGS["height"], DEMO_SETTINGS["width"]
+        scfg = SynthConfig(height=h, width=w, scale=DEMO_SETTINGS["scale"])
+        tr = write_synthetic(out / "data" / "train", n_train, seed * 1000 + 1, scfg, source)
+        te = write_synthetic(out / "data" / "test", n_test, seed * 1000 + 2, scfg, source)
+        src = json.loads(Path(tr).read_text())["info"]["source"]
+        note = "test images are new compositions; the same sample crops appear in training and test compositions"
+        return tr, te, {"kind": "synthetic", "source": src, "note": note}, h
+    from deepacc.compose import CELL_SPREAD_CPU, compose_cells, index_cells, split_cells
+
+    cells = index_cells(crops)
+    if test_crops is None:
+        frac = CROPS_SETTINGS["train_fraction"]
+        parts = split_cells(list(cells), {"train": frac, "test": 1 - frac}, seed)
+        train_cells = {c: cells[c] for c in parts["train"]}
+        test_cells = {c: cells[c] for c in parts["test"]}
+    else:
+        train_cells, test_cells = cells, index_cells(test_crops)
+    tr = compose_cells(train_cells, out / "data" / "train", n_train, seed * 1000 + 1, CELL_SPREAD_CPU)
+    te = compose_cells(test_cells, out / "data" / "test", n_test, seed * 1000 + 2, CELL_SPREAD_CPU)
+    overlap = sorted(set(train_cells) & set(test_cells)) if test_crops is None else []
+    desc = {"kind": "real cells", "crops": str(crops), "test_crops": str(test_crops) if test_crops else None,
+            "train_cells": sorted(train_cells, key=int), "test_cells": sorted(test_cells, key=int),
+            "note": "one cell per spread; test spreads come from cells never seen in training"}  # fmt: skip
+    assert not overlap
+    return tr, te, desc, CELL_SPREAD_CPU.height
 
 
 def run_demo(
@@ -32,94 +97,65 @@ def run_demo(
     source: str = "auto",
     progress: bool = True,
     predict_real: bool = True,
+    crops: str | Path | None = None,
+    test_crops: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline and return the metrics dict (also written to ``out/metrics.json``)."""
     from medshared.plots import plot_curves
     from medshared.runtime import atomic_write_json, atomic_write_text, resolve_device, seed_everything
     from medshared.testing import shared_data_dir
 
-    from deepacc.cli import _table, _write_eval, predict_image
     from deepacc.data import load_dataset, read_image
     from deepacc.evaluate import detections_from_raw, evaluate_detections, predict_raw
-    from deepacc.model import agnostic_top1
-    from deepacc.synthetic import SynthConfig, write_synthetic
+    from deepacc.postprocess import agnostic_top1
+    from deepacc.predict import predict_image, write_prediction
+    from deepacc.reporting import markdown_table, write_eval
     from deepacc.train import train
     from deepacc.viz import draw_detections, karyogram, save_png
 
-    t_start = time.time()
-    cpu_start = time.process_time()
+    t_start, cpu_start = time.time(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    n_train = n_train or DEMO_SETTINGS["n_train"]
-    n_test = n_test or DEMO_SETTINGS["n_test"]
-    epochs = epochs or DEMO_SETTINGS["epochs"]
+    settings = DEMO_SETTINGS if crops is None else CROPS_SETTINGS
+    n_train = n_train or settings["n_train"]
+    n_test = n_test or settings["n_test"]
+    epochs = epochs or settings["epochs"]
     dev = resolve_device(device)
     seed_everything(seed)
 
     # 1. data, written in the real COCO format and read back through the real loader
-    h, w = DEMO_SETTINGS["height"], DEMO_SETTINGS["width"]
-    scfg = SynthConfig(height=h, width=w, scale=DEMO_SETTINGS["scale"])
-    train_json = write_synthetic(out / "data" / "train", n_train, seed * 1000 + 1, scfg, source)
-    test_json = write_synthetic(out / "data" / "test", n_test, seed * 1000 + 2, scfg, source)
-    train_samples = load_dataset(train_json)
-    test_samples = load_dataset(test_json)
-    data_source = json.loads(Path(train_json).read_text())["info"]["source"]
+    train_json, test_json, data_desc, size = _make_data(out, seed, n_train, n_test, source,
+                                                        None if crops is None else str(crops),
+                                                        None if test_crops is None else str(test_crops))  # fmt: skip
+    train_samples, test_samples = load_dataset(train_json), load_dataset(test_json)
 
-    # 2. train the tiny config (full DeepACC head: AAM + siamese + GIA)
-    base = create_config("deepacc_tiny")
-    n_iters = epochs * -(-n_train // base.train.batch_size)
-    # Local templates (Sec. 2.3, delta = 0.5) switched on after a 520-iteration warm-up made L_CE jump, undid the RPN
-    # (objectness loss 0.04 -> 0.35) and ended at mAP@0.5 0.0003 instead of 0.35 (measured, same 864 iterations). The
-    # demo therefore keeps delta = 1.0 (templates = global centres W_M, train and test alike); every other part of the
-    # DeepACC head is on. 128 RoIs per image with half of them positive (instead of 64 with a quarter) give the
-    # classifier 4x the positive RoIs per iteration for about the same iteration time.
-    m_cfg = dataclasses.replace(
-        base.model,
-        min_size=min(h, w),
-        max_size=max(h, w),
-        box_batch_size_per_image=128,
-        box_positive_fraction=0.5,
-        rpn_post_nms_top_n_train=200,
-        delta=1.0,
-        template_warmup_iters=n_iters,
-    )
-    t_cfg = dataclasses.replace(base.train, epochs=epochs, milestones=(max(1, int(epochs * 0.8)),), warmup_iters=30)
-    cfg = dataclasses.replace(base, name="deepacc_demo", model=m_cfg, train=t_cfg)
+    # 2. train the tiny config with the full DeepACC head
+    batch = create_config("deepacc_tiny").train.batch_size
+    cfg = demo_config(epochs * -(-n_train // batch), epochs, size)
     t0 = time.time()
     model, history = train(cfg, train_samples, out / "run", dev, None, resume=False, seed=seed, progress=progress)
     train_seconds = time.time() - t0
 
-    # 3. evaluate on held-out synthetic images
+    # 3. evaluate on the held-out images
     t0 = time.time()
     raws = predict_raw(model, test_samples, dev, progress=progress)
-    res = evaluate_detections(raws, test_samples, cfg)
+    res = evaluate_detections(raws, test_samples, cfg, coco=True, karyotype_prior=True)
     eval_seconds = time.time() - t0
     chance = res["chance"]["random_labels"]
     metrics: dict[str, Any] = {
-        "headline": {
-            "metric": "map50",
-            "value": res["map50"],
-            "chance": chance,
-            "chance_definition": "mAP@0.5 of the model's own boxes and scores with labels drawn uniformly "
-            "from the 24 classes (mean of 5 draws)",
-        },  # fmt: skip
+        "headline": {"metric": "map50", "value": res["map50"], "chance": chance,
+                     "chance_definition": "mAP@0.5 of the model's own boxes and scores with labels drawn uniformly "
+                     "from the 24 classes (mean of 5 draws)"},
         **{k: v for k, v in res.items() if k != "matched_pairs"},
-        "data": {
-            "n_train": n_train,
-            "n_test": n_test,
-            "height": h,
-            "width": w,
-            "source": data_source,
-            "note": "test images are new compositions; with real crops the 138 BioImLab crops are shared "
-            "between train and test images",
-        },  # fmt: skip
+        "head": _head_name(cfg),
+        "data": {"n_train": n_train, "n_test": n_test, "size": size, **data_desc},
         "config": dataclasses.asdict(cfg),
         "history": history,
         "timing": {"train_seconds": train_seconds, "eval_seconds": eval_seconds},
-    }
+    }  # fmt: skip
 
     # 4. plots
-    _write_eval(out, res, prefix="test_")
+    write_eval(out, res, prefix="test_")
     ep = [r["epoch"] for r in history]
     curves = {k: (np.array([r[k] for r in history]), np.zeros(len(history)))
               for k in ("loss", "loss_box_reg", "loss_aam", "loss_ce", "loss_gia", "loss_objectness")
@@ -127,27 +163,25 @@ def run_demo(
     plot_curves(np.array(ep), curves, out / "loss_curves.png", "epoch", "loss", title="DeepACC demo training")
     _plot_ap(res["ap_per_class"], chance, out / "ap_per_class.png")
     det0 = detections_from_raw(raws[:1], cfg, "max")[0]
-    det0 = agnostic_top1(det0, DISPLAY_THRESH, cfg.eval.agnostic_nms_thresh)
+    det0 = {k: v.numpy() for k, v in agnostic_top1(det0, DISPLAY_THRESH, cfg.eval.agnostic_nms_thresh).items()}
     img0 = read_image(test_samples[0].image_path)
-    save_png(out / "test0_overlay.png", draw_detections(img0, det0["boxes"].numpy(), det0["labels"].numpy(),
-                                                          det0["scores"].numpy()))  # fmt: skip
+    save_png(out / "test0_overlay.png", draw_detections(img0, det0["boxes"], det0["labels"], det0["scores"]))
     save_png(out / "test0_groundtruth.png", draw_detections(img0, test_samples[0].boxes, test_samples[0].labels))
-    save_png(out / "test0_karyogram.png", karyogram(img0, det0["boxes"].numpy(), det0["labels"].numpy(),
-                                                    det0["scores"].numpy()))  # fmt: skip
+    save_png(out / "test0_karyogram.png", karyogram(img0, det0["boxes"], det0["labels"], det0["scores"]))
 
-    # 5. the real metaphase A.tif (if the shared data folder exists), downscaled to the demo's scale
+    # 5. the real metaphase A.tif (if the shared data folder exists), downscaled towards the training scale
     real_note = "skipped: shared data folder absent"
     root = shared_data_dir()
     if predict_real and root is not None and (root / "chromosome" / "A.tif").is_file():
-        # A.tif chromosomes are about 60-100 px long; 0.4x brings them to the synthetic training scale
-        img_real, result = predict_image(model, cfg, root / "chromosome" / "A.tif", dev, DISPLAY_THRESH, short_side=480)
-        boxes = np.array([d["box_xyxy"] for d in result["detections"]]).reshape(-1, 4)
-        labels = np.array([d["class_id"] for d in result["detections"]], dtype=np.int64)
-        scores = np.array([d["score"] for d in result["detections"]])
-        save_png(out / "A_overlay.png", draw_detections(img_real, boxes, labels, scores))
-        save_png(out / "A_karyogram.png", karyogram(img_real, boxes, labels, scores))
-        atomic_write_json(out / "A_detections.json", result)
-        real_note = f"{result['n_detections']} detections at score >= {result['score_thresh']} (no ground truth)"
+        # A.tif's chromosomes are 60-250 px long; these short sides bring them near the training scale
+        short = 480 if crops is None else 360
+        result = predict_image(model, cfg, root / "chromosome" / "A.tif", dev, DISPLAY_THRESH, short_side=short,
+                               karyotype_prior=crops is not None)  # fmt: skip
+        write_prediction(result, out, "A")
+        real_note = (
+            f"{result['n_detections']} detections at score >= {result['score_thresh']} "
+            f"(short side {short} px{', karyotype prior' if crops is not None else ''}; no ground truth)"
+        )
     metrics["real_image_A_tif"] = real_note
     metrics["timing"]["total_seconds"] = time.time() - t_start
     metrics["timing"]["process_cpu_seconds"] = time.process_time() - cpu_start
@@ -158,8 +192,11 @@ def run_demo(
         ("chance mAP@0.5 (random labels, own boxes)", chance),
         ("chance mAP@0.5 (GT boxes, random class scores)", res["chance"]["gt_boxes_random_scores"]),
         ("mAP_max@0.5", res["map50_max"]),
+        ("COCO mAP@[.5:.95]", res["coco"]["map"]),
         ("Acc (top-1, p>=0.5, agnostic NMS 0.7)", res.get("acc", float("nan"))),
         ("AER", res.get("aer", float("nan"))),
+        ("Acc / AER with the karyotype prior", f"{res.get('acc_prior', float('nan')):.4f} / "
+                                               f"{res.get('aer_prior', float('nan')):.4f}"),
         ("Acc class-agnostic", res.get("acc_agnostic", float("nan"))),
         ("AER class-agnostic", res.get("aer_agnostic", float("nan"))),
         ("WCR", res["wcr"]),
@@ -167,19 +204,20 @@ def run_demo(
         ("count MAE per image", res["count_mae"]),
         ("train seconds", train_seconds),
         ("total seconds", metrics["timing"]["total_seconds"]),
-    ]
-    table = _table(rows)
+    ]  # fmt: skip
+    table = markdown_table(rows)
+    what = ("spreads composed per cell from real karyotyped cells; test cells never seen in training"
+            if crops is not None else f"synthetic metaphases ({data_desc['source']})")  # fmt: skip
     report = [
         "# DeepACC demo",
         "",
-        f"Synthetic metaphases ({data_source}), {n_train} training and {n_test} held-out images of {h}x{w} px, 46",
-        f"chromosomes each; `deepacc_tiny` (full DeepACC head) trained {epochs} epochs on {dev}.",
+        f"Data: {what}; {n_train} training and {n_test} held-out images of {size}x{size} px, 46 chromosomes each.",
+        f"Model: `deepacc_tiny` trained {epochs} epochs on {dev}. Head: {_head_name(cfg)}.",
         "",
         table,
         "",
         "Chance: the trained model's own boxes and scores with uniformly random labels (a classifier that ignores",
-        "its input). Test images are new random compositions; when real crops are used, the same 138 crops",
-        "appear in training and test compositions (different positions, rotations, scales and batch effects).",
+        f"its input). {data_desc['note']}.",
         "",
         f"Real metaphase A.tif: {real_note}.",
         "",

@@ -4,7 +4,10 @@
 * mAP_max: the same with only the arg-max foreground class of each RoI (Sec. 3.1);
 * Acc = TP / #predictions and AER = (FP + FN) / #GT after top-1 selection, score >= 0.5 and class-agnostic NMS 0.7,
   greedy one-to-one matching at IoU 0.5 with the class required (plus the class-agnostic count, DeepACE-style);
-* WCR: fraction of images with no FP and no FN ("whole correct ratio").
+* WCR: fraction of images with no FP and no FN ("whole correct ratio");
+* optional: COCO mAP@[.5:.95] (``medshared.coco.coco_map``: 101-point, maxDets 100, area all; checked there against
+  pycocotools), and Acc/AER after the karyotype
+  prior (:mod:`deepacc.karyotype`: at most two of each autosome, XX or XY, by optimal assignment).
 One forward pass per image yields the raw per-RoI boxes and scores; both post-processings run on them.
 """
 
@@ -17,9 +20,17 @@ import torch
 
 from deepacc.config import DeepACCConfig
 from deepacc.data import DetectionDataset, Sample
-from deepacc.model import agnostic_top1, postprocess_detections, set_output_mode
+from deepacc.model import set_output_mode
+from deepacc.postprocess import agnostic_top1, postprocess_detections
 
-__all__ = ["chance_map", "detections_from_raw", "evaluate_detections", "predict_raw", "to_numpy_dets"]
+__all__ = [
+    "apply_karyotype_prior",
+    "chance_map",
+    "detections_from_raw",
+    "evaluate_detections",
+    "predict_raw",
+    "to_numpy_dets",
+]
 
 Raw = tuple[torch.Tensor, torch.Tensor]  # boxes [R, K, 4], scores [R, K] (original image pixels)
 
@@ -136,10 +147,45 @@ def _confusion_pairs(
     return yt, yp
 
 
+def apply_karyotype_prior(raws: list[Any], acc_dets: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Relabel each image's top-1 detections (with ``roi_indices``) under the karyotype prior.
+
+    The class probabilities of a detection are its RoI's row of the raw scores; its box becomes the RoI's box for the
+    newly assigned class.
+    """
+    from deepacc.karyotype import assign_karyotype
+
+    out = []
+    for r, d in zip(raws, acc_dets):
+        if isinstance(r, dict) or "roi_indices" not in d:
+            raise ValueError("the karyotype prior needs per-RoI class probabilities (a DeepACC / Faster R-CNN model)")
+        boxes, scores = r
+        roi = np.asarray(d["roi_indices"], np.int64)
+        probs = scores.numpy()[roi]  # [N, 25]
+        labels, assigned, _sex = assign_karyotype(probs)
+        new = dict(d)
+        new["labels"] = labels
+        new["boxes"] = boxes.numpy()[roi, labels] if len(roi) else np.asarray(d["boxes"])
+        new["scores"] = probs[np.arange(len(roi)), labels] if len(roi) else np.asarray(d["scores"])
+        new["prior_assigned"] = assigned
+        out.append(new)
+    return out
+
+
 def evaluate_detections(
-    raws: list[Any], samples: list[Sample], cfg: DeepACCConfig, with_chance: bool = True
+    raws: list[Any],
+    samples: list[Sample],
+    cfg: DeepACCConfig,
+    with_chance: bool = True,
+    coco: bool = False,
+    karyotype_prior: bool = False,
 ) -> dict[str, Any]:
-    """All metrics of the paper (and extras) from raw model outputs on ``samples``."""
+    """All metrics of the paper (and extras) from raw model outputs on ``samples``.
+
+    Args:
+        coco: also COCO mAP@[.5:.95] / AP50 / AP75 of the standard detections (``medshared.coco.coco_map``).
+        karyotype_prior: also Acc / AER / class accuracy after :func:`apply_karyotype_prior` (``*_prior`` keys).
+    """
     from medshared.metrics import accuracy_aer, detection_map, match_detections
 
     e = cfg.eval
@@ -163,7 +209,6 @@ def evaluate_detections(
     ]  # fmt: skip
     counts = match_detections(acc_dets, gts, e.iou_threshold)
     counts_ag = match_detections(acc_dets, gts, e.iou_threshold, class_agnostic=True)
-    n_gt = max(out["n_gt"], 1)
     if out["n_gt"]:
         out.update(accuracy_aer(counts))
         ag = accuracy_aer(counts_ag)
@@ -181,5 +226,18 @@ def evaluate_detections(
     out["classification_acc_on_matched"] = float(np.mean(np.array(yt) == np.array(yp))) if yt else float("nan")
     if with_chance:
         out["chance"] = chance_map(det_std, gts, e.iou_threshold)
-    _ = n_gt
+    if coco:
+        from medshared.coco import coco_map
+
+        c = coco_map(det_std, gts, class_ids=range(1, 25))
+        out["coco"] = {"map": c["map"], "map50": c["map50"], "map75": c["map75"]}
+    if karyotype_prior and out["n_gt"]:
+        prior = apply_karyotype_prior(raws, acc_dets)
+        c_prior = match_detections(prior, gts, e.iou_threshold)
+        ap = accuracy_aer(c_prior)
+        out["acc_prior"], out["aer_prior"] = ap["acc"], ap["aer"]
+        out["wcr_prior"] = c_prior["images_all_correct"] / max(len(samples), 1)
+        yt_p, yp_p = _confusion_pairs(prior, gts, e.iou_threshold)
+        out["classification_acc_on_matched_prior"] = float(np.mean(np.array(yt_p) == np.array(yp_p))) if yt_p else None
+        out["counts_prior"] = c_prior
     return out

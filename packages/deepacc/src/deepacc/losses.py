@@ -137,12 +137,15 @@ def gia_loss(
     image_index: Tensor,
     adjacency: Tensor,
     detach_partner: bool = False,
+    num_images: int | None = None,
 ) -> Tensor:
-    """Group Inner-Adjacency loss (Eq. 3).
+    """Group Inner-Adjacency loss (Eq. 3), averaged over the images of the batch.
 
     For each positive RoI ``i`` (label ``y > 0``) and each other class ``c`` of ``y``'s Denver group present among the
     positive RoIs of the same image: add ``probs[i] . probs[k(c)]``, where ``k(c)`` is the RoI of that image with
-    label ``c`` and the highest ``probs[:, c]``. The sum is divided by the number of positives ``N+``.
+    label ``c`` and the highest ``probs[:, c]``. Each image's sum is divided by its number of positives ``N+`` (Eq. 3
+    for the paper's batch of one image) and the batch loss is the mean over images, so that a batch split across
+    processes (DDP averages gradients) gives the same loss as one process with the whole batch.
 
     Args:
         probs: ``[R, K]`` margin-branch probabilities (softmax, no margin).
@@ -150,13 +153,14 @@ def gia_loss(
         image_index: ``[R]`` int64 image of each RoI.
         adjacency: ``[K, K]`` bool from :func:`group_adjacency`.
         detach_partner: stop gradients through ``probs[k(c)]``.
+        num_images: images in the batch (default: those with at least one RoI).
 
     Returns:
         scalar loss (0 when there are no positives).
     """
     pos = labels > 0
-    n_pos = int(pos.sum())
-    if n_pos == 0:
+    n_img = num_images if num_images is not None else int(torch.unique(image_index).numel())
+    if int(pos.sum()) == 0 or n_img == 0:
         return probs.sum() * 0.0
     total = probs.new_zeros(())
     for img in torch.unique(image_index[pos]):
@@ -172,8 +176,8 @@ def gia_loss(
             partners = partners.detach()
         dots = p @ partners.t()  # [n, C]
         mask = adjacency[y][:, present]  # [n, C]: class of partner is adjacent (same group, different class)
-        total = total + (dots * mask).sum()
-    return total / n_pos
+        total = total + (dots * mask).sum() / len(y)
+    return total / n_img
 
 
 def box_regression_loss(

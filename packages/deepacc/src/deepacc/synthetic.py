@@ -29,6 +29,7 @@ __all__ = [
     "SynthConfig",
     "compose_metaphase",
     "default_crop_dir",
+    "place_chromosomes",
     "load_real_crops",
     "procedural_crops",
     "write_synthetic",
@@ -62,6 +63,8 @@ class SynthConfig:
     blur_prob: float = 0.5
     debris: int = 3  # unannotated specks per image
     karyotype: str = "random"  # random | XX | XY
+    flip_prob: float = 0.0  # per-chromosome mirror image (the real-crop composer uses 0.5)
+    illumination: float = 0.0  # amplitude of a smooth background gradient, as a fraction of the background level
 
 
 def default_crop_dir() -> Path | None:
@@ -172,17 +175,43 @@ def _transform_crop(crop: np.ndarray, angle: float, sx: float, sy: float) -> tup
 def compose_metaphase(
     crops: dict[int, list[np.ndarray]], rng: np.random.Generator, cfg: SynthConfig = SynthConfig()
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """Compose one grey metaphase image.
+    """Compose one grey metaphase image with a random 46,XX or 46,XY karyotype drawn from class-keyed crop pools.
 
     Returns:
         image ``uint8 [H, W]``, boxes ``float32 [N, 4]`` xyxy (exact mask extents), labels ``int64 [N]`` (1..24),
         and the image's batch-effect parameters.
     """
+    karyo = cfg.karyotype if cfg.karyotype != "random" else ("XX" if rng.random() < 0.5 else "XY")
+    classes = [c for c in range(1, 23) for _ in range(2)] + ([23, 23] if karyo == "XX" else [23, 24])
+    items = []
+    for cls in rng.permutation(classes):
+        pool = crops.get(int(cls))
+        if pool:
+            items.append((int(cls), pool[int(rng.integers(len(pool)))]))
+    img, boxes, labels, effects, _ = place_chromosomes(items, rng, cfg, shuffle=False)
+    return img, boxes, labels, effects
+
+
+def place_chromosomes(
+    items: list[tuple[int, np.ndarray]],
+    rng: np.random.Generator,
+    cfg: SynthConfig = SynthConfig(),
+    shuffle: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float], list[int]]:
+    """Place the given chromosomes (``(class, bright-on-dark crop)``) into one spread.
+
+    Each chromosome gets a random rotation, mirror (``cfg.flip_prob``) and scale; positions are drawn in a disc, with
+    ``cfg.overlap_rate`` of them allowed to touch or overlap others by up to ``cfg.max_overlap``. The stain absorbs
+    (Beer-Lambert) on a bright background with an optional smooth illumination gradient, blur and noise.
+
+    Returns:
+        image ``uint8 [H, W]``, boxes ``float32 [N, 4]`` xyxy (exact extents of each placed chromosome's mask), labels
+        ``int64 [N]``, the image's batch-effect parameters, and for every box the index into ``items`` it came from
+        (items too large for the image are left out, so N can be below ``len(items)``).
+    """
     import cv2
 
     hgt, wid = cfg.height, cfg.width
-    karyo = cfg.karyotype if cfg.karyotype != "random" else ("XX" if rng.random() < 0.5 else "XY")
-    classes = [c for c in range(1, 23) for _ in range(2)] + ([23, 23] if karyo == "XX" else [23, 24])
     effects = {
         "thickness": float(rng.uniform(*cfg.thickness_range)),
         "length": float(rng.uniform(*cfg.length_range)),
@@ -194,12 +223,12 @@ def compose_metaphase(
     radius = cfg.spread_radius * min(hgt, wid)
     cy0 = hgt / 2 + rng.uniform(-0.05, 0.05) * hgt
     cx0 = wid / 2 + rng.uniform(-0.05, 0.05) * wid
-    boxes, labels = [], []
-    for cls in rng.permutation(classes):
-        pool = crops.get(int(cls))
-        if not pool:
-            continue
-        crop = pool[int(rng.integers(len(pool)))]
+    boxes, labels, sources = [], [], []
+    order = rng.permutation(len(items)) if shuffle else np.arange(len(items))
+    for idx in order:
+        cls, crop = items[int(idx)]
+        if cfg.flip_prob > 0 and rng.random() < cfg.flip_prob:
+            crop = crop[:, ::-1]
         sc = cfg.scale * (1 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter))
         inten, mask = _transform_crop(
             crop, rng.uniform(0, 2 * math.pi), sc * effects["thickness"], sc * effects["length"]
@@ -226,16 +255,24 @@ def compose_metaphase(
         ys, xs = np.nonzero(mask)
         boxes.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1])
         labels.append(int(cls))
+        sources.append(int(idx))
     for _ in range(cfg.debris):  # unannotated specks
         y, x = int(rng.integers(hgt)), int(rng.integers(wid))
         cv2.circle(absorb, (x, y), int(rng.integers(1, 3)), float(rng.uniform(0.2, 0.5)), -1)
     trans = np.exp(-2.2 * effects["contrast"] * absorb)  # Beer-Lambert: dark where the stain absorbs
-    img = effects["background"] * trans
+    background = np.full((hgt, wid), effects["background"], np.float32)
+    if cfg.illumination > 0:  # smooth lamp gradient across the field
+        yy, xx = np.mgrid[0:hgt, 0:wid].astype(np.float32)
+        gx, gy = rng.normal(0, 1, 2)
+        ramp = (gx * (xx / wid - 0.5) + gy * (yy / hgt - 0.5)) / max(math.hypot(gx, gy), 1e-6)
+        background = background * (1 + cfg.illumination * ramp)
+    img = background * trans
     if rng.random() < cfg.blur_prob:
         img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.4, 1.0)))
-    img = img + rng.normal(0, cfg.noise_std, img.shape)
+    if cfg.noise_std > 0:
+        img = img + rng.normal(0, cfg.noise_std, img.shape)
     img8 = np.clip(img, 0, 255).astype(np.uint8)
-    return img8, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), effects
+    return img8, np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), effects, sources
 
 
 def write_synthetic(

@@ -1,9 +1,18 @@
-"""Training loop of DeepACC (Sec. 3.1): SGD momentum 0.9, weight decay 1e-4, lr 0.02 (linearly scaled to the batch by
-default), linear warm-up, x0.1 steps at epochs 16 and 22 of 24, batch 1, random horizontal flip.
+"""Training of DeepACC (Sec. 3.1): SGD momentum 0.9, weight decay 1e-4, lr 0.02 (linearly scaled to the effective
+batch by default), linear warm-up, x0.1 steps at epochs 16 and 22 of 24, batch 1, random horizontal flip.
 
-Checkpoints: ``model.safetensors`` (weights + config, via :mod:`medshared.checkpoint`) and ``train_state.pt``
-(optimizer, epoch, history, RNG) are rewritten atomically after every epoch; ``train(..., resume=True)`` continues
-from them after an interruption.
+One loop for one process and for ``torchrun`` (DDP through :mod:`medshared.distributed`, gloo on CPU, nccl on CUDA):
+every rank builds the model from the same seed, draws its share of each epoch's seeded permutation (the same
+permutation a single process walks through, so 2 ranks x batch B equal 1 process x batch 2B), and rank 0 alone
+validates and writes. Outputs in ``out_dir`` (all atomic, written only once a first checkpoint exists, so a run that
+fails early leaves nothing behind):
+
+* ``model.safetensors``: the last weights + config (enough for ``evaluate`` / ``predict``);
+* ``best.safetensors``: the weights with the best validation mAP@0.5 (validation every ``train.val_every`` epochs);
+* ``train_state.pt``: model, optimizer, position (epoch, batch, iteration), every rank's RNG state: rewritten at
+  every epoch end and every ``train.checkpoint_every`` iterations, so an interrupted run resumes mid-epoch;
+* ``history.csv``, ``config.json``, ``train.json`` (world size, per-rank and effective batch, lr rule, BatchNorm).
+A run resumes only under the same config (``train.epochs`` and bookkeeping keys may change) and world size.
 """
 
 from __future__ import annotations
@@ -16,21 +25,29 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from deepacc import __version__
 from deepacc.config import DeepACCConfig, TrainConfig, config_from_dict, config_to_dict
-from deepacc.data import DetectionDataset, Sample, collate, validate_samples
+from deepacc.data import DetectionDataset, Sample, collate, scan_images, validate_samples
 from deepacc.model import build_model
 
-__all__ = ["effective_lr", "load_model", "lr_factor", "save_model", "train"]
+__all__ = ["RESUMABLE_KEYS", "effective_lr", "load_model", "lr_factor", "save_model", "train"]
+
+#: Config keys that may differ between an interrupted run and its resumption.
+RESUMABLE_KEYS = frozenset({"train.epochs", "train.checkpoint_every", "train.val_every", "train.num_workers",
+                            "train.scan_images"})  # fmt: skip
 
 
-def effective_lr(tcfg: TrainConfig) -> float:
-    """lr actually used: ``lr * batch / base_batch`` (linear scaling rule) or the literal ``lr``."""
-    if tcfg.lr_scaling == "literal":
-        return tcfg.lr
-    return tcfg.lr * tcfg.batch_size / tcfg.base_batch_size
+def effective_lr(tcfg: TrainConfig, world_size: int = 1) -> float:
+    """lr actually used: ``lr * effective_batch / base_batch`` (linear scaling rule) or the literal ``lr``.
+
+    The effective batch is ``batch_size`` (per process) times the number of processes.
+    """
+    from medshared.distributed import scale_lr
+
+    rule = "none" if tcfg.lr_scaling == "literal" else "linear"
+    return scale_lr(tcfg.lr, tcfg.base_batch_size, tcfg.batch_size * world_size, rule)
 
 
 def lr_factor(iteration: int, epoch: int, tcfg: TrainConfig) -> float:
@@ -48,8 +65,9 @@ def save_model(
 ) -> Path:
     """Write weights + config (safetensors, atomic)."""
     from medshared.checkpoint import save_checkpoint
+    from medshared.distributed import unwrap_model
 
-    state = {k: v for k, v in model.state_dict().items()}
+    state = dict(unwrap_model(model).state_dict())
     return save_checkpoint(path, state, {"deepacc": config_to_dict(cfg)}, {"version": __version__, **(extra or {})})
 
 
@@ -70,9 +88,52 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     return model.to(device).eval(), cfg, extra
 
 
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for g in opt.param_groups:
-        g["lr"] = lr
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _check_resume(saved: dict[str, Any], cfg: DeepACCConfig, world_size: int, state_path: Path) -> None:
+    old, new = _flat(saved["config"]), _flat(config_to_dict(cfg))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
+        raise ValueError(
+            f"{state_path} was written under a different config ({diff}); resume with the same settings, or start "
+            "over with --no-resume (or another --out)"
+        )
+    if saved.get("world_size", 1) != world_size:
+        raise ValueError(
+            f"{state_path} was written by {saved.get('world_size', 1)} process(es), this run has {world_size}; the "
+            "effective batch and data order would change: resume with the same number, or use --no-resume"
+        )
+
+
+class _Skip(torch.utils.data.Sampler):
+    """The sampler's indices of this epoch without the first ``skip`` (a mid-epoch resume)."""
+
+    def __init__(self, sampler: DistributedSampler, skip: int) -> None:
+        self.indices = list(sampler)[skip:]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
 
 
 def train(
@@ -85,98 +146,190 @@ def train(
     seed: int = 0,
     amp: bool = False,
     progress: bool = True,
-    epoch_callback: Callable[[int, torch.nn.Module], dict[str, float]] | None = None,
+    val_samples: list[Sample] | None = None,
     log: Callable[[str], None] = print,
-    stop_after_epochs: int | None = None,
+    stop_after_iters: int | None = None,
+    ctx: Any = None,
+    offline: bool = False,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
-    """Train ``cfg`` on ``train_samples``; returns the model (eval mode) and the per-epoch history.
+    """Train ``cfg`` on ``train_samples``; returns the (unwrapped) model in eval mode and the per-epoch history.
 
     Args:
-        out_dir: receives ``model.safetensors``, ``train_state.pt``, ``history.csv``, ``config.json``.
+        out_dir: run folder (see the module docstring); written by rank 0 only.
         pretrained: backbone ImageNet weights (path / "imagenet" / None); see
-            :func:`deepacc.model.resolve_backbone_weights`.
-        resume: continue from ``out_dir/train_state.pt`` when present.
+            :func:`deepacc.backbone.resolve_backbone_weights`.
+        resume: continue from ``out_dir/train_state.pt`` when present (same config and world size required).
         amp: bf16 autocast (the margin branch stays fp32).
-        epoch_callback: called after each epoch with (epoch, model); its dict is merged into the history row.
-        stop_after_epochs: stop early after this many epochs of this call (tests of resume).
+        val_samples: validated every ``train.val_every`` epochs (mAP@0.5, mAP_max, Acc); ``best.safetensors`` keeps
+            the best mAP@0.5.
+        stop_after_iters: stop (as if interrupted, without a final checkpoint) after this many iterations of this
+            call; for tests of resume.
+        ctx: a :class:`medshared.distributed.DistContext` (default: ``init_distributed(device)``: DDP under
+            torchrun, one process otherwise).
+        offline: never download backbone weights.
     """
-    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, autocast_context, seed_everything
+    from medshared.distributed import (
+        all_gather_object,
+        all_reduce_mean,
+        all_reduce_sum,
+        barrier,
+        broadcast_object,
+        effective_batch,
+        init_distributed,
+        rank_seed,
+        set_sampler_epoch,
+        unwrap_model,
+        wrap_model,
+    )
+    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, autocast_context
+    from medshared.runtime import seed_everything as seed_all
     from tqdm.auto import tqdm
 
+    if ctx is None:
+        ctx = init_distributed(str(device))
+    device = torch.device(ctx.device)
     tcfg = cfg.train
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    created = not out_dir.exists()
     validate_samples(train_samples, tcfg.empty_images, "training")
-    seed_everything(seed)
-    model = build_model(cfg, pretrained=pretrained).to(device)
+    if val_samples is not None:
+        validate_samples(val_samples, "keep", "validation")
+    if tcfg.scan_images:
+        scan_images(train_samples + list(val_samples or []), progress=progress and ctx.is_main)
+    seed_all(seed)  # same initial weights on every rank
+    model = build_model(cfg, pretrained=pretrained, offline=offline).to(device)
+    heads = getattr(model, "roi_heads", None)
     params = [p for p in model.parameters() if p.requires_grad]
-    base_lr = effective_lr(tcfg)
+    base_lr = effective_lr(tcfg, ctx.world_size)
     opt = torch.optim.SGD(params, lr=base_lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
-    history: list[dict[str, float]] = []
-    start_epoch, iteration = 0, 0
-    state_path = out_dir / "train_state.pt"
-    ckpt_path = out_dir / "model.safetensors"
-    if resume and state_path.is_file() and ckpt_path.is_file():
-        from medshared.checkpoint import load_checkpoint
-
-        weights, _, _ = load_checkpoint(ckpt_path)
-        model.load_state_dict(weights)
+    history: list[dict[str, Any]] = []
+    start_epoch, start_batch, iteration, best = 0, 0, 0, -math.inf
+    rng_states: list[Any] | None = None
+    state_path, ckpt_path, best_path = (
+        out_dir / "train_state.pt",
+        out_dir / "model.safetensors",
+        out_dir / "best.safetensors",
+    )
+    if resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
+        _check_resume(st, cfg, ctx.world_size, state_path)
+        model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
-        start_epoch, iteration, history = st["epoch"] + 1, st["iteration"], st["history"]
-        torch.set_rng_state(st["torch_rng"])
-        np.random.set_state(st["numpy_rng"])
-        log(f"resuming from {state_path} at epoch {start_epoch + 1}/{tcfg.epochs}")
-    atomic_write_json(out_dir / "config.json", config_to_dict(cfg))
-    ds = DetectionDataset(train_samples, train=True, hflip_prob=tcfg.hflip_prob, seed=seed + start_epoch)
-    gen = torch.Generator().manual_seed(seed + start_epoch)
-    loader = DataLoader(ds, batch_size=tcfg.batch_size, shuffle=True, collate_fn=collate,
-                        num_workers=tcfg.num_workers, generator=gen)  # fmt: skip
+        start_epoch, start_batch, iteration = st["epoch"], st["batch"], st["iteration"]
+        history, best, rng_states = st["history"], st.get("best", -math.inf), st["rng"]
+        if ctx.is_main:
+            log(f"resuming from {state_path} at epoch {start_epoch + 1}/{tcfg.epochs}, batch {start_batch}")
+    seed_all(rank_seed(seed, ctx))  # RoI / anchor sampling and augmentation differ per rank
+    if rng_states is not None:
+        _set_rng_state(rng_states[ctx.rank])
+    bn = "frozen (FrozenBatchNorm2d)" if cfg.model.norm == "frozen_bn" else "BatchNorm, statistics per process"
+    sync_bn = ctx.enabled and cfg.model.norm == "bn" and device.type == "cuda"
+    if sync_bn:
+        bn = "SyncBatchNorm (statistics over the global batch)"
+    ddp_model = wrap_model(model, ctx, sync_batchnorm=sync_bn)
+    model = unwrap_model(ddp_model)
+    heads = getattr(model, "roi_heads", None)
+    run_info = {"world_size": ctx.world_size, "backend": ctx.backend, "per_rank_batch": tcfg.batch_size,
+                "effective_batch": effective_batch(tcfg.batch_size, ctx), "lr_rule": tcfg.lr_scaling,
+                "lr_config": tcfg.lr, "base_batch": tcfg.base_batch_size, "lr": base_lr, "batchnorm": bn,
+                "seed": seed, "version": __version__}  # fmt: skip
+    ds = DetectionDataset(train_samples, train=True, hflip_prob=tcfg.hflip_prob)
+    sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    n_batches = math.ceil(len(sampler) / tcfg.batch_size)
+    show = progress and ctx.is_main
+
+    def write_state(epoch: int, batch: int) -> None:
+        rng = all_gather_object(_rng_state(), ctx)
+        if ctx.is_main:
+            with atomic_path(state_path) as tmp:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                            "batch": batch, "iteration": iteration, "history": history, "best": best, "rng": rng,
+                            "config": config_to_dict(cfg), "world_size": ctx.world_size}, tmp)  # fmt: skip
+            atomic_write_json(out_dir / "config.json", config_to_dict(cfg))
+            atomic_write_json(out_dir / "train.json", {**run_info, "iteration": iteration, "epoch": epoch})
+        barrier(ctx)
+
     done_here = 0
-    for epoch in range(start_epoch, tcfg.epochs):
-        model.train()
-        t0 = time.time()
-        sums: dict[str, float] = {}
-        n = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not progress, leave=False)
-        for images, targets in bar:
-            images = [im.to(device) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            _set_lr(opt, base_lr * lr_factor(iteration, epoch, tcfg))
-            with autocast_context(device, amp):
-                losses = model(images, targets)
-            loss = sum(v.float() for v in losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
-                    f"{ {k: float(v.detach()) for k, v in losses.items()} }; lower train.lr or use pretrained weights"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tcfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-            opt.step()
-            iteration += 1
-            n += 1
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        row: dict[str, float] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0}
-        row.update({k: v / max(n, 1) for k, v in sums.items()})
-        if epoch_callback is not None:
-            model.eval()
-            row.update(epoch_callback(epoch, model))
-        history.append(row)
-        log("epoch {epoch}/{total}  loss {loss:.4f}  ({sec:.1f}s)".format(
-            epoch=epoch + 1, total=tcfg.epochs, loss=row.get("loss", math.nan), sec=row["seconds"]))  # fmt: skip
-        save_model(ckpt_path, model, cfg, {"epoch": epoch + 1})
-        with atomic_path(state_path) as tmp:
-            torch.save({"optimizer": opt.state_dict(), "epoch": epoch, "iteration": iteration, "history": history,
-                        "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state()}, tmp)  # fmt: skip
-        atomic_write_csv(out_dir / "history.csv", history)
-        done_here += 1
-        if stop_after_epochs is not None and done_here >= stop_after_epochs:
-            break
+    try:
+        for epoch in range(start_epoch, tcfg.epochs):
+            set_sampler_epoch(sampler, epoch)
+            skip = start_batch * tcfg.batch_size if epoch == start_epoch else 0
+            gen = torch.Generator().manual_seed(rank_seed(seed, ctx) * 1000 + epoch)  # worker seeds, not global RNG
+            loader = DataLoader(ds, batch_size=tcfg.batch_size, sampler=_Skip(sampler, skip), collate_fn=collate,
+                                num_workers=tcfg.num_workers, generator=gen)  # fmt: skip
+            model.train()
+            t0 = time.time()
+            sums: dict[str, float] = {}
+            n = 0
+            batch = start_batch if epoch == start_epoch else 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not show, leave=False)
+            for images, targets in bar:
+                images = [im.to(device) for im in images]
+                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                for g in opt.param_groups:
+                    g["lr"] = base_lr * lr_factor(iteration, epoch, tcfg)
+                with autocast_context(device, amp):
+                    losses = ddp_model(images, targets)
+                loss = sum(v.float() for v in losses.values())
+                bad = all_reduce_sum(float(not bool(torch.isfinite(loss))), ctx)
+                if bad:
+                    raise FloatingPointError(
+                        f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
+                        f"{ {k: float(v.detach()) for k, v in losses.items()} }; lower train.lr or use pretrained "
+                        "weights"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tcfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+                opt.step()
+                iteration += 1
+                batch += 1
+                n += 1
+                done_here += 1
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                if heads is not None and getattr(heads, "last_template_stats", None):
+                    f = heads.last_template_stats["local_fraction"]
+                    sums["template_local_fraction"] = sums.get("template_local_fraction", 0.0) + f
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                if stop_after_iters is not None and done_here >= stop_after_iters:
+                    return model.eval(), history
+                if tcfg.checkpoint_every and iteration % tcfg.checkpoint_every == 0 and batch < n_batches:
+                    write_state(epoch, batch)
+            row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": opt.param_groups[0]["lr"],
+                                   "seconds": time.time() - t0}  # fmt: skip
+            row.update({k: all_reduce_mean(v / max(n, 1), ctx) for k, v in sorted(sums.items())})
+            if val_samples is not None and ((epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs):
+                if ctx.is_main:
+                    row.update(validate(model, val_samples, cfg, device))
+                row = broadcast_object(row, ctx)
+                if row["val_map50"] > best:
+                    best = row["val_map50"]
+                    if ctx.is_main:
+                        save_model(best_path, model, cfg, {"epoch": epoch + 1, "val_map50": best})
+                model.train()
+            history.append(row)
+            if ctx.is_main:
+                log("epoch {epoch}/{total}  loss {loss:.4f}{val}  ({sec:.1f}s)".format(
+                    epoch=epoch + 1, total=tcfg.epochs, loss=row.get("loss", math.nan), sec=row["seconds"],
+                    val=f"  val mAP@0.5 {row['val_map50']:.4f}" if "val_map50" in row else ""))  # fmt: skip
+                save_model(ckpt_path, model, cfg, {"epoch": epoch + 1})
+                atomic_write_csv(out_dir / "history.csv", history)
+            write_state(epoch + 1, 0)
+    except BaseException:
+        if ctx.is_main and created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing was written: leave no empty run folder behind
+        raise
     return model.eval(), history
+
+
+@torch.no_grad()
+def validate(model: torch.nn.Module, samples: list[Sample], cfg: DeepACCConfig, device: Any) -> dict[str, float]:
+    """mAP@0.5, mAP_max and Acc / AER of ``model`` on ``samples`` (``val_*`` keys)."""
+    from deepacc.evaluate import evaluate_detections, predict_raw
+
+    res = evaluate_detections(predict_raw(model, samples, device), samples, cfg, with_chance=False)
+    return {"val_map50": res["map50"], "val_map50_max": res["map50_max"], "val_acc": res.get("acc", float("nan")),
+            "val_aer": res.get("aer", float("nan"))}  # fmt: skip
