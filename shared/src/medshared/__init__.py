@@ -11,6 +11,7 @@ Submodules:
   :mod:`medshared.plots`, :mod:`medshared.registry`, :mod:`medshared.testing` (shared data, loopback server).
 :mod:`medshared.boundary`: HD95 / Hausdorff / ASSD between mask boundaries (pixels or spacing; empty masks defined).
 :mod:`medshared.segmental`: per-class P/R/F1/Jaccard with macro averages, MS-TCN's Edit score and F1@{10,25,50}.
+:mod:`medshared.bootstrap`: accuracy, sensitivity, specificity, AUROC (any positive label) with percentile-bootstrap CIs.
 Nothing here is specific to one paper beyond a metric's published definition.
 """
 
