@@ -125,88 +125,74 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
     assert "x.pth" in _err(capsys)
 
 
-def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys, icbhi_real=None):
+def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys):
     import csv
 
     from lungcvt.evaluate import load_model
 
     run = tmp_path / "run"
     cache = tmp_path / "cache"
-    args = [
-        "train",
-        "--data",
-        str(syn_dir),
-        "--out",
-        str(run),
-        "--preset",
-        "lungcvt_tiny",
-        "--cache",
-        str(cache),
-        "--device",
-        "cpu",
-    ]
+    yaml = tmp_path / "o.yaml"
+    yaml.write_text("train:\n  lr: 1e-3\n  cb_beta: 0.999\n")  # YAML 1.2 floats: 1e-3 is a number, not a string
+    args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache)]
+    args += ["--device", "cpu", "--config", str(yaml)]
     assert main(args + ["--epochs", "1"]) == 0
     assert (run / "best.safetensors").is_file() and (run / "last_state.pt").is_file()
     first = list(csv.DictReader(open(run / "history.csv")))
     assert len(first) == 1
+    tj = json.loads((run / "train.json").read_text())
+    assert tj["config"]["train"]["lr"] == 1e-3
+    val = tj["split"]["validation"]
+    assert val["method"] == "stratified_group_kfold" and all(n > 0 for n in val["train_counts"])
+    assert tj["train_counts"] == val["train_counts"] and sum(val["val_counts"]) == tj["n_val"]
+    assert tj["distributed"]["world_size"] == 1 and tj["distributed"]["effective_batch"] == 16
     assert main(args + ["--epochs", "2"]) == 0  # resumes at epoch 2
     hist = list(csv.DictReader(open(run / "history.csv")))
     assert [h["epoch"] for h in hist] == ["1", "2"] and hist[0] == first[0]
     model, cfg, extra = load_model(run / "best.safetensors")
     assert cfg.name == "lungcvt_tiny" and extra["classes"] == ["normal", "crackle", "wheeze", "both"]
+    # a changed config never resumes silently
+    yaml.write_text("train:\n  lr: 2e-3\n")
+    assert main(args + ["--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "config.train.lr" in err and "--no-resume" in err
 
     ev = tmp_path / "eval"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(run / "best.safetensors"),
-                "--data",
-                str(syn_dir),
-                "--out",
-                str(ev),
-                "--cache",
-                str(cache),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(syn_dir), "--out", str(ev),
+                 "--cache", str(cache), "--device", "cpu"]) == 0  # fmt: skip
     m = json.loads((ev / "metrics.json").read_text())
-    assert {"icbhi", "macro_ovr", "two_class", "confusion_matrix"} <= set(m)
+    assert {"icbhi", "macro_ovr", "two_class", "confusion_matrix", "by_device", "by_patient"} <= set(m)
     rows = list(csv.DictReader(open(ev / "predictions.csv")))
     assert len(rows) == m["n"] and (ev / "confusion_matrix.png").stat().st_size > 0
+    # per-device numbers recomputed from the per-cycle predictions
+    for dev, d in m["by_device"].items():
+        mine = [r for r in rows if r["device"] == dev]
+        assert d["n"] == len(mine) and d["accuracy"] == pytest.approx(
+            sum(r["true"] == r["pred"] for r in mine) / len(mine)
+        )
+    assert sum(d["n"] for d in m["by_patient"].values()) == m["n"]
+    for f in ("per_device.png", "per_patient.png", "per_device.csv", "per_patient.csv"):
+        assert (ev / f).stat().st_size > 0
 
     wav = sorted(syn_dir.glob("*.wav"))[0]
-    out = tmp_path / "pred.csv"
-    assert (
-        main(
-            [
-                "predict",
-                str(wav),
-                "--checkpoint",
-                str(run / "best.safetensors"),
-                "--annotations",
-                str(wav.with_suffix(".txt")),
-                "--out",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    out = tmp_path / "pred"
+    assert main(["predict", str(wav), "--checkpoint", str(run / "best.safetensors"), "--annotations",
+                 str(wav.with_suffix(".txt")), "--out", str(out), "--device", "cpu"]) == 0  # fmt: skip
     n_cycles = len([ln for ln in wav.with_suffix(".txt").read_text().splitlines() if ln.strip()])
-    assert len(list(csv.DictReader(open(out)))) == n_cycles
+    assert len(list(csv.DictReader(open(out / f"{wav.stem}_windows.csv")))) == n_cycles
+    rec = json.loads((out / f"{wav.stem}.json").read_text())
+    assert rec["n_windows"] == n_cycles and rec["pred"] in ("normal", "crackle", "wheeze", "both") and "true" in rec
 
     assert main(["predict", str(wav), "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
     assert "none.safetensors" in capsys.readouterr().err
 
 
-def test_predict_on_real_files(icbhi_real, syn_dir, tmp_path, capsys):
-    """Windows on a real 4 kHz recording; annotated cycles on a real 44.1 kHz one."""
+def test_predict_on_real_files(icbhi_real, tmp_path, capsys):
+    """Windows cover the whole of a real 4 kHz recording (the last one ends at the end of the file); annotated cycles
+    on a real 44.1 kHz one; one JSON per recording."""
+    import csv
+
+    import soundfile as sf
     from lungcvt.config import get_config
     from lungcvt.model import LungCVT
     from medshared.checkpoint import save_checkpoint
@@ -214,29 +200,19 @@ def test_predict_on_real_files(icbhi_real, syn_dir, tmp_path, capsys):
     cfg = get_config("lungcvt_tiny")
     ck = tmp_path / "m.safetensors"
     save_checkpoint(ck, LungCVT(cfg.model).state_dict(), cfg.to_dict())
-    assert (
-        main(
-            [
-                "predict",
-                str(icbhi_real / "104_1b1_Ar_sc_Litt3200.wav"),
-                "--checkpoint",
-                str(ck),
-                "--window",
-                "2.7",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
+    litt = icbhi_real / "104_1b1_Ar_sc_Litt3200.wav"
+    dur = sf.info(litt).duration  # 25.584 s
+    assert main(["predict", str(litt), "--checkpoint", str(ck), "--window", "2.7", "--out", str(tmp_path / "w")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "w" / "104_1b1_Ar_sc_Litt3200_windows.csv")))
+    assert len(rows) == int((dur - 2.7) // 1.35) + 2  # the hop grid plus a last window flush with the end
+    assert float(rows[-1]["end"]) == pytest.approx(dur, abs=1e-3) and float(rows[-1]["start"]) == pytest.approx(
+        dur - 2.7, abs=1e-3
     )
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == int((25.6 - 2.7) // 1.35) + 1
+    rec = json.loads((tmp_path / "w" / "104_1b1_Ar_sc_Litt3200.json").read_text())
+    assert rec["n_windows"] == len(rows) and rec["aggregate"] == "any" and rec["window_s"] == 2.7
+    capsys.readouterr()
     stem = icbhi_real / "101_1b1_Al_sc_Meditron"
-    out = tmp_path / "p.json"
-    assert (
-        main(["predict", f"{stem}.wav", "--annotations", f"{stem}.txt", "--checkpoint", str(ck), "--out", str(out)])
-        == 0
-    )
-    rows = json.loads(out.read_text())
-    assert len(rows) == len(stem.with_suffix(".txt").read_text().split("\n")) - 1
-    assert all(r["pred"] in ("normal", "crackle", "wheeze", "both") for r in rows)
+    assert main(["predict", f"{stem}.wav", "--annotations", f"{stem}.txt", "--checkpoint", str(ck)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    n = len([ln for ln in stem.with_suffix(".txt").read_text().splitlines() if ln.strip()])
+    assert len(lines) == n + 1 and lines[-1].startswith("101_1b1_Al_sc_Meditron: ")

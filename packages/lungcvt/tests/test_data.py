@@ -13,8 +13,8 @@ from lungcvt.data import (
     parse_stem,
     read_annotations,
     resolve_split,
-    validation_split,
 )
+from lungcvt.splits import validation_split
 
 
 def _count_txt(path):
@@ -70,7 +70,9 @@ def test_load_audio_stereo_24bit_resample(tmp_path):
     left, right = 0.5 * np.sin(2 * np.pi * 200 * t), -0.5 * np.sin(2 * np.pi * 200 * t) + 0.2
     p = tmp_path / "s.wav"
     sf.write(p, np.stack([left, right], 1), sr, subtype="PCM_24")
-    y, out_sr = load_audio(p, 22050)
+    with pytest.raises(DataError, match=r"s\.wav: 2 channels.*--mix-channels"):
+        load_audio(p, 22050)  # never mixed silently
+    y, out_sr = load_audio(p, 22050, channels="mix")
     assert out_sr == 22050 and y.dtype == np.float32 and abs(len(y) - 22050) <= 1
     # the two channels cancel except the 0.2 offset: mono fold = mean
     assert np.median(y) == pytest.approx(0.1, abs=0.01)
@@ -136,7 +138,7 @@ def test_cycle_beyond_end(syn_dir):
 
 def test_validation_split_patient_disjoint(syn_dir):
     recs, _ = load_dataset(syn_dir)
-    tr, va = validation_split(recs, 0.25, seed=0)
+    tr, va, info = validation_split(recs, 0.25, seed=0)
     assert tr and va
     assert not ({r.info.patient for r in tr} & {r.info.patient for r in va})
     assert all(r.split == "train" for r in tr + va)

@@ -1,4 +1,4 @@
-"""Command-line interface of ``lungcvt``: demo, dataset-stats, features, train, evaluate, predict."""
+"""Command-line interface of ``lungcvt``: demo, dataset-stats, features, train, cv, evaluate, predict."""
 
 from __future__ import annotations
 
@@ -15,21 +15,61 @@ from lungcvt import __version__
 from lungcvt.config import CLASSES, LungCVTConfig, get_config, list_configs
 
 
-def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = False) -> None:
     if data:
         p.add_argument("--data", required=True, help="ICBHI folder with *.wav and *.txt (e.g. ICBHI_final_database)")
         p.add_argument("--split-file", default=None, help="official split file (default: found next to the data)")
         p.add_argument(
             "--allow-partial",
             action="store_true",
-            help="accept split-file entries without recordings (a subset of the database)",
+            help="accept split/fold-file entries without recordings (a subset of the database)",
+        )
+    if protocol:
+        p.add_argument(
+            "--protocol",
+            default=None,
+            help="official (60/40 split file, default) | fold0..fold4 (patient-wise 5-fold file) | random80-20 "
+            "(patients, stratified, drawn with the seed)",
+        )
+        p.add_argument("--fold-file", default=None, help="patient_list_foldwise.txt (default: found next to the data)")
+        p.add_argument(
+            "--devices", default=None, help="only recordings of these devices, e.g. Litt3200 or Meditron,LittC2SE"
         )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
-def _add_cfg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="lungcvt_base", help=f"registered config: {', '.join(list_configs())}")
-    p.add_argument("--config", default=None, help="YAML/JSON overrides, e.g. {train: {lr: 0.001}, features: {...}}")
+def _data_options(args: argparse.Namespace, allow_missing_class: bool = False, protocol: str | None = None):
+    from lungcvt.splits import DataOptions
+
+    devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) if getattr(args, "devices", None) else None
+    return DataOptions(
+        split_file=args.split_file,
+        protocol=protocol or getattr(args, "protocol", None) or "official",
+        fold_file=getattr(args, "fold_file", None),
+        allow_partial=args.allow_partial,
+        allow_missing_class=allow_missing_class,
+        devices=devices,
+    )
+
+
+def _add_cfg(p: argparse.ArgumentParser, default: str | None = "lungcvt_base") -> None:
+    p.add_argument("--preset", default=default, help=f"registered config: {', '.join(list_configs())}")
+    p.add_argument("--config", default=None, help="YAML/JSON overrides, e.g. {train: {lr: 1e-4}, features: {...}}")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    _add_cfg(p, default=None)
+    p.add_argument(
+        "--pretrained",
+        default="auto",
+        help="DeiT ImageNet weights: 'auto' (search $LUNGCVT_WEIGHTS_DIR and caches), a file, or 'none'",
+    )
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (seeded per worker and epoch)")
+    p.add_argument("--allow-missing-class", action="store_true", help="train even if a class has no training cycles")
+    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,43 +95,71 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cfg(p)
     p.add_argument("--cache", required=True, help="feature cache folder")
     p.add_argument("--backend", choices=("librosa", "torch", "nnaudio"), default=None, help="override features.backend")
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="i/n: this process computes every n-th recording (by stem) from the i-th; default: torchrun's "
+        "RANK/WORLD_SIZE, else all. One cache file per recording, so the shards need no merge",
+    )
+    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
 
-    p = sub.add_parser("train", help="train on the official training split (patient-disjoint validation inside)")
-    _add_common(p)
-    _add_cfg(p)
+    p = sub.add_parser(
+        "train", help="train on a protocol's training part (stratified patient-grouped validation inside)"
+    )
+    _add_common(p, protocol=True)
+    _add_train_args(p)
     p.add_argument("--out", required=True, help="output folder (best.safetensors, history.csv, last_state.pt)")
     p.add_argument(
-        "--pretrained",
-        default="auto",
-        help="DeiT ImageNet weights: 'auto' (search $LUNGCVT_WEIGHTS_DIR and caches), a file, or 'none'",
+        "--init",
+        default=None,
+        help="start from this lungcvt checkpoint (per-device fine-tuning, e.g. with --devices Litt3200); its config "
+        "is used unless --preset is given",
     )
-    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    p.add_argument("--seed", type=int, default=None, help="override train.seed")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last_state.pt exists")
 
-    p = sub.add_parser("evaluate", help="ICBHI / macro-OvR / 2-class scores of a checkpoint")
-    _add_common(p)
+    p = sub.add_parser("cv", help="train + evaluate every fold x seed, resumably; mean ± std of Se, Sp, Score")
+    _add_common(p, protocol=True)
+    _add_train_args(p)
+    p.add_argument("--out", required=True, help="output folder (OUT/<fold>/seed<S>/, cv.json, cv.csv, cv.md)")
+    p.add_argument("--folds", default="0-4", help="0-4 (patient-wise folds), 0,2, official or random80-20")
+    p.add_argument("--seeds", default="0", help="0,1,2 or 0-2")
+
+    p = sub.add_parser("evaluate", help="ICBHI / macro-OvR / 2-class scores of a checkpoint, by device and patient")
+    _add_common(p, protocol=True)
     p.add_argument("--checkpoint", required=True, help="best.safetensors from train")
     p.add_argument("--out", required=True, help="output folder (metrics.json, predictions.csv, confusion_matrix.png)")
     p.add_argument("--split", default="test", choices=("test", "train", "all"))
     p.add_argument("--cache", default=None, help="feature cache folder")
+    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
 
-    p = sub.add_parser("predict", help="classify the cycles (or sliding windows) of one recording")
-    p.add_argument("wav", help="recording (.wav, any rate / bit depth)")
+    p = sub.add_parser("predict", help="classify the cycles (or windows covering the file) of recordings")
+    p.add_argument("wav", nargs="+", help="recording(s) (.wav, any rate / bit depth)")
     p.add_argument("--checkpoint", required=True, help="best.safetensors from train")
-    p.add_argument("--annotations", default=None, help="ICBHI .txt with cycles; without it, sliding windows")
+    p.add_argument(
+        "--annotations", nargs="+", default=None, help="ICBHI .txt with cycles, one per wav; without: windows"
+    )
     p.add_argument("--window", type=float, default=2.7, help="window length in s without annotations")
-    p.add_argument("--hop", type=float, default=None, help="window hop in s (default window/2)")
-    p.add_argument("--out", default=None, help="write predictions to this .csv or .json (default: print)")
+    p.add_argument(
+        "--hop", type=float, default=None, help="window hop in s (default window/2); a last window ends at the end"
+    )
+    p.add_argument(
+        "--aggregate",
+        choices=("any", "mean"),
+        default="any",
+        help="per recording: 'any' window with crackles/wheezes (default), or the mean class probabilities",
+    )
+    p.add_argument("--out", default=None, help="folder for <stem>_windows.csv and <stem>.json (default: print)")
+    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
     _add_common(p, data=False)
     return parser
 
 
-def _load_cfg(args: argparse.Namespace) -> LungCVTConfig:
+def _load_cfg(args: argparse.Namespace, base: LungCVTConfig | None = None) -> LungCVTConfig:
     from medshared.config import load_config_file, override_dataclass
 
-    cfg = get_config(args.preset)
+    cfg = get_config(args.preset) if args.preset else (base or get_config("lungcvt_base"))
+    if getattr(args, "mix_channels", False):
+        cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, channels="mix"))
     if args.config:
         d = load_config_file(args.config)
         cfg = override_dataclass(cfg, d)
@@ -152,29 +220,39 @@ def _cmd_dataset_stats(args: argparse.Namespace) -> int:
 def _cmd_features(args: argparse.Namespace) -> int:
     import time
 
+    from medshared.distributed import resolve_shard, shard_items
     from medshared.runtime import resolve_device
 
     from lungcvt.data import load_dataset
+    from lungcvt.dataset import extract_cycles
     from lungcvt.features import feature_key
-    from lungcvt.train import extract_cycles
 
     cfg = _load_cfg(args)
     fc = cfg.features if args.backend is None else dataclasses.replace(cfg.features, backend=args.backend)
     recs, _ = load_dataset(args.data, args.split_file, allow_partial=args.allow_partial)
+    shard, n_shards = resolve_shard(args.shard)
+    mine = shard_items(recs, shard, n_shards, key=lambda r: r.stem)
     t = time.time()
-    cs = extract_cycles(recs, fc, args.cache, resolve_device(args.device), progress=True)
+    cs = extract_cycles(mine, fc, args.cache, resolve_device(args.device), progress=True)
     dt = time.time() - t
+    part = f" (shard {shard}/{n_shards}: {len(mine)} of {len(recs)} recordings)" if n_shards > 1 else ""
     print(
-        f"{len(cs)} cycles from {len(recs)} recordings -> {Path(args.cache) / feature_key(fc)} "
+        f"{len(cs)} cycles from {len(mine)} recordings{part} -> {Path(args.cache) / feature_key(fc)} "
         f"({dt:.1f} s, {len(cs) / max(dt, 1e-9):.1f} cycles/s)"
     )
     return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from lungcvt.train import train
+def _train_cfg(args: argparse.Namespace) -> tuple[LungCVTConfig, str | None]:
+    """Config of train/cv: --init's checkpoint config (unless --preset), the preset, --config, then the flags."""
+    base = None
+    if getattr(args, "init", None) and not args.preset:
+        from medshared.checkpoint import load_checkpoint
 
-    cfg = _load_cfg(args)
+        from lungcvt.config import config_from_dict
+
+        base = config_from_dict(load_checkpoint(args.init)[1])
+    cfg = _load_cfg(args, base)
     weights = None
     if args.pretrained == "none":
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
@@ -188,21 +266,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tr["seed"] = args.seed
     if tr:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **tr))
+    return cfg, weights
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lungcvt.train import train
+
+    cfg, weights = _train_cfg(args)
     res = train(
         cfg,
         args.data,
         args.out,
-        split_file=args.split_file,
+        data=_data_options(args, args.allow_missing_class),
+        device=args.device,
+        weights=weights,
+        init=args.init,
+        cache_dir=args.cache,
+        num_workers=args.workers,
+        resume=not args.no_resume,
+    )
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        score = res.best_val.get("icbhi", {}).get("score", float("nan"))
+        print(f"best epoch {res.best_epoch}: val ICBHI score {score:.4f} -> {res.best_checkpoint}")
+    return 0
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from lungcvt.cv import cv_table, parse_folds, parse_seeds, run_cv
+
+    cfg, weights = _train_cfg(args)
+    res = run_cv(
+        cfg,
+        args.data,
+        args.out,
+        parse_folds(args.folds),
+        parse_seeds(args.seeds),
+        data=_data_options(args, args.allow_missing_class),
         device=args.device,
         weights=weights,
         cache_dir=args.cache,
-        allow_partial=args.allow_partial,
-        resume=not args.no_resume,
+        num_workers=args.workers,
     )
-    print(
-        f"best epoch {res.best_epoch}: val ICBHI score {res.best_val.get('icbhi', {}).get('score', float('nan')):.4f}"
-        f" -> {res.best_checkpoint}"
-    )
+    print(cv_table(res["summary"], len(res["runs"])))
+    print(f"results in {Path(args.out) / 'cv.json'}, cv.csv, cv.md")
     return 0
 
 
@@ -214,40 +322,51 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         split=args.split,
-        split_file=args.split_file,
+        data=_data_options(args) if (args.protocol or args.devices or args.fold_file) else None,
         device=args.device,
         cache_dir=args.cache,
-        allow_partial=args.allow_partial,
+        mix_channels=args.mix_channels,
     )
     print(f"{'variant':10s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
     for v in ("icbhi", "macro_ovr", "two_class"):
         print(f"{v:10s} {m[v]['se']:7.4f} {m[v]['sp']:7.4f} {m[v]['score']:7.4f}")
-    print(f"accuracy {m['icbhi']['accuracy']:.4f} on {m['n']} cycles; results in {args.out}")
+    print(f"{'device':10s} {'n':>5s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
+    for d, v in m["by_device"].items():
+        cells = " ".join(f"{x:7.4f}" if x is not None else f"{'n/a':>7s}" for x in (v["se"], v["sp"], v["score"]))
+        print(f"{d:10s} {v['n']:5d} {cells}")
+    print(f"accuracy {m['icbhi']['accuracy']:.4f} on {m['n']} cycles ({m['protocol']}); results in {args.out}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from medshared.runtime import atomic_write_csv, atomic_write_json
+    from lungcvt.predict import predict_files
 
-    from lungcvt.evaluate import predict_file
-
-    rows = predict_file(
-        args.checkpoint, args.wav, args.annotations, window_s=args.window, hop_s=args.hop, device=args.device
+    results = predict_files(
+        args.checkpoint,
+        args.wav,
+        args.out,
+        annotations=args.annotations,
+        window_s=args.window,
+        hop_s=args.hop,
+        device=args.device,
+        aggregate=args.aggregate,
+        mix_channels=args.mix_channels,
     )
+    for rows, rec in results:
+        if args.out is None:
+            for r in rows:
+                print(
+                    f"{r['start']:8.3f} {r['end']:8.3f}  {r['pred']:8s}"
+                    + (f"  (true {r['true']})" if "true" in r else "")
+                    + "  "
+                    + " ".join(f"{c}={r[f'p_{c}']:.3f}" for c in CLASSES)
+                )
+        print(
+            f"{rec['recording']}: {rec['pred']} (crackles {rec['crackles']}, wheezes {rec['wheezes']}; "
+            f"{rec['n_windows']} {'cycles' if rec['window_s'] is None else 'windows'}, aggregate {rec['aggregate']})"
+        )
     if args.out:
-        if args.out.endswith(".json"):
-            atomic_write_json(args.out, rows)
-        else:
-            atomic_write_csv(args.out, rows)
-        print(f"{len(rows)} predictions -> {args.out}")
-    else:
-        for r in rows:
-            print(
-                f"{r['start']:8.3f} {r['end']:8.3f}  {r['pred']:8s}"
-                + (f"  (true {r['true']})" if "true" in r else "")
-                + "  "
-                + " ".join(f"{c}={r[f'p_{c}']:.3f}" for c in CLASSES)
-            )
+        print(f"{len(results)} recording(s) -> {args.out}/<stem>_windows.csv, <stem>.json")
     return 0
 
 
@@ -265,6 +384,7 @@ _COMMANDS = {
     "dataset-stats": _cmd_dataset_stats,
     "features": _cmd_features,
     "train": _cmd_train,
+    "cv": _cmd_cv,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
 }
@@ -272,8 +392,14 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (expected errors: one line on stderr, exit code 2)."""
-    return run_cli(build_parser(), argv, _COMMANDS, expected=(FileNotFoundError, ValueError, KeyError), error_code=2,
-                   interrupt_hint="`lungcvt train` resumes from OUT/last_state.pt")
+    return run_cli(
+        build_parser(),
+        argv,
+        _COMMANDS,
+        expected=(FileNotFoundError, ValueError, KeyError),
+        error_code=2,
+        interrupt_hint="`lungcvt train` resumes from OUT/last_state.pt",
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

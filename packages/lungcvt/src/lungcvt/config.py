@@ -32,6 +32,7 @@ CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
 _MODES = ("faithful", "clean")
 _BACKENDS = ("librosa", "torch", "nnaudio")
 _LENGTHS = ("none", "repeat")
+_KEY_OPTIONAL = ("channels", "fmax", "band_limit_hz", "window", "mel_htk")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,17 @@ class FeatureConfig:
             tiny config, README "Demo results").
         backend: ``"librosa"`` (reference, per cycle), ``"torch"`` (batched torch with an FFT-domain multi-resolution
             CQT; ours) or ``"nnaudio"`` (batched torch with nnAudio's ``CQT1992v2`` for the CQT; slower).
+        channels: ``"mono"`` (a multi-channel file is an error naming it; ICBHI is mono) or ``"mix"`` (average the
+            channels, logged per file; ours).
+        fmax: upper edge in Hz of the mel filter banks of the mel and MFCC channels (code: ``None`` = sr / 2). A
+            band limit such as 2000 puts every mel band where 4 kHz Litt3200 audio has content (README "Devices").
+        band_limit_hz: low-pass every recording at this frequency before the features (by resampling it to
+            ``2 * band_limit_hz`` and back, the same path a 4 kHz Litt3200 file takes), so every device has the same
+            empty upper band; ``None`` = off (code). Logged.
+        window: STFT window of the mel and MFCC channels: ``"hann"`` (code: librosa default) or ``"hamming"``
+            (paper Eq. 2).
+        mel_htk: HTK mel formula for the mel channel (paper Eq. 3) instead of librosa's Slaney default (code). The
+            MFCC channel uses HTK in both (code: ``mfcc(htk=True)``).
     """
 
     sample_rate: int = 22050
@@ -78,8 +90,21 @@ class FeatureConfig:
     image_size: int = 224
     backend: str = "librosa"
     mfcc_norm: str = "cycle"
+    channels: str = "mono"
+    fmax: float | None = None
+    band_limit_hz: float | None = None
+    window: str = "hann"
+    mel_htk: bool = False
 
     def __post_init__(self) -> None:
+        if self.channels not in ("mono", "mix"):
+            raise ValueError(f"features.channels must be 'mono' or 'mix', got {self.channels!r}")
+        if self.window not in ("hann", "hamming"):
+            raise ValueError(f"features.window must be 'hann' or 'hamming', got {self.window!r}")
+        for name in ("fmax", "band_limit_hz"):
+            v = getattr(self, name)
+            if v is not None and not 0 < v <= self.sample_rate / 2:
+                raise ValueError(f"features.{name} must be in (0, sample_rate/2 = {self.sample_rate / 2:g}], got {v}")
         if self.mode not in _MODES:
             raise ValueError(f"features.mode must be one of {_MODES}, got {self.mode!r}")
         if self.backend not in _BACKENDS:
@@ -105,7 +130,13 @@ class FeatureConfig:
         d.pop("image_size")
         d.pop("mfcc_norm")  # applied in to_image, after the cache
         d["mfcc_n_mels"] = self.effective_mfcc_n_mels
+        for name in _KEY_OPTIONAL:  # options added later enter the key only when set, so older caches stay valid
+            if d[name] == _FEATURE_DEFAULTS[name]:
+                d.pop(name)
         return d
+
+
+_FEATURE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(FeatureConfig)}
 
 
 @dataclass(frozen=True)
@@ -193,6 +224,12 @@ class TrainConfig:
             reused training cycles, brief section 4).
         seed: random seed.
         bf16: bf16 autocast during training and inference (ours; off by default on CPU for exactness).
+        subset_fraction: train on this stratified fraction of the training cycles (the notebook's two successive
+            stratified 50 % splits left 25 %: ``lungcvt_notebook`` uses 0.25; brief section 4). Logged.
+        shuffle: shuffle the training cycles every epoch (the notebook's loader had ``shuffle=False``).
+        lr_rule: under torchrun, ``"none"`` keeps ``lr`` whatever the effective batch; ``"linear"`` scales it by
+            effective batch / ``lr_base_batch`` (Goyal et al. 2017). ``batch_size`` is per process.
+        lr_base_batch: the batch ``lr`` was tuned for (code: 32).
     """
 
     lr: float = 1e-4
@@ -208,8 +245,16 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     bf16: bool = False
+    subset_fraction: float = 1.0
+    shuffle: bool = True
+    lr_rule: str = "none"
+    lr_base_batch: int = 32
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.subset_fraction <= 1.0:
+            raise ValueError(f"train.subset_fraction must be in (0, 1], got {self.subset_fraction}")
+        if self.lr_rule not in ("none", "linear"):
+            raise ValueError(f"train.lr_rule must be 'none' or 'linear', got {self.lr_rule!r}")
         if not 0.0 <= self.cb_beta < 1.0:
             raise ValueError(f"train.cb_beta must be in [0, 1), got {self.cb_beta}")
         if self.lr <= 0 or self.batch_size <= 0 or self.epochs <= 0:
@@ -283,8 +328,14 @@ register_config(
 register_config(LungCVTConfig(name="lungcvt_deit_base", model=ModelConfig(use_cnn=False, use_attention=False)))
 register_config(LungCVTConfig(name="lungcvt_deit_base_cnn", model=ModelConfig(use_attention=False)))
 register_config(LungCVTConfig(name="lungcvt_small", model=ModelConfig(backbone="deit_small_patch16_224")))
-# The notebook preset (lr 1e-3, beta 0.99) to reproduce the official run.
-register_config(LungCVTConfig(name="lungcvt_notebook", train=TrainConfig(lr=1e-3, cb_beta=0.99)))
+# The notebook preset to reproduce the official run: lr 1e-3, beta 0.99, about 25 % of the training cycles (two
+# successive stratified 50 % splits), an unshuffled loader (brief section 4).
+register_config(
+    LungCVTConfig(
+        name="lungcvt_notebook",
+        train=TrainConfig(lr=1e-3, cb_beta=0.99, subset_fraction=0.25, shuffle=False),
+    )
+)
 # Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
 # patches, average pooling, identity-initialised front end, clean features (batched torch backend), lr 1e-3 with 60
 # warm-up steps and cosine decay (a fixed 1e-3 made the validation score flip between all-normal and all-abnormal

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,6 @@ __all__ = [
     "read_split",
     "resolve_split",
     "load_dataset",
-    "validation_split",
     "SPLIT_FILE_NAME",
     "KNOWN_SPLIT_QUIRKS",
 ]
@@ -152,19 +151,25 @@ def read_annotations(path: str | Path) -> list[Cycle]:
     return cycles
 
 
-def load_audio(path: str | Path, sample_rate: int | None) -> tuple[np.ndarray, int]:
-    """Read a WAV (any rate, 16/24/32-bit PCM or float), fold channels to mono, resample.
+def load_audio(
+    path: str | Path, sample_rate: int | None, channels: str = "mono", band_limit_hz: float | None = None
+) -> tuple[np.ndarray, int]:
+    """Read a WAV (any rate, 16/24/32-bit PCM or float), optionally band-limit it, resample.
 
     Args:
         path: audio file.
         sample_rate: target rate in Hz (``None`` keeps the native rate). Resampling uses soxr_hq, as
             ``librosa.load`` in the official code.
+        channels: ``"mono"``: a multi-channel file is an error (ICBHI recordings are mono); ``"mix"``: average the
+            channels (logged).
+        band_limit_hz: low-pass at this frequency first, by resampling to ``2 * band_limit_hz`` (soxr_hq) when the
+            native rate is higher: the path a 4 kHz Litt3200 file takes with ``band_limit_hz=2000`` (logged).
 
     Returns:
         (audio float32 [N] in [-1, 1], rate in Hz).
 
     Raises:
-        DataError: missing or unreadable file.
+        DataError: missing, unreadable or (with ``channels="mono"``) multi-channel file.
     """
     import soundfile as sf
 
@@ -177,7 +182,21 @@ def load_audio(path: str | Path, sample_rate: int | None) -> tuple[np.ndarray, i
         raise DataError(f"{path}: unreadable WAV ({e}); re-download or re-export it as PCM WAV") from None
     if audio.shape[0] == 0:
         raise DataError(f"{path}: WAV has no samples")
-    audio = audio.mean(axis=1)  # [N, C] -> [N] mono
+    if audio.shape[1] > 1:
+        if channels != "mix":
+            raise DataError(
+                f"{path}: {audio.shape[1]} channels; ICBHI recordings are mono. Export one channel, or set "
+                "features.channels: mix (CLI --mix-channels) to average them"
+            )
+        log.info("%s: %d channels averaged to mono (features.channels=mix)", path.name, audio.shape[1])
+    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]  # [N, C] -> [N]
+    if band_limit_hz is not None and sr > 2 * band_limit_hz:
+        import librosa
+
+        low = int(round(2 * band_limit_hz))
+        log.debug("%s: band-limited to %g Hz (resampled %d -> %d Hz)", path.name, band_limit_hz, sr, low)
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=low, res_type="soxr_hq").astype(np.float32)
+        sr = low
     if sample_rate is not None and sr != sample_rate:
         import librosa
 
@@ -283,6 +302,7 @@ def load_dataset(
     data_dir: str | Path,
     split_file: str | Path | None = None,
     allow_partial: bool = False,
+    use_split_file: bool = True,
 ) -> tuple[list[Recording], list[str]]:
     """Index an ICBHI folder: recordings, their cycles and their official split.
 
@@ -291,20 +311,21 @@ def load_dataset(
         split_file: split file; defaults to ``data_dir/ICBHI_challenge_train_test.txt`` (or its parent's). Without
             any split file every recording's split is ``None``.
         allow_partial: see :func:`resolve_split`.
+        use_split_file: ``False`` ignores any split file (every split ``None``; protocols other than the official one).
 
     Returns:
         (recordings sorted by stem, split entries without recordings).
     """
     data_dir = Path(data_dir)
     files = find_recordings(data_dir)
-    if split_file is None:
+    if split_file is None and use_split_file:
         for cand in (data_dir / SPLIT_FILE_NAME, data_dir.parent / SPLIT_FILE_NAME):
             if cand.is_file():
                 split_file = cand
                 break
     mapping: dict[str, str] = {}
     missing: list[str] = []
-    if split_file is not None:
+    if split_file is not None and use_split_file:
         mapping, missing = resolve_split(read_split(split_file), files, allow_partial=allow_partial)
     recs = []
     for stem, (wav, txt) in sorted(files.items()):
@@ -312,36 +333,9 @@ def load_dataset(
     return recs, missing
 
 
-def validation_split(
-    recordings: Sequence[Recording], val_fraction: float = 0.2, seed: int = 0
-) -> tuple[list[Recording], list[Recording]]:
-    """Patient-disjoint train/validation split inside the official training recordings (via ``medshared``)."""
-    from medshared.splits import ratio_split
-
-    train = [r for r in recordings if r.split == "train"]
-    if not train:
-        raise DataError("no training recordings (split 'train') to draw a validation set from")
-    groups = [r.info.patient for r in train]
-    if len(set(groups)) < 2:
-        raise DataError("need recordings from at least 2 patients in the training split to hold out validation")
-    parts = ratio_split(
-        list(range(len(train))),
-        ratios=(1 - val_fraction, val_fraction),
-        seed=seed,
-        groups=groups,
-        names=("train", "val"),
-    )
-    tr = [train[i] for i in parts["train"]]
-    va = [train[i] for i in parts["val"]]
-    if not va or not tr:  # tiny sets: force one patient into validation
-        pats = sorted(set(groups))
-        va = [r for r in train if r.info.patient == pats[-1]]
-        tr = [r for r in train if r.info.patient != pats[-1]]
-    return tr, va
-
-
 def check_cycles_within(rec: Recording, duration_s: float, tolerance_s: float = 0.5) -> list[Cycle]:
-    """Return the cycles clipped to the audio; a cycle starting or ending beyond ``tolerance_s`` past the end raises.
+    """Return the cycles with their ends clipped to the audio (no audio exists past it; logged when more than 20 ms);
+    a cycle starting past the end or ending more than ``tolerance_s`` after it raises.
 
     Raises:
         DataError: naming the annotation file, line and durations.
@@ -352,6 +346,10 @@ def check_cycles_within(rec: Recording, duration_s: float, tolerance_s: float = 
             raise DataError(
                 f"{rec.txt}:{i}: cycle {c.start:.3f}-{c.end:.3f} s lies beyond the end of {rec.wav.name} "
                 f"({duration_s:.3f} s); fix the annotation or the audio file"
+            )
+        if c.end > duration_s + 0.02:
+            log.warning(
+                "%s:%d: cycle end %.3f s clipped to the end of the audio (%.3f s)", rec.txt, i, c.end, duration_s
             )
         out.append(Cycle(c.start, min(c.end, duration_s), c.crackles, c.wheezes))
     return out

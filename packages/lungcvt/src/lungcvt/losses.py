@@ -45,12 +45,27 @@ class ClassBalancedCE(nn.Module):
         super().__init__()
         self.register_buffer("weight", torch.tensor(class_balanced_weights(counts, beta), dtype=torch.float32))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, weight=self.weight)
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, denom: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted CE: sum_i w[y_i] CE_i / sum_i w[y_i]; with ``denom``, sum_i w[y_i] CE_i / denom instead.
 
-    def mixed(self, logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
+        Under DDP each rank passes ``denom`` = (sum of w[y] over the global batch) / world size, so that the averaged
+        gradients equal those of one process with the whole batch (:func:`lungcvt.train.global_weight_denominator`).
+        """
+        if denom is None:
+            return F.cross_entropy(logits.float(), target, weight=self.weight)
+        return F.cross_entropy(logits.float(), target, weight=self.weight, reduction="sum") / denom
+
+    def mixed(
+        self,
+        logits: torch.Tensor,
+        y_a: torch.Tensor,
+        y_b: torch.Tensor,
+        lam: float,
+        denoms: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Mixup loss lam * CE(y_a) + (1 - lam) * CE(y_b) (official notebook)."""
-        return lam * self(logits, y_a) + (1.0 - lam) * self(logits, y_b)
+        da, db = denoms if denoms is not None else (None, None)
+        return lam * self(logits, y_a, da) + (1.0 - lam) * self(logits, y_b, db)
 
 
 def mixup_batch(

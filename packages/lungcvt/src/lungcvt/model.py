@@ -58,8 +58,39 @@ class BranchConv(nn.Module):
         return y.reshape(b, c, h, w)  # [B*3, 1, H, W] -> [B, 3, H, W]
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable all-reduce (sum): the backward sums the gradients of every rank, as SyncBatchNorm's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        import torch.distributed as dist
+
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        import torch.distributed as dist
+
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class SpatialGate(nn.Module):
     """CBAM spatial attention (paper Eq. 12): sigmoid(BN(conv7x7([max_c; mean_c]))) * x.
+
+    Under DDP (a process group with more than one rank) the BatchNorm's training statistics are taken over the global
+    batch: one differentiable all-reduce of (count, sum, sum of squares) per forward, so 2 ranks with half the batch
+    train exactly as 1 process with the whole batch. torch's ``SyncBatchNorm`` does the same but refuses CPU tensors;
+    this one-channel version works with gloo and nccl alike.
 
     Args:
         relu: apply a ReLU before the sigmoid (official code; keeps scales >= 0.5).
@@ -71,9 +102,26 @@ class SpatialGate(nn.Module):
         self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=bn_momentum)
         self.relu = relu
 
+    def _global_bn(self, s: torch.Tensor) -> torch.Tensor:
+        """BatchNorm of [B, 1, H, W] with batch statistics over every rank's batch (training mode, DDP)."""
+        bn = self.bn
+        v = s.float()
+        stats = torch.stack([torch.ones((), device=v.device) * v.numel(), v.sum(), (v * v).sum()])
+        n, total, sq = _AllReduceSum.apply(stats)  # type: ignore[misc]
+        mean = total / n
+        var = (sq / n - mean * mean).clamp_min(0.0)  # biased, used to normalise (as BatchNorm)
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - m).add_(m * mean.detach())
+            bn.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))  # unbiased, as BatchNorm
+        y = (v - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(1, -1, 1, 1) + bn.bias.view(1, -1, 1, 1)
+        return y.to(s.dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.amax(dim=1, keepdim=True), x.mean(dim=1, keepdim=True)], dim=1)  # [B, 2, H, W]
-        s = self.bn(self.conv(pooled))  # [B, 1, H, W]
+        s = self.conv(pooled)  # [B, 1, H, W]
+        s = self._global_bn(s) if self.training and _distributed() else self.bn(s)
         if self.relu:
             s = torch.relu(s)
         return x * torch.sigmoid(s)
@@ -177,7 +225,7 @@ def resolve_weights(backbone: str, weights: str | Path | None = None) -> Path:
     raise FileNotFoundError(
         f"DeiT ImageNet weights for {backbone} not found (looked for {names[0]} in ${WEIGHTS_ENV}, "
         f"{dirs[-1]} and the Hugging Face cache). Download {_WEIGHT_URLS.get(backbone, '')} into "
-        f"${WEIGHTS_ENV} (or pass --weights PATH), or pass --pretrained none for random initialisation"
+        f"${WEIGHTS_ENV} (or pass --pretrained PATH), or pass --pretrained none for random initialisation"
     )
 
 

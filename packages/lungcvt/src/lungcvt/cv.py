@@ -1,0 +1,206 @@
+"""``lungcvt cv``: train and evaluate every (fold, seed) of a protocol grid, resumably, and aggregate mean ± std.
+
+The field reports the official 60/40 split and the patient-wise 5-fold protocol (RespireNet, Patch-Mix), each as mean
+± std over seeds. Each run lives in ``OUT/<protocol>/seed<S>/`` (``train`` output, ``eval/metrics.json``); a finished
+run is read back, an interrupted one resumes from its ``last_state.pt``. ``OUT/cv.json`` (every run and the summary),
+``OUT/cv.csv`` (one row per run, then the mean and std rows) and ``OUT/cv.md`` (the table) are rewritten after every
+run. The standard deviation is the population one (ddof 0, ``medshared.metrics.aggregate``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lungcvt.config import LungCVTConfig
+from lungcvt.splits import PROTOCOLS, DataOptions, parse_protocol
+
+__all__ = ["parse_folds", "parse_seeds", "run_cv", "summarise", "cv_table"]
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("icbhi", "macro_ovr", "two_class")
+_NAMES = {"icbhi": "ICBHI (official)", "macro_ovr": "macro one-vs-rest (paper code)", "two_class": "2-class"}
+
+
+def _int_list(spec: str, what: str) -> list[int]:
+    out: list[int] = []
+    try:
+        for part in str(spec).split(","):
+            part = part.strip()
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(f"{what} {spec!r}: expected integers like 0-4 or 0,1,2") from None
+    if not out:
+        raise ValueError(f"{what} {spec!r} is empty")
+    return list(dict.fromkeys(out))
+
+
+def parse_folds(spec: str) -> list[str]:
+    """``"0-4"`` -> fold0..fold4; ``"0,2"``; ``"official"`` or ``"random80-20"`` (one protocol, seeds vary)."""
+    if spec in ("official", "random80-20"):
+        return [spec]
+    protocols = [f"fold{k}" for k in _int_list(spec, "--folds")]
+    for p in protocols:
+        parse_protocol(p)
+    return protocols
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-2"`` -> [0, 1, 2]."""
+    return _int_list(spec, "--seeds")
+
+
+def _run_row(protocol: str, seed: int, metrics: dict, best_epoch: int) -> dict:
+    row: dict[str, Any] = {"protocol": protocol, "seed": seed}
+    for v in VARIANTS:
+        for m in ("se", "sp", "score"):
+            row[f"{v}_{m}"] = metrics[v][m]
+    row["accuracy"] = metrics["icbhi"]["accuracy"]
+    row["n_test"] = metrics["n"]
+    row["best_epoch"] = best_epoch
+    return row
+
+
+def summarise(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """Mean and std (ddof 0) of every score column over the runs."""
+    from medshared.metrics import aggregate
+
+    keys = [f"{v}_{m}" for v in VARIANTS for m in ("se", "sp", "score")] + ["accuracy"]
+    return aggregate([{k: r[k] for k in keys} for r in rows])
+
+
+def cv_table(summary: dict[str, dict[str, float]], n_runs: int, percent: bool = True) -> str:
+    """Markdown table of mean ± std of Se, Sp, Score per variant."""
+    f = 100.0 if percent else 1.0
+    unit = " (%)" if percent else ""
+    lines = [f"| metric{unit}, mean ± std over {n_runs} runs | Se | Sp | Score |", "|---|---|---|---|"]
+    for v in VARIANTS:
+        cells = [
+            f"{f * summary[f'{v}_{m}']['mean']:.2f} ± {f * summary[f'{v}_{m}']['std']:.2f}"
+            for m in ("se", "sp", "score")
+        ]
+        lines.append(f"| {_NAMES[v]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _device_summary(per_run: Sequence[dict]) -> dict[str, dict]:
+    """Mean ± std of each device's ICBHI Score over the runs where it is defined."""
+    import numpy as np
+
+    scores: dict[str, list[float]] = {}
+    for by in per_run:
+        for dev, d in by.items():
+            if d.get("score") is not None:
+                scores.setdefault(dev, []).append(d["score"])
+    return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": len(v)} for k, v in sorted(scores.items())}
+
+
+def run_cv(
+    cfg: LungCVTConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    folds: Sequence[str],
+    seeds: Sequence[int],
+    data: DataOptions | None = None,
+    device: str = "auto",
+    weights: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Train + evaluate every (protocol, seed); returns the ``cv.json`` content.
+
+    Args:
+        folds: protocols (``fold0``..., ``official``, ``random80-20``; see :func:`parse_folds`).
+        seeds: ``train.seed`` of each run (model init, data order, validation draw, and the split for random80-20).
+        data: data options (its ``protocol`` is replaced by each fold).
+        cache_dir: feature cache shared by all runs (default ``OUT/feature_cache``).
+
+    Raises:
+        ValueError: ``OUT`` holds a CV with other settings (config, folds' data options); choose another ``--out``.
+    """
+    from medshared.runtime import atomic_write_csv, atomic_write_json, atomic_write_text
+
+    from lungcvt.evaluate import evaluate
+    from lungcvt.train import train
+
+    data = data or DataOptions()
+    for p in folds:
+        if p not in PROTOCOLS and parse_protocol(p)[0] != "fold":
+            raise ValueError(f"unknown protocol {p!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) if cache_dir is not None else out / "feature_cache"
+    settings = json.loads(
+        json.dumps({"config": cfg.to_dict(), "data": {**data.to_dict(), "protocol": None}, "init_weights": None})
+    )
+    settings["config"]["train"].pop("seed")
+    marker = out / "cv_settings.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old != settings:
+            raise ValueError(
+                f"{out} holds a cross-validation run with different settings ({marker}); choose another --out"
+            )
+    else:
+        atomic_write_json(marker, settings)
+
+    rows: list[dict] = []
+    by_device: list[dict] = []
+    result: dict = {}
+    for protocol in folds:
+        for seed in seeds:
+            run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=int(seed)))
+            run_data = dataclasses.replace(data, protocol=protocol)
+            run_dir = out / protocol / f"seed{seed}"
+            mpath, tpath = run_dir / "eval" / "metrics.json", run_dir / "train.json"
+            done = mpath.is_file() and tpath.is_file()
+            if done:
+                tj = json.loads(tpath.read_text())
+                done = tj.get("config") == json.loads(json.dumps(run_cfg.to_dict()))
+            if done:
+                log.info("cv: %s seed %d already done (%s)", protocol, seed, mpath)
+                metrics = json.loads(mpath.read_text())
+            else:
+                if progress:
+                    print(f"cv: {protocol} seed {seed} -> {run_dir}", flush=True)
+                res = train(run_cfg, data_dir, run_dir, data=run_data, device=device, weights=weights,
+                            cache_dir=cache, num_workers=num_workers, progress=progress)  # fmt: skip
+                metrics = evaluate(res.best_checkpoint, data_dir, run_dir / "eval", "test", run_data, device, cache,
+                                   progress=progress)  # fmt: skip
+                tj = json.loads(tpath.read_text())
+            rows.append(_run_row(protocol, int(seed), metrics, tj["best_epoch"]))
+            by_device.append(metrics.get("by_device", {}))
+            summary = summarise(rows)
+            result = {
+                "folds": list(folds),
+                "seeds": [int(s) for s in seeds],
+                "runs": rows,
+                "summary": summary,
+                "by_device_score": _device_summary(by_device),
+                "std": "population (ddof 0)",
+                "config": cfg.to_dict(),
+                "complete": len(rows) == len(folds) * len(seeds),
+            }
+            atomic_write_json(out / "cv.json", result)
+            summary_rows = [
+                {"protocol": stat, "seed": "", **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "std")
+            ]
+            atomic_write_csv(out / "cv.csv", rows + summary_rows)
+            atomic_write_text(
+                out / "cv.md",
+                cv_table(summary, len(rows))
+                + f"\n\nFolds {', '.join(folds)}; seeds {', '.join(map(str, seeds))}; {len(rows)} runs"
+                + ("" if result["complete"] else " so far")
+                + ".\n",
+            )
+    return result
