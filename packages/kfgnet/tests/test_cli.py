@@ -31,10 +31,10 @@ def test_train_evaluate_predict_pipeline(cohort: Path, capsys: pytest.CaptureFix
     assert not list((out / "cls").glob("*.state.pt"))  # resumable states removed once a fold is done
     assert main(["train-detector", *common, "--preset", "tiny", "--epochs", "1", "--images-per-video", "1",
                  "--out", str(out / "det")]) == 0
-    assert main(["train-keyframe", *common, "--detector", str(out / "det" / "detector.safetensors"),
+    assert main(["train-keyframe", *common, "--detector", str(out / "det" / "detector_best.safetensors"),
                  "--preset", "kfgnet_keyframe_tiny", "--epochs", "2", "--out", str(out / "kf")]) == 0
     ckpts = ["--classifier", str(out / "cls" / "fold0.safetensors"), "--detector",
-             str(out / "det" / "detector.safetensors"), "--keyframe", str(out / "kf" / "keyframe.safetensors")]
+             str(out / "det" / "detector_best.safetensors"), "--keyframe", str(out / "kf" / "keyframe.safetensors")]
     assert main(["evaluate", *common, *ckpts, "--out", str(out / "eval")]) == 0
     ev = json.loads((out / "eval" / "evaluation.json").read_text())
     assert len(ev["keyframe_tolerance_accuracy"]) == 33 and 0 <= ev["classification"]["accuracy"] <= 1

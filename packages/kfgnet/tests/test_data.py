@@ -136,11 +136,11 @@ def test_video_shorter_than_clip(synth: Path) -> None:
 
 
 def test_boxes_outside_frame(tmp_path: Path, synth: Path) -> None:
-    from kfgnet.detector import detection_dataset
+    from kfgnet.detection_data import extract_annotated_frames
 
     recs = read_manifest(_manifest(tmp_path, synth, boxes={"2": [10, 10, 500, 60]}))
     with pytest.raises(DataError, match="outside the 64x64 frame"):
-        detection_dataset(recs)
+        extract_annotated_frames(recs, tmp_path / "frames")
     with pytest.raises(DataError, match="empty or inverted"):
         read_manifest(_manifest(tmp_path, synth, boxes={"2": [30, 10, 20, 60]}))
 

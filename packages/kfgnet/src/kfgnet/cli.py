@@ -30,6 +30,19 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_detection_data(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--data", type=Path, help="image folder: DIR/image/* with DIR/mask/* (same names) or "
+                   "DIR/boxes.csv, e.g. ../shared/data/ddti")
+    g.add_argument("--manifest", type=Path, help="video manifest with 'boxes' on annotated frames")
+    g.add_argument("--release", type=Path, help="authors' release folder")
+    p.add_argument("--empty-masks", choices=("negative", "skip", "error"), default="negative",
+                   help="a mask without foreground: a background-only image (default: as stored), left out, or an "
+                   "error; always logged")
+    p.add_argument("--mask-components", action="store_true", help="one box per connected mask component (default: "
+                   "one box around the whole mask)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``kfgnet`` argument parser."""
     parser = argparse.ArgumentParser(prog="kfgnet", description="KFGNet (MICCAI 2022): key-frame guided thyroid "
@@ -57,14 +70,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-real-backgrounds", action="store_true", help="procedural tissue instead of ../shared/data")
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("train-detector", help="train the Faster R-CNN nodule detector on the manifest's boxes")
-    _add_common(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder (detector.safetensors)")
-    p.add_argument("--preset", default="resnet50_fpn", help="resnet50_fpn | mobilenet_v3_fpn | tiny")
+    p = sub.add_parser("train-detector", help="train the Faster R-CNN nodule detector (AP50 on held-out cases every "
+                       "epoch, best checkpoint, resumable)")
+    _add_detection_data(p)
+    _add_common(p, data=False)
+    p.add_argument("--out", type=Path, required=True, help="output folder (detector_best.safetensors, train.json, "
+                   "split.json)")
+    p.add_argument("--preset", default="resnet50_fpn", help="resnet50_fpn | mobilenet_v3_fpn | kfgnet_ddti | tiny")
     p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="effective batch (split over torchrun processes)")
+    p.add_argument("--images-per-video", type=int, default=16, help="videos: annotated frames used per video")
+    p.add_argument("--val-data", type=Path, help="held-out image folder (else --val-fraction of the cases)")
+    p.add_argument("--val-manifest", type=Path, help="held-out video manifest (else --val-fraction of the patients)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="cases held out for validation (default 0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15,
+                   help="cases held out for evaluate-detector, never trained or validated on (default 0.15)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the case split (default 0, fixed over --seed)")
+    p.add_argument("--pretrained-backbone", default=None,
+                   help="'none' (random init, the paper's setting), 'imagenet' (torchvision's, via torch.hub's "
+                   "cache) or a local ImageNet weights file")
+    p.add_argument("--weights", default=None, help="'none', 'coco' (torchvision's COCO Faster R-CNN weights via "
+                   "torch.hub's cache) or a local fasterrcnn_resnet50_fpn_coco-*.pth; FrozenBN + 3 trainable stages")
+    p.add_argument("--offline", action="store_true", help="never download weights")
+    p.add_argument("--restart", action="store_true", help="ignore a saved state made under another config")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (trainable-BN backbones)")
+
+    p = sub.add_parser("evaluate-detector", help="COCO AP / AP50 / AP75 of a detector on held-out images, beside the "
+                       "fixed median-box baseline")
+    _add_detection_data(p)
+    p.add_argument("--checkpoint", type=Path, required=True, help="detector_best.safetensors of train-detector")
+    p.add_argument("--split", type=Path, help="RUN/split.json: evaluate only the cases of --part")
+    p.add_argument("--part", default="test", help="part of --split to evaluate (default test)")
     p.add_argument("--images-per-video", type=int, default=16)
-    p.add_argument("--pretrained-backbone", default="none",
-                   help="'none' (random init, the paper's setting) or a local ImageNet weights file")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, detections.csv, detections.png")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train-keyframe", help="train the LSTM key-frame scorer on detector features")
     _add_common(p)
@@ -162,21 +203,94 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detection_items(args: argparse.Namespace, cache: Path, manifest: Path | None = None,
+                     data: Path | None = None) -> list[Any]:
+    from kfgnet.data import read_manifest, read_release
+    from kfgnet.detection_data import load_detection_items
+
+    if manifest is None and data is None:
+        manifest, data = args.manifest, args.data
+    records = None
+    if data is None:
+        records = read_manifest(manifest) if manifest else read_release(args.release)
+    return load_detection_items(data, records, cache, args.images_per_video, args.empty_masks, args.mask_components,
+                                getattr(args, "seed", 0), progress=not args.no_progress)
+
+
 def cmd_train_detector(args: argparse.Namespace) -> int:
-    from medshared.runtime import atomic_write_json, resolve_device
+    from medshared.distributed import init_distributed
+    from medshared.runtime import atomic_write_json
 
     from kfgnet.config import get_detector_config
-    from kfgnet.detector import detection_dataset, save_detector, train_detector
+    from kfgnet.detection_data import make_detection_split
+    from kfgnet.detector_train import detector_config_for_batch, train_detector
 
     over = _overrides(args)
-    cfg = _apply(get_detector_config(args.preset, pretrained_backbone=args.pretrained_backbone), over, "detector")
+    pre = {k: v for k, v in (("pretrained_backbone", args.pretrained_backbone), ("weights", args.weights)) if v}
+    cfg = _apply(get_detector_config(args.preset, **pre), over, "detector")
+    cfg = detector_config_for_batch(cfg, args.batch_size, args.epochs)
+    ctx = init_distributed(args.device)
+    try:
+        items = _detection_items(args, args.out / "frames")
+        if args.val_data or args.val_manifest:
+            val = _detection_items(args, args.out / "frames", args.val_manifest, args.val_data)
+            parts, split = {"train": items, "val": val, "test": []}, {"val_source": str(args.val_data or
+                                                                                         args.val_manifest)}
+        else:
+            parts, split = make_detection_split(items, args.val_fraction, args.test_fraction, args.split_seed)
+        if not parts["train"]:
+            raise ValueError("no training images left after the split; lower --val-fraction / --test-fraction")
+        split["data"] = str(args.data or args.manifest or args.release)
+        split["empty_masks"] = args.empty_masks
+        if ctx.is_main:
+            atomic_write_json(args.out / "split.json", split)
+        res = train_detector(parts["train"], parts["val"] or None, cfg, args.out, ctx, args.seed, args.restart,
+                             not args.no_progress, args.offline, args.num_workers, args.sync_bn,
+                             meta={"split_file": "split.json", "data": split["data"]})
+    finally:
+        ctx.close()
+    if ctx.is_main:
+        last = res["log"][-1] if res["log"] else {}
+        print(f"wrote {args.out / 'detector_best.safetensors'} ({len(parts['train'])} training images, "
+              f"{len(parts['val'])} validation); best validation AP50 {res['best_val_ap50']}; last epoch "
+              + ", ".join(f"{k} {v:.3f}" for k, v in last.items() if isinstance(v, float)))
+    return 0
+
+
+def cmd_evaluate_detector(args: argparse.Namespace) -> int:
+    import numpy as np
+    from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
+
+    from kfgnet.detection_data import select_split_part
+    from kfgnet.detector import load_detector
+    from kfgnet.detector_eval import evaluate_detector, plot_detections
+
     device = resolve_device(args.device)
-    samples = detection_dataset(_records(args), max_per_video=args.images_per_video, seed=args.seed)
-    log: list[dict[str, Any]] = []
-    model = train_detector(samples, cfg, device, args.epochs, not args.no_progress, args.seed, log)
-    save_detector(args.out / "detector.safetensors", model, cfg, {"log": log})
-    atomic_write_json(args.out / "detector_log.json", log)
-    print(f"wrote {args.out / 'detector.safetensors'} ({len(samples)} training images)")
+    model, cfg, extra = load_detector(args.checkpoint, device, with_extra=True)
+    items = _detection_items(args, args.out / "frames")
+    if args.split:
+        items = select_split_part(items, args.split, args.part)
+    fixed = np.asarray(extra["median_box"], np.float32) if "median_box" in extra else None
+    m, dets = evaluate_detector(model, items, device, fixed, progress=not args.no_progress)
+    m.update({"checkpoint": str(args.checkpoint), "data": str(args.data or args.manifest or args.release),
+              "split": str(args.split) if args.split else None, "part": args.part if args.split else None,
+              "empty_masks": args.empty_masks, "checkpoint_epoch": extra.get("epoch")})
+    atomic_write_json(args.out / "metrics.json", m)
+    rows = []
+    for it, d in zip(items, dets):
+        k = int(np.argmax(d["scores"])) if len(d["scores"]) else None
+        rows.append({"image": str(it.path), "case": it.case, "n_true_boxes": len(it.boxes),
+                     "true_box": it.boxes[0].round(1).tolist() if len(it.boxes) else "",
+                     "top_box": d["boxes"][k].round(1).tolist() if k is not None else "",
+                     "top_score": float(d["scores"][k]) if k is not None else ""})
+    atomic_write_csv(args.out / "detections.csv", rows)
+    plot_detections(items, dets, args.out / "detections.png", fixed)
+    h, dm = m["headline"], m["detector"]
+    fb = m.get("fixed_box", {})
+    print(f"{len(items)} images, {m['n_cases']} cases: COCO AP {dm['ap']:.3f} (fixed box {fb.get('ap', float('nan')):.3f}), "
+          f"AP50 {dm['ap50']:.3f} ({fb.get('ap50', float('nan')):.3f}), AP75 {dm['ap75']:.3f} "
+          f"({fb.get('ap75', float('nan')):.3f}); headline {h['metric']} {h['value']:.3f} vs chance {h['chance']}; "
+          f"wrote {args.out / 'metrics.json'}")
     return 0
 
 
@@ -352,6 +466,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"demo": cmd_demo, "make-synthetic": cmd_make_synthetic, "train-detector": cmd_train_detector,
+            "evaluate-detector": cmd_evaluate_detector,
             "train-keyframe": cmd_train_keyframe, "train-classifier": cmd_train_classifier,
             "evaluate": cmd_evaluate, "predict": cmd_predict}
 

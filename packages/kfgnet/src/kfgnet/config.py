@@ -157,35 +157,89 @@ class ClassifierTrainConfig:
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Stage 1 nodule detector: torchvision Faster R-CNN, one foreground class [P §2].
+    """Stage 1 nodule detector: torchvision Faster R-CNN, one foreground class [P §2], and how it is trained.
 
     Attributes:
-        backbone: ``"resnet50_fpn"`` (torchvision default, 1024-d box feature), ``"mobilenet_v3_fpn"`` (light),
-            or ``"tiny"`` (a 4-conv backbone for tests/demo).
+        backbone: ``"resnet50_fpn"`` (torchvision's, 1024-d box feature), ``"mobilenet_v3_fpn"``, ``"small"`` (a
+            7-conv BN backbone, stride 16, sized for CPU training from scratch: the DDTI preset) or ``"tiny"`` (4
+            convs, stride 8: tests and the demo).
+        widths: channels of the ``small`` backbone's four stages (``tiny``: its last width).
         min_size, max_size: resize of the detector transform; 500 / 600 [P §3 "resized to 500 x 600"].
-        representation: box-head (FC7) width; fixed by the backbone (1024) except ``tiny``.
-        pretrained_backbone: ``"none"`` or a local file with ImageNet backbone weights.
-        lr, epochs, batch_size: SGD settings of the detector training (paper: "default settings" of [16]) [I].
-        score_threshold: detections kept for the key-frame stage [I].
+        representation: box-head (FC7) width; 1024 for the torchvision backbones.
+        norm: BatchNorm of the torchvision backbones: ``"frozen"`` (FrozenBatchNorm2d, torchvision's recipe with
+            pretrained weights), ``"batch"`` (trainable BN, needed from random init) or ``"auto"`` = frozen when
+            ``pretrained_backbone`` or ``weights`` is set, else batch (torchvision's own rule).
+        trainable_backbone_layers: ResNet stages that train (0..5); -1 = torchvision's rule: 3 with pretrained
+            weights, 5 (all) from random init.
+        pretrained_backbone: ``"none"``, ``"imagenet"`` (torchvision's ImageNet weights via torch.hub's cache) or a
+            local weights file.
+        weights: full-detector weights: ``"none"``, ``"coco"`` (torchvision's COCO ``fasterrcnn_*`` weights via
+            torch.hub's cache) or a local file of them; the 91-class predictor is replaced by a 2-class one.
+        anchor_sizes, aspect_ratios: the RPN anchors (one size per FPN level for the torchvision backbones,
+            all sizes on the single map of ``small`` / ``tiny``).
+        rpn_batch, box_batch: sampled anchors / proposals per image in training (torchvision 256 / 512).
+        proposals_train, proposals_test: proposals kept after NMS (torchvision 2000 / 1000).
+        detections_per_img: detections returned per image (torchvision 100).
+        lr, momentum, weight_decay, epochs, batch_size: SGD (torchvision reference settings; lr for batch_size);
+            warmup_epochs of linear warm-up then cosine decay to 0.
+        hflip: probability of a horizontal flip in training.
+        score_threshold: detections kept for the key-frame stage and evaluation [I].
     """
 
     backbone: str = "resnet50_fpn"
+    widths: tuple[int, ...] = (16, 32, 64, 96)
     min_size: int = 500
     max_size: int = 600
     representation: int = 1024
+    norm: str = "auto"
+    trainable_backbone_layers: int = -1
     pretrained_backbone: str = "none"
+    weights: str = "none"
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_batch: int = 256
+    box_batch: int = 512
+    proposals_train: int = 2000
+    proposals_test: int = 1000
+    detections_per_img: int = 100
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     epochs: int = 10
     batch_size: int = 4
+    warmup_epochs: float = 0.5
+    hflip: float = 0.5
     score_threshold: float = 0.05
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
 
     def __post_init__(self) -> None:
-        if self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn", "tiny"):
+        if self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn", "small", "tiny"):
             raise ValueError(f"unknown detector backbone {self.backbone!r}; "
-                             "valid: resnet50_fpn, mobilenet_v3_fpn, tiny")
+                             "valid: resnet50_fpn, mobilenet_v3_fpn, small, tiny")
+        if self.norm not in ("auto", "frozen", "batch"):
+            raise ValueError(f"detector norm must be auto, frozen or batch, got {self.norm!r}")
+        if not -1 <= self.trainable_backbone_layers <= 5:
+            raise ValueError(f"trainable_backbone_layers must be -1 (torchvision's rule) or 0..5, "
+                             f"got {self.trainable_backbone_layers}")
+        if self.weights != "none" and self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn"):
+            raise ValueError(f"detector weights {self.weights!r} need backbone resnet50_fpn or mobilenet_v3_fpn "
+                             f"(torchvision's COCO checkpoints), not {self.backbone!r}")
+
+    @property
+    def pretrained(self) -> bool:
+        """True when any pretrained weights (backbone or full detector) are loaded."""
+        return self.pretrained_backbone != "none" or self.weights != "none"
+
+    @property
+    def frozen_bn(self) -> bool:
+        """Whether the torchvision backbone uses FrozenBatchNorm2d (see ``norm``)."""
+        return self.norm == "frozen" or (self.norm == "auto" and self.pretrained)
+
+    @property
+    def trainable_layers(self) -> int:
+        """Trainable ResNet stages after torchvision's rule (``trainable_backbone_layers = -1``)."""
+        if self.trainable_backbone_layers >= 0:
+            return self.trainable_backbone_layers
+        return 3 if self.pretrained else 5
 
 
 @dataclass(frozen=True)
@@ -283,10 +337,19 @@ KEYFRAME_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
+    # torchvision's recipe: ResNet50-FPN; with --weights coco / --pretrained-backbone imagenet it trains with
+    # FrozenBatchNorm2d and 3 trainable stages (norm/trainable layers "auto")
     "resnet50_fpn": {},
     "mobilenet_v3_fpn": {"backbone": "mobilenet_v3_fpn", "representation": 1024},
-    "tiny": {"backbone": "tiny", "min_size": 128, "max_size": 128, "representation": 64,
-             "anchor_sizes": (16, 32, 48, 64), "lr": 0.02, "batch_size": 8},
+    # DDTI (300 x 300 grey crops centred on one nodule, boxes 40-300 px): a small BN backbone trained from scratch
+    # on one CPU thread in about 10 minutes (14 epochs of ~380 images at 224 px); anchors cover the large boxes
+    "kfgnet_ddti": {"backbone": "small", "widths": (16, 32, 64, 96), "min_size": 224, "max_size": 224,
+                    "representation": 256, "anchor_sizes": (48, 80, 112, 144, 176, 208),
+                    "aspect_ratios": (0.67, 1.0, 1.5), "rpn_batch": 128, "box_batch": 128, "proposals_train": 300,
+                    "proposals_test": 100, "detections_per_img": 20, "lr": 0.02, "epochs": 14, "batch_size": 8, "warmup_epochs": 1.0},
+    "tiny": {"backbone": "tiny", "widths": (64,), "min_size": 128, "max_size": 128, "representation": 64,
+             "anchor_sizes": (16, 32, 48, 64), "aspect_ratios": (0.67, 1.0, 1.5), "rpn_batch": 64, "box_batch": 64,
+             "proposals_train": 100, "proposals_test": 30, "detections_per_img": 5, "lr": 0.02, "batch_size": 8, "warmup_epochs": 0.1},
 }
 
 

@@ -14,7 +14,7 @@ another seed, never trained on) so that its tolerance curve is measured on ~55 v
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,9 @@ def run_demo(out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | N
     from medshared.testing import shared_data_dir
 
     from kfgnet.data import read_manifest
-    from kfgnet.detector import detection_dataset, save_detector, train_detector
+    from kfgnet.detection_data import extract_annotated_frames
+    from kfgnet.detector import load_detector
+    from kfgnet.detector_train import train_detector
     from kfgnet.evaluate import (
         classification_summary,
         extract_detections,
@@ -105,11 +107,11 @@ def run_demo(out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | N
     tr, te = stratified_group_kfold(labels.tolist(), [r.patient_id for r in records], n_splits=3, seed=seed)[0]
     rec_tr, rec_te = [records[i] for i in tr], [records[i] for i in te]
     dcfg = get_detector_config("tiny", min_size=cfg.det_size, max_size=cfg.det_size)
-    samples = detection_dataset(rec_tr, max_per_video=cfg.det_images_per_video, seed=seed)
-    det_log: list[dict[str, Any]] = []
-    detector = train_detector(samples, dcfg, device, epochs=cfg.det_epochs, progress=progress, seed=seed,
-                              log=det_log)
-    save_detector(out / "detector.safetensors", detector, dcfg)
+    samples = extract_annotated_frames(rec_tr, out / "detector" / "frames", max_per_video=cfg.det_images_per_video,
+                                       seed=seed)
+    dcfg = replace(dcfg, epochs=cfg.det_epochs)
+    det_log = train_detector(samples, None, dcfg, out / "detector", seed=seed, progress=progress)["log"]
+    detector, _ = load_detector(out / "detector" / "detector_best.safetensors", device)
     timings["detector_train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     dets = extract_detections(records, detector, device, out / "cache", dcfg.score_threshold, tag="demo",

@@ -7,7 +7,6 @@ above the threshold are dropped, as in the official stage-1 JSONs [V brief §2].
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,156 +16,145 @@ import torch
 import torch.nn as nn
 
 from kfgnet.config import DetectorConfig, config_to_dict
-from kfgnet.data import DataError, VideoRecord, read_video
 
-__all__ = ["TinyBackbone", "build_detector", "train_detector", "detect_frames", "FrameDetections",
-           "save_detector", "load_detector", "detection_dataset"]
+__all__ = ["TinyBackbone", "SmallBackbone", "build_detector", "detect_frames", "FrameDetections", "save_detector",
+           "load_detector"]
+
+
+def _conv_bn(ci: int, co: int, s: int) -> list[nn.Module]:
+    return [nn.Conv2d(ci, co, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
 
 
 class TinyBackbone(nn.Sequential):
     """4-conv backbone (stride 8, ``out_channels`` 64) for tests and the demo."""
 
     def __init__(self, out_channels: int = 64):
-        def block(ci: int, co: int, s: int) -> list[nn.Module]:
-            return [nn.Conv2d(ci, co, 3, stride=s, padding=1), nn.BatchNorm2d(co), nn.ReLU(inplace=True)]
-
-        super().__init__(*block(3, 16, 2), *block(16, 32, 2), *block(32, out_channels, 2),
-                         *block(out_channels, out_channels, 1))
+        super().__init__(*_conv_bn(3, 16, 2), *_conv_bn(16, 32, 2), *_conv_bn(32, out_channels, 2),
+                         *_conv_bn(out_channels, out_channels, 1))
         self.out_channels = out_channels
 
 
-def _load_backbone_weights(module: nn.Module, path: str) -> None:
-    p = Path(path if path != "env" else os.environ.get("KFGNET_WEIGHTS_DIR", ".") + "/resnet50.pth")
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"backbone weights {p} not found; download ImageNet weights (e.g. torchvision's "
-            f"https://download.pytorch.org/models/resnet50-0676ba61.pth) to that path or set KFGNET_WEIGHTS_DIR, "
-            f"or train from scratch with --pretrained-backbone none")
-    from kfgnet.model import load_local_weights
+class SmallBackbone(nn.Sequential):
+    """7-conv BatchNorm backbone, stride 16: stages ``widths[0..3]`` (stride 2 each, a second conv in stages 2-4).
 
-    sd = {k: v for k, v in load_local_weights(p).items() if not k.startswith("fc.")}
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    if unexpected:
-        raise ValueError(f"{p} does not match the backbone: unexpected keys {unexpected[:5]}")
+    Sized to train from random init on one CPU thread (kfgnet_ddti: 1.0 M backbone parameters at widths 16-32-64-96).
+    ``forward(x (B, 3, H, W))`` -> ``(B, widths[3], H / 16, W / 16)``.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 96)):
+        if len(widths) != 4:
+            raise ValueError(f"the small backbone needs 4 widths, got {widths}")
+        w = widths
+        super().__init__(*_conv_bn(3, w[0], 2), *_conv_bn(w[0], w[1], 2), *_conv_bn(w[1], w[1], 1),
+                         *_conv_bn(w[1], w[2], 2), *_conv_bn(w[2], w[2], 1), *_conv_bn(w[2], w[3], 2),
+                         *_conv_bn(w[3], w[3], 1))
+        self.out_channels = w[3]
 
 
-def build_detector(cfg: DetectorConfig) -> nn.Module:
-    """torchvision ``FasterRCNN`` with 2 classes (background, nodule) for ``cfg.backbone``."""
-    from torchvision.models import detection as tvd
+_HINT = "or train from random init with --pretrained-backbone none --weights none"
+
+
+def _torchvision_backbone(cfg: DetectorConfig, load_weights: bool, offline: bool) -> nn.Module:
+    """ResNet50-FPN or MobileNetV3-FPN through torchvision's public backbone builders, with the config's norm layer
+    and trainable stages; ImageNet weights loaded into the body when asked (before freezing takes effect)."""
+    from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from kfgnet.weights import load_state_dict_file, resolve_weights
+
+    norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
+    net = "resnet50" if cfg.backbone == "resnet50_fpn" else "mobilenet_v3_large"
+    if cfg.backbone == "resnet50_fpn":
+        bb = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=norm,
+                                 trainable_layers=cfg.trainable_layers)
+    else:
+        bb = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, norm_layer=norm,
+                                trainable_layers=cfg.trainable_layers if cfg.trainable_backbone_layers >= 0
+                                else (3 if cfg.pretrained else 6))
+    if load_weights and cfg.pretrained_backbone != "none":
+        path = resolve_weights(cfg.pretrained_backbone, net, "pass --pretrained-backbone none " + _HINT[3:],
+                               offline)
+        sd = load_state_dict_file(path)
+        if cfg.backbone == "resnet50_fpn":
+            sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+            missing, unexpected = bb.body.load_state_dict(sd, strict=False)
+        else:  # torchvision's MobileNetV3 backbone body holds the "features" modules by index
+            sd = {k.removeprefix("features."): v for k, v in sd.items() if k.startswith("features.")}
+            missing, unexpected = bb.body.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if unexpected or missing:
+            raise ValueError(f"{path} does not match the {net} backbone: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+    return bb
+
+
+def build_detector(cfg: DetectorConfig, load_weights: bool = True, offline: bool = False) -> nn.Module:
+    """torchvision ``FasterRCNN`` with 2 classes (background, nodule) described by ``cfg``.
+
+    Args:
+        cfg: the detector config (backbone, norm, trainable stages, anchors, sampling, weights).
+        load_weights: load ``cfg.pretrained_backbone`` / ``cfg.weights`` (False when a checkpoint follows).
+        offline: never download weights (the ``--offline`` flag).
+
+    Returns:
+        the model in training mode; ``forward(images: list[(3, H, W) 0..1], targets)`` as torchvision's.
+    """
+    from torchvision.models.detection import FasterRCNN
     from torchvision.models.detection.anchor_utils import AnchorGenerator
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    if cfg.backbone == "resnet50_fpn":
-        m = tvd.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, min_size=cfg.min_size,
-                                        max_size=cfg.max_size)
-        if cfg.pretrained_backbone != "none":
-            _load_backbone_weights(m.backbone.body, cfg.pretrained_backbone)
+    common = dict(min_size=cfg.min_size, max_size=cfg.max_size, rpn_batch_size_per_image=cfg.rpn_batch,
+                  box_batch_size_per_image=cfg.box_batch, box_detections_per_img=cfg.detections_per_img,
+                  box_score_thresh=cfg.score_threshold)
+    if cfg.backbone in ("resnet50_fpn", "mobilenet_v3_fpn"):
+        bb = _torchvision_backbone(cfg, load_weights, offline)
+        n_levels = len(bb.body.return_layers) + 1 if cfg.backbone == "resnet50_fpn" else 3
+        sizes = tuple(cfg.anchor_sizes)
+        if len(sizes) == n_levels:  # one size per FPN level (torchvision's layout)
+            anchor_sizes = tuple((s,) for s in sizes)
+        else:  # every size on every level
+            anchor_sizes = (sizes,) * n_levels
+        anchors = AnchorGenerator(anchor_sizes, (tuple(cfg.aspect_ratios),) * n_levels)
+        m = FasterRCNN(bb, num_classes=2, rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=cfg.proposals_train,
+                       rpn_post_nms_top_n_train=cfg.proposals_train, rpn_pre_nms_top_n_test=cfg.proposals_test,
+                       rpn_post_nms_top_n_test=cfg.proposals_test, **common)
+        if load_weights and cfg.weights != "none":
+            _load_detector_weights(m, cfg, offline)
         return m
-    if cfg.backbone == "mobilenet_v3_fpn":
-        m = tvd.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=2,
-                                                  min_size=cfg.min_size, max_size=cfg.max_size)
-        if cfg.pretrained_backbone != "none":
-            _load_backbone_weights(m.backbone.body, cfg.pretrained_backbone)
-        return m
-    backbone = TinyBackbone(64)
-    anchors = AnchorGenerator(sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=((0.67, 1.0, 1.5),))
+    backbone = TinyBackbone(cfg.widths[-1]) if cfg.backbone == "tiny" else SmallBackbone(cfg.widths)
+    c = backbone.out_channels
+    anchors = AnchorGenerator(sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=(tuple(cfg.aspect_ratios),))
     pool = MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2)
-    head = TwoMLPHead(64 * 7 * 7, cfg.representation)
-    return tvd.FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool,
-                          box_head=head, box_predictor=FastRCNNPredictor(cfg.representation, 2),
-                          min_size=cfg.min_size, max_size=cfg.max_size, rpn_pre_nms_top_n_train=300,
-                          rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=30,
-                          rpn_batch_size_per_image=64, box_batch_size_per_image=64, box_detections_per_img=5,
-                          box_score_thresh=0.0)
+    head = TwoMLPHead(c * 7 * 7, cfg.representation)
+    return FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=head,
+                      box_predictor=FastRCNNPredictor(cfg.representation, 2),
+                      rpn_pre_nms_top_n_train=3 * cfg.proposals_train, rpn_post_nms_top_n_train=cfg.proposals_train,
+                      rpn_pre_nms_top_n_test=3 * cfg.proposals_test, rpn_post_nms_top_n_test=cfg.proposals_test,
+                      **common)
 
 
-def detection_dataset(records: list[VideoRecord], max_per_video: int = 8, negatives_per_video: int = 1,
-                      seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Annotated frames (``(H, W, 3)`` uint8, ``(N, 4)`` float boxes) sampled from the records' boxes.
+def _load_detector_weights(m: nn.Module, cfg: DetectorConfig, offline: bool) -> None:
+    """Full torchvision COCO detector weights (all but the 91-class box predictor, which stays 2-class)."""
+    from kfgnet.weights import load_state_dict_file, resolve_weights
 
-    Boxes outside the frame raise :class:`DataError`. Up to ``negatives_per_video`` frames without a box are added
-    as background-only images when the video has unannotated frames far from any box.
-    """
-    rng = np.random.default_rng(seed)
-    out = []
-    for r in records:
-        if not r.boxes:
-            continue
-        frames = read_video(r.path)
-        h, w = frames.shape[1:3]
-        keys = sorted(r.boxes)
-        for k in keys:
-            x1, y1, x2, y2 = r.boxes[k]
-            if k >= len(frames):
-                raise DataError(f"box on frame {k} of {r.path}, which has only {len(frames)} frames")
-            if x1 < -1 or y1 < -1 or x2 > w + 1 or y2 > h + 1:
-                raise DataError(f"box {r.boxes[k]} of frame {k} in {r.path} lies outside the {w}x{h} frame")
-        sel = np.linspace(0, len(keys) - 1, min(len(keys), max_per_video)).round().astype(int)
-        pick = sorted({keys[i] for i in sel})
-        for k in pick:
-            out.append((frames[k], np.asarray([r.boxes[k]], dtype=np.float32)))
-        free = [i for i in range(len(frames)) if all(abs(i - k) > 3 for k in keys)]
-        for i in rng.permutation(free)[:negatives_per_video]:
-            out.append((frames[int(i)], np.zeros((0, 4), np.float32)))
-    if not out:
-        raise DataError("no annotated boxes in the manifest: the detector needs 'boxes' on some frames")
-    return out
+    net = "fasterrcnn_resnet50_fpn" if cfg.backbone == "resnet50_fpn" else "fasterrcnn_mobilenet_v3_large_fpn"
+    path = resolve_weights(cfg.weights, net, "pass --weights none " + _HINT[3:].replace(" --weights none", ""),
+                           offline)
+    sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("roi_heads.box_predictor.")}
+    own = m.state_dict()
+    bad = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    missing, unexpected = m.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith("roi_heads.box_predictor.")
+               and not k.endswith("num_batches_tracked")]
+    if bad or missing or unexpected:
+        raise ValueError(f"{path} is not a torchvision {net} checkpoint matching this config (anchors and heads must "
+                         f"be torchvision's): shape mismatch {bad[:3]}, missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div(255.0)  # (H,W,3)->(3,H,W)
-
-
-def train_detector(samples: list[tuple[np.ndarray, np.ndarray]], cfg: DetectorConfig, device: torch.device,
-                   epochs: int | None = None, progress: bool = True, seed: int = 0,
-                   log: list[dict[str, Any]] | None = None) -> nn.Module:
-    """Train the detector with SGD (lr, momentum 0.9, wd 1e-4; torchvision reference settings) and horizontal flips."""
-    from medshared.runtime import seed_everything
-
-    seed_everything(seed)
-    model = build_detector(cfg).to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    n_ep = cfg.epochs if epochs is None else epochs
-    rng = np.random.default_rng(seed)
-    steps_per_epoch = max(1, int(np.ceil(len(samples) / cfg.batch_size)))
-    total = n_ep * steps_per_epoch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 2), pct_start=0.1)
-    it = range(n_ep)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="train detector", unit="epoch", leave=False)
-    for ep in it:
-        order = rng.permutation(len(samples))
-        tot = 0.0
-        for s in range(steps_per_epoch):
-            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            imgs, tgts = [], []
-            for i in idx:
-                img, boxes = samples[int(i)]
-                boxes = boxes.copy()
-                if rng.uniform() < 0.5:
-                    img = img[:, ::-1]
-                    w = img.shape[1]
-                    boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
-                imgs.append(_to_tensor(img).to(device))
-                tgts.append({"boxes": torch.as_tensor(boxes, device=device).reshape(-1, 4),
-                             "labels": torch.ones(len(boxes), dtype=torch.int64, device=device)})
-            losses = model(imgs, tgts)
-            loss = sum(losses.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched.last_epoch + 1 < max(total, 2):
-                sched.step()
-            tot += float(loss.detach())
-        if log is not None:
-            log.append({"epoch": ep + 1, "loss": tot / steps_per_epoch})
-        if progress:
-            it.set_postfix(loss=f"{tot / steps_per_epoch:.3f}")
-    return model.eval()
 
 
 @dataclass
@@ -199,10 +187,35 @@ class FrameDetections:
                    int(z["num_frames"]))
 
 
+class _Capture:
+    """Forward hooks that keep the last backbone features and transformed image sizes of a public ``model(images)``
+    call, so the top boxes' FC7 features can be pooled from them in one batched call."""
+
+    def __init__(self, model: nn.Module):
+        self.feats: dict[str, torch.Tensor] = {}
+        self.image_sizes: list[tuple[int, int]] = []
+        self._hooks = [model.backbone.register_forward_hook(self._on_backbone),
+                       model.transform.register_forward_hook(self._on_transform)]
+
+    def _on_backbone(self, _m: nn.Module, _inp: Any, out: Any) -> None:
+        self.feats = {"0": out} if isinstance(out, torch.Tensor) else dict(out)
+
+    def _on_transform(self, _m: nn.Module, _inp: Any, out: Any) -> None:
+        self.image_sizes = [tuple(s) for s in out[0].image_sizes]
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, batch_size: int = 16,
                   score_threshold: float = 0.05) -> FrameDetections:
     """Run the detector on every frame and keep each frame's top detection with its FC7 feature.
+
+    The detector runs through its public ``model(images)`` call; forward hooks keep the backbone features, and the
+    top boxes of a whole batch are pooled (``roi_heads.box_roi_pool``) and passed through the box head
+    (``roi_heads.box_head``, torchvision's FC7) in one call per batch.
 
     Args:
         frames: ``(T, H, W, 3)`` uint8 RGB.
@@ -212,30 +225,30 @@ def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, ba
     """
     model.eval()
     fn, bx, sc, ft = [], [], [], []
-    for s in range(0, len(frames), batch_size):
-        imgs = [_to_tensor(f).to(device) for f in frames[s:s + batch_size]]
-        orig = [tuple(im.shape[-2:]) for im in imgs]
-        il, _ = model.transform(imgs)
-        feats = model.backbone(il.tensors)
-        if isinstance(feats, torch.Tensor):
-            feats = {"0": feats}
-        props, _ = model.rpn(il, feats)
-        dets, _ = model.roi_heads(feats, props, il.image_sizes)
-        for j, d in enumerate(dets):
-            keep = d["scores"] >= score_threshold
-            if not bool(keep.any()):
-                continue
-            top = int(torch.argmax(d["scores"] * keep))
-            box_r = d["boxes"][top:top + 1]  # (1, 4) in the resized image
-            f = model.roi_heads.box_head(model.roi_heads.box_roi_pool(
-                {k: v[j:j + 1] for k, v in feats.items()}, [box_r], [il.image_sizes[j]]))  # (1, D)
-            rh, rw = il.image_sizes[j]
-            oh, ow = orig[j]
-            scale = torch.tensor([ow / rw, oh / rh, ow / rw, oh / rh], device=box_r.device)
-            fn.append(s + j)
-            bx.append((box_r[0] * scale).cpu().numpy())
-            sc.append(float(d["scores"][top]))
-            ft.append(f[0].float().cpu().numpy())
+    cap = _Capture(model)
+    try:
+        for s in range(0, len(frames), batch_size):
+            imgs = [_to_tensor(f).to(device) for f in frames[s:s + batch_size]]
+            dets = model(imgs)  # boxes in the original frame's pixels
+            top: list[torch.Tensor] = []
+            for j, d in enumerate(dets):
+                keep = d["scores"] >= score_threshold
+                if not bool(keep.any()):
+                    top.append(torch.zeros(0, 4, device=device))
+                    continue
+                k = int(torch.argmax(d["scores"] * keep))
+                rh, rw = cap.image_sizes[j]
+                oh, ow = imgs[j].shape[-2:]
+                scale = torch.tensor([rw / ow, rh / oh, rw / ow, rh / oh], device=device)
+                top.append(d["boxes"][k:k + 1] * scale)  # (1, 4) in the resized image, as the features
+                fn.append(s + j)
+                bx.append(d["boxes"][k].cpu().numpy())
+                sc.append(float(d["scores"][k]))
+            if any(len(t) for t in top):
+                pooled = model.roi_heads.box_roi_pool(cap.feats, top, cap.image_sizes)  # (n, C, 7, 7)
+                ft.extend(model.roi_heads.box_head(pooled).float().cpu().numpy())  # (n, D)
+    finally:
+        cap.close()
     d = ft[0].shape[0] if ft else int(model.roi_heads.box_head.fc7.out_features)
     return FrameDetections(np.asarray(fn, dtype=np.int64), np.asarray(bx, dtype=np.float32).reshape(-1, 4),
                            np.asarray(sc, dtype=np.float32), np.asarray(ft, dtype=np.float32).reshape(-1, d),
@@ -243,20 +256,29 @@ def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, ba
 
 
 def save_detector(path: Path, model: nn.Module, cfg: DetectorConfig, extra: dict[str, Any] | None = None) -> None:
+    """Safetensors checkpoint with the detector config (and ``extra``, e.g. the training median box) in its
+    metadata."""
     from medshared.checkpoint import save_checkpoint
+    from medshared.distributed import unwrap_model
 
-    save_checkpoint(path, model.state_dict(), {"detector": config_to_dict(cfg)}, extra)
+    save_checkpoint(path, unwrap_model(model).state_dict(), {"detector": config_to_dict(cfg)}, extra)
 
 
-def load_detector(path: Path, device: torch.device) -> tuple[nn.Module, DetectorConfig]:
+def load_detector(path: Path, device: torch.device, with_extra: bool = False) -> Any:
+    """Rebuild a detector from its checkpoint alone (no weights are downloaded: the checkpoint holds them).
+
+    Returns:
+        ``(model in eval mode, config)``, plus the checkpoint's ``extra`` dict when ``with_extra``.
+    """
     from medshared.checkpoint import load_checkpoint
 
     from kfgnet.config import config_from_dict
 
-    sd, conf, _ = load_checkpoint(path)
+    sd, conf, extra = load_checkpoint(path)
     if "detector" not in conf:
         raise ValueError(f"{path} is not a kfgnet detector checkpoint (no detector config in its metadata)")
     cfg = config_from_dict(DetectorConfig, conf["detector"])
-    m = build_detector(cfg)
+    m = build_detector(cfg, load_weights=False)
     m.load_state_dict(sd)
-    return m.to(device).eval(), cfg
+    m = m.to(device).eval()
+    return (m, cfg, extra) if with_extra else (m, cfg)
