@@ -25,6 +25,8 @@ __all__ = [
     "TABLE1_ROWS",
     "get_classifier_config",
     "get_keyframe_config",
+    "get_keyframe_train_config",
+    "KEYFRAME_TRAIN_PRESETS",
     "get_detector_config",
     "config_to_dict",
     "config_from_dict",
@@ -43,18 +45,38 @@ class ClipConfig:
         sampling: ``"keyframe"`` = T consecutive frames centred on the key frame [P §2];
             ``"uniform"`` = T frames sampled uniformly over the whole video (Table 1 rows without key frame) [P §3].
         key_position: index of the key frame inside an interior clip; T // 2 = 16 [I, fork: start = k - 16].
+        crop: ``"nodule"`` = a square around the key frame's nodule box, fixed over the clip, resized to ``size``
+            (aspect ratio kept, zero padding at the border) [P §3 "resize each nodule to 112 x 112"]; ``"frame"`` = the
+            whole frame squashed to ``size x size`` (the official loader [V]; ablation).
+        crop_margin: margin added on each side of the box, as a fraction of its longer side (0.25: the nodule fills
+            2/3 of the crop) [I: the paper gives none].
+        min_frames: videos with fewer frames are refused; videos shorter than ``num_frames`` but at least this long
+            are repeat-padded with the edge frames, with a warning (or refused with ``--no-pad-short``) [I].
+        blackout: pixels (top, bottom, left, right) set to 0 on every frame before anything else: the scanner's
+            burned-in text bands [I]; (0, 0, 0, 0) = off.
     """
 
     num_frames: int = 32
     size: int = 112
     sampling: str = "keyframe"
     key_position: int | None = None
+    crop: str = "nodule"
+    crop_margin: float = 0.25
+    min_frames: int = 8
+    blackout: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __post_init__(self) -> None:
         if self.sampling not in ("keyframe", "uniform"):
             raise ValueError(f"sampling must be 'keyframe' or 'uniform', got {self.sampling!r}")
+        if self.crop not in ("nodule", "frame"):
+            raise ValueError(f"clip.crop must be 'nodule' or 'frame', got {self.crop!r}")
         if self.num_frames < 4 or self.size < 16:
             raise ValueError(f"clip too small: num_frames={self.num_frames} (>=4), size={self.size} (>=16)")
+        if not 1 <= self.min_frames <= self.num_frames:
+            raise ValueError(f"clip.min_frames must lie in 1..num_frames ({self.num_frames}), got {self.min_frames}")
+        if self.crop_margin < 0 or len(self.blackout) != 4 or any(v < 0 for v in self.blackout):
+            raise ValueError(f"clip.crop_margin must be >= 0 and clip.blackout 4 non-negative pixel counts, got "
+                             f"{self.crop_margin}, {self.blackout}")
 
 
 @dataclass(frozen=True)
@@ -137,6 +159,9 @@ class ClassifierTrainConfig:
         flip_prob: p of each of the T, H, W flips [V loader]; intensity_prob: p of the intensity shift
             (offset +-0.1, scale x[0.9, 1.1]) [V loader].
         bf16: bf16 autocast; channels_last: channels_last_3d memory format (speed switches, see bench/).
+        num_workers: DataLoader workers (augmentation differs per worker and epoch: ``medshared.runtime.worker_rng``).
+        sync_bn: SyncBatchNorm under torchrun on CUDA (BatchNorm3d statistics over the effective batch); on CPU
+            each rank normalises over its own clips.
     """
 
     lr: float = 1e-3
@@ -153,6 +178,7 @@ class ClassifierTrainConfig:
     channels_last: bool = False
     seed: int = 0
     num_workers: int = 0
+    sync_bn: bool = False
 
 
 @dataclass(frozen=True)
@@ -291,14 +317,30 @@ class KeyFrameConfig:
 
 @dataclass(frozen=True)
 class KeyFrameTrainConfig:
-    """Stage 1 LSTM optimisation: Adam 0.01, batch 64, 20 epochs, MSE [P §3]; extras from the official code [V]."""
+    """Stage 1 LSTM optimisation: Adam 0.01, batch 64, 20 epochs, MSE [P §3]; the official code's extras [V] are
+    switches, all set by the ``official_2023`` preset (lr 1e-3, weight decay 1e-8, x0.1 at epoch 10, gradient-norm
+    clip 0.5, MSE over the padding too).
+
+    Attributes:
+        lr, epochs, batch_size, weight_decay: Adam settings; batch_size is the effective batch under torchrun.
+        lr_milestones, lr_gamma: step decay (MultiStepLR) epochs and factor; () = constant lr.
+        grad_clip: gradient-norm clip (0 = off).
+        mask_padding: MSE over real entries only [I]; False averages over the zero padding too [V].
+        val_fraction: patients held out to pick the best epoch (D = 0 accuracy, ties: D <= 2, then lower MSE) [V
+            selects by exact hit]; 0 = keep the last epoch.
+        val_every: validate every k epochs (official 2).
+    """
 
     lr: float = 0.01
     epochs: int = 20
     batch_size: int = 64
     weight_decay: float = 0.0
-    grad_clip: float = 0.0  # official 0.5 [V]
-    mask_padding: bool = True  # official computes MSE over zero padding too [V]; we mask it [I]
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    grad_clip: float = 0.0
+    mask_padding: bool = True
+    val_fraction: float = 0.2
+    val_every: int = 1
     seed: int = 0
 
 
@@ -334,6 +376,14 @@ KEYFRAME_PRESETS: dict[str, dict[str, Any]] = {
                       "bidirectional": True, "non_local": True, "layer_norm": True, "sigmoid": True},
     "kfgnet_keyframe_tiny": {"feature_dim": 64, "feat_embed": 32, "geo_embed": 32, "lstm_hidden": 32,
                              "head_hidden": 16, "bidirectional": True},
+}
+
+# stage-1 optimisation per key-frame preset: the paper's [P §3], the official trainRNN.py [V brief §2]
+KEYFRAME_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    "kfgnet_keyframe": {},
+    "official_2023": {"lr": 1e-3, "weight_decay": 1e-8, "lr_milestones": (10,), "lr_gamma": 0.1, "grad_clip": 0.5,
+                      "mask_padding": False, "val_every": 2},
+    "kfgnet_keyframe_tiny": {},
 }
 
 DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
@@ -373,6 +423,11 @@ def get_classifier_config(name: str = "kfgnet_light_c3d", **overrides: Any) -> C
 def get_keyframe_config(name: str = "kfgnet_keyframe", **overrides: Any) -> KeyFrameConfig:
     """Registry lookup of a key-frame model preset (``kfgnet_keyframe``, ``official_2023``, ``..._tiny``)."""
     return _get(KEYFRAME_PRESETS, KeyFrameConfig, name, overrides)
+
+
+def get_keyframe_train_config(name: str = "kfgnet_keyframe", **overrides: Any) -> KeyFrameTrainConfig:
+    """Stage-1 optimisation of a key-frame preset (``official_2023``: the official lr, decay and clipping)."""
+    return _get(KEYFRAME_TRAIN_PRESETS, KeyFrameTrainConfig, name, overrides)
 
 
 def get_detector_config(name: str = "resnet50_fpn", **overrides: Any) -> DetectorConfig:

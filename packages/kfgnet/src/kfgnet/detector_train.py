@@ -93,13 +93,13 @@ def train_detector(train_items: list[DetectionItem], val_items: list[DetectionIt
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     state_path = out_dir / "detector.state.pt"
-    start, best, log = 0, -1.0, []
+    start, best, log = 0, (-1.0, -1.0), []
     if state_path.is_file():
         st = torch.load(state_path, map_location=device, weights_only=False)
         if check_resumable(state_path, st.get("config_hash"), run_hash, restart):
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
-            start, best, log = int(st["epoch"]), float(st["best"]), list(st["log"])
+            start, best, log = int(st["epoch"]), tuple(st["best"]), list(st["log"])
     barrier(ctx)  # every rank has read the state before rank 0 may overwrite it
     model = wrap_model(model, ctx, sync_batchnorm=sync_bn)
     ds = DetectionDataset(train_items, hflip=cfg.hflip)
@@ -151,8 +151,8 @@ def train_detector(train_items: list[DetectionItem], val_items: list[DetectionIt
                     predict_items(inner, val_items, device), ground_truths(val_items)).items()})
                 rec["val_seconds"] = time.perf_counter() - t1
                 inner.train()
-            score = rec.get("val_ap50", float(epoch))
-            if score > best or not val_items:
+            score = (rec["val_ap50"], rec["val_ap"]) if val_items else (float(epoch), 0.0)
+            if score > best or not val_items:  # AP50 first, COCO AP breaks ties (AP50 saturates on DDTI)
                 best = score
                 rec["best"] = True
                 save_detector(out_dir / "detector_best.safetensors", inner, cfg, {**extra, "epoch": epoch + 1,
@@ -163,11 +163,14 @@ def train_detector(train_items: list[DetectionItem], val_items: list[DetectionIt
                 torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                             "best": best, "log": log, "config_hash": run_hash}, tmp)
             atomic_write_csv(out_dir / "detector_log.csv", log)
-            atomic_write_json(out_dir / "train.json", {**info, "log": log, "best_val_ap50": best if val_items
-                                                       else None, "epochs_done": epoch + 1})
+            atomic_write_json(out_dir / "train.json", {**info, "log": log, "best_val_ap50": best[0] if val_items
+                                                       else None, "best_val_ap": best[1] if val_items else None,
+                                                       "epochs_done": epoch + 1})
         log = broadcast_object(log, ctx)
         barrier(ctx)
-    return {**info, "log": log, "best_val_ap50": best if val_items else None}
+    best = broadcast_object(best, ctx)
+    return {**info, "log": log, "best_val_ap50": best[0] if val_items else None,
+            "best_val_ap": best[1] if val_items else None}
 
 
 def detector_config_for_batch(cfg: DetectorConfig, batch_size: int | None, epochs: int | None) -> DetectorConfig:
