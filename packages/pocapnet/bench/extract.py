@@ -121,8 +121,13 @@ def main() -> None:
     t_window, c_window = (v / n_x for v in _time(naive_x, a.rounds))
     rows.append(("xray per second: once per frame", t_frame * 1e3, "ms"))
     rows.append(("xray per second: once per 7-image window", t_window * 1e3, "ms"))
-    rows.append(("xray per second, CPU time: once per frame / once per window (ms)",
-                 f"{c_frame * 1e3:.0f} / {c_window * 1e3:.0f}", ""))
+    rows.append(
+        (
+            "xray per second, CPU time: once per frame / once per window (ms)",
+            f"{c_frame * 1e3:.0f} / {c_window * 1e3:.0f}",
+            "",
+        )
+    )
     ratio_x = t_window / t_frame
 
     # 2. Audio, tiny model (all windows of the op) and XLSR-53 size (a few windows)
@@ -135,24 +140,46 @@ def main() -> None:
         (single, fp32, autoc, bf16), (t_single, t_b32, t_auto, t_b16) = _time_audio(ext, w, a.device, a.rounds)
         cpu = [_CPU[k] / n for k in range(4)]
         _CPU.clear()
-        rows.append((f"audio {name} per window, CPU time: single fp32 / batched fp32 / autocast / bf16 (ms)",
-                     " / ".join(f"{c * 1e3:.0f}" for c in cpu), ""))
-        res[name] = {"cpu_ratio": cpu[0] / cpu[3], "cpu_ratio_autocast": cpu[0] / cpu[2], "cpu": cpu,
-                     "single_fp32_s": t_single / n, "batched_fp32_s": t_b32 / n, "batched_autocast_s": t_auto / n,
-                     "batched_bf16_s": t_b16 / n, "cos_fp32": _cos(fp32, single), "cos_autocast": _cos(autoc, single),
-                     "cos_bf16": _cos(bf16, single)}
+        rows.append(
+            (
+                f"audio {name} per window, CPU time: single fp32 / batched fp32 / autocast / bf16 (ms)",
+                " / ".join(f"{c * 1e3:.0f}" for c in cpu),
+                "",
+            )
+        )
+        res[name] = {
+            "cpu_ratio": cpu[0] / cpu[3],
+            "cpu_ratio_autocast": cpu[0] / cpu[2],
+            "cpu": cpu,
+            "single_fp32_s": t_single / n,
+            "batched_fp32_s": t_b32 / n,
+            "batched_autocast_s": t_auto / n,
+            "batched_bf16_s": t_b16 / n,
+            "cos_fp32": _cos(fp32, single),
+            "cos_autocast": _cos(autoc, single),
+            "cos_bf16": _cos(bf16, single),
+        }
         for k in ("single_fp32_s", "batched_fp32_s", "batched_autocast_s", "batched_bf16_s"):
             rows.append((f"audio {name} per window: {k[:-2]}", res[name][k] * 1e3, "ms"))
-        rows.append((f"audio {name} cosine vs single fp32: batched fp32 / autocast / bf16 (synthetic)",
-                     f"{res[name]['cos_fp32']:.5f} / {res[name]['cos_autocast']:.5f} / {res[name]['cos_bf16']:.5f}",
-                     ""))
+        rows.append(
+            (
+                f"audio {name} cosine vs single fp32: batched fp32 / autocast / bf16 (synthetic)",
+                f"{res[name]['cos_fp32']:.5f} / {res[name]['cos_autocast']:.5f} / {res[name]['cos_bf16']:.5f}",
+                "",
+            )
+        )
         speech = _speech_windows(cfg)
         if speech is not None:
             sp32 = torch.cat([ext(speech[i : i + 4], bf16=False) for i in range(0, len(speech), 4)])
             sp16 = torch.cat([ext(speech[i : i + 4], bf16=True) for i in range(0, len(speech), 4)])
             res[name]["cos_bf16_speech"] = _cos(sp16, sp32)
-            rows.append((f"audio {name} cosine bf16 vs fp32, real German speech ({len(speech)} windows, min)",
-                         f"{res[name]['cos_bf16_speech']:.5f}", ""))
+            rows.append(
+                (
+                    f"audio {name} cosine bf16 vs fp32, real German speech ({len(speech)} windows, min)",
+                    f"{res[name]['cos_bf16_speech']:.5f}",
+                    "",
+                )
+            )
         del ext
     big = res["xlsr53-size"]
     cos_ok = min(big["cos_bf16"], big.get("cos_bf16_speech", 1.0)) >= 0.99
@@ -167,8 +194,13 @@ def main() -> None:
     ratio = naive / new
     cpu_new_audio = big["cpu"][3] if cos_ok else big["cpu"][1]
     ratio_cpu = (c_window + 3 * big["cpu"][0]) / (c_frame + 3 * cpu_new_audio)
-    rows.append(("whole extraction per op-second, CPU time: new / naive (ms)",
-                 f"{(c_frame + 3 * cpu_new_audio) * 1e3:.0f} / {(c_window + 3 * big['cpu'][0]) * 1e3:.0f}", ""))
+    rows.append(
+        (
+            "whole extraction per op-second, CPU time: new / naive (ms)",
+            f"{(c_frame + 3 * cpu_new_audio) * 1e3:.0f} / {(c_window + 3 * big['cpu'][0]) * 1e3:.0f}",
+            "",
+        )
+    )
     rows.append(("whole extraction per op-second (xlsr53-size): new", new * 1e3, "ms"))
     rows.append(("whole extraction per op-second (xlsr53-size): naive", naive * 1e3, "ms"))
     rows.append(("real-time factor, XLSR-53-size audio, one channel (new way)", rtf, "x"))
@@ -177,18 +209,33 @@ def main() -> None:
     print(f"{'measurement':92s} value")
     for name, v, unit in rows:
         print(f"{name:92s} {v:.2f} {unit}" if isinstance(v, float) else f"{name:92s} {v}")
-    print(json.dumps({
-        "bench": "extract", "ratio": round(ratio, 2), "target": 3.0, "ratio_cpu": round(ratio_cpu, 2),
-        "xray_ratio": round(ratio_x, 2), "xray_ratio_cpu": round(c_window / c_frame, 2),
-        "xray_target": 5.0, "audio_ratio": round(ratio_audio, 2), "audio_target": 2.0,
-        "audio_ratio_autocast": round(ratio_audio_autocast, 2), "audio_cpu_ratio": round(big["cpu_ratio"], 2),
-        "audio_cpu_ratio_autocast": round(big["cpu_ratio_autocast"], 2), "audio_cos_bf16": round(big["cos_bf16"], 5),
-        "audio_cos_bf16_speech_de": round(big.get("cos_bf16_speech", float("nan")), 5),
-        "audio_cos_autocast": round(big["cos_autocast"], 5), "audio_cos_fp32": round(big["cos_fp32"], 5),
-        "rtf_xlsr53_per_channel": round(rtf, 3), "rtf_xlsr53_fp32": round(big["batched_fp32_s"], 3),
-        "threads": torch.get_num_threads(), "quick": a.quick,
-        "device": a.device,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "extract",
+                "ratio": round(ratio, 2),
+                "target": 3.0,
+                "ratio_cpu": round(ratio_cpu, 2),
+                "xray_ratio": round(ratio_x, 2),
+                "xray_ratio_cpu": round(c_window / c_frame, 2),
+                "xray_target": 5.0,
+                "audio_ratio": round(ratio_audio, 2),
+                "audio_target": 2.0,
+                "audio_ratio_autocast": round(ratio_audio_autocast, 2),
+                "audio_cpu_ratio": round(big["cpu_ratio"], 2),
+                "audio_cpu_ratio_autocast": round(big["cpu_ratio_autocast"], 2),
+                "audio_cos_bf16": round(big["cos_bf16"], 5),
+                "audio_cos_bf16_speech_de": round(big.get("cos_bf16_speech", float("nan")), 5),
+                "audio_cos_autocast": round(big["cos_autocast"], 5),
+                "audio_cos_fp32": round(big["cos_fp32"], 5),
+                "rtf_xlsr53_per_channel": round(rtf, 3),
+                "rtf_xlsr53_fp32": round(big["batched_fp32_s"], 3),
+                "threads": torch.get_num_threads(),
+                "quick": a.quick,
+                "device": a.device,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -90,8 +90,11 @@ def main() -> None:
     reps = 7 if a.quick else 21
     img = torch.randn(cfg.image_dim)
     aud = torch.randn(cfg.num_mics, cfg.audio_frames, cfg.audio_dim)
-    sps = {"reference": StreamingPredictor(model, B, fast=False), "fast": StreamingPredictor(model, B),
-           "fast bf16": StreamingPredictor(model, B, bf16=True)}
+    sps = {
+        "reference": StreamingPredictor(model, B, fast=False),
+        "fast": StreamingPredictor(model, B),
+        "fast bf16": StreamingPredictor(model, B, bf16=True),
+    }
     positions = [1, B // 4, B // 2, B]
     rows = []
     ms: dict[tuple[str, int], float] = {}
@@ -113,14 +116,25 @@ def main() -> None:
                 ms[(k, pos)] = float(np.median(lat[k]))
                 cpu_ms[(k, pos)] = float(np.median(cpu[k]))
         for k in sps:
-            rows.append((f"{k}: step at second " + " / ".join(map(str, positions)) + f" of a {B}-s chunk, wall",
-                         " / ".join(f"{ms[(k, p)]:.1f}" for p in positions)))
-            rows.append((f"{k}: same, CPU time of the process (insensitive to other jobs' load)",
-                         " / ".join(f"{cpu_ms[(k, p)]:.1f}" for p in positions)))
+            rows.append(
+                (
+                    f"{k}: step at second " + " / ".join(map(str, positions)) + f" of a {B}-s chunk, wall",
+                    " / ".join(f"{ms[(k, p)]:.1f}" for p in positions),
+                )
+            )
+            rows.append(
+                (
+                    f"{k}: same, CPU time of the process (insensitive to other jobs' load)",
+                    " / ".join(f"{cpu_ms[(k, p)]:.1f}" for p in positions),
+                )
+            )
         # causal variant (pocapnet_causal): incremental MS-TCN, O(layers) per second
         cmodel = PoCaPNet(get_config("pocapnet_causal").model).eval()
-        causal = {"reference": StreamingPredictor(cmodel, B, fast=False), "fast": StreamingPredictor(cmodel, B),
-                  "fast bf16": StreamingPredictor(cmodel, B, bf16=True)}
+        causal = {
+            "reference": StreamingPredictor(cmodel, B, fast=False),
+            "fast": StreamingPredictor(cmodel, B),
+            "fast bf16": StreamingPredictor(cmodel, B, bf16=True),
+        }
         clat: dict[str, list[float]] = {k: [] for k in causal}
         ccpu: dict[str, list[float]] = {k: [] for k in causal}
         for _ in range(reps * 3):
@@ -131,10 +145,18 @@ def main() -> None:
                 clat[k].append((time.perf_counter() - t0) * 1e3)
         causal_ms = {k: float(np.median(v)) for k, v in clat.items()}
         causal_cpu = {k: float(np.median(v)) for k, v in ccpu.items()}
-        rows.append(("pocapnet_causal, incremental MS-TCN: reference / fast / fast bf16, wall",
-                     " / ".join(f"{causal_ms[k]:.1f}" for k in causal)))
-        rows.append(("pocapnet_causal, incremental MS-TCN: reference / fast / fast bf16, CPU time",
-                     " / ".join(f"{causal_cpu[k]:.1f}" for k in causal)))
+        rows.append(
+            (
+                "pocapnet_causal, incremental MS-TCN: reference / fast / fast bf16, wall",
+                " / ".join(f"{causal_ms[k]:.1f}" for k in causal),
+            )
+        )
+        rows.append(
+            (
+                "pocapnet_causal, incremental MS-TCN: reference / fast / fast bf16, CPU time",
+                " / ".join(f"{causal_cpu[k]:.1f}" for k in causal),
+            )
+        )
         # naive: whole model over the chunk so far, at the end of a chunk
         n = B if not a.quick else B // 4
         imgs = img.expand(n, 7, -1).contiguous()
@@ -159,30 +181,52 @@ def main() -> None:
             (p1, q1), (p2, q2) = f32.step(xi, xa), f16.step(xi, xa)
             same += int(p1 == p2)
             dmax = max(dmax, float(np.abs(q1 - q2).max()))
-        rows.append((f"random model: fast bf16 vs fast fp32 over {n_agree} s (chunks of 128): argmax agreement, "
-                     "max |dprob|", f"{same / n_agree:.4f}, {dmax:.2e}"))
+        rows.append(
+            (
+                f"random model: fast bf16 vs fast fp32 over {n_agree} s (chunks of 128): argmax agreement, max |dprob|",
+                f"{same / n_agree:.4f}, {dmax:.2e}",
+            )
+        )
         trained = _trained_agreement(a.checkpoint, a.features) if a.checkpoint and a.features else None
         if trained is not None:
-            rows.append((f"trained model ({trained['seconds']} s of real features): fast fp32 / fast bf16 agreement "
-                         "with reference", f"{trained['fast']:.4f} / {trained['fast bf16']:.4f}"))
+            rows.append(
+                (
+                    f"trained model ({trained['seconds']} s of real features): fast fp32 / fast bf16 agreement "
+                    "with reference",
+                    f"{trained['fast']:.4f} / {trained['fast bf16']:.4f}",
+                )
+            )
     print(f"{'measurement':96s} ms")
     for name, v in rows:
         print(f"{name:96s} {v}")
     worst = max(ms[("fast", p)] for p in positions)
     worst_cpu = {k: max(cpu_ms[(k, p)] for p in positions) for k in sps}
     ref = ms[("fast", B)] if n == B else ms[("fast", B // 4)]
-    print(json.dumps({"bench": "stream", "ratio": round(naive / ref, 2), "target": 1.0,
-                      "latency_ms": {k: [round(ms[(k, p)], 2) for p in positions] for k in sps},
-                      "cpu_ms": {k: [round(cpu_ms[(k, p)], 2) for p in positions] for k in sps},
-                      "positions": positions, "latency_ms_worst_fast": round(worst, 2), "latency_target_ms": 20.0,
-                      "cpu_ms_worst": {k: round(v, 2) for k, v in worst_cpu.items()},
-                      "latency_ok": worst < 20.0,
-                      "cpu_ok": {k: v < 20.0 for k, v in worst_cpu.items()},
-                      "causal_ms": {k: round(v, 2) for k, v in causal_ms.items()},
-                      "causal_cpu_ms": {k: round(v, 2) for k, v in causal_cpu.items()},
-                      "bf16_agreement": round(same / n_agree, 4), "bf16_max_dprob": float(f"{dmax:.3g}"),
-                      "trained_agreement": trained,
-                      "batch_size": B, "threads": torch.get_num_threads(), "quick": a.quick}))
+    print(
+        json.dumps(
+            {
+                "bench": "stream",
+                "ratio": round(naive / ref, 2),
+                "target": 1.0,
+                "latency_ms": {k: [round(ms[(k, p)], 2) for p in positions] for k in sps},
+                "cpu_ms": {k: [round(cpu_ms[(k, p)], 2) for p in positions] for k in sps},
+                "positions": positions,
+                "latency_ms_worst_fast": round(worst, 2),
+                "latency_target_ms": 20.0,
+                "cpu_ms_worst": {k: round(v, 2) for k, v in worst_cpu.items()},
+                "latency_ok": worst < 20.0,
+                "cpu_ok": {k: v < 20.0 for k, v in worst_cpu.items()},
+                "causal_ms": {k: round(v, 2) for k, v in causal_ms.items()},
+                "causal_cpu_ms": {k: round(v, 2) for k, v in causal_cpu.items()},
+                "bf16_agreement": round(same / n_agree, 4),
+                "bf16_max_dprob": float(f"{dmax:.3g}"),
+                "trained_agreement": trained,
+                "batch_size": B,
+                "threads": torch.get_num_threads(),
+                "quick": a.quick,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pocapnet.data import (
     phase_index,
     read_annotations,
     read_frame,
+    read_label_csv,
     read_wav,
 )
 from pocapnet.synthetic import make_schedule, make_synthetic_dataset
@@ -60,8 +61,16 @@ def test_loader_on_synthetic_json_and_csv(syn_data, tmp_path):
     assert op.audio.shape == (3, op.seconds * 16000) and len(op.labels) == op.seconds
     ann = read_annotations(syn_data / "annotations.json")
     assert set(ann) == set(ops)
-    make_synthetic_dataset(tmp_path, n_ops=1, seconds=(20, 20), seed=1, frame_size=32, labels_format="csv",
-                           frame_format="png", progress=False)
+    make_synthetic_dataset(
+        tmp_path,
+        n_ops=1,
+        seconds=(20, 20),
+        seed=1,
+        frame_size=32,
+        labels_format="csv",
+        frame_format="png",
+        progress=False,
+    )
     op2 = load_operation(tmp_path, "OP_001")
     assert op2.frames[0].suffix == ".png" and op2.labels.shape == (20,)
     assert set(op2.labels.tolist()) <= set(range(len(PHASES)))
@@ -77,7 +86,11 @@ def test_channel_length_mismatch(one_op):
     p = one_op / "OP_001" / "Channel_3.wav"
     x, sr = sf.read(p)
     sf.write(p, x[: 10 * sr], sr)
-    with pytest.raises(DataError, match="channel lengths disagree"):
+    with pytest.raises(
+        DataError,
+        match=r"lengths disagree \(Channel_1.wav 20 s, Channel_2.wav 20 s, Channel_3.wav "
+        r"10 s, frames 20 s\).*--trim",
+    ):
         load_operation(one_op, "OP_001")
 
 
@@ -85,7 +98,7 @@ def test_frames_mismatch_and_gap(one_op):
     d = one_op / "OP_001"
     for i in range(11, 21):
         (d / f"frame_{i:05d}.jpg").unlink()
-    with pytest.raises(DataError, match="10 frames but 20.0 s of audio"):
+    with pytest.raises(DataError, match="frames 10 s.*--trim to cut all to 10 s"):
         load_operation(one_op, "OP_001")
     (d / "frame_00005.jpg").unlink()
     with pytest.raises(DataError, match="without gaps"):
@@ -113,12 +126,12 @@ def test_no_labels(one_op):
     assert load_operation(one_op, "OP_001", require_labels=False).labels is None
 
 
-def test_resampling_warns(tmp_path):
+def test_resampling_is_logged(tmp_path, caplog):
     x = np.sin(np.linspace(0, 100, 44100)).astype(np.float32)
     sf.write(tmp_path / "a.wav", x, 44100)
-    with pytest.warns(UserWarning, match="resampled"):
+    with caplog.at_level("WARNING", logger="pocapnet"):
         y = read_wav(tmp_path / "a.wav", 16000)
-    assert len(y) == 16000
+    assert len(y) == 16000 and "44100 Hz resampled to 16000 Hz" in caplog.text
 
 
 def _real():
@@ -146,3 +159,71 @@ def test_real_speech_reads(tmp_path):
         x = read_wav(f)
         assert x.ndim == 1 and len(x) > 16000 and np.abs(x).max() <= 1.0
     shutil.copy(next((d / "speech_de").glob("*.wav")), tmp_path / "x.wav")
+
+
+# ------------------------------------------------------------------------------------- no silent input changes
+def _policy(**kw):
+    from pocapnet.data import InputPolicy
+
+    return InputPolicy(**kw)
+
+
+def test_stereo_channel_is_an_error_unless_mixing_is_asked_for(one_op, caplog):
+    p = one_op / "OP_001" / "Channel_1.wav"
+    x, sr = sf.read(p, dtype="float32")
+    sf.write(p, np.stack([x, -x], axis=1), sr, subtype="FLOAT")  # an opposite-polarity pair: the mean is silence
+    with pytest.raises(
+        DataError,
+        match=r"Channel_1.wav has 2 channels.*--channel NAME=Channel_1.wav:INDEX.*"
+        r"--mix-to-mono",
+    ):
+        load_operation(one_op, "OP_001")
+    with caplog.at_level("WARNING", logger="pocapnet"):
+        op = load_operation(one_op, "OP_001", policy=_policy(mix_to_mono=True))
+    assert "2 channels averaged to mono (--mix-to-mono)" in caplog.text
+    assert op.changes == ["Channel_1.wav: 2 channels averaged to mono"]
+    assert np.abs(op.audio[0]).max() == 0.0  # what the flag does is what it says: here it cancels the signal
+    assert read_wav(p, channel=1)[100] == pytest.approx(-x[100])  # an explicit channel is read as stored
+
+
+def test_multiframe_dicom_frame_is_an_error_unless_first_frame_is_asked_for(tmp_path, caplog, dicom_writer):
+    frames = np.stack([np.full((8, 8), v, np.uint16) for v in (0, 1000, 2000)])
+    frames[:, 0, 0] = 3000  # every frame has contrast
+    p = dicom_writer(tmp_path / "frame_00001.dcm", frames, frame_time_ms=1000)
+    with pytest.raises(DataError, match=r"multi-frame DICOM \(3 frames\).*pocapnet ingest --xray frame_00001.dcm"):
+        read_frame(p)
+    with caplog.at_level("WARNING", logger="pocapnet"):
+        img = read_frame(p, dicom_first_frame=True)
+    assert "only the first is used" in caplog.text
+    assert img.shape == (8, 8) and img[1, 1] == 0 and img[0, 0] == 255  # frame 0 (value 0), min-max scaled
+
+
+def test_issue_example_six_frames_for_nine_seconds(tmp_path, caplog):
+    # the issue's case: 6 frames, 9 s of audio; Closing (from 5 s) must not vanish silently
+    make_synthetic_dataset(tmp_path, n_ops=1, seconds=(9, 9), seed=2, frame_size=16, progress=False)
+    d = tmp_path / "OP_001"
+    for i in range(7, 10):
+        (d / f"frame_{i:05d}.jpg").unlink()
+    ann = [["OP_001", "Dr A", "Dr B", ["00:00-00:04", "00:05-00:08"], ["Preparation", "Closing"]]]
+    (tmp_path / "annotations.json").write_text(json.dumps(ann))
+    with pytest.raises(DataError, match="frames 6 s.*--trim to cut all to 6 s"):
+        load_operation(tmp_path, "OP_001")
+    with caplog.at_level("WARNING", logger="pocapnet"):
+        op = load_operation(tmp_path, "OP_001", policy=_policy(trim=True))
+    assert op.seconds == 6 and op.labels.tolist() == [0, 0, 0, 0, 0, 7]
+    assert any("cut to 6 s" in c for c in op.changes) and any("labels after 6 s dropped" in c for c in op.changes)
+    assert "(--trim)" in caplog.text
+    assert op.wearers == ("Dr A", "Dr B")  # the wearer fields are kept
+
+
+def test_labels_past_the_recording_are_an_error_unless_trimmed(tmp_path):
+    with pytest.raises(DataError, match="labels run to 11 s but the recording has 10 s.*--trim"):
+        labels_from_ranges(["00:00-00:11"], ["Puncture"], 10, "OP_X")
+    y = labels_from_ranges(["00:00-00:11"], ["Puncture"], 10, "OP_X", trim=True)
+    assert y.tolist() == [1] * 10
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text("start,end,phase\n0,3,Preparation\n00:04,00:05,Closing\n")
+    assert read_label_csv(csv_path, 6).tolist() == [0, 0, 0, 0, 7, 7]
+    csv_path.write_text("second,phase\n0,Preparation\n1,Preparation\n2,Puncture\n")
+    with pytest.raises(DataError, match="labels run to 2 s but the recording has 2 s"):
+        read_label_csv(csv_path, 2)

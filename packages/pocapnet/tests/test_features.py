@@ -8,19 +8,16 @@ import torch
 from medshared.testing import shared_data_dir
 from pocapnet.config import FeatureConfig
 from pocapnet.data import load_operation, read_frame, read_wav
-from pocapnet.features import (
+from pocapnet.extractors import (
     AudioExtractor,
     ChannelsLastFeatureEncoder,
     XrayExtractor,
     audio_windows,
     cast_wav2vec2_bf16,
-    extract_dataset,
     image_windows,
-    is_complete,
-    load_densenet,
-    load_feature_operation,
-    load_wav2vec2,
 )
+from pocapnet.features import extract_dataset, is_complete, load_feature_operation
+from pocapnet.weights import load_densenet, load_wav2vec2
 
 CFG = FeatureConfig(wav2vec2="tiny-random", xray_weights="tiny-random", bf16=False)
 
@@ -196,8 +193,9 @@ def test_online_extractor_equals_offline_features(syn_data, syn_feats, tiny_cfg)
     fcfg = dataclasses.replace(tiny_cfg.features, bf16=False)
     op = load_operation(syn_data, "OP_002")
     fop = load_feature_operation(syn_feats, "OP_002")
-    online = OnlineExtractor(AudioExtractor(load_wav2vec2("tiny-random"), fcfg),
-                             XrayExtractor(load_densenet("tiny-random"), fcfg), fcfg)
+    online = OnlineExtractor(
+        AudioExtractor(load_wav2vec2("tiny-random"), fcfg), XrayExtractor(load_densenet("tiny-random"), fcfg), fcfg
+    )
     for t in range(9):  # crosses the 7 s window length: from zero-padded to fully filled windows
         img, aud = online.step(op.audio[:, t * 16000 : (t + 1) * 16000], read_frame(op.frames[t]))
         np.testing.assert_allclose(img.numpy(), fop.xray[t], rtol=1e-3, atol=1e-4)

@@ -16,8 +16,9 @@ from pocapnet.losses import (
     stage_loss,
 )
 
-LOGITS = torch.tensor([[2.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0], [0.0, 1.0, 0.0, 0, 0, 0, 0, 0, 0],
-                       [0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 5.0]])
+LOGITS = torch.tensor(
+    [[2.0, 0.0, 0.0, 0, 0, 0, 0, 0, 0], [0.0, 1.0, 0.0, 0, 0, 0, 0, 0, 0], [0.0, 0.0, 0.0, 0, 0, 0, 0, 0, 5.0]]
+)
 TARGET = torch.tensor([0, 0, 8])  # the transition frame is ignored
 
 
@@ -49,7 +50,7 @@ def test_weighted_ce_inverse_frequency_hand_value():
 def test_focal_hand_value_gamma2():
     p0 = math.exp(2.0) / (math.exp(2.0) + 8)
     p1 = 1.0 / (math.e + 8)
-    exp = (-(1 - p0) ** 2 * math.log(p0) - (1 - p1) ** 2 * math.log(p1)) / 2
+    exp = (-((1 - p0) ** 2) * math.log(p0) - (1 - p1) ** 2 * math.log(p1)) / 2
     assert FocalLoss(2.0)(LOGITS, TARGET).item() == pytest.approx(exp, rel=1e-6)
     # gamma 0 is plain cross-entropy
     ce = torch.nn.functional.cross_entropy(LOGITS[:2], TARGET[:2]).item()
@@ -62,7 +63,7 @@ def test_ldam_margins_and_weights_hand_values():
     w = effective_number_weights([1, 1], beta=0.9999)
     assert w.tolist() == pytest.approx([1.0, 1.0])
     w = effective_number_weights([1, 10000], beta=0.9999)
-    e = [(1 - 0.9999) / (1 - 0.9999 ** n) for n in (1, 10000)]
+    e = [(1 - 0.9999) / (1 - 0.9999**n) for n in (1, 10000)]
     assert w.tolist() == pytest.approx([2 * e[0] / sum(e), 2 * e[1] / sum(e)], rel=1e-5)
 
 
@@ -71,9 +72,9 @@ def test_ldam_hand_value():
     crit = LDAMLoss(counts, max_m=0.5, s=30.0, beta=0.9999)
     n = np.array(counts, float)
     n[8] = 32
-    m = 1 / n ** 0.25
+    m = 1 / n**0.25
     m = m * 0.5 / m.max()
-    e = (1 - 0.9999) / (1 - 0.9999 ** n)
+    e = (1 - 0.9999) / (1 - 0.9999**n)
     w = e / e.sum() * 9
     logits = torch.tensor([[0.3, 0.1, 0, 0, 0, 0, 0, 0, 0], [0.0, 0.2, 0, 0, 0, 0, 0, 0, 0]])
     target = torch.tensor([0, 1])

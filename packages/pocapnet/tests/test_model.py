@@ -53,8 +53,11 @@ def test_gradient_reaches_every_parameter(tiny_cfg):
     imgs, aud = _inputs(tiny_cfg, 16)
     out = model(imgs, aud, torch.arange(16), torch.rand(cfg.hidden_dim))
     out.logits.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
-               or p.grad.abs().sum() == 0]
+    missing = [
+        n
+        for n, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0
+    ]
     assert not missing, missing
 
 
@@ -62,8 +65,8 @@ def test_positional_encoding_values():
     pe = positional_encoding(torch.tensor([0, 3]), 8)
     assert torch.allclose(pe[0], torch.tensor([0.0, 1, 0, 1, 0, 1, 0, 1]))
     # code variant: exponent t/d (not 2i/d): dim 2 -> sin(3 / 10000^(2/8)), dim 3 -> cos(3 / 10000^(3/8))
-    assert pe[1, 2].item() == pytest.approx(torch.sin(torch.tensor(3 / 10000 ** 0.25)).item(), abs=1e-6)
-    assert pe[1, 3].item() == pytest.approx(torch.cos(torch.tensor(3 / 10000 ** 0.375)).item(), abs=1e-6)
+    assert pe[1, 2].item() == pytest.approx(torch.sin(torch.tensor(3 / 10000**0.25)).item(), abs=1e-6)
+    assert pe[1, 3].item() == pytest.approx(torch.cos(torch.tensor(3 / 10000**0.375)).item(), abs=1e-6)
 
 
 def test_delayed_memory_fifo_matches_code_roll():

@@ -10,7 +10,6 @@ from pocapnet.cli import main
 from pocapnet.evaluate import evaluate_operations, majority_rate, operation_metrics
 from pocapnet.features import load_feature_operation
 from pocapnet.model import PoCaPNet
-from pocapnet.stream import StreamingPredictor
 from pocapnet.train import fit, load_model, model_config_for_features, run_operation, split_operations
 
 
@@ -51,100 +50,6 @@ def test_memory_reset_between_operations(syn_feats, tiny_cfg):
     np.testing.assert_allclose(alone, after, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("pe", [False, True])
-def test_streaming_matches_offline_with_causal_tcn(syn_feats, tiny_cfg, pe):
-    model = _model(tiny_cfg, syn_feats, causal_conv=True, positional_encoding=pe)
-    fop = load_feature_operation(syn_feats, "OP_003")
-    with torch.no_grad():
-        off = run_operation(model, fop, 8, "cpu")["pred"]
-    sp = StreamingPredictor(model, 8)
-    preds = []
-    for t in range(len(fop)):
-        _, aud = fop.chunk(t, t + 1)
-        pred, _ = sp.step(torch.as_tensor(np.array(fop.xray[t], dtype=np.float32)), aud[0])
-        preds.append(pred)
-    assert sp.memory.vector.abs().sum() > 0  # the memory carried history across chunks
-    np.testing.assert_array_equal(np.array(preds), off)
-
-
-def test_incremental_causal_tcn_equals_full_forward(tiny_cfg):
-    from pocapnet.stream import IncrementalCausalTCN
-
-    model = PoCaPNet(dataclasses.replace(tiny_cfg.model, causal_conv=True, num_layers=5)).eval()
-    x = torch.randn(40, tiny_cfg.model.hidden_dim)
-    with torch.no_grad():
-        full = model.forward_temporal(x)[-1]
-    inc = IncrementalCausalTCN(model.tcn)
-    steps = torch.stack([inc.step(x[t]) for t in range(40)])
-    torch.testing.assert_close(steps, full, rtol=1e-4, atol=1e-5)
-
-
-def _perturb_batchnorm(model: PoCaPNet) -> PoCaPNet:
-    g = torch.Generator().manual_seed(5)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm1d):  # non-trivial eval statistics, so folding them is tested
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model.eval()
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_frozen_model_equals_module(tiny_cfg, causal):
-    from pocapnet.stream import FrozenPoCaPNet
-
-    c = tiny_cfg.model
-    model = _perturb_batchnorm(PoCaPNet(dataclasses.replace(c, causal_conv=causal, num_layers=6)))
-    T = 21
-    img, aud = torch.randn(T, c.num_images, c.image_dim), torch.randn(T, c.num_mics, c.audio_frames, c.audio_dim)
-    hist = torch.rand(c.hidden_dim) * 8
-    with torch.no_grad():
-        feats = model.forward_features(img, aud)
-        logits = model.forward_temporal(feats, None, hist)[-1]  # (T, C)
-    frozen = FrozenPoCaPNet(model)
-    f = torch.stack([frozen.features(img[t], aud[t]) for t in range(T)])
-    torch.testing.assert_close(f, feats, rtol=1e-4, atol=1e-5)
-    h0 = torch.stack([frozen.stage1_input(feats[t] + hist) for t in range(T)], 1)  # (f_maps, T)
-    torch.testing.assert_close(frozen.temporal(h0).t(), logits, rtol=1e-4, atol=1e-5)
-    f16 = torch.stack([FrozenPoCaPNet(model, bf16=True).features(img[t], aud[t]) for t in range(T)])
-    assert torch.nn.functional.cosine_similarity(f16, feats).min() > 0.99
-
-
-@pytest.mark.parametrize(("causal", "T"), [(False, 40), (False, 12), (True, 40)])
-def test_bounded_tcn_step_equals_full_chunk_forward(tiny_cfg, causal, T):
-    from pocapnet.stream import FrozenPoCaPNet
-
-    # 4 layers, reach 15 per stage: with 40-s chunks stage 2 is also recomputed only in part; with 12-s chunks the
-    # last stage-1 inputs and all of stage 2 change at every second (not cached)
-    model = PoCaPNet(dataclasses.replace(tiny_cfg.model, causal_conv=causal, num_layers=4)).eval()
-    frozen = FrozenPoCaPNet(model)
-    h0 = torch.randn(tiny_cfg.model.num_f_maps, T)
-    cache = frozen.new_chunk_cache(T)
-    skipped = sum(b is None for bufs in cache["h"] for b in bufs)
-    assert skipped == (0 if T == 40 or causal else 6)
-    steps = torch.stack([frozen.temporal_step(cache, h0[:, t]) for t in range(T)], 1)
-    with torch.no_grad():  # column t of the step-wise result = last column of the forward over the first t+1
-        want = torch.stack([frozen.temporal(h0[:, : t + 1])[:, -1] for t in range(T)], 1)
-    torch.testing.assert_close(steps, want, rtol=1e-4, atol=1e-5)
-    filled = frozen.fill_chunk_cache(h0[:, : T - 3], T)
-    torch.testing.assert_close(frozen.temporal_step(filled, h0[:, T - 3]), want[:, T - 3], rtol=1e-4, atol=1e-5)
-
-
-def test_fast_streaming_equals_reference_streaming(syn_feats, tiny_cfg):
-    model = _perturb_batchnorm(_model(tiny_cfg, syn_feats, positional_encoding=True))  # acausal TCN (paper)
-    fop = load_feature_operation(syn_feats, "OP_004")
-    fast, ref = StreamingPredictor(model, 8), StreamingPredictor(model, 8, fast=False)
-    for t in range(len(fop)):  # several chunks: the memory and the per-chunk cache are reset and refilled
-        img = torch.as_tensor(np.array(fop.xray[t], dtype=np.float32))
-        _, aud = fop.chunk(t, t + 1)
-        (pa, qa), (pb, qb) = fast.step(img, aud[0]), ref.step(img, aud[0])
-        assert pa == pb
-        np.testing.assert_allclose(qa, qb, rtol=1e-4, atol=1e-5)
-    assert fast.memory.vector.abs().sum() > 0
-    torch.testing.assert_close(fast.memory.vector, ref.memory.vector)
-
-
 def test_fit_resume_and_evaluate(syn_feats, tiny_cfg, tmp_path):
     cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, max_epochs=2, batch_size=16))
     split = {"train": ["OP_001", "OP_002"], "val": ["OP_003"], "test": ["OP_004"]}
@@ -169,27 +74,117 @@ def test_cli_smoke_and_bad_inputs(syn_data, syn_feats, tmp_path, capsys):
     cfgfile = tmp_path / "o.yaml"
     cfgfile.write_text("train:\n  max_epochs: 1\n  batch_size: 16\n")
     out = tmp_path / "run"
-    assert main(["train", "--features", str(syn_feats), "--out", str(out), "--preset", "pocapnet_tiny",
-                 "--config", str(cfgfile), "--split", str(split), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--features",
+                str(syn_feats),
+                "--out",
+                str(out),
+                "--preset",
+                "pocapnet_tiny",
+                "--config",
+                str(cfgfile),
+                "--split",
+                str(split),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ck = out / "best.safetensors"
     assert main(["evaluate", "--checkpoint", str(ck), "--features", str(syn_feats), "--out", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "test_metrics.json").is_file() and (tmp_path / "ev" / "test_ribbons.png").is_file()
-    assert main(["predict", "--checkpoint", str(ck), "--op", str(syn_data / "OP_004"), "--features",
-                 str(syn_feats / "OP_004"), "--out", str(tmp_path / "p1")]) == 0
-    assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--stream", "--quiet",
-                 "--out", str(tmp_path / "p2")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ck),
+                "--op",
+                str(syn_data / "OP_004"),
+                "--features",
+                str(syn_feats / "OP_004"),
+                "--out",
+                str(tmp_path / "p1"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ck),
+                "--op",
+                str(tmp_path / "d" / "OP_001"),
+                "--stream",
+                "--quiet",
+                "--out",
+                str(tmp_path / "p2"),
+            ]
+        )
+        == 0
+    )
     rows = (tmp_path / "p2" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("second,phase") and len(rows) == 17
-    assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--stream", "--quiet",
-                 "--fp32", "--out", str(tmp_path / "p2f")]) == 0  # reference precision (default: bf16 branches)
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ck),
+                "--op",
+                str(tmp_path / "d" / "OP_001"),
+                "--stream",
+                "--quiet",
+                "--fp32",
+                "--out",
+                str(tmp_path / "p2f"),
+            ]
+        )
+        == 0
+    )  # reference precision (default: bf16 branches)
     assert len((tmp_path / "p2f" / "predictions.csv").read_text().splitlines()) == 17
     # whole-operation predict from the raw files (features extracted on the fly into a temporary folder)
-    assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--quiet",
-                 "--out", str(tmp_path / "p4")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(ck),
+                "--op",
+                str(tmp_path / "d" / "OP_001"),
+                "--quiet",
+                "--out",
+                str(tmp_path / "p4"),
+            ]
+        )
+        == 0
+    )
     assert len((tmp_path / "p4" / "predictions.csv").read_text().splitlines()) == 17
     # extract CLI: pooled fp16 features (349x smaller audio arrays)
-    assert main(["extract", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "fp"), "--preset", "pocapnet_tiny",
-                 "--pooled", "--fp16", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--data",
+                str(tmp_path / "d"),
+                "--out",
+                str(tmp_path / "fp"),
+                "--preset",
+                "pocapnet_tiny",
+                "--pooled",
+                "--fp16",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     pooled = load_feature_operation(tmp_path / "fp", "OP_001")
     assert pooled.audio[0].shape == (16, 1, 32) and pooled.audio[0].dtype == np.float16
     assert pooled.meta["audio_frames"] == 1
@@ -197,15 +192,45 @@ def test_cli_smoke_and_bad_inputs(syn_data, syn_feats, tmp_path, capsys):
     # bad inputs: one clear message, non-zero, no output written
     assert main(["train", "--features", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
     assert "run `pocapnet extract` first" in capsys.readouterr().err
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.safetensors"), "--features", str(syn_feats),
-                 "--out", str(tmp_path / "x2")]) == 1
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "nope.safetensors"),
+                "--features",
+                str(syn_feats),
+                "--out",
+                str(tmp_path / "x2"),
+            ]
+        )
+        == 1
+    )
     assert "checkpoint not found" in capsys.readouterr().err
     (tmp_path / "d" / "OP_001" / "Channel_3.wav").unlink()
-    assert main(["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"),
-                 "--out", str(tmp_path / "p3")]) == 1
+    assert (
+        main(
+            ["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--out", str(tmp_path / "p3")]
+        )
+        == 1
+    )
     assert "Channel_3.wav" in capsys.readouterr().err and not (tmp_path / "p3").exists()
-    assert main(["extract", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "f"), "--xray-weights",
-                 str(tmp_path / "missing.pt"), "--wav2vec2", "tiny-random"]) == 1
+    assert (
+        main(
+            [
+                "extract",
+                "--data",
+                str(tmp_path / "d"),
+                "--out",
+                str(tmp_path / "f"),
+                "--xray-weights",
+                str(tmp_path / "missing.pt"),
+                "--wav2vec2",
+                "tiny-random",
+            ]
+        )
+        == 1
+    )
     assert "missing.pt" in capsys.readouterr().err
     assert main(["train", "--features", str(syn_feats), "--out", str(tmp_path / "x3"), "--preset", "nope"]) == 1
     assert "valid names" in capsys.readouterr().err

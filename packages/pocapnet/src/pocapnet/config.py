@@ -65,6 +65,12 @@ class ModelConfig:
     causal_conv: bool = False  # code: causal_conv=False (acausal inside each chunk); True = TeCNO causal
     positional_encoding: bool = False  # paper Table 1 row 2; code: commented out in the release
     delayed_estimation: bool = True  # paper Table 1 row 3 and the released configuration
+    modalities: tuple[str, ...] = ("xray", "audio")  # paper Fig. 1: both; ("audio",) / ("xray",) = ablations
+    # (the paper's future work)
+    fusion: str = "concat"  # paper §2.3: concatenation -> linear; "gmu" = gated multimodal unit (Arevalo et al. 2017)
+    # as in the authors' Interspeech 2024 follow-up (GMU + MS-TCN, 92.65 % on PoCaP; brief "Later work")
+    cosine_classifier: bool = False  # LDAM-DRW's NormedLinear (Cao et al. 2019): logits = scale * cosine; code: off
+    cosine_scale: float = 30.0  # LDAM-DRW: s = 30 (logits in [-s, s])
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,15 @@ class FeatureConfig:
     pooled: bool = False  # code: all 349 frames kept; True = mean over frames (349x smaller, a deviation)
     fp16: bool = False  # store features as float16 (halves the disk; a package option)
     batch_windows: int = 8  # windows per wav2vec2 forward
-    bf16: bool = True  # wav2vec2 cast once to bf16 (package option; `extract --fp32` turns it off): XLSR-53 size
-    # cosine >= 0.9998 to fp32 on synthetic audio and real German speech (bench/extract.py)
+    bf16: bool | None = None  # wav2vec2 on a copy cast once to bf16 (package option): None = auto, on where the
+    # hardware computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 / AMX; XLSR-53 size cosine >= 0.9998 to
+    # fp32, 4x faster there; 3.2x SLOWER than fp32 on a CPU without them, bench/extract.py); `extract --fp32` / --bf16
     xray_size: int = 224  # code: frames resized to 224 x 224
     xray_batch: int = 32  # frames per DenseNet forward
     wav2vec2: str = "facebook/wav2vec2-large-xlsr-53"  # paper §2.2: XLSR-53 (a local folder or the HF cache name)
     xray_weights: str = "densenet121-res224-all"  # paper §2.2: TorchXRayVision "all" weights (or a file path)
+    channels: tuple[int, ...] = (1, 2, 3)  # paper §3.1: Channel_1 physician, Channel_2 assistant, Channel_3 ambient
+    chunk_s: int = 256  # seconds per resumable extraction chunk (package option; not part of the features' identity)
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,12 @@ class TrainConfig:
     split_ratios: tuple[float, float, float] = (0.6, 0.2, 0.2)  # paper §3.1: 60-20-20 random split by operation
     seed: int = 1881  # code: Random(1881) for the split
     grad_clip: float = 0.0  # 0 = off (the code does not clip)
+    ldam_drw_epoch: int = 0  # code: effective-number weights from epoch 0; LDAM-DRW defers them (epoch 160 of 200)
+    smooth_weight: float = 0.0  # code: no smoothing loss; MS-TCN (Farha & Gall 2019): 0.15 x truncated MSE
+    smooth_tau: float = 4.0  # MS-TCN: log-probability differences truncated at tau = 4
+    accumulate: int = 1  # chunks per optimizer step in each process (1 = code: one chunk per step)
+    lr_rule: str = "none"  # lr scaling with the effective batch under torchrun: none (Adam, paper lr) or linear
+    prefetch: int = 2  # feature chunks loaded ahead by a background thread (0 = off)
 
 
 @dataclass(frozen=True)
@@ -164,29 +179,40 @@ register_config("pocapnet", _FULL)  # released: LDAM + delayed estimation (paper
 # Table 1 rows (class-weighted CE, paper §3.2 "Implementation details").
 register_config(
     "pocapnet_tcn",
-    dataclasses.replace(_FULL, model=dataclasses.replace(_FULL.model, delayed_estimation=False),
-                        train=dataclasses.replace(_FULL.train, loss="wce")),
+    dataclasses.replace(
+        _FULL,
+        model=dataclasses.replace(_FULL.model, delayed_estimation=False),
+        train=dataclasses.replace(_FULL.train, loss="wce"),
+    ),
 )
 register_config(
     "pocapnet_pe",
-    dataclasses.replace(_FULL, model=dataclasses.replace(_FULL.model, delayed_estimation=False,
-                                                         positional_encoding=True),
-                        train=dataclasses.replace(_FULL.train, loss="wce")),
+    dataclasses.replace(
+        _FULL,
+        model=dataclasses.replace(_FULL.model, delayed_estimation=False, positional_encoding=True),
+        train=dataclasses.replace(_FULL.train, loss="wce"),
+    ),
 )
 register_config("pocapnet_de", dataclasses.replace(_FULL, train=dataclasses.replace(_FULL.train, loss="wce")))
 # Table 2 rows (delayed estimation on): ce, wce (= pocapnet_de), focal, ldam (= pocapnet).
 register_config("pocapnet_ce", dataclasses.replace(_FULL, train=dataclasses.replace(_FULL.train, loss="ce")))
 register_config("pocapnet_focal", dataclasses.replace(_FULL, train=dataclasses.replace(_FULL.train, loss="focal")))
 # Streaming-friendly variant: TeCNO-style causal convolutions.
-register_config(
-    "pocapnet_causal", dataclasses.replace(_FULL, model=dataclasses.replace(_FULL.model, causal_conv=True))
-)
+register_config("pocapnet_causal", dataclasses.replace(_FULL, model=dataclasses.replace(_FULL.model, causal_conv=True)))
 # Tiny variant for tests (timm's test_resnet idea): small feature dims, small TCN.
 register_config(
     "pocapnet_tiny",
     PocapConfig(
-        model=ModelConfig(image_dim=32, audio_dim=32, audio_frames=349, audio_stem_channels=8,
-                          audio_res_channels=(8, 4), hidden_dim=24, num_layers=3, num_f_maps=8),
+        model=ModelConfig(
+            image_dim=32,
+            audio_dim=32,
+            audio_frames=349,
+            audio_stem_channels=8,
+            audio_res_channels=(8, 4),
+            hidden_dim=24,
+            num_layers=3,
+            num_f_maps=8,
+        ),
         features=FeatureConfig(wav2vec2="tiny-random", xray_weights="tiny-random", batch_windows=4, bf16=False),
         train=TrainConfig(lr=1e-3, max_epochs=2, batch_size=32, seed=0),
     ),
@@ -195,10 +221,25 @@ register_config(
 register_config(
     "pocapnet_demo",
     PocapConfig(
-        model=ModelConfig(image_dim=32, audio_dim=32, audio_stem_channels=32, audio_res_channels=(16, 8),
-                          hidden_dim=64, num_f_maps=32, dropout=0.3),
-        features=FeatureConfig(wav2vec2="tiny-random", xray_weights="tiny-random", batch_windows=16, fp16=True,
-                               bf16=False),
+        model=ModelConfig(
+            image_dim=32,
+            audio_dim=32,
+            audio_stem_channels=32,
+            audio_res_channels=(16, 8),
+            hidden_dim=64,
+            num_f_maps=32,
+            dropout=0.3,
+        ),
+        features=FeatureConfig(
+            wav2vec2="tiny-random", xray_weights="tiny-random", batch_windows=16, fp16=True, bf16=False
+        ),
         train=TrainConfig(lr=2e-3, weight_decay=1e-6, max_epochs=30, patience=6, batch_size=64, seed=0),
+    ),
+)
+# The demo with TeCNO causal convolutions: streaming predictions equal the offline ones (README "Streaming vs offline").
+register_config(
+    "pocapnet_demo_causal",
+    dataclasses.replace(
+        get_config("pocapnet_demo"), model=dataclasses.replace(get_config("pocapnet_demo").model, causal_conv=True)
     ),
 )

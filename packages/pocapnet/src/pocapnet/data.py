@@ -1,27 +1,34 @@
 """PoCaP-layout readers: operations, audio channels, X-ray frames, per-second phase labels, alignment checks.
 
-Layout (the official preprocessing output, brief "Data layout")::
+Layout (the official preprocessing output, brief "Data layout"; ``pocapnet ingest`` writes it from raw recordings)::
 
     data_root/
       annotations.json            # [[op, ch1_wearer, ch2_wearer, ["MM:SS-MM:SS", ...], [phase, ...]], ...]
       OP_001/
-        Channel_1.wav             # physician headset, 16 kHz (other rates are resampled with a warning)
+        Channel_1.wav             # physician headset, 16 kHz mono (other rates are resampled, logged)
         Channel_2.wav             # assistant headset
-        Channel_3.wav             # ambient (GoPro)
-        frame_00001.jpg ...       # X-ray monitor at 1 fps (.jpg/.jpeg/.png/.dcm)
-        labels.csv                # optional: per-second labels "second,phase" (overrides annotations.json)
+        Channel_3.wav             # ambient (GoPro)   (any number of channels: FeatureConfig.channels)
+        frame_00001.jpg ...       # X-ray monitor at 1 fps (.jpg/.jpeg/.png/.dcm), frame k = second k-1
+        labels.csv                # optional: "second,phase" or "start,end,phase" (overrides annotations.json)
 
-One frame per audio second; second ``t`` (from 0) is labelled by the range containing ``t``.
+Second ``t`` (from 0) covers audio samples ``[t*sr, (t+1)*sr)`` and frame ``t+1``, and is labelled by the range
+containing ``t``.
+
+**No silent changes.** A multi-channel WAV, a multi-frame DICOM, channels or frames of different lengths, and labels
+that run past the recording are errors naming the file and the flag that allows the change
+(:class:`InputPolicy`: ``mix_to_mono``, ``dicom_first_frame``, ``trim``); with the flag, the change is logged as a
+warning and recorded in :attr:`Operation.changes` (and in the features' ``meta.json``). Audio after the last whole
+second (< 1 s) has no frame and no label and is not used; that is logged at INFO level.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +37,19 @@ from pocapnet.config import PHASES, TRANSITION
 
 __all__ = [
     "DataError",
+    "InputPolicy",
     "CHANNEL_FILES",
     "FRAME_SUFFIXES",
+    "Annotation",
     "Operation",
+    "channel_file",
     "list_operations",
+    "read_audio",
     "read_wav",
+    "resample",
     "read_frame",
+    "dicom_grey",
+    "dicom_frame_count",
     "frame_paths",
     "phase_index",
     "parse_time",
@@ -46,6 +60,8 @@ __all__ = [
     "transition_mask",
 ]
 
+log = logging.getLogger("pocapnet")
+
 CHANNEL_FILES: tuple[str, ...] = ("Channel_1.wav", "Channel_2.wav", "Channel_3.wav")
 FRAME_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".dcm")
 _FRAME_RE = re.compile(r"^frame_(\d+)\.(jpg|jpeg|png|dcm)$", re.IGNORECASE)
@@ -55,13 +71,36 @@ class DataError(ValueError):
     """Bad input data (the message names the file and the fix)."""
 
 
+@dataclass(frozen=True)
+class InputPolicy:
+    """Explicit permissions to change input data (each change is logged and recorded).
+
+    Attributes:
+        mix_to_mono: average the channels of a multi-channel WAV (otherwise an error: pick a channel with
+            ``pocapnet ingest --channel NAME=FILE:INDEX``).
+        dicom_first_frame: read only the first frame of a multi-frame DICOM frame file (otherwise an error: split it
+            into one frame per second with ``pocapnet ingest --xray FILE.dcm``).
+        trim: cut channels, frames and labels to the shortest of them (otherwise any length mismatch is an error).
+    """
+
+    mix_to_mono: bool = False
+    dicom_first_frame: bool = False
+    trim: bool = False
+
+
 _ALIASES = {
     "preperation": 0,  # the official code's spelling
-    "guidewire": 2, "positioningoftheguidewire": 2,
-    "cathplacement": 3, "pouchpreparationandcatheterplacement": 3, "catheterplacement": 3,
-    "cathpositioning": 4, "catheterpositioning": 4,
-    "cathadjustment": 5, "catheteradjustment": 5,
-    "cathcontrol": 6, "cathetercontrol": 6,
+    "guidewire": 2,
+    "positioningoftheguidewire": 2,
+    "cathplacement": 3,
+    "pouchpreparationandcatheterplacement": 3,
+    "catheterplacement": 3,
+    "cathpositioning": 4,
+    "catheterpositioning": 4,
+    "cathadjustment": 5,
+    "catheteradjustment": 5,
+    "cathcontrol": 6,
+    "cathetercontrol": 6,
 }
 
 
@@ -81,34 +120,103 @@ def phase_index(name: str | int) -> int:
     raise DataError(f"unknown phase name {name!r}; valid names: {', '.join(PHASES)}")
 
 
-def read_wav(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Read a WAV file as mono float32 in [-1, 1] at ``sample_rate`` (resampled with a warning if needed)."""
+def channel_file(k: int) -> str:
+    """File name of channel ``k`` (1-based): ``Channel_k.wav``."""
+    return f"Channel_{int(k)}.wav"
+
+
+# ----------------------------------------------------------------------------------------------------------- audio
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read an audio file as it is stored: ``(channels, samples)`` float32 in [-1, 1] and its sample rate."""
     import soundfile as sf
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"missing audio channel file: {path} (each operation needs {', '.join(CHANNEL_FILES)})")
+        raise FileNotFoundError(f"missing audio file: {path}")
     try:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError
         raise DataError(f"cannot read audio file {path}: {e}; re-export it as PCM WAV") from e
-    x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]  # (N, ch) -> (N,)
+    return np.ascontiguousarray(x.T), int(sr)  # (N, C) -> (C, N)
+
+
+def resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """Polyphase resampling along the last axis (scipy ``resample_poly``), float32."""
+    if sr == target:
+        return np.asarray(x, dtype=np.float32)
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(int(sr), int(target))
+    return resample_poly(x, target // g, int(sr) // g, axis=-1).astype(np.float32)
+
+
+def read_wav(
+    path: str | Path, sample_rate: int = 16000, *, channel: int | None = None, mix_to_mono: bool = False
+) -> np.ndarray:
+    """Read one microphone as mono float32 in [-1, 1] at ``sample_rate``.
+
+    Args:
+        channel: the channel of a multi-channel file to use (0-based).
+        mix_to_mono: average all channels of a multi-channel file (logged).
+
+    Raises:
+        DataError: a multi-channel file without ``channel`` or ``mix_to_mono``: averaging can cancel signals (an
+            opposite-polarity pair becomes zeros), so it is never done silently.
+    """
+    path = Path(path)
+    x, sr = read_audio(path)
+    if channel is not None:
+        if not 0 <= channel < x.shape[0]:
+            raise DataError(f"{path} has {x.shape[0]} channel(s); channel index {channel} does not exist")
+        x = x[channel]
+    elif x.shape[0] > 1:
+        if not mix_to_mono:
+            raise DataError(
+                f"{path} has {x.shape[0]} channels, but one microphone per file is expected; pick one "
+                f"with `pocapnet ingest --channel NAME={path.name}:INDEX`, or pass --mix-to-mono to "
+                "average them"
+            )
+        log.warning("%s: %d channels averaged to mono (--mix-to-mono)", path, x.shape[0])
+        x = x.mean(axis=0)
+    else:
+        x = x[0]
     if sr != sample_rate:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        warnings.warn(f"{path.name}: sample rate {sr} Hz resampled to {sample_rate} Hz", stacklevel=2)
-        g = gcd(int(sr), int(sample_rate))
-        x = resample_poly(x, sample_rate // g, int(sr) // g).astype(np.float32)
+        log.warning("%s: sample rate %d Hz resampled to %d Hz", path, sr, sample_rate)
+        x = resample(x, sr, sample_rate)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def read_frame(path: str | Path) -> np.ndarray:
+# ----------------------------------------------------------------------------------------------------------- X-ray
+def dicom_grey(ds: object, frames: np.ndarray) -> np.ndarray:
+    """DICOM pixels ``(..., H, W[, 3])`` -> grey float32 in [0, 255] (min-max over all given frames; MONOCHROME1
+    inverted)."""
+    img = frames.astype(np.float32)
+    if getattr(ds, "SamplesPerPixel", 1) > 1 and img.shape[-1] in (3, 4):
+        img = img[..., :3].mean(axis=-1)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        img = img.max() - img
+    lo, hi = float(img.min()), float(img.max())
+    return ((img - lo) / max(hi - lo, 1e-6) * 255.0).astype(np.float32)
+
+
+def dicom_frame_count(ds: object) -> int:
+    """Number of frames of a DICOM dataset (``NumberOfFrames``, 1 when absent)."""
+    try:
+        return int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def read_frame(path: str | Path, *, dicom_first_frame: bool = False) -> np.ndarray:
     """Read an X-ray frame (PNG/JPEG/DICOM) as a float32 grey image in [0, 255], ``(H, W)``.
 
     RGB frames are averaged over channels (code: mean over RGB); 16-bit PNGs are scaled by 255/65535; DICOMs are
     min-max scaled to [0, 255] (MONOCHROME1 inverted).
+
+    Raises:
+        DataError: unreadable file, or a multi-frame DICOM without ``dicom_first_frame`` (one file is one second).
     """
     path = Path(path)
     if not path.is_file():
@@ -118,15 +226,18 @@ def read_frame(path: str | Path) -> np.ndarray:
             import pydicom
 
             ds = pydicom.dcmread(str(path))
-            img = ds.pixel_array.astype(np.float32)
-            if img.ndim == 3 and img.shape[-1] in (3, 4):
-                img = img[..., :3].mean(axis=-1)
-            elif img.ndim == 3:
-                img = img[0]  # multi-frame: first frame
-            if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-                img = img.max() - img
-            lo, hi = float(img.min()), float(img.max())
-            return ((img - lo) / max(hi - lo, 1e-6) * 255.0).astype(np.float32)
+            n = dicom_frame_count(ds)
+            arr = ds.pixel_array
+            if n > 1:
+                if not dicom_first_frame:
+                    raise DataError(
+                        f"{path} is a multi-frame DICOM ({n} frames) but a frame file holds one second; "
+                        f"split it with `pocapnet ingest --xray {path.name}` (sampled at 1 fps), or pass "
+                        "--dicom-first-frame to use its first frame only"
+                    )
+                log.warning("%s: multi-frame DICOM (%d frames), only the first is used (--dicom-first-frame)", path, n)
+                arr = arr[0]
+            return dicom_grey(ds, arr)
         from PIL import Image
 
         with Image.open(path) as im:
@@ -138,7 +249,7 @@ def read_frame(path: str | Path) -> np.ndarray:
         if arr.ndim == 3:
             arr = arr[..., :3].mean(axis=-1)  # (H, W, 3) -> (H, W)
         return arr
-    except FileNotFoundError:
+    except (FileNotFoundError, DataError):
         raise
     except Exception as e:
         raise DataError(f"unreadable X-ray frame {path}: {type(e).__name__}: {e}; replace or re-export it") from e
@@ -164,19 +275,30 @@ def frame_paths(op_dir: str | Path) -> list[Path]:
     return [found[i] for i in idx]
 
 
+# ---------------------------------------------------------------------------------------------------------- labels
 def parse_time(s: str) -> int:
-    """``"MM:SS"`` or ``"HH:MM:SS"`` -> seconds."""
-    parts = s.strip().split(":")
-    if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
-        raise DataError(f"bad time {s!r}; expected MM:SS or HH:MM:SS")
+    """``"MM:SS"``, ``"HH:MM:SS"`` or plain seconds -> seconds."""
+    parts = str(s).strip().split(":")
+    if len(parts) not in (1, 2, 3) or not all(p.strip().isdigit() for p in parts):
+        raise DataError(f"bad time {s!r}; expected MM:SS, HH:MM:SS or whole seconds")
     v = 0
     for p in parts:
         v = v * 60 + int(p)
     return v
 
 
-def read_annotations(path: str | Path) -> dict[str, tuple[list[str], list[str]]]:
-    """Read the corpus's ``annotations.json``: ``{op: (ranges, phases)}``."""
+@dataclass(frozen=True)
+class Annotation:
+    """One entry of the corpus's ``annotations.json``: inclusive time ranges, their phases and the headset wearers."""
+
+    op: str
+    ranges: list[str]
+    phases: list[str]
+    wearers: tuple[str, ...] = ()
+
+
+def read_annotations(path: str | Path) -> dict[str, Annotation]:
+    """Read the corpus's ``annotations.json`` (``[op, ch1_wearer, ch2_wearer, [ranges], [phases]]`` entries)."""
     path = Path(path)
     try:
         entries = json.loads(path.read_text())
@@ -184,65 +306,122 @@ def read_annotations(path: str | Path) -> dict[str, tuple[list[str], list[str]]]
         raise
     except Exception as e:
         raise DataError(f"cannot parse {path}: {e}") from e
-    out: dict[str, tuple[list[str], list[str]]] = {}
+    out: dict[str, Annotation] = {}
     for k, e in enumerate(entries):
         if not (isinstance(e, list) and len(e) == 5 and len(e[3]) == len(e[4])):
-            raise DataError(f"{path}: entry {k} must be [op, ch1_wearer, ch2_wearer, [ranges], [phases]] with as "
-                            "many ranges as phases")
-        out[str(e[0])] = (list(e[3]), list(e[4]))
+            raise DataError(
+                f"{path}: entry {k} must be [op, ch1_wearer, ch2_wearer, [ranges], [phases]] with as "
+                "many ranges as phases"
+            )
+        out[str(e[0])] = Annotation(str(e[0]), list(e[3]), list(e[4]), (str(e[1]), str(e[2])))
     return out
 
 
-def labels_from_ranges(ranges: Sequence[str], phases: Sequence[str], n_seconds: int, op: str = "") -> np.ndarray:
+def _past_end(what: str, last: int, n_seconds: int, trim: bool, changes: list[str] | None) -> None:
+    if last < n_seconds:
+        return
+    msg = f"{what}: labels run to {last} s but the recording has {n_seconds} s ({last - n_seconds + 1} s past its end)"
+    if not trim:
+        raise DataError(f"{msg}; fix the annotations, or pass --trim to drop the labels past the end")
+    log.warning("%s; dropped (--trim)", msg)
+    if changes is not None:
+        changes.append(f"labels after {n_seconds} s dropped ({last - n_seconds + 1} s)")
+
+
+def labels_from_ranges(
+    ranges: Sequence[str],
+    phases: Sequence[str],
+    n_seconds: int,
+    op: str = "",
+    *,
+    trim: bool = False,
+    changes: list[str] | None = None,
+) -> np.ndarray:
     """Per-second labels from inclusive ``"start-end"`` ranges; Closing runs to the end of the recording (code).
 
     Raises:
-        DataError: unknown phase name, or seconds that no range covers (the message lists them).
+        DataError: unknown phase name, seconds that no range covers, or a range past the recording's end (allowed
+            with ``trim``, logged).
     """
     y = np.full(n_seconds, -1, dtype=np.int64)
+    last = -1
     for r, ph in zip(ranges, phases, strict=True):
-        a, _, b = r.partition("-")
+        a, _, b = str(r).partition("-")
         s, e = parse_time(a), parse_time(b)
         if e < s:
             raise DataError(f"{op}: range {r!r} ends before it starts")
         c = phase_index(ph)
+        last = max(last, e)
         if c == phase_index("Closing"):
             e = max(e, n_seconds - 1)
         y[s : min(e, n_seconds - 1) + 1] = c
+    _past_end(op, last, n_seconds, trim, changes)
     missing = np.flatnonzero(y < 0)
     if missing.size:
-        raise DataError(f"{op}: {missing.size} unlabelled seconds (first at {int(missing[0])} s, "
-                        f"{missing[0] // 60:02d}:{missing[0] % 60:02d}); every second needs a phase or Transition")
+        raise DataError(
+            f"{op}: {missing.size} unlabelled seconds (first at {int(missing[0])} s, "
+            f"{missing[0] // 60:02d}:{missing[0] % 60:02d}); every second needs a phase or Transition"
+        )
     return y
 
 
-def read_label_csv(path: str | Path, n_seconds: int) -> np.ndarray:
-    """Per-second labels from a CSV with columns ``second,phase`` (name or index)."""
+def read_label_csv(
+    path: str | Path, n_seconds: int, *, trim: bool = False, changes: list[str] | None = None
+) -> np.ndarray:
+    """Per-second labels from a CSV: ``second,phase`` rows, or inclusive ``start,end,phase`` ranges (MM:SS or s)."""
     path = Path(path)
-    y = np.full(n_seconds, -1, dtype=np.int64)
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"second", "phase"} <= set(reader.fieldnames):
-            raise DataError(f"{path}: needs a header with columns 'second,phase'")
-        for row in reader:
-            t = int(row["second"])
-            if 0 <= t < n_seconds:
-                y[t] = phase_index(row["phase"])
+        cols = set(reader.fieldnames or [])
+        rows = list(reader)
+    if {"start", "end", "phase"} <= cols:
+        return labels_from_ranges(
+            [f"{r['start']}-{r['end']}" for r in rows],
+            [r["phase"] for r in rows],
+            n_seconds,
+            str(path),
+            trim=trim,
+            changes=changes,
+        )
+    if not {"second", "phase"} <= cols:
+        raise DataError(f"{path}: needs a header with columns 'second,phase' or 'start,end,phase'")
+    y = np.full(n_seconds, -1, dtype=np.int64)
+    last = -1
+    for row in rows:
+        t = parse_time(row["second"])
+        last = max(last, t)
+        if t < n_seconds:
+            y[t] = phase_index(row["phase"])
+    _past_end(str(path), last, n_seconds, trim, changes)
     missing = np.flatnonzero(y < 0)
     if missing.size:
         raise DataError(f"{path}: {missing.size} unlabelled seconds (first at {int(missing[0])} s)")
     return y
 
 
+# ------------------------------------------------------------------------------------------------------ operations
 @dataclass
 class Operation:
-    """One operation, loaded and aligned: ``audio`` ``(3, T*sr)`` float32, ``frames`` (T paths), ``labels`` ``(T,)``."""
+    """One operation, loaded and aligned.
+
+    Attributes:
+        audio: ``(M, T*sr)`` float32, one row per channel of ``channels``.
+        frames: ``T`` frame paths (frame ``t`` for second ``t``).
+        labels: ``(T,)`` int64 or None.
+        channels: the channel numbers (``Channel_k.wav``) in ``audio``'s order.
+        wearers: headset wearers from ``annotations.json`` (ch1, ch2), when given.
+        changes: what was changed under an :class:`InputPolicy` flag (empty when nothing was).
+    """
 
     name: str
     audio: np.ndarray
     frames: list[Path]
     labels: np.ndarray | None
     sample_rate: int
+    channels: tuple[int, ...] = (1, 2, 3)
+    wearers: tuple[str, ...] = ()
+    changes: list[str] = field(default_factory=list)
+    policy: InputPolicy = field(default_factory=InputPolicy)
 
     @property
     def seconds(self) -> int:
@@ -261,41 +440,92 @@ def list_operations(data_root: str | Path) -> list[str]:
     return ops
 
 
-def load_operation(data_root: str | Path, op: str, sample_rate: int = 16000, tolerance_s: float = 2.0,
-                   require_labels: bool = True, annotations: dict | None = None) -> Operation:
-    """Load and align one operation.
+def _aligned_length(
+    op: str,
+    op_dir: Path,
+    waves: list[np.ndarray],
+    names: list[str],
+    n_frames: int,
+    sr: int,
+    policy: InputPolicy,
+    changes: list[str],
+) -> int:
+    """Whole seconds every channel and the frames share; a mismatch is an error unless ``policy.trim``."""
+    secs = [len(w) // sr for w in waves]
+    lengths = {**{n: s for n, s in zip(names, secs, strict=True)}, "frames": n_frames}
+    n = min(lengths.values())
+    if max(lengths.values()) != n:
+        detail = ", ".join(f"{k} {v} s" for k, v in lengths.items())
+        if not policy.trim:
+            raise DataError(
+                f"{op_dir}: lengths disagree ({detail}); expected one frame per whole second of every "
+                f"channel. Re-export with `pocapnet ingest`, or pass --trim to cut all to {n} s"
+            )
+        log.warning("%s: lengths disagree (%s); everything cut to %d s (--trim)", op, detail, n)
+        changes.append(f"cut to {n} s ({detail})")
+    tails = [len(w) - n * sr for w in waves]
+    if any(0 < t < sr for t in tails) and n == min(secs):
+        log.info("%s: %.2f s of audio after the last whole second not used", op, max(tails) / sr)
+    return n
 
-    Channel lengths and the frame count may differ by at most ``tolerance_s`` seconds; the operation is trimmed to
-    the shortest. Beyond that a :class:`DataError` names the files.
+
+def load_operation(
+    data_root: str | Path,
+    op: str,
+    sample_rate: int = 16000,
+    *,
+    channels: Sequence[int] = (1, 2, 3),
+    require_labels: bool = True,
+    annotations: dict[str, Annotation] | None = None,
+    policy: InputPolicy | None = None,
+) -> Operation:
+    """Load and align one operation (see the module docstring for what is an error and what a flag allows).
+
+    Args:
+        channels: which ``Channel_k.wav`` files to read, in model order (paper: 1 physician, 2 assistant,
+            3 ambient).
+        policy: the explicit input-change permissions; default none.
     """
+    policy = policy or InputPolicy()
     root = Path(data_root)
     op_dir = root / op
     if not op_dir.is_dir():
         raise FileNotFoundError(f"operation folder not found: {op_dir}")
-    waves = [read_wav(op_dir / name, sample_rate) for name in CHANNEL_FILES]
-    secs = [len(w) / sample_rate for w in waves]
-    if max(secs) - min(secs) > tolerance_s:
-        detail = ", ".join(f"{n}={s:.1f}s" for n, s in zip(CHANNEL_FILES, secs, strict=True))
-        raise DataError(f"{op}: channel lengths disagree by more than {tolerance_s:g} s ({detail}); align the channels")
+    names = [channel_file(k) for k in channels]
+    for name in names:
+        if not (op_dir / name).is_file():
+            raise FileNotFoundError(
+                f"missing audio channel file: {op_dir / name} (this configuration reads {', '.join(names)})"
+            )
+    import soundfile as sf
+
+    changes: list[str] = []
+    for name in names:
+        n_ch = sf.info(str(op_dir / name)).channels
+        if n_ch > 1 and policy.mix_to_mono:
+            changes.append(f"{name}: {n_ch} channels averaged to mono")
+    waves = [read_wav(op_dir / name, sample_rate, mix_to_mono=policy.mix_to_mono) for name in names]
     frames = frame_paths(op_dir)
-    if abs(len(frames) - min(secs)) > tolerance_s + 1:
-        raise DataError(f"{op}: {len(frames)} frames but {min(secs):.1f} s of audio; expected one frame per second "
-                        f"(tolerance {tolerance_s:g} s)")
-    n = int(min(min(int(s) for s in secs), len(frames)))
-    audio = np.stack([w[: n * sample_rate] for w in waves])  # (3, n*sr)
-    labels = None
+    n = _aligned_length(op, op_dir, waves, names, len(frames), sample_rate, policy, changes)
+    audio = np.stack([w[: n * sample_rate] for w in waves])  # (M, n*sr)
+    labels, wearers = None, ()
     csv_path = op_dir / "labels.csv"
     if csv_path.is_file():
-        labels = read_label_csv(csv_path, n)
+        labels = read_label_csv(csv_path, n, trim=policy.trim, changes=changes)
+        rec = op_dir / "ingest.json"  # written by `pocapnet ingest`: keeps the wearers of the annotations
+        if rec.is_file():
+            wearers = tuple(json.loads(rec.read_text()).get("wearers") or ())
     else:
         ann = annotations
         if ann is None and (root / "annotations.json").is_file():
             ann = read_annotations(root / "annotations.json")
         if ann is not None and op in ann:
-            labels = labels_from_ranges(*ann[op], n_seconds=n, op=op)
+            a = ann[op]
+            labels = labels_from_ranges(a.ranges, a.phases, n_seconds=n, op=op, trim=policy.trim, changes=changes)
+            wearers = a.wearers
     if labels is None and require_labels:
         raise DataError(f"{op}: no labels; add {csv_path} (second,phase) or an entry in {root / 'annotations.json'}")
-    return Operation(op, audio, frames[:n], labels, sample_rate)
+    return Operation(op, audio, frames[:n], labels, sample_rate, tuple(channels), wearers, changes, policy)
 
 
 def transition_mask(labels: np.ndarray) -> np.ndarray:

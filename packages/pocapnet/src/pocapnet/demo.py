@@ -64,47 +64,64 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
     labels = {o: load_feature_operation(feats, o).labels for o in ops}
     chance = majority_rate([labels[o] for o in split["train"]], [labels[o] for o in split["test"]])
     hist = res["history"]
-    plot_curves([h["epoch"] for h in hist], {"train loss": ([h["train_loss"] for h in hist], None),
-                                             "val loss": ([h["val_loss"] for h in hist], None)},
-                out / "loss_curves.png", "epoch", "loss (sum over 2 stages)", title="PoCaPNet demo training")
+    plot_curves(
+        [h["epoch"] for h in hist],
+        {"train loss": ([h["train_loss"] for h in hist], None), "val loss": ([h["val_loss"] for h in hist], None)},
+        out / "loss_curves.png",
+        "epoch",
+        "loss (sum over 2 stages)",
+        title="PoCaPNet demo training",
+    )
     acc = ev["summary"]["accuracy"]
     f1 = ev["summary"]["f1_weighted"]
     timings["total_s"] = time.perf_counter() - t_start
     metrics = {
-        "headline": {"metric": "frame-wise accuracy (test operations, transitions removed, mean over ops)",
-                     "value": acc["mean"], "chance": chance["accuracy"]},
-        "accuracy": acc, "f1_weighted": f1, "chance_phase": chance["phase"],
+        "headline": {
+            "metric": "frame-wise accuracy (test operations, transitions removed, mean over ops)",
+            "value": acc["mean"],
+            "chance": chance["accuracy"],
+        },
+        "accuracy": acc,
+        "f1_weighted": f1,
+        "chance_phase": chance["phase"],
         "control_inputs_shuffled_accuracy": shuffled["summary"]["accuracy"],
-        "per_operation": ev["per_operation"], "split": split, "best_epoch": res["best_epoch"],
-        "epochs_run": len(hist), "timings": {k: round(v, 1) for k, v in timings.items()},
-        "device": str(dev), "preset": "pocapnet_demo", "quick": quick, "seed": seed,
+        "per_operation": ev["per_operation"],
+        "split": split,
+        "best_epoch": res["best_epoch"],
+        "epochs_run": len(hist),
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "device": str(dev),
+        "preset": "pocapnet_demo",
+        "quick": quick,
+        "seed": seed,
         "note": "random tiny wav2vec2 and DenseNet (real weights unavailable offline); lr 2e-3; synthetic data",
         "files": files,
     }
     atomic_write_json(out / "metrics.json", metrics)
     sh = shuffled["summary"]["accuracy"]
-    rows = "\n".join(f"| {r['op']} | {r['seconds']} | {r['accuracy']:.3f} | {r['f1_weighted']:.3f} |"
-                     for r in ev["per_operation"])
+    rows = "\n".join(
+        f"| {r['op']} | {r['seconds']} | {r['accuracy']:.3f} | {r['f1_weighted']:.3f} |" for r in ev["per_operation"]
+    )
     report = f"""# PoCaPNet demo
 
 Synthetic PoCaP-layout operations ({n_ops}, {secs[0]}-{secs[1]} s each) written to `data/`, features extracted
 with a **tiny random** wav2vec2 and DenseNet (the real XLSR-53 / TorchXRayVision weights are not available offline),
 PoCaPNet (`pocapnet_demo` preset: LDAM + delayed estimation, 2-stage MS-TCN, lr 2e-3) trained with early stopping.
 
-Split (60/20/20 by operation, seed {seed}): train {split['train']}, val {split['val']}, test {split['test']}.
+Split (60/20/20 by operation, seed {seed}): train {split["train"]}, val {split["val"]}, test {split["test"]}.
 
 | metric (test, mean ± std over operations, transitions removed) | value |
 |---|---|
-| frame-wise accuracy | {acc['mean']:.4f} ± {acc['std']:.4f} |
-| weighted F1 | {f1['mean']:.4f} ± {f1['std']:.4f} |
-| chance (always '{chance['phase']}', the majority training phase) | {chance['accuracy']:.4f} |
-| control: same model, each test operation's features shuffled in time | {sh['mean']:.4f} ± {sh['std']:.4f} |
+| frame-wise accuracy | {acc["mean"]:.4f} ± {acc["std"]:.4f} |
+| weighted F1 | {f1["mean"]:.4f} ± {f1["std"]:.4f} |
+| chance (always '{chance["phase"]}', the majority training phase) | {chance["accuracy"]:.4f} |
+| control: same model, each test operation's features shuffled in time | {sh["mean"]:.4f} ± {sh["std"]:.4f} |
 
 | operation | scored seconds | accuracy | weighted F1 |
 |---|---|---|---|
 {rows}
 
-Best epoch {res['best_epoch']} of {len(hist)}; timings (s): {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}.
+Best epoch {res["best_epoch"]} of {len(hist)}; timings (s): {", ".join(f"{k} {v:.0f}" for k, v in timings.items())}.
 
 Plots: `test_ribbons.png` (truth vs prediction on one time axis), `test_confusion.png`, `loss_curves.png`.
 """

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pocapnet.config import NUM_CLASSES, TRANSITION, TrainConfig
+from pocapnet.config import NUM_CLASSES, TRANSITION, ModelConfig, TrainConfig
 
 __all__ = [
     "inverse_frequency_weights",
@@ -22,6 +22,7 @@ __all__ = [
     "FocalLoss",
     "LDAMLoss",
     "build_criterion",
+    "smoothing_loss",
     "stage_loss",
     "class_counts",
 ]
@@ -98,30 +99,62 @@ class LDAMLoss(nn.Module):
     margins and weights.
     """
 
-    def __init__(self, counts: Sequence[float], max_m: float = 0.5, s: float = 30.0, beta: float = 0.9999,
-                 ignore_index: int = TRANSITION, reweight: bool = True) -> None:
+    def __init__(
+        self,
+        counts: Sequence[float],
+        max_m: float = 0.5,
+        s: float = 30.0,
+        beta: float = 0.9999,
+        ignore_index: int = TRANSITION,
+        reweight: bool = True,
+        input_scale: float = 1.0,
+    ) -> None:
+        """
+        Args:
+            reweight: apply the effective-number class weights (switch them on later with :meth:`set_reweight`
+                for LDAM-DRW's deferred re-weighting).
+            input_scale: the scale already in the logits: 1 for raw logits (the official code), ``cosine_scale``
+                for a :class:`~pocapnet.model.CosineClassifier` (logits ``= scale * cos``), as LDAM-DRW's
+                ``NormedLinear``: the loss is then ``CE(s * (cos - m_y))``.
+        """
         super().__init__()
         n = np.asarray(counts, dtype=np.float64).copy()
         if 0 <= ignore_index < len(n):
             n[ignore_index] = 2 * np.max(np.delete(n, ignore_index))  # code: transition count -> 2x max
         self.register_buffer("margins", ldam_margins(n, max_m), persistent=False)
-        self.register_buffer("weight", effective_number_weights(n, beta) if reweight else None, persistent=False)
+        self.register_buffer("class_weight", effective_number_weights(n, beta), persistent=False)
+        self.reweight = reweight
         self.s = s
+        self.input_scale = input_scale
         self.ignore_index = ignore_index
+
+    def set_reweight(self, on: bool) -> None:
+        """DRW (Cao et al. 2019): uniform weights (beta 0) before the deferral epoch, effective-number weights after."""
+        self.reweight = on
+
+    @property
+    def weight(self) -> torch.Tensor | None:
+        """The class weights in use (None while re-weighting is deferred)."""
+        return self.class_weight if self.reweight else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64."""
         valid = target != self.ignore_index
         if not valid.any():
             return logits.sum() * 0.0
-        lg, t = logits[valid].float(), target[valid]
+        lg, t = logits[valid].float() / self.input_scale, target[valid]
         margin = self.margins.to(lg)[t]  # (N,)
         adjusted = lg - F.one_hot(t, lg.shape[1]).to(lg) * margin[:, None]  # subtract m_y from the true logit
-        return F.cross_entropy(self.s * adjusted, t, weight=None if self.weight is None else self.weight.to(lg))
+        w = self.weight
+        return F.cross_entropy(self.s * adjusted, t, weight=None if w is None else w.to(lg))
 
 
-def build_criterion(cfg: TrainConfig, counts: Sequence[float]) -> nn.Module:
-    """Criterion named by ``cfg.loss`` (ce, wce, focal, ldam) for the training class ``counts``."""
+def build_criterion(cfg: TrainConfig, counts: Sequence[float], model_cfg: ModelConfig | None = None) -> nn.Module:
+    """Criterion named by ``cfg.loss`` (ce, wce, focal, ldam) for the training class ``counts``.
+
+    With ``model_cfg.cosine_classifier`` the LDAM loss reads the logits as ``cosine_scale * cos`` (LDAM-DRW); with
+    ``cfg.ldam_drw_epoch > 0`` its class weights start switched off (:meth:`LDAMLoss.set_reweight`).
+    """
     if cfg.loss == "ce":
         return nn.CrossEntropyLoss(ignore_index=TRANSITION)
     if cfg.loss == "wce":
@@ -129,10 +162,46 @@ def build_criterion(cfg: TrainConfig, counts: Sequence[float]) -> nn.Module:
     if cfg.loss == "focal":
         return FocalLoss(cfg.focal_gamma, ignore_index=TRANSITION)
     if cfg.loss == "ldam":
-        return LDAMLoss(counts, cfg.ldam_max_m, cfg.ldam_s, cfg.ldam_beta, ignore_index=TRANSITION)
+        scale = model_cfg.cosine_scale if model_cfg is not None and model_cfg.cosine_classifier else 1.0
+        return LDAMLoss(
+            counts,
+            cfg.ldam_max_m,
+            cfg.ldam_s,
+            cfg.ldam_beta,
+            ignore_index=TRANSITION,
+            reweight=cfg.ldam_drw_epoch <= 0,
+            input_scale=scale,
+        )
     raise ValueError(f"unknown loss {cfg.loss!r}; choose one of ce, wce, focal, ldam")
 
 
-def stage_loss(criterion: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum of the criterion over stages (code). ``logits``: ``(S, T, C)``; ``target``: ``(T,)``."""
-    return sum((criterion(logits[s], target) for s in range(logits.shape[0])), start=logits.new_zeros(()))
+def smoothing_loss(logits: torch.Tensor, tau: float = 4.0) -> torch.Tensor:
+    """MS-TCN's truncated mean squared error of one stage (Farha & Gall 2019, Eq. 8; code ``clamp(mse, 0, 16)``).
+
+    ``mean_{t,c} min((log p_{t,c} - log p_{t-1,c})^2, tau^2)`` with ``p_{t-1}`` detached, over every pair of
+    consecutive seconds (transitions included: it needs no label). ``logits``: ``(T, C)``; 0 for ``T < 2``.
+    """
+    if logits.shape[0] < 2:
+        return logits.sum() * 0.0
+    logp = F.log_softmax(logits.float(), dim=1)  # (T, C)
+    d = (logp[1:] - logp[:-1].detach()) ** 2
+    return torch.clamp(d, 0, tau * tau).mean()
+
+
+def stage_loss(
+    criterion: nn.Module,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    smooth_weight: float = 0.0,
+    smooth_tau: float = 4.0,
+) -> torch.Tensor:
+    """Sum over stages of the criterion (code), plus ``smooth_weight`` x :func:`smoothing_loss` per stage (MS-TCN).
+
+    ``logits``: ``(S, T, C)``; ``target``: ``(T,)``.
+    """
+    total = logits.new_zeros(())
+    for s in range(logits.shape[0]):
+        total = total + criterion(logits[s], target)
+        if smooth_weight > 0:
+            total = total + smooth_weight * smoothing_loss(logits[s], smooth_tau).to(total)
+    return total

@@ -20,7 +20,10 @@ from torch import nn
 from pocapnet.config import ModelConfig, PocapConfig, get_config
 
 __all__ = [
+    "MODALITIES",
     "AvgResBlock",
+    "CosineClassifier",
+    "GatedMultimodalUnit",
     "AudioBranch",
     "MultiStageTCN",
     "DelayedMemory",
@@ -28,6 +31,7 @@ __all__ = [
     "positional_encoding",
     "create_model",
     "count_parameters",
+    "fold_batchnorm",
 ]
 
 
@@ -43,8 +47,12 @@ class AvgResBlock(nn.Module):
         for _ in range(num_pairs):
             self.pairs.append(
                 nn.ModuleList(
-                    [nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels),
-                     nn.Conv1d(channels, channels, 3, padding=1), nn.BatchNorm1d(channels)]
+                    [
+                        nn.Conv1d(channels, channels, 3, padding=1),
+                        nn.BatchNorm1d(channels),
+                        nn.Conv1d(channels, channels, 3, padding=1),
+                        nn.BatchNorm1d(channels),
+                    ]
                 )
             )
 
@@ -100,23 +108,59 @@ class _DilatedResidualLayer(nn.Module):
         self.dilation = dilation
         self.causal = causal
         # paper/code: acausal, padding=dilation; TeCNO causal: pad 2*dilation and trim -> here left padding only.
+        self.pad = (2 * dilation, 0) if causal else (dilation, dilation)
         self.conv_dilated = nn.Conv1d(channels, channels, 3, padding=0, dilation=dilation)
         self.conv_1x1 = nn.Conv1d(channels, channels, 1)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = (2 * self.dilation, 0) if self.causal else (self.dilation, self.dilation)
-        out = F.relu(self.conv_dilated(F.pad(x, pad)))  # (N, C, T) -> (N, C, T)
-        out = self.dropout(self.conv_1x1(out))
-        return x + out
+        """``(N, C, T)`` -> ``(N, C, T)``."""
+        return self.forward_from(x, 0)
+
+    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Output columns ``[start, T)`` of :meth:`forward` ``(N, C, T - start)``, reading only the inputs they
+        depend on (``x[..., start - pad_left:]``); the sequence's zero padding stays at its true ends."""
+        left, right = self.pad
+        lo = max(0, start - left)
+        out = F.relu(self.conv_dilated(F.pad(x[..., lo:], (left - (start - lo), right))))
+        return x[..., start:] + self.dropout(self.conv_1x1(out))
+
+
+class CosineClassifier(nn.Module):
+    """LDAM-DRW's ``NormedLinear`` as a 1x1 convolution: ``scale * cos(x_t, w_c)`` (Cao et al. 2019, code).
+
+    Input ``(N, C_in, T)``, output ``(N, classes, T)`` in ``[-scale, scale]``; no bias.
+    """
+
+    def __init__(self, cin: int, classes: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.weight = nn.Parameter(torch.empty(classes, cin).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=1)  # (classes, C_in)
+        return self.scale * torch.einsum("kc,nct->nkt", w, F.normalize(x, dim=1))
 
 
 class _SingleStage(nn.Module):
-    def __init__(self, num_layers: int, f_maps: int, dim: int, num_classes: int, dropout: float, causal: bool) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        f_maps: int,
+        dim: int,
+        num_classes: int,
+        dropout: float,
+        causal: bool,
+        cosine_scale: float | None = None,
+    ) -> None:
         super().__init__()
         self.conv_1x1 = nn.Conv1d(dim, f_maps, 1)
         self.layers = nn.ModuleList([_DilatedResidualLayer(2**i, f_maps, dropout, causal) for i in range(num_layers)])
-        self.conv_out = nn.Conv1d(f_maps, num_classes, 1)
+        self.conv_out: nn.Module = (
+            nn.Conv1d(f_maps, num_classes, 1)
+            if cosine_scale is None
+            else CosineClassifier(f_maps, num_classes, cosine_scale)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv_1x1(x)
@@ -131,12 +175,24 @@ class MultiStageTCN(nn.Module):
     Input ``(N, dim, T)``, output ``(S, N, C, T)``.
     """
 
-    def __init__(self, num_stages: int, num_layers: int, f_maps: int, dim: int, num_classes: int, dropout: float,
-                 causal: bool) -> None:
+    def __init__(
+        self,
+        num_stages: int,
+        num_layers: int,
+        f_maps: int,
+        dim: int,
+        num_classes: int,
+        dropout: float,
+        causal: bool,
+        cosine_scale: float | None = None,
+    ) -> None:
         super().__init__()
-        self.stage1 = _SingleStage(num_layers, f_maps, dim, num_classes, dropout, causal)
+        self.stage1 = _SingleStage(num_layers, f_maps, dim, num_classes, dropout, causal, cosine_scale)
         self.stages = nn.ModuleList(
-            [_SingleStage(num_layers, f_maps, num_classes, num_classes, dropout, causal) for _ in range(num_stages - 1)]
+            [
+                _SingleStage(num_layers, f_maps, num_classes, num_classes, dropout, causal, cosine_scale)
+                for _ in range(num_stages - 1)
+            ]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +242,7 @@ class DelayedMemory:
         """Push a batch of predicted class indices ``(B,)`` (code: write into the last B slots, then roll by B)."""
         p = predictions.detach().reshape(-1).to(self.vector)
         if p.numel() >= self.dim:
-            self.vector = p[-self.dim:].clone()
+            self.vector = p[-self.dim :].clone()
         else:
             self.vector = torch.cat([p, self.vector[: self.dim - p.numel()]])  # == roll(buf with buf[-B:]=p, B)
 
@@ -198,55 +254,127 @@ class PoCaPOutput(NamedTuple):
     features: torch.Tensor
 
 
+class GatedMultimodalUnit(nn.Module):
+    """Gated multimodal unit (Arevalo et al., ICLR-W 2017), the fusion of the authors' Interspeech 2024 follow-up.
+
+    ``h_v = tanh(W_v v)``, ``h_a = tanh(W_a a)``, ``z = sigmoid(W_z [v; a])``, ``h = z * h_v + (1 - z) * h_a``.
+    Inputs ``(T, Di)`` and ``(T, Da)``, output ``(T, hidden)``; :attr:`last_gate` keeps the gate ``z`` ``(T, hidden)``
+    of the latest call (the share of the X-ray branch per unit).
+    """
+
+    def __init__(self, image_dim: int, audio_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.visual = nn.Linear(image_dim, hidden)
+        self.audio = nn.Linear(audio_dim, hidden)
+        self.gate = nn.Linear(image_dim + audio_dim, hidden)
+        self.last_gate: torch.Tensor | None = None
+
+    def forward(self, v: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        z = torch.sigmoid(self.gate(torch.cat([v, a], dim=1)))  # (T, hidden)
+        self.last_gate = z.detach()
+        return z * torch.tanh(self.visual(v)) + (1 - z) * torch.tanh(self.audio(a))
+
+
+MODALITIES: tuple[str, ...] = ("xray", "audio")
+
+
 class PoCaPNet(nn.Module):
     """PoCaPNet (paper Fig. 1).
 
     Args:
-        cfg: architecture; defaults give the paper's 2.8 M-parameter network.
+        cfg: architecture; defaults give the paper's 2.8 M-parameter network. ``cfg.modalities`` selects the X-ray
+            and/or audio branch (an absent branch is not built and its input may be None), ``cfg.fusion`` the
+            concatenation + linear of the paper or a :class:`GatedMultimodalUnit`, ``cfg.cosine_classifier`` the
+            LDAM-DRW normalised classifier in every MS-TCN stage.
     """
 
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         cfg = cfg or ModelConfig()
+        unknown = set(cfg.modalities) - set(MODALITIES)
+        if unknown or not cfg.modalities:
+            raise ValueError(
+                f"model.modalities must be a non-empty subset of {list(MODALITIES)}, got {list(cfg.modalities)}"
+            )
+        if cfg.fusion not in ("concat", "gmu"):
+            raise ValueError(f"model.fusion must be concat or gmu, got {cfg.fusion!r}")
+        if cfg.fusion == "gmu" and len(cfg.modalities) < 2:
+            raise ValueError("model.fusion gmu gates two modalities; use concat with a single modality")
         self.cfg = cfg
-        self.visual = AvgResBlock(cfg.num_images, cfg.avg_res_blocks)
-        self.audio = nn.ModuleList(
-            [AudioBranch(cfg.audio_frames, cfg.audio_stem_channels, cfg.audio_res_channels, cfg.bn_momentum)
-             for _ in range(cfg.num_mics)]  # code: one branch per microphone, no weight sharing
+        self.use_xray, self.use_audio = "xray" in cfg.modalities, "audio" in cfg.modalities
+        if self.use_xray:
+            self.visual = AvgResBlock(cfg.num_images, cfg.avg_res_blocks)
+        if self.use_audio:
+            self.audio = nn.ModuleList(
+                [
+                    AudioBranch(cfg.audio_frames, cfg.audio_stem_channels, cfg.audio_res_channels, cfg.bn_momentum)
+                    for _ in range(cfg.num_mics)
+                ]  # code: one branch per microphone, no weight sharing
+            )
+            self.audio_fusion = AvgResBlock(cfg.num_mics, cfg.avg_res_blocks)
+        if cfg.fusion == "gmu":
+            self.gmu = GatedMultimodalUnit(cfg.image_dim, cfg.audio_dim, cfg.hidden_dim)
+        else:
+            dim = cfg.image_dim * self.use_xray + cfg.audio_dim * self.use_audio
+            self.linear = nn.Linear(dim, cfg.hidden_dim)
+        self.tcn = MultiStageTCN(
+            cfg.num_stages,
+            cfg.num_layers,
+            cfg.num_f_maps,
+            cfg.hidden_dim,
+            cfg.num_classes,
+            cfg.dropout,
+            cfg.causal_conv,
+            cfg.cosine_scale if cfg.cosine_classifier else None,
         )
-        self.audio_fusion = AvgResBlock(cfg.num_mics, cfg.avg_res_blocks)
-        self.linear = nn.Linear(cfg.image_dim + cfg.audio_dim, cfg.hidden_dim)
-        self.tcn = MultiStageTCN(cfg.num_stages, cfg.num_layers, cfg.num_f_maps, cfg.hidden_dim, cfg.num_classes,
-                                 cfg.dropout, cfg.causal_conv)
 
-    def _check(self, images: torch.Tensor, audio: torch.Tensor) -> None:
+    def _check(self, images: torch.Tensor | None, audio: torch.Tensor | None) -> int:
         c = self.cfg
-        if images.ndim != 3 or tuple(images.shape[1:]) != (c.num_images, c.image_dim):
-            raise ValueError(f"images must be (T, {c.num_images}, {c.image_dim}), got {tuple(images.shape)}")
-        want = (c.num_mics, c.audio_frames, c.audio_dim)
-        if audio.ndim != 4 or tuple(audio.shape[1:]) != want or audio.shape[0] != images.shape[0]:
-            raise ValueError(f"audio must be (T={images.shape[0]}, {', '.join(map(str, want))}), "
-                             f"got {tuple(audio.shape)}; were the features extracted with another config?")
+        T = None
+        if self.use_xray:
+            if images is None or images.ndim != 3 or tuple(images.shape[1:]) != (c.num_images, c.image_dim):
+                got = None if images is None else tuple(images.shape)
+                raise ValueError(f"images must be (T, {c.num_images}, {c.image_dim}), got {got}")
+            T = images.shape[0]
+        if self.use_audio:
+            want = (c.num_mics, c.audio_frames, c.audio_dim)
+            if audio is None or audio.ndim != 4 or tuple(audio.shape[1:]) != want or T not in (None, audio.shape[0]):
+                got = None if audio is None else tuple(audio.shape)
+                raise ValueError(
+                    f"audio must be (T={T or 'T'}, {', '.join(map(str, want))}), got {got}; were the "
+                    "features extracted with another config?"
+                )
+            T = audio.shape[0]
+        assert T is not None
+        return T
 
-    def forward_features(self, images: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, images: torch.Tensor | None, audio: torch.Tensor | None) -> torch.Tensor:
         """Per-second fusion, no temporal context.
 
         Args:
-            images: ``(T, num_images, image_dim)`` DenseNet features of the frames t-6..t.
-            audio: ``(T, num_mics, audio_frames, audio_dim)`` wav2vec2 features of each channel's 7 s window.
+            images: ``(T, num_images, image_dim)`` DenseNet features of the frames t-6..t (None without X-ray).
+            audio: ``(T, num_mics, audio_frames, audio_dim)`` wav2vec2 features of each channel's 7 s window (None
+                without audio).
 
         Returns:
-            ``(T, hidden_dim)`` after Linear and LeakyReLU.
+            ``(T, hidden_dim)`` after Linear and LeakyReLU (or the GMU).
         """
         self._check(images, audio)
-        v = self.visual(images.float())  # (T, 7, Di) -> (T, Di)
-        a = torch.stack([br(audio[:, m].float()) for m, br in enumerate(self.audio)], dim=1)  # -> (T, M, Da)
-        a = self.audio_fusion(a)  # (T, M, Da) -> (T, Da)
-        x = torch.cat([v, a], dim=1)  # (T, Di + Da)
+        parts = []
+        if self.use_xray:
+            parts.append(self.visual(images.float()))  # (T, 7, Di) -> (T, Di)
+        if self.use_audio:
+            dt = next(self.audio.parameters()).dtype  # float32 (bf16 in a streaming copy)
+            a = torch.stack([br(audio[:, m].to(dt)).float() for m, br in enumerate(self.audio)], dim=1)  # (T, M, Da)
+            parts.append(self.audio_fusion(a))  # (T, M, Da) -> (T, Da)
+        if self.cfg.fusion == "gmu":
+            return self.gmu(*parts)  # (T, hidden)
+        x = torch.cat(parts, dim=1)  # (T, Di + Da)
         return F.leaky_relu(self.linear(x), self.cfg.leaky_slope)  # (T, hidden)
 
-    def forward_temporal(self, feats: torch.Tensor, positions: torch.Tensor | None = None,
-                         history: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_temporal(
+        self, feats: torch.Tensor, positions: torch.Tensor | None = None, history: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Add the optional positional encoding and delayed-estimation memory, then run the MS-TCN.
 
         Args:
@@ -268,11 +396,47 @@ class PoCaPNet(nn.Module):
         out = self.tcn(x)  # (S, 1, C, T)
         return out[:, 0].transpose(1, 2)  # (S, 1, C, T) -> (S, T, C)
 
-    def forward(self, images: torch.Tensor, audio: torch.Tensor, positions: torch.Tensor | None = None,
-                history: torch.Tensor | None = None) -> PoCaPOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        audio: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        history: torch.Tensor | None = None,
+    ) -> PoCaPOutput:
         """Full model on ``T`` consecutive seconds of one operation; see :meth:`forward_features`."""
         feats = self.forward_features(images, audio)
         return PoCaPOutput(self.forward_temporal(feats, positions, history), feats)
+
+
+def _fuse(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv, bn) if isinstance(bn, nn.BatchNorm1d) else conv
+
+
+@torch.no_grad()
+def fold_batchnorm(model: PoCaPNet, audio_dtype: torch.dtype | None = None) -> PoCaPNet:
+    """An inference copy of ``model`` with every eval-mode BatchNorm folded into the convolution before it.
+
+    The copy is the same class with the same ``forward`` (BatchNorms become ``nn.Identity``), so the network keeps
+    one definition; it saves the per-call BatchNorm work on the per-second streaming path. Later changes to
+    ``model`` are not seen. ``audio_dtype`` (e.g. bf16) casts the microphone branches of the copy.
+    """
+    import copy
+
+    m = copy.deepcopy(model).eval().requires_grad_(False)
+    for br in getattr(m, "audio", []):
+        br.stem[0], br.stem[1] = _fuse(br.stem[0], br.stem[1]), nn.Identity()
+        for blk in br.blocks:
+            blk.conv1, blk.bn1 = _fuse(blk.conv1, blk.bn1), nn.Identity()
+            blk.conv2, blk.bn2 = _fuse(blk.conv2, blk.bn2), nn.Identity()
+        if audio_dtype is not None:
+            br.to(audio_dtype)
+    for avg in (getattr(m, "visual", None), getattr(m, "audio_fusion", None)):
+        for pair in avg.pairs if avg is not None else []:
+            pair[0], pair[1] = _fuse(pair[0], pair[1]), nn.Identity()
+            pair[2], pair[3] = _fuse(pair[2], pair[3]), nn.Identity()
+    return m
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -304,4 +468,3 @@ def _expected_full_parameters() -> int:  # documented arithmetic, see README
     tcn2 = (9 * 64 + 64) + 10 * (64 * 64 * 3 + 64 + 64 * 64 + 64) + (64 * 9 + 9)
     avg = lambda c: 4 * (c * c * 3 + c + 2 * c)  # noqa: E731
     return 3 * audio + avg(7) + avg(3) + (2048 * 1024 + 1024) + tcn1 + tcn2
-

@@ -44,8 +44,17 @@ _AUDIO[7] = _AUDIO[0]
 _AUDIO[TRANSITION] = (("silence",), ("silence",), ("silence",))
 
 # X-ray content per phase: none, chest, needle, wire, catheter, catheter+port. Closing = Preparation.
-_XRAY = {0: "none", 1: "needle", 2: "wire", 3: "none", 4: "catheter", 5: "chest", 6: "port", 7: "none",
-         TRANSITION: "none"}
+_XRAY = {
+    0: "none",
+    1: "needle",
+    2: "wire",
+    3: "none",
+    4: "catheter",
+    5: "chest",
+    6: "port",
+    7: "none",
+    TRANSITION: "none",
+}
 
 
 def make_schedule(rng: np.random.Generator, total_s: int, min_phase_s: int = 8) -> np.ndarray:
@@ -160,9 +169,17 @@ def _ranges(labels: np.ndarray) -> tuple[list[str], list[str]]:
     return ranges, [PHASES[int(labels[a])] for a in bounds[:-1]]
 
 
-def make_synthetic_dataset(root: str | Path, n_ops: int = 8, seconds: tuple[int, int] = (150, 240), seed: int = 0,
-                           frame_format: str = "jpg", labels_format: str = "json", sample_rate: int = 16000,
-                           frame_size: int = 128, progress: bool = True) -> list[str]:
+def make_synthetic_dataset(
+    root: str | Path,
+    n_ops: int = 8,
+    seconds: tuple[int, int] = (150, 240),
+    seed: int = 0,
+    frame_format: str = "jpg",
+    labels_format: str = "json",
+    sample_rate: int = 16000,
+    frame_size: int = 128,
+    progress: bool = True,
+) -> list[str]:
     """Write ``n_ops`` synthetic operations in the PoCaP layout under ``root``; returns the operation names.
 
     Args:

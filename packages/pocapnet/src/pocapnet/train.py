@@ -1,14 +1,25 @@
-"""Training of PoCaPNet on extracted features (paper §3.2; code: ``fit()``).
+"""Training of PoCaPNet on extracted features (paper §3.2; code: ``fit()``), in one process or under torchrun.
 
-Batches are consecutive seconds of one operation (batch = time), operations in sorted order every epoch, Adam
-(lr 9e-6, weight decay 1e-6), early stopping on the validation loss (patience 5), the best model saved at each
-improvement. Training resumes from ``last.pt`` after an interruption.
+Batches are consecutive seconds of one operation (batch = time), Adam (lr 9e-6, weight decay 1e-6), early stopping
+on the validation loss (patience 5), the best model saved at each improvement. Training resumes from ``last.pt``.
+
+Streams. The training operations (sorted) are dealt round-robin to ``world_size x accumulate`` streams; stream
+``j`` runs its operations one after the other, chunk by chunk, with its own delayed-estimation memory (reset at
+each operation). An optimizer step takes the next chunk of every stream and averages their losses. One process with
+``accumulate = 1`` is the official code (one stream: all operations in sorted order, one chunk per step). Under
+torchrun (DDP, gloo on CPU / nccl on CUDA) rank ``r`` runs streams ``r*A .. r*A + A-1``; the gradients are
+averaged over ranks, so ``torchrun --nproc_per_node=2`` with ``accumulate = 1`` takes the same steps as one process
+with ``accumulate = 2`` (test). BatchNorm statistics are per chunk, as in the paper's method (each forward sees one
+chunk of one operation), not synchronised (no SyncBatchNorm): a chunk's normalisation must not depend on the other
+streams. DDP broadcasts rank 0's BatchNorm running statistics at every forward, so the saved running statistics
+follow rank 0's chunks only (the documented difference from one process, which updates them with every chunk).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,66 +27,112 @@ import numpy as np
 import torch
 from torch import nn
 
-from pocapnet.config import PocapConfig
-from pocapnet.features import FeatureOperation, load_feature_operation
-from pocapnet.losses import build_criterion, class_counts, stage_loss
+from pocapnet.config import FeatureConfig, PocapConfig
+from pocapnet.features import FeatureOperation, check_compatible, feature_signature, load_feature_operation
+from pocapnet.losses import LDAMLoss, build_criterion, class_counts, stage_loss
 from pocapnet.model import DelayedMemory, PoCaPNet
+from pocapnet.splits import OFFICIAL_SPLIT, split_operations
 
-#: The official code's split (Random(1881), double shuffle of the "mid" list; brief "Split"): 16/6/5 operations.
-OFFICIAL_SPLIT: dict[str, list[str]] = {
-    "train": [f"OP_{i:03d}" for i in (1, 4, 5, 7, 10, 14, 15, 16, 17, 26, 27, 31, 35, 36, 39, 40)],
-    "val": [f"OP_{i:03d}" for i in (6, 12, 19, 25, 29, 38)],
-    "test": [f"OP_{i:03d}" for i in (28, 30, 32, 33, 34)],
-}
-
-__all__ = ["OFFICIAL_SPLIT", "split_operations", "run_operation", "model_config_for_features", "fit", "load_model"]
-
-
-def split_operations(ops: list[str], cfg: PocapConfig, split_file: str | Path | None = None) -> dict[str, list[str]]:
-    """60/20/20 random split by operation (medshared, seeded), an explicit manifest (``medshared.splits``), or
-    ``"official"`` for the official code's 16/6/5 lists (:data:`OFFICIAL_SPLIT`)."""
-    from medshared.splits import load_split, ratio_split
-
-    if split_file is not None:
-        split = OFFICIAL_SPLIT if str(split_file) == "official" else load_split(split_file)
-        unknown = sorted(set(sum(split.values(), [])) - set(ops))
-        if unknown:
-            raise ValueError(f"split file {split_file} names operations without features: {unknown[:5]}")
-        return {k: sorted(split.get(k, [])) for k in ("train", "val", "test")}
-    split = ratio_split(sorted(ops), cfg.train.split_ratios, seed=cfg.train.seed)
-    return {k: sorted(v) for k, v in split.items()}
+__all__ = [
+    "OFFICIAL_SPLIT",
+    "split_operations",
+    "prefetch",
+    "run_operation",
+    "model_config_for_features",
+    "check_same_features",
+    "check_checkpoint_features",
+    "make_streams",
+    "train_step",
+    "fit",
+    "load_model",
+]
 
 
-def model_config_for_features(cfg: PocapConfig, fop: FeatureOperation) -> PocapConfig:
-    """Set the model's input dims from the stored features (image/audio dims, frames per window)."""
-    m = fop.meta
-    model = dataclasses.replace(cfg.model, image_dim=int(m["image_dim"]), audio_dim=int(m["audio_dim"]),
-                                audio_frames=int(m["audio_frames"]))
-    return dataclasses.replace(cfg, model=model)
+def prefetch(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """Yield ``items`` in order while a background thread produces up to ``depth`` ahead (0: no thread).
+
+    Reading memory-mapped features (NumPy copies release the GIL) overlaps with the model's compute. An exception in
+    the producer is raised in the consumer; closing the generator early stops the thread.
+    """
+    if depth <= 0:
+        yield from items
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for x in items:
+                while not stop.is_set():
+                    try:
+                        q.put((True, x), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((True, end))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    th = threading.Thread(target=work, daemon=True, name="pocapnet-prefetch")
+    th.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                raise x
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
+        th.join(timeout=5)
 
 
-def run_operation(model: PoCaPNet, fop: FeatureOperation, batch_size: int, device: torch.device | str,
-                  criterion: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-                  grad_clip: float = 0.0) -> dict[str, Any]:
+def _chunks(fop: FeatureOperation, batch_size: int, num_images: int, audio: bool) -> Iterator[tuple]:
+    T = len(fop)
+    for start in range(0, T, batch_size):
+        stop = min(start + batch_size, T)
+        yield (start, stop, *fop.chunk(start, stop, num_images, audio=audio))
+
+
+def run_operation(
+    model: PoCaPNet,
+    fop: FeatureOperation,
+    batch_size: int,
+    device: torch.device | str,
+    criterion: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    grad_clip: float = 0.0,
+    prefetch_depth: int = 2,
+    smooth_weight: float = 0.0,
+    smooth_tau: float = 4.0,
+) -> dict[str, Any]:
     """Run one operation chunk by chunk, with the delayed-estimation memory reset at its start.
 
     Returns a dict with ``loss`` (mean over chunks, nan without criterion), ``pred`` ``(T,)`` last-stage argmax and
     ``prob`` ``(T, C)`` softmax of the last stage.
     """
     device = torch.device(device)
-    memory = DelayedMemory(model.cfg.hidden_dim, device)  # reset per operation (code: y_prev zeroed)
+    cfg = model.cfg
+    memory = DelayedMemory(cfg.hidden_dim, device)  # reset per operation (code: y_prev zeroed)
     losses, preds, probs = [], [], []
-    T = len(fop)
-    for start in range(0, T, batch_size):
-        stop = min(start + batch_size, T)
-        imgs, aud = fop.chunk(start, stop, model.cfg.num_images)
-        imgs, aud = imgs.to(device), aud.to(device)
+    for start, stop, imgs, aud in prefetch(
+        _chunks(fop, batch_size, cfg.num_images, "audio" in cfg.modalities), prefetch_depth
+    ):
+        imgs = imgs.to(device)
+        aud = aud.to(device) if aud is not None else None
         pos = torch.arange(start, stop, device=device)
         with torch.set_grad_enabled(optimizer is not None):
-            out = model(imgs, aud, pos, memory.vector if model.cfg.delayed_estimation else None)
+            out = model(imgs, aud, pos, memory.vector if cfg.delayed_estimation else None)
             if criterion is not None and fop.labels is not None:
                 target = torch.as_tensor(np.asarray(fop.labels[start:stop]), device=device)
-                loss = stage_loss(criterion, out.logits.double(), target)  # code: float64 logits
+                loss = stage_loss(criterion, out.logits.double(), target, smooth_weight, smooth_tau)  # code: float64
                 if optimizer is not None:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -88,8 +145,11 @@ def run_operation(model: PoCaPNet, fop: FeatureOperation, batch_size: int, devic
         memory.update(pred)
         preds.append(pred.cpu().numpy())
         probs.append(torch.softmax(last.float(), dim=1).cpu().numpy())
-    return {"loss": float(np.mean(losses)) if losses else float("nan"), "pred": np.concatenate(preds),
-            "prob": np.concatenate(probs)}
+    return {
+        "loss": float(np.mean(losses)) if losses else float("nan"),
+        "pred": np.concatenate(preds),
+        "prob": np.concatenate(probs),
+    }
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[PoCaPNet, PocapConfig, dict]:
@@ -103,90 +163,115 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     return model.to(device).eval(), cfg, extra
 
 
-def fit(feat_root: str | Path, out_dir: str | Path, cfg: PocapConfig, split: dict[str, list[str]],
-        device: str | torch.device = "cpu", resume: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Train with early stopping; writes ``best.safetensors``, ``last.pt`` (resume state) and ``history.{json,csv}``.
+def model_config_for_features(cfg: PocapConfig, fop: FeatureOperation) -> PocapConfig:
+    """The model's input dims and microphones, and the feature settings, as the stored features were made."""
+    m = fop.meta
+    model = dataclasses.replace(
+        cfg.model,
+        image_dim=int(m["image_dim"]),
+        audio_dim=int(m["audio_dim"]),
+        audio_frames=int(m["audio_frames"]),
+        num_mics=len(fop.channels),
+    )
+    feats = {**dataclasses.asdict(cfg.features), **(m.get("features") or {}), "channels": tuple(fop.channels)}
+    feats = {k: tuple(v) if isinstance(v, list) else v for k, v in feats.items()}
+    return dataclasses.replace(cfg, model=model, features=FeatureConfig(**feats))
+
+
+def check_same_features(ops: Sequence[FeatureOperation]) -> None:
+    """All operations must share feature settings, extractor weights, channels and dims (else ``ValueError``)."""
+    ref = ops[0]
+    keys = ("features", "weights", "image_dim", "audio_dim", "audio_frames")
+    for f in ops[1:]:
+        bad = [k for k in keys if f.meta.get(k) != ref.meta.get(k)] + (
+            ["channels"] if f.channels != ref.channels else []
+        )
+        if bad:
+            raise ValueError(
+                f"operations {ref.name} and {f.name} were extracted differently ({', '.join(bad)}); "
+                "re-extract them with one configuration"
+            )
+
+
+def make_streams(ops: Sequence[FeatureOperation], n_streams: int, batch_size: int) -> list[list[tuple]]:
+    """Deal the (sorted) operations round-robin to ``n_streams`` streams; each stream is its list of chunks
+    ``(fop, start, stop)`` in order."""
+    from medshared.distributed import shard_items
+
+    out = []
+    for j in range(n_streams):
+        mine = shard_items(list(ops), j, n_streams, key=lambda f: f.name)
+        out.append([(f, a, min(a + batch_size, len(f))) for f in mine for a in range(0, len(f), batch_size)])
+    return out
+
+
+def _load_chunk(item: tuple, num_images: int, audio: bool) -> tuple:
+    fop, a, b = item
+    return (fop, a, b, *fop.chunk(a, b, num_images, audio=audio))
+
+
+def train_step(
+    model: nn.Module,
+    chunks: Sequence[tuple | None],
+    memories: list[DelayedMemory],
+    criterion: nn.Module,
+    n_streams: int,
+    device: torch.device,
+    smooth: tuple[float, float] = (0.0, 4.0),
+    dummy: tuple | None = None,
+) -> list[float]:
+    """Forward/backward of one optimizer step over this process's streams (no ``optimizer.step()`` here).
+
+    Args:
+        model: the (possibly DDP-wrapped) model in train mode.
+        chunks: per local stream a loaded chunk ``(fop, start, stop, images, audio)`` or None (stream finished).
+        memories: per local stream its delayed-estimation memory (reset by the caller at an operation's start).
+        n_streams: the global number of streams (every loss is divided by it; DDP's mean over ranks makes the
+            gradient the mean over all streams).
+        dummy: a loaded chunk for a process whose streams are all finished while others still run: a zero-loss
+            forward/backward in eval mode keeps DDP's collectives in step without touching BatchNorm statistics.
 
     Returns:
-        ``{"history": [...], "best_epoch": int, "best_val_loss": float, "checkpoint": path, "config": cfg}``.
+        The unscaled losses of the chunks run.
     """
-    from medshared.checkpoint import save_checkpoint
-    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, seed_everything
-    from tqdm import tqdm
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    if not split.get("train") or not split.get("val"):
-        sizes = {k: len(v) for k, v in split.items()}
-        raise ValueError(f"need at least one train and one validation operation, got {sizes}")
-    train_ops = [load_feature_operation(feat_root, o) for o in split["train"]]
-    val_ops = [load_feature_operation(feat_root, o) for o in split["val"]]
-    for f in train_ops + val_ops:
-        if f.labels is None:
-            raise ValueError(f"operation {f.name} has features but no labels; add annotations and re-extract")
-    cfg = model_config_for_features(cfg, train_ops[0])
-    tc = cfg.train
-    seed_everything(tc.seed)
-    counts = class_counts([f.labels for f in train_ops])
-    criterion = build_criterion(tc, counts).to(device)
-    model = PoCaPNet(cfg.model).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    history: list[dict[str, Any]] = []
-    start_epoch, best, bad, best_epoch = 0, float("inf"), 0, -1
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.safetensors"
-    if resume and last_path.is_file():
-        st = torch.load(last_path, map_location=device, weights_only=False)
-        if _resume_key(st.get("config") or {}) == _resume_key(cfg.to_dict()):
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            start_epoch, best, bad, best_epoch = st["epoch"] + 1, st["best"], st["bad"], st["best_epoch"]
-            history = st["history"]
-            torch.set_rng_state(st["rng"])
-            if progress:
-                print(f"resuming from {last_path} at epoch {start_epoch}")
-        elif progress:
-            print(f"{last_path} was written with another config; starting afresh")
-    meta = {"counts": counts.tolist(), "split": split, "feature_meta": train_ops[0].meta}
-    bar = tqdm(range(start_epoch, tc.max_epochs), desc="train", unit="epoch", disable=not progress,
-               initial=start_epoch, total=tc.max_epochs)
-    for epoch in bar:
-        if bad >= tc.patience:
-            break
-        t0 = time.perf_counter()
-        model.train()
-        tr = [run_operation(model, f, tc.batch_size, device, criterion, opt, tc.grad_clip)["loss"] for f in train_ops]
-        model.eval()
-        with torch.no_grad():
-            vr = [run_operation(model, f, tc.batch_size, device, criterion) for f in val_ops]
-        val_loss = float(np.mean([r["loss"] for r in vr]))
-        val_acc = float(np.mean([_acc(f.labels, r["pred"]) for f, r in zip(val_ops, vr, strict=True)]))
-        row = {"epoch": epoch, "train_loss": float(np.mean(tr)), "val_loss": val_loss, "val_accuracy": val_acc,
-               "seconds": round(time.perf_counter() - t0, 2)}
-        history.append(row)
-        if val_loss < best:
-            best, bad, best_epoch = val_loss, 0, epoch
-            save_checkpoint(best_path, model.state_dict(), cfg.to_dict(),
-                            extra={**meta, "epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc})
-        else:
-            bad += 1
-        with atomic_path(last_path) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "best": best,
-                        "bad": bad, "best_epoch": best_epoch, "history": history, "rng": torch.get_rng_state(),
-                        "config": cfg.to_dict()}, tmp)
-        bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.3f}")
-    atomic_write_json(out_dir / "history.json", history)
-    if history:
-        atomic_write_csv(out_dir / "history.csv", history)
-    atomic_write_json(out_dir / "config.json", cfg.to_dict())
-    return {"history": history, "best_epoch": best_epoch, "best_val_loss": best, "checkpoint": str(best_path),
-            "config": cfg}
+    inner = getattr(model, "module", model)
+    cfg = inner.cfg
+    world = n_streams // max(1, len(chunks))
+    live = [i for i, c in enumerate(chunks) if c is not None]
+    losses: list[float] = []
+    if not live:
+        if dummy is not None and isinstance(model, nn.parallel.DistributedDataParallel):
+            _, a, b, imgs, aud = dummy
+            model.eval()
+            out = model(
+                imgs.to(device), None if aud is None else aud.to(device), torch.arange(a, b, device=device), None
+            )
+            (out.logits.sum() * 0.0).backward()
+            model.train()
+        return losses
+    for n, i in enumerate(live):
+        fop, a, b, imgs, aud = chunks[i]
+        sync = n == len(live) - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
+        ctx = model.no_sync() if not sync else _null()
+        with ctx:
+            hist = memories[i].vector if cfg.delayed_estimation else None
+            out = model(
+                imgs.to(device), None if aud is None else aud.to(device), torch.arange(a, b, device=device), hist
+            )
+            target = torch.as_tensor(np.asarray(fop.labels[a:b]), device=device)
+            loss = stage_loss(criterion, out.logits.double(), target, *smooth)  # code: float64 logits
+            (loss * (world / n_streams)).backward()
+        memories[i].update(out.logits[-1].detach().argmax(dim=1))
+        losses.append(float(loss.detach()))
+    return losses
 
 
-def _resume_key(d: dict[str, Any]) -> dict[str, Any]:
-    """Config fields that must match to resume (max_epochs/patience may change between runs)."""
-    train = {k: v for k, v in d.get("train", {}).items() if k not in ("max_epochs", "patience")}
-    return {"model": d.get("model"), "features": d.get("features"), "train": train}
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
 
 
 def _acc(y: np.ndarray, p: np.ndarray) -> float:
@@ -195,3 +280,248 @@ def _acc(y: np.ndarray, p: np.ndarray) -> float:
     keep = np.asarray(y) != TRANSITION
     return float(np.mean(np.asarray(y)[keep] == p[keep])) if keep.any() else float("nan")
 
+
+def _resume_key(d: dict[str, Any], world: int) -> dict[str, Any]:
+    """Config fields that must match to resume (max_epochs/patience/prefetch may change between runs)."""
+    skip = ("max_epochs", "patience", "prefetch")
+    train = {k: v for k, v in d.get("train", {}).items() if k not in skip}
+    return {"model": d.get("model"), "features": d.get("features"), "train": train, "world_size": world}
+
+
+def fit(
+    feat_root: str | Path,
+    out_dir: str | Path,
+    cfg: PocapConfig,
+    split: dict[str, list[str]],
+    device: str | torch.device = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+    ctx: Any = None,
+) -> dict[str, Any]:
+    """Train with early stopping; rank 0 writes ``best.safetensors``, ``last.pt`` (resume state),
+    ``history.{json,csv}``, ``config.json`` and ``train.json`` (world size, streams, effective batch, lr rule).
+
+    Args:
+        ctx: a :class:`medshared.distributed.DistContext` (None: one process on ``device``).
+
+    Returns:
+        ``{"history": [...], "best_epoch": int, "best_val_loss": float, "checkpoint": path, "config": cfg}``.
+    """
+    from medshared.checkpoint import save_checkpoint
+    from medshared.distributed import (
+        DistContext,
+        all_gather_object,
+        barrier,
+        rank_seed,
+        scale_lr,
+        shard_items,
+        unwrap_model,
+        wrap_model,
+    )
+    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, seed_everything
+    from tqdm import tqdm
+
+    ctx = ctx or DistContext(device=torch.device(device))
+    device = torch.device(ctx.device)
+    out_dir = Path(out_dir)
+    if not split.get("train") or not split.get("val"):
+        sizes = {k: len(v) for k, v in split.items()}
+        raise ValueError(f"need at least one train and one validation operation, got {sizes}")
+    train_ops = [load_feature_operation(feat_root, o) for o in split["train"]]
+    val_ops = [load_feature_operation(feat_root, o) for o in split["val"]]
+    for f in train_ops + val_ops:
+        if f.labels is None:
+            raise ValueError(f"operation {f.name} has features but no labels; add annotations and re-extract")
+    check_same_features(train_ops + val_ops)
+    cfg = model_config_for_features(cfg, train_ops[0])
+    tc = cfg.train
+    if tc.accumulate < 1:
+        raise ValueError(f"train.accumulate must be >= 1, got {tc.accumulate}")
+    seed_everything(tc.seed)  # the same model init on every rank
+    counts = class_counts([f.labels for f in train_ops])
+    criterion = build_criterion(tc, counts, cfg.model).to(device)
+    net = PoCaPNet(cfg.model).to(device)
+    if ctx.enabled:
+        torch.manual_seed(rank_seed(tc.seed, ctx))  # each rank its own dropout masks (init above is shared)
+    n_streams = ctx.world_size * tc.accumulate
+    if len(train_ops) < n_streams:
+        raise ValueError(
+            f"{len(train_ops)} training operations for {n_streams} streams (world size "
+            f"{ctx.world_size} x accumulate {tc.accumulate}); every stream needs at least one operation"
+        )
+    lr = scale_lr(tc.lr, 1, n_streams, tc.lr_rule)  # the recipe's lr is for one chunk per step
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=tc.weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, best, bad, best_epoch = 0, float("inf"), 0, -1
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.safetensors"
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    barrier(ctx)
+    if resume and last_path.is_file():
+        st = torch.load(last_path, map_location=device, weights_only=False)
+        if _resume_key(st.get("config") or {}, st.get("world_size", 1)) == _resume_key(cfg.to_dict(), ctx.world_size):
+            net.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            start_epoch, best, bad, best_epoch = st["epoch"] + 1, st["best"], st["bad"], st["best_epoch"]
+            history = st["history"]
+            rngs = st.get("rng_per_rank") or [st["rng"]]
+            torch.set_rng_state(rngs[ctx.rank % len(rngs)])
+            if progress and ctx.is_main:
+                print(f"resuming from {last_path} at epoch {start_epoch}")
+        elif progress and ctx.is_main:
+            print(f"{last_path} was written with another config or world size; starting afresh")
+    model = wrap_model(net, ctx)
+    meta = {
+        "counts": counts.tolist(),
+        "split": split,
+        "feature_meta": train_ops[0].meta,
+        "features": feature_signature(cfg.features),
+        "weights": train_ops[0].meta.get("weights"),
+    }
+    run_info = {
+        "world_size": ctx.world_size,
+        "backend": ctx.backend,
+        "streams": n_streams,
+        "accumulate": tc.accumulate,
+        "chunk_seconds": tc.batch_size,
+        "effective_batch_chunks": n_streams,
+        "effective_batch_seconds": n_streams * tc.batch_size,
+        "lr_recipe": tc.lr,
+        "lr_rule": tc.lr_rule,
+        "lr": lr,
+        "sync_batchnorm": False,
+    }
+    streams = make_streams(train_ops, n_streams, tc.batch_size)
+    mine = list(range(ctx.rank * tc.accumulate, (ctx.rank + 1) * tc.accumulate))
+    n_steps = max(len(s) for s in streams)
+    val_mine = shard_items(val_ops, ctx.rank, ctx.world_size, key=lambda f: f.name)
+    use_audio = "audio" in cfg.model.modalities
+    bar = tqdm(
+        range(start_epoch, tc.max_epochs),
+        desc="train",
+        unit="epoch",
+        disable=not (progress and ctx.is_main),
+        initial=start_epoch,
+        total=tc.max_epochs,
+    )
+    for epoch in bar:
+        if bad >= tc.patience:
+            break
+        if isinstance(criterion, LDAMLoss) and tc.ldam_drw_epoch > 0:
+            criterion.set_reweight(epoch >= tc.ldam_drw_epoch)
+            if epoch == tc.ldam_drw_epoch:  # the loss changed: early stopping starts over (LDAM-DRW)
+                best, bad = float("inf"), 0
+        t0 = time.perf_counter()
+        model.train()
+        memories = [DelayedMemory(cfg.model.hidden_dim, device) for _ in mine]
+        plan = ([streams[j][s] if s < len(streams[j]) else None for j in mine] for s in range(n_steps))
+        loaded = (
+            [None if c is None else _load_chunk(c, cfg.model.num_images, use_audio) for c in step] for step in plan
+        )
+        tr: list[float] = []
+        dummy = None
+        for chunks in prefetch(loaded, tc.prefetch):
+            for i, c in enumerate(chunks):
+                if c is not None and c[1] == 0:
+                    memories[i].reset()  # a new operation starts in this stream
+                if c is not None:
+                    dummy = c
+            opt.zero_grad(set_to_none=True)
+            tr += train_step(
+                model, chunks, memories, criterion, n_streams, device, (tc.smooth_weight, tc.smooth_tau), dummy
+            )
+            if tc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            vr = [
+                (
+                    f.name,
+                    run_operation(
+                        net,
+                        f,
+                        tc.batch_size,
+                        device,
+                        criterion,
+                        prefetch_depth=tc.prefetch,
+                        smooth_weight=tc.smooth_weight,
+                        smooth_tau=tc.smooth_tau,
+                    ),
+                    f.labels,
+                )
+                for f in val_mine
+            ]
+        gathered = all_gather_object(([(n, r["loss"], _acc(y, r["pred"])) for n, r, y in vr], tr), ctx)
+        vals = sorted((v for g in gathered for v in g[0]), key=lambda v: v[0])
+        tr_all = [x for g in gathered for x in g[1]]
+        val_loss = float(np.mean([v[1] for v in vals]))
+        val_acc = float(np.mean([v[2] for v in vals]))
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(tr_all)),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        history.append(row)
+        if val_loss < best:
+            best, bad, best_epoch = val_loss, 0, epoch
+            if ctx.is_main:
+                save_checkpoint(
+                    best_path,
+                    net.state_dict(),
+                    cfg.to_dict(),
+                    extra={**meta, "epoch": epoch, "val_loss": val_loss, "val_accuracy": val_acc},
+                )
+        else:
+            bad += 1
+        rngs = all_gather_object(torch.get_rng_state(), ctx)
+        if ctx.is_main:
+            with atomic_path(last_path) as tmp:
+                torch.save(
+                    {
+                        "model": unwrap_model(model).state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "epoch": epoch,
+                        "best": best,
+                        "bad": bad,
+                        "best_epoch": best_epoch,
+                        "history": history,
+                        "rng": rngs[0],
+                        "rng_per_rank": rngs,
+                        "config": cfg.to_dict(),
+                        "world_size": ctx.world_size,
+                    },
+                    tmp,
+                )
+        barrier(ctx)
+        bar.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val_loss:.3f}", acc=f"{val_acc:.3f}")
+    if ctx.is_main:
+        atomic_write_json(out_dir / "history.json", history)
+        if history:
+            atomic_write_csv(out_dir / "history.csv", history)
+        atomic_write_json(out_dir / "config.json", cfg.to_dict())
+        atomic_write_json(
+            out_dir / "train.json",
+            {**run_info, "epochs_run": len(history), "best_epoch": best_epoch, "best_val_loss": best},
+        )
+    barrier(ctx)
+    return {
+        "history": history,
+        "best_epoch": best_epoch,
+        "best_val_loss": best,
+        "checkpoint": str(best_path),
+        "config": cfg,
+        "run": run_info,
+    }
+
+
+def check_checkpoint_features(extra: dict[str, Any], cfg: PocapConfig, fop: FeatureOperation) -> None:
+    """``check_compatible`` of a feature folder against a checkpoint (its recorded settings and weights)."""
+    check_compatible(
+        fop.meta,
+        extra.get("features") or feature_signature(cfg.features),
+        extra.get("weights"),
+        f"features of {fop.name}",
+    )
