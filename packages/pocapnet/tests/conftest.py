@@ -60,38 +60,9 @@ def syn_feats(syn_data, tmp_path_factory, tiny_cfg) -> Path:
     return out
 
 
-def write_dicom(
-    path: Path, frames, frame_time_ms: float | None = None, acq_time: str | None = None, instance: int = 1
-) -> Path:
-    """A minimal uncompressed DICOM (MONOCHROME2, 16-bit) with one or more frames ``(n, H, W)``."""
-    import numpy as np
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    arr = np.asarray(frames, dtype=np.uint16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"  # X-ray angiographic image
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.InstanceNumber = "XA", instance
-    ds.Rows, ds.Columns = arr.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    if arr.ndim == 3:
-        ds.NumberOfFrames = arr.shape[0]
-    if frame_time_ms is not None:
-        ds.FrameTime = frame_time_ms
-    if acq_time is not None:
-        ds.AcquisitionTime = acq_time
-    ds.PixelData = arr.tobytes()
-    pydicom.dcmwrite(str(path), ds, enforce_file_format=True)
-    return path
-
-
 @pytest.fixture(scope="session")
 def dicom_writer():
-    """:func:`write_dicom` (test modules cannot import conftest under --import-mode=importlib)."""
+    """:func:`pocapnet.dicomwrite.write_dicom`."""
+    from pocapnet.dicomwrite import write_dicom
+
     return write_dicom

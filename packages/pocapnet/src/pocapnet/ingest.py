@@ -77,8 +77,8 @@ class IngestOptions:
     physician: str | None = None  # swap Channel_1/Channel_2 when annotations say the physician wore headset 2
     peak_normalize: bool = False  # code: pydub normalize (headroom 0.1 dB)
     headroom_db: float = 0.1
-    mic_off_threshold: float | None = None  # code: 1e5 (summed |STFT| of an int16-scale frame)
-    align_to: str | None = None  # channel name to align the others to (code: the GoPro ambient track)
+    mic_off_threshold: float | None = None  # audioprep.zero_mic_off (calibrate; the code's 1e5 has no stated scale)
+    align_to: str | None = None  # channel whose clock the channels of OTHER files are aligned to (code: GoPro)
     align_max_s: float = 1800.0  # code: first 30 min
     align_max_lag_s: float = 60.0
     xray_offset_s: float = 0.0  # audio time at which the X-ray source's clock starts
@@ -172,15 +172,18 @@ def _preprocess(waves: list[np.ndarray], specs: list[ChannelSpec], opt: IngestOp
         names = [s.name for s in specs]
         if opt.align_to not in names:
             raise DataError(f"--align-to {opt.align_to!r} is not a channel name ({', '.join(names)})")
+        ref_spec = specs[names.index(opt.align_to)]
         ref = waves[names.index(opt.align_to)]
         for i, s in enumerate(specs):
-            if s.name != opt.align_to:
-                waves[i], rec["channels"][i]["alignment"] = align_to(
-                    waves[i], ref, sr, opt.align_max_s, opt.align_max_lag_s
-                )
-                log.warning(
-                    "%s aligned to %s: lag %+.3f s", s.name, opt.align_to, rec["channels"][i]["alignment"]["lag_s"]
-                )
+            if s.path.resolve() == ref_spec.path.resolve():  # channels of one file share its clock
+                continue
+            waves[i], a = align_to(waves[i], ref, sr, opt.align_max_s, opt.align_max_lag_s)
+            rec["channels"][i]["alignment"] = a
+            log.warning("%s aligned to %s: lag %+.3f s", s.name, opt.align_to, a["lag_s"])
+            rec["changes"].append(
+                f"{s.name} shifted by {-a['lag_s']:+.4f} s onto {opt.align_to}'s clock, end "
+                f"padded {a['end_padded_samples']} / cut {a['end_cut_samples']} samples"
+            )
     return waves
 
 
