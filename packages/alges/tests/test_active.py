@@ -44,7 +44,8 @@ def test_resume_equals_uninterrupted(tmp_path, arrays):
 
 
 @pytest.mark.parametrize(
-    "strategy", ["random", "entropy", "margin", "least-confidence", "coreset", "deal", "alges-img", "alges-sem"]
+    "strategy",
+    ["random", "entropy", "margin", "least-confidence", "coreset", "deal", "badge", "alges-img", "alges-sem"],
 )
 def test_every_strategy_selects_distinct_unlabeled(strategy, arrays):
     pool, _ = arrays
@@ -53,10 +54,11 @@ def test_every_strategy_selects_distinct_unlabeled(strategy, arrays):
     model = build_model(cfg, deal_head=strategy == "deal")
     labeled = np.array([0, 1, 2])
     unl = np.arange(3, len(pool))
-    chosen, scores = select_batch(strategy, model, pool.images, unl, labeled, 5, cfg, CPU, seed=1)
+    chosen, scores, failures = select_batch(strategy, model, pool.images, unl, labeled, 5, cfg, CPU, seed=1)
+    assert failures == []
     assert len(set(chosen.tolist())) == 5 and set(chosen.tolist()) <= set(unl.tolist())
     assert len(scores) == 5 and np.isfinite(scores).all()
-    again, _ = select_batch(strategy, model, pool.images, unl, labeled, 5, cfg, CPU, seed=1)
+    again, _, _ = select_batch(strategy, model, pool.images, unl, labeled, 5, cfg, CPU, seed=1)
     np.testing.assert_array_equal(chosen, again)
 
 
@@ -68,5 +70,5 @@ def test_select_errors(arrays):
     with pytest.raises(ValueError, match="larger than the unlabeled pool"):
         select_batch("random", None, pool.images, np.arange(3), np.array([], int), 4, cfg, CPU)
     with pytest.raises(ValueError, match="valid"):
-        parse_strategies("random,badge")
+        parse_strategies("random,bogus")
     assert parse_strategies("random, alges-img") == ["random", "alges-img"]

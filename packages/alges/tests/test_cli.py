@@ -38,7 +38,7 @@ def trained(syn_root, tmp_path_factory):
 def test_train_evaluate_predict_query(trained, syn_root, tmp_path):
     ck = trained / "run" / "model.safetensors"
     assert ck.is_file() and (trained / "run" / "train_state.pt").is_file()
-    log = json.loads((trained / "run" / "train_log.json").read_text())
+    log = json.loads((trained / "run" / "train.json").read_text())
     assert len(log["losses"]) == 2
     # resume after the last epoch: nothing left to do, the checkpoint is rewritten
     assert (
@@ -62,7 +62,7 @@ def test_train_evaluate_predict_query(trained, syn_root, tmp_path):
         )
         == 0
     )
-    assert json.loads((trained / "run" / "train_log.json").read_text())["start_epoch"] == 2
+    assert json.loads((trained / "run" / "train.json").read_text())["start_epoch"] == 2
     assert main(["evaluate", "--checkpoint", str(ck), "--data", str(syn_root), "--out", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0.0 <= m["dice_macro"] <= 1.0 and m["n_images"] == 24
@@ -104,7 +104,7 @@ def test_bad_inputs_fail_cleanly(trained, syn_root, tmp_path, capsys):
         ),
         (["query", "--checkpoint", str(ck), "--pool", str(syn_root), "--budget", "100"], "budget 100"),
         (["query", "--checkpoint", str(ck), "--pool", str(tmp_path), "--budget", "1"], "empty"),
-        (["query", "--checkpoint", str(ck), "--pool", str(syn_root), "--budget", "1", "--strategy", "badge"], "valid"),
+        (["query", "--checkpoint", str(ck), "--pool", str(syn_root), "--budget", "1", "--strategy", "bogus"], "valid"),
         (["query", "--checkpoint", str(ck), "--pool", str(syn_root), "--budget", "1", "--strategy", "deal"], "DEAL"),
         (["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "t")], "not found"),
         (

@@ -109,9 +109,14 @@ def test_folder_dataset_and_stem_mismatch(tmp_path):
     with pytest.raises(ValueError, match="im9"):
         read_id_list(tmp_path / "list.txt", idx)
     (tmp_path / "masks" / "im1.png").rename(tmp_path / "masks" / "other.png")
-    with pytest.raises(ValueError, match="stem mismatch.*im1.*other"):
+    with pytest.raises(ValueError, match=r"1 masks in .*masks have no image of the same name.*\['other'\]"):
         scan_folder(tmp_path)
     assert [i for i, _ in scan_images(tmp_path)] == ["im0", "im1", "im2"]
+    (tmp_path / "masks" / "other.png").unlink()  # im1 without a mask: an unlabelled image, allowed
+    idx = scan_folder(tmp_path)
+    assert idx.ids == ("im0", "im1", "im2") and idx.labeled_ids == ("im0", "im2")
+    with pytest.raises(ValueError, match="have no mask"):
+        load_arrays(idx, ["im1"], 16, progress=False)
 
 
 def test_real_thyroid_samples_through_folder_loader(tmp_path):

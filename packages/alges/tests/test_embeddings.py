@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from alges.config import create_config
 from alges.embeddings import alges_img, alges_sem, materialize_G
-from alges.evaluate import infer
+from alges.inference import infer
 from alges.model import build_model
 
 
@@ -87,19 +87,19 @@ def test_pool_inference_embeddings_match_model_autograd(ks):
         x.to(torch.uint8).numpy(),
         cfg,
         torch.device("cpu"),
-        ("alges_img", "alges_sem"),
+        ("alges-img", "alges-sem"),
         amp=False,
         channels_last=False,
-    )
+    ).values
     xi = x.to(torch.uint8).float()
     for i in range(3):
         o = model(xi[i : i + 1])
         (gw,) = torch.autograd.grad(F.cross_entropy(o.logits, o.logits.argmax(1)), [model.head.weight])
-        torch.testing.assert_close(torch.from_numpy(out["alges_img"][i]), gw.flatten(), rtol=1e-3, atol=1e-6)
-    assert out["alges_sem"].shape == (3, cfg.num_classes)
+        torch.testing.assert_close(torch.from_numpy(out["alges-img"][i]), gw.flatten(), rtol=1e-3, atol=1e-6)
+    assert out["alges-sem"].shape == (3, cfg.num_classes)
     # bf16 + channels-last path agrees with fp32 (cosine >= 0.99 per image)
     fast = infer(
-        model, x.to(torch.uint8).numpy(), cfg, torch.device("cpu"), ("alges_img",), amp=True, channels_last=True
-    )["alges_img"]
-    cos = F.cosine_similarity(torch.from_numpy(fast), torch.from_numpy(out["alges_img"]), dim=1)
+        model, x.to(torch.uint8).numpy(), cfg, torch.device("cpu"), ("alges-img",), amp=True, channels_last=True
+    ).values["alges-img"]
+    cos = F.cosine_similarity(torch.from_numpy(fast), torch.from_numpy(out["alges-img"]), dim=1)
     assert (cos >= 0.99).all(), cos

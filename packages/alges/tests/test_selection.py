@@ -83,8 +83,11 @@ def test_uncertainty_baselines_pick_expected_images():
 
 def test_coreset_and_deal_and_random():
     feats = np.array([[0.0, 0], [1, 0], [10, 0], [0, 10], [0.5, 0.2]])
-    pos = coreset_greedy(feats, labeled=np.array([0]), candidates=np.array([1, 2, 3, 4]), n=2)
+    pos, dist = coreset_greedy(feats[[1, 2, 3, 4]], feats[[0]], 2)
     assert sorted(pos.tolist()) == [1, 2]  # candidates 2 and 3 (positions 1, 2) are far from 0 and each other
+    assert dist[0] == pytest.approx(10.0)  # the first pick's distance to the labelled image
+    first, _ = coreset_greedy(feats[[1, 2, 3, 4]], None, 1)  # no labelled images: farthest from the mean
+    assert first.tolist() == [2]  # (0, 10) is 7.99 from the candidates' mean (2.875, 2.55), (10, 0) 7.57
     flat = np.full((1, 16), 0.05)
     spread = np.linspace(0, 0.999, 16)[None]
     s = deal_scores(np.concatenate([flat, spread]), hard_levels=8)

@@ -1,11 +1,13 @@
-"""The active-learning loop (ALGES Algorithm 1) and the per-strategy query step.
+"""The active-learning loop (ALGES Algorithm 1) and the query step.
 
-Per (strategy, seed): draw the initial pool (``n_init`` images, seeded), then for each round r = 0..R-1 reset the
-model to the seed's initial weights (official: deep copy of the initial model), train ``epochs`` epochs on the labeled
-set, evaluate the last-epoch weights on the test set, and (except after the last round) query ``n_query`` images.
-After every round the state (labeled indices, per-round metrics) is written atomically to
-``out/state/<strategy>_seed<k>.json``; a rerun resumes after the last finished round and gives the same result,
-because model init, training order and selection are all seeded by (seed, round) only.
+Per (strategy, seed): draw the initial pool (``n_init`` images, seeded), then for each round r = 0..R-1 train on the
+labelled set (from the seed's initial weights when ``retrain_from_init``, the official code; else continuing from the
+previous round's model), evaluate the last-epoch weights on the test set, and (except after the last round) query
+``n_query`` images. After every round the state (labelled indices, per-round metrics) is written atomically to
+``out/state/<strategy>_seed<k>.json``; with ``retrain_from_init=False`` the round's model is saved first
+(``state/<strategy>_seed<k>_round<r>.safetensors``), so a resumed run continues from the previous round's weights. A
+rerun resumes after the last finished round and gives the same result, because model init, training order and
+selection are all seeded by (seed, round) only.
 
 Round 0 does not depend on the strategy (same initial pool, same init), so its trained weights are cached per seed
 under ``out/cache`` and reused by the other strategies (DEAL, whose model has an extra head, has its own cache).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,46 +29,33 @@ from medshared.checkpoint import load_checkpoint, save_checkpoint
 from medshared.runtime import atomic_write_json, seed_everything
 from tqdm.auto import tqdm
 
-from alges.config import STRATEGIES, AlgesConfig
+from alges.config import AlgesConfig
 from alges.data import SegArrays
-from alges.evaluate import evaluate_model, infer
-from alges.model import AlgesUnet, build_model
-from alges.selection import (
-    KMEANS_PRESETS,
-    coreset_greedy,
-    kmeans_pp,
-    random_select,
-    top_k,
-)
+from alges.evaluate import evaluate_model
+from alges.inference import infer
+from alges.model import build_model
+from alges.pool import ArraySource
+from alges.selection import check_budget, random_select
+from alges.strategies import get_strategy, parse_strategies
 from alges.train import train_model
 
-__all__ = ["select_batch", "run_strategy", "simulate", "parse_strategies", "STRATEGY_OUTPUTS"]
-
-STRATEGY_OUTPUTS = {
-    "random": (),
-    "entropy": ("entropy",),
-    "margin": ("margin",),
-    "least-confidence": ("least_confidence",),
-    "coreset": ("pooled",),
-    "deal": ("deal",),
-    "alges-img": ("alges_img",),
-    "alges-sem": ("alges_sem",),
-}
+__all__ = ["select_batch", "run_strategy", "run_full", "simulate", "parse_strategies", "QueryResult"]
 
 
-def parse_strategies(spec: str | Sequence[str]) -> list[str]:
-    """ "random,alges-img" -> ["random", "alges-img"]; unknown names raise ``ValueError`` listing the valid ones."""
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    bad = [s for s in names if s not in STRATEGIES]
-    if bad or not names:
-        raise ValueError(f"unknown strategies {bad or spec!r}; valid: {', '.join(STRATEGIES)}")
-    return names
+class QueryResult(tuple):
+    """``(chosen, scores, failures)``: chosen positions into the pool source (selection order), one score per pick,
+    and ``(position, path, reason)`` of every pool file that could not be read."""
+
+    __slots__ = ()
+
+    def __new__(cls, chosen: np.ndarray, scores: np.ndarray, failures: list) -> QueryResult:
+        return super().__new__(cls, (chosen, scores, failures))
 
 
 def select_batch(
     strategy: str,
-    model: AlgesUnet | None,
-    images: np.ndarray,
+    model: torch.nn.Module | None,
+    source: Any,
     unlabeled: np.ndarray,
     labeled: np.ndarray,
     n: int,
@@ -73,46 +63,41 @@ def select_batch(
     device: torch.device,
     *,
     seed: int = 0,
+    workdir: str | Path | None = None,
     progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Choose ``n`` of the ``unlabeled`` indices (into ``images``) with ``strategy``.
+) -> QueryResult:
+    """Choose ``n`` of the ``unlabeled`` positions of ``source`` (an array of images or a pool source) with
+    ``strategy``; the pool is streamed through the model once (plus the labelled images for core-set).
 
-    Returns ``(chosen, scores)``: chosen indices into ``images`` in selection order, and one score per chosen image
-    (the strategy's uncertainty score, the embedding norm for ALGES, the distance to the nearest centre for core-set).
+    Unreadable files (a :class:`~alges.pool.FileSource`) are left out and returned in ``failures``; the caller
+    decides whether that is an error.
     """
-    if strategy not in STRATEGY_OUTPUTS:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    s = get_strategy(strategy)
+    src = ArraySource(source) if isinstance(source, np.ndarray) else source
     unlabeled = np.asarray(unlabeled, dtype=np.int64)
-    if len(unlabeled) == 0:
-        raise ValueError("the unlabeled pool is empty: there is nothing to select")
-    if n > len(unlabeled):
-        raise ValueError(f"budget {n} is larger than the unlabeled pool ({len(unlabeled)} images); lower the budget")
-    if strategy == "random":
+    labeled = np.asarray(labeled, dtype=np.int64)
+    check_budget(len(unlabeled), n)
+    if not s.needs_model:
         pos = random_select(len(unlabeled), n, seed=seed)
-        return unlabeled[pos], np.zeros(n)
-    assert model is not None, "model-based strategies need a model"
-    outs = STRATEGY_OUTPUTS[strategy]
-    if strategy == "coreset":
-        both = np.concatenate([np.asarray(labeled, dtype=np.int64), unlabeled])
-        feats = infer(model, images[both], cfg, device, outs, progress=progress)["pooled"]
-        nl = len(labeled)
-        pos = coreset_greedy(feats, np.arange(nl), np.arange(nl, len(both)), n)
-        fc = feats[nl:].astype(np.float64)
-        lab = feats[:nl].astype(np.float64)
-        ref = lab if nl else fc.mean(0, keepdims=True)
-        d = np.sqrt(((fc[pos, None, :] - ref[None]) ** 2).sum(-1).min(1))
-        return unlabeled[pos], d
-    res = infer(model, images[unlabeled], cfg, device, outs, progress=progress)
-    if strategy in ("alges-img", "alges-sem"):
-        emb = res[outs[0]]
-        preset = KMEANS_PRESETS[cfg.kmeans_preset]
-        kseed = preset["fixed_seed"] if preset["fixed_seed"] is not None else seed
-        pos = kmeans_pp(emb, n, seed=kseed, first=preset["first"], n_local_trials=preset["n_local_trials"])
-        return unlabeled[pos], np.linalg.norm(emb[pos].astype(np.float64), axis=1)
-    scores = res[outs[0]]
-    largest = strategy in ("entropy", "deal")
-    pos = top_k(scores, n, largest=largest)
-    return unlabeled[pos], scores[pos]
+        return QueryResult(unlabeled[pos], np.zeros(n), [])
+    if model is None:
+        raise ValueError(f"strategy {s.name} needs a model")
+    cand = unlabeled
+    frac = s.pool_fraction(cfg)
+    if frac < 1.0:  # e.g. DEAL scores a seeded random subset of the pool
+        k = min(len(unlabeled), max(n, math.ceil(frac * len(unlabeled))))
+        cand = np.sort(np.random.default_rng([seed, 17]).choice(unlabeled, size=k, replace=False))
+    res = infer(model, src, cfg, device, (s,), positions=cand, workdir=workdir, progress=progress)
+    failures = list(res.failures)
+    if len(res.positions) < n:
+        raise ValueError(f"only {len(res.positions)} pool images could be read; budget {n} cannot be met")
+    lab_values = None
+    if s.needs_labeled and len(labeled):
+        lab = infer(model, src, cfg, device, (s,), positions=labeled, progress=progress)
+        lab_values = lab.values[s.name]
+        failures += lab.failures
+    pos, scores = s.choose(res.values[s.name], n, seed=seed, cfg=cfg, labeled_values=lab_values)
+    return QueryResult(res.positions[pos], np.asarray(scores, dtype=np.float64), failures)
 
 
 def _config_key(cfg: AlgesConfig, pool_ids: Sequence[str], test_ids: Sequence[str]) -> str:
@@ -129,6 +114,10 @@ def _config_key(cfg: AlgesConfig, pool_ids: Sequence[str], test_ids: Sequence[st
 
 def _round_seed(seed: int, r: int) -> int:
     return seed * 10_007 + r
+
+
+def _round_model_path(out_dir: Path, strategy: str, seed: int, r: int) -> Path:
+    return out_dir / "state" / f"{strategy}_seed{seed}_round{r}.safetensors"
 
 
 def run_strategy(
@@ -150,6 +139,7 @@ def run_strategy(
 
     With ``save_model`` the last round's model is written to ``out/models/<strategy>_seed<k>.safetensors`` (a
     checkpoint ``alges evaluate`` / ``query`` / ``predict`` accept)."""
+    s = get_strategy(strategy)
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / f"{strategy}_seed{seed}.json"
     key = _config_key(cfg, pool.ids, test.ids)
@@ -175,12 +165,22 @@ def run_strategy(
         }
     if state["labeled"] and len(state["rounds"]) >= cfg.n_rounds:
         return state
-    deal = strategy == "deal"
+    deal = s.needs_deal_head
     seed_everything(seed)
     model = build_model(cfg, deal_head=deal).to(device)
     init_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    done = len(state["rounds"])
+    if done and not cfg.retrain_from_init:  # continue from the previous round's trained weights
+        prev = _round_model_path(out_dir, strategy, seed, done - 1)
+        if not prev.is_file():
+            raise ValueError(
+                f"{prev} (round {done - 1}'s model, needed to resume with retrain_from_init=False) is missing"
+            )
+        sd, _, _ = load_checkpoint(prev)
+        model.load_state_dict(sd)
+    source = ArraySource(pool.images, pool.ids)
     done_now = 0
-    for r in range(len(state["rounds"]), cfg.n_rounds):
+    for r in range(done, cfg.n_rounds):
         if max_rounds_this_call is not None and done_now >= max_rounds_this_call:
             break
         t0 = time.perf_counter()
@@ -204,14 +204,16 @@ def run_strategy(
             )
             if r == 0:
                 save_checkpoint(cache, model.state_dict(), cfg.to_dict(), {"seed": seed})
-        metrics = evaluate_model(model, test.images, test.masks, cfg, device)
+        t_train = time.perf_counter() - t0
+        metrics = evaluate_model(model, test, cfg, device)
         rec: dict[str, Any] = {"round": r, "n_labeled": len(labeled), "frac_labeled": len(labeled) / m, **metrics}
+        t1 = time.perf_counter()
         if r < cfg.n_rounds - 1:
             unl = np.setdiff1d(np.arange(m), labeled)
-            chosen, scores = select_batch(
+            chosen, scores, _ = select_batch(
                 strategy,
                 model,
-                pool.images,
+                source,
                 unl,
                 labeled,
                 min(cfg.n_query, len(unl)),
@@ -221,6 +223,8 @@ def run_strategy(
             )
             rec["selected"] = [pool.ids[i] for i in chosen]
             state["labeled"] = sorted(set(state["labeled"]) | {int(i) for i in chosen})
+        rec["seconds_train"] = round(t_train, 2)
+        rec["seconds_select"] = round(time.perf_counter() - t1, 2)
         if r == cfg.n_rounds - 1 and save_model:
             save_checkpoint(
                 out_dir / "models" / f"{strategy}_seed{seed}.safetensors",
@@ -233,11 +237,46 @@ def run_strategy(
                     "labeled": [pool.ids[i] for i in labeled],
                 },
             )
+        if not cfg.retrain_from_init:
+            save_checkpoint(
+                _round_model_path(out_dir, strategy, seed, r), model.state_dict(), cfg.to_dict(), {"round": r}
+            )
         rec["seconds"] = round(time.perf_counter() - t0, 2)
         state["rounds"].append(rec)
         atomic_write_json(state_path, state)
+        if not cfg.retrain_from_init and r > 0:
+            _round_model_path(out_dir, strategy, seed, r - 1).unlink(missing_ok=True)
         done_now += 1
     return state
+
+
+def run_full(
+    seed: int, pool: SegArrays, test: SegArrays, cfg: AlgesConfig, device: torch.device, out_dir: str | Path
+) -> dict[str, Any]:
+    """The "Full" line: train on every pool image (same recipe as a round), evaluate; cached in ``out/state``."""
+    out_dir = Path(out_dir)
+    path = out_dir / "state" / f"full_seed{seed}.json"
+    key = _config_key(cfg, pool.ids, test.ids)
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        if rec.get("key") == key:
+            return rec
+    t0 = time.perf_counter()
+    seed_everything(seed)
+    model = build_model(cfg).to(device)
+    seed_everything(_round_seed(seed, 0))
+    train_model(model, pool.images, pool.masks, cfg, device, seed=_round_seed(seed, 0))
+    rec = {
+        "strategy": "full",
+        "seed": seed,
+        "key": key,
+        "n_labeled": len(pool),
+        "frac_labeled": 1.0,
+        **evaluate_model(model, test, cfg, device),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_json(path, rec)
+    return rec
 
 
 def simulate(
@@ -252,10 +291,11 @@ def simulate(
     resume: bool = True,
     class_names: Sequence[str] | None = None,
     progress: bool = True,
+    jobs: Sequence[tuple[str, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run every (strategy, seed) and return the flat list of per-round records (with strategy and seed)."""
+    """Run every (strategy, seed) (or the given ``jobs``) and return the flat list of per-round records."""
     rows: list[dict[str, Any]] = []
-    jobs = [(s, k) for k in seeds for s in strategies]
+    jobs = list(jobs) if jobs is not None else [(s, k) for k in seeds for s in strategies]
     for strategy, seed in tqdm(jobs, desc="simulate", disable=not progress):
         st = run_strategy(strategy, seed, pool, test, cfg, device, out_dir, resume=resume, class_names=class_names)
         for rec in st["rounds"]:

@@ -20,11 +20,11 @@ __all__ = [
     "OFFICIAL_DICE_CLASSES",
     "IGNORE_INDEX",
     "AlgesConfig",
-    "STRATEGIES",
     "create_config",
     "register_config",
     "list_configs",
     "config_from_dict",
+    "adapt_to_classes",
 ]
 
 IGNORE_INDEX = 255
@@ -63,17 +63,6 @@ CLASS_NAMES: tuple[str, ...] = (
 # official code keeps these classes ("present in val") for its per-image smoothed Dice (brief section 6)
 OFFICIAL_DICE_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 9, 10)
 
-STRATEGIES: tuple[str, ...] = (
-    "random",
-    "entropy",
-    "margin",
-    "least-confidence",
-    "coreset",
-    "deal",
-    "alges-img",
-    "alges-sem",
-)
-
 
 @dataclass(frozen=True)
 class AlgesConfig:
@@ -89,7 +78,7 @@ class AlgesConfig:
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)  # smp default; d = decoder_channels[-1] = 16
     num_classes: int = 13  # paper 4: 13 CholecSeg8k classes
     head_kernel_size: int = 1  # paper 3.1.2: last layer is a 1x1 conv (smp's default head is 3x3; option 3)
-    input_norm: str = "raw"  # official: raw 0-255 floats, no normalisation; "unit" (/255) or "imagenet"
+    input_norm: str = "raw"  # official: raw 0-255 floats; "unit" (/255) or "imagenet"; pretrained: always imagenet
     image_size: int = 224  # paper 4: frames resized to 224x224
     # --- training (paper 4.1) ---
     epochs: int = 50  # paper 4.1: 50 epochs per round
@@ -97,6 +86,7 @@ class AlgesConfig:
     batch_size: int = 32  # official code: batch 32, shuffled
     weight_decay: float = 0.0  # official: none
     dice_loss_weight: float = 0.0  # official: CE only (the Dice term is computed but not returned)
+    train_steps: int = 0  # 0: ``epochs`` epochs per round (paper); > 0: exactly this many optimiser steps instead
     # --- active learning (paper 4.1 / Algorithm 1) ---
     n_init: int = 10  # paper 4.1: initial batch of 10 images
     n_query: int = 10  # paper 4.1: 10 images per round
@@ -113,12 +103,32 @@ class AlgesConfig:
     deal_attention_size: int = 56  # DEAL / official: 56x56 probability attention
     deal_hard_levels: int = 10  # official ALGES DEAL: 10-bin histogram entropy
     deal_loss_weight: float = 1.0  # DEAL: CE + BCE(difficulty, error mask)
+    deal_pool_fraction: float = 0.5  # original DEAL scores a random 50 % of the unlabelled pool (sub_ratio=0.5)
+    # --- data ---
+    empty_masks: str = "keep"  # keep: an empty mask is an all-background label; drop: leave such images out (logged)
+    case_pattern: str = ""  # regex with one group giving an image's case/patient from its file name (splits)
+    val_fraction: float = 0.0  # `alges train`: hold out this fraction of cases for best-checkpoint selection
+    test_fraction: float = 0.25  # `alges simulate` on a folder without lists: case-disjoint test fraction
     # --- evaluation ---
-    dice_classes: tuple[int, ...] = OFFICIAL_DICE_CLASSES  # official per-image smoothed Dice keeps 8 classes
+    dice_classes: tuple[int, ...] = ()  # scored classes; () = the dataset's (CholecSeg8k: the official 8 classes)
     eval_batch_size: int = 32
     amp: bool = True  # bf16 autocast for pool inference (embeddings in fp32 afterwards)
     channels_last: bool = True
     name: str = field(default="alges_paper", compare=False)
+
+    @property
+    def scored_classes(self) -> tuple[int, ...]:
+        """``dice_classes``, else the foreground of a two-class problem, else every class."""
+        if self.dice_classes:
+            return tuple(self.dice_classes)
+        return (1,) if self.num_classes == 2 else tuple(range(self.num_classes))
+
+    @property
+    def effective_input_norm(self) -> str:
+        """``input_norm`` for a randomly initialised encoder; "imagenet" whenever pretrained encoder weights are set
+        (their normalisation follows the weights)."""
+        w = self.encoder_weights
+        return "imagenet" if w is not None and str(w).lower() not in ("", "none") else self.input_norm
 
     def __post_init__(self) -> None:
         if self.head_kernel_size not in (1, 3):
@@ -140,6 +150,17 @@ class AlgesConfig:
             raise ValueError(
                 f"image_size {self.image_size} must be divisible by 2**encoder_depth = {2**self.encoder_depth}"
             )
+        if self.empty_masks not in ("keep", "drop", "error"):
+            raise ValueError(f"empty_masks must be keep|drop|error, got {self.empty_masks!r}")
+        if not 0.0 <= self.val_fraction < 1.0 or not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(
+                f"val_fraction must be in [0, 1) and test_fraction in (0, 1), got {self.val_fraction}, "
+                f"{self.test_fraction}"
+            )
+        if self.train_steps < 0:
+            raise ValueError(f"train_steps must be >= 0, got {self.train_steps}")
+        if not 0.0 < self.deal_pool_fraction <= 1.0:
+            raise ValueError(f"deal_pool_fraction must be in (0, 1], got {self.deal_pool_fraction}")
         for c in self.dice_classes:
             if not 0 <= c < self.num_classes:
                 raise ValueError(f"dice_classes contains {c}, outside 0..{self.num_classes - 1}")
@@ -152,6 +173,22 @@ class AlgesConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tuples become lists)."""
         return asdict(self)
+
+
+def adapt_to_classes(
+    cfg: AlgesConfig, class_map: Any, explicit: set[str] | frozenset[str] = frozenset()
+) -> AlgesConfig:
+    """``num_classes`` and ``dice_classes`` from the dataset's class map (``alges.masks.ClassMap``), unless the user
+    set them (``explicit`` names the keys given in ``--config`` or on the command line); an explicit ``num_classes``
+    that disagrees with the data is an error."""
+    k = class_map.num_classes
+    if "num_classes" in explicit and cfg.num_classes != k:
+        raise ValueError(
+            f"num_classes is {cfg.num_classes} in your config but the dataset has {k} classes "
+            f"({', '.join(class_map.names)}; from {class_map.source}); drop num_classes or fix the class map"
+        )
+    dice = cfg.dice_classes if "dice_classes" in explicit else tuple(class_map.scored_classes)
+    return dataclasses.replace(cfg, num_classes=k, dice_classes=dice)
 
 
 def config_from_dict(d: dict[str, Any]) -> AlgesConfig:
@@ -218,5 +255,56 @@ register_config(
         coreset_grid=2,
         deal_attention_size=8,
         eval_batch_size=8,
+    )
+)
+# DDTI thyroid-nodule ultrasound (../shared/data/ddti): 300x300 grey crops centred on the nodule, binary 0/255 masks,
+# names "<case>_<image>(<nodule>)". U-Net R18 from scratch; the paper's 5e-5 x 50 epochs is out of a 10-minute CPU
+# budget, so Adam lr 1e-3, batch 8. Six masks are empty although the images show a nodule (missing annotations):
+# empty_masks="drop" leaves them out, logged. Best checkpoint on a case-disjoint 15 % validation split.
+register_config(
+    AlgesConfig(
+        name="alges_ddti",
+        image_size=128,
+        epochs=12,
+        lr=1e-3,  # paper 5e-5 (50 epochs at 224 px); here 12 epochs must reach a useful model
+        batch_size=8,
+        input_norm="unit",
+        num_classes=2,
+        n_init=10,
+        n_query=10,
+        n_rounds=6,
+        coreset_grid=4,
+        deal_attention_size=32,
+        empty_masks="drop",
+        case_pattern=r"^(\d+)_",
+        val_fraction=0.15,
+        amp=False,  # fp32: see the README's bf16 measurement
+        eval_batch_size=16,
+    )
+)
+# The real AL study on DDTI (README "Real data: DDTI"): 64 px and 80 optimiser steps per round, so 7 strategies x 3
+# seeds x 6 rounds fit about 90 minutes of one CPU thread.
+register_config(
+    AlgesConfig(
+        name="alges_ddti_study",
+        image_size=64,
+        encoder_depth=5,
+        epochs=50,
+        train_steps=80,
+        lr=1e-3,
+        batch_size=8,
+        input_norm="unit",
+        num_classes=2,
+        n_init=10,
+        n_query=10,
+        n_rounds=6,
+        seeds=(0, 1, 2),
+        coreset_grid=4,
+        deal_attention_size=16,
+        empty_masks="drop",
+        case_pattern=r"^(\d+)_",
+        test_fraction=0.25,
+        amp=False,
+        eval_batch_size=32,
     )
 )

@@ -1,4 +1,4 @@
-"""Data: the CholecSeg8k layout and a generic ``images/`` + ``masks/`` folder dataset.
+"""Datasets: the CholecSeg8k layout and a team's own folder (recursive, masks optional), read without changing them.
 
 CholecSeg8k (Hong et al. 2020; Kaggle ``newslab/cholecseg8k``)::
 
@@ -9,47 +9,57 @@ Grey values map to 13 class ids (``alges.config.GREY_TO_ID``); the stray values 
 (unannotated) become the ignore index 255; any other value is an error naming the file and the values. An image id is
 the frame's path relative to the root without ``.png`` (``video01/video01_00080/frame_80_endo``).
 
-Folder dataset::
+Folder dataset (a team's own data)::
 
-    root/images/<stem>.png|jpg    root/masks/<stem>.png|jpg    root/classes.json
+    root/images/**/<name>.png|jpg|...     (or root/image/)
+    root/masks/**/<name>.png|gif|...      (or root/mask/; same relative path and name; optional per image)
+    root/classes.json                     (optional for binary 0/255 masks; see alges.masks)
 
-with ``classes.json`` = ``{"classes": ["background", "gland"], "mask_values": [0, 255], "ignore_values": [],
-"tolerance": 0}``: mask value ``mask_values[c]`` is class ``c``; ``tolerance`` > 0 maps values within that distance
-of a listed value to it (for JPEG masks). Image ids are the stems.
-
-Everything is resized to ``size x size`` (image bilinear, mask nearest) and held in memory as uint8 arrays.
+Folders are scanned recursively; an image id is its path under ``images/`` without the suffix (``case1/frame_003``).
+Images without a mask are the unlabelled part of the pool; a mask without an image is an error. Images are read as
+8-bit RGB (grey images are replicated to three channels); other bit depths and translucent alpha are errors.
+Arrays are resized to ``size x size`` (image bilinear, mask nearest); the original size is kept for boundary metrics.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from alges.config import CLASS_NAMES, GREY_TO_ID, IGNORE_INDEX
+from alges.config import CLASS_NAMES, GREY_TO_ID, IGNORE_INDEX, OFFICIAL_DICE_CLASSES
+from alges.masks import ClassMap, infer_binary_class_map, load_class_map
 
 __all__ = [
     "DEFAULT_VIDEO_SPLIT",
+    "CHOLEC_PAPER_COUNTS",
+    "CHOLEC_CLASS_MAP",
+    "IMAGE_EXTS",
     "SegArrays",
     "DatasetIndex",
     "read_image",
+    "resize_image",
     "read_cholec_mask",
     "scan_cholecseg8k",
     "cholec_split",
+    "check_cholec_split_counts",
     "scan_folder",
     "open_dataset",
     "load_arrays",
     "read_id_list",
     "scan_images",
-    "load_images",
     "video_of",
+    "case_of",
+    "group_split",
 ]
+
+log = logging.getLogger("alges")
 
 # Documented default video assignment (8 train / 4 val / 5 test, paper section 4). The official lists are unpublished,
 # so this assignment is ours; override it with explicit lists.
@@ -58,106 +68,118 @@ DEFAULT_VIDEO_SPLIT: dict[str, tuple[str, ...]] = {
     "val": ("video26", "video27", "video28", "video35"),
     "test": ("video37", "video43", "video48", "video52", "video55"),
 }
-_IMG_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# paper section 4: 4640 / 1600 frames, test 1640 after the official code's cut of (most likely) 1840 frames
+CHOLEC_PAPER_COUNTS: dict[str, int] = {"train": 4640, "val": 1600, "test": 1840}
+CHOLEC_FULL_FRAMES = 8080
+CHOLEC_CLASS_MAP = ClassMap(
+    CLASS_NAMES,
+    tuple(g for g, _ in sorted(GREY_TO_ID.items(), key=lambda t: t[1])),
+    ignore_values=(0, 255),
+    dice_classes=OFFICIAL_DICE_CLASSES,
+    source="CholecSeg8k watershed grey values (alges.config.GREY_TO_ID)",
+)
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif")
+_IMAGE_DIRS = ("images", "image")
+_MASK_DIRS = ("masks", "mask")
 
 
+# ------------------------------------------------------------------------------------------------------------ images
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an RGB image as uint8 [H, W, 3]; raise ``ValueError`` naming the file when it cannot be decoded."""
+    """Read an 8-bit image as RGB uint8 [H, W, 3] (grey replicated to 3 channels; opaque alpha dropped).
+
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the file when it is missing, cannot be decoded, is not
+    8-bit or has a translucent alpha channel.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"cannot read image {path} (corrupt or not an image); fix or remove the file")
+    if img.dtype != np.uint8:
+        raise ValueError(f"image {path} is {img.dtype}, not 8-bit; convert it to 8-bit (the model reads 0-255 pixels)")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        if (img[..., 3] != 255).any():
+            raise ValueError(f"image {path} has a translucent alpha channel; save it without alpha")
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] != 3:
+        raise ValueError(f"image {path} has {img.shape[2]} channels; expected grey or RGB")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def _read_grey(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"mask file not found: {path}")
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise ValueError(f"cannot read mask {path} (corrupt or not an image); fix or remove the file")
-    if m.ndim == 3:
-        m = m[..., 0]  # CholecSeg8k watershed masks are R=G=B; channel 0 is the grey value
-    return m
-
-
-def _lookup(
-    values: np.ndarray, table: dict[int, int], ignore: Sequence[int], path: Path, tolerance: int = 0
-) -> np.ndarray:
-    lut = np.full(256, -1, dtype=np.int32)
-    listed = [(v, c) for v, c in table.items()] + [(v, IGNORE_INDEX) for v in ignore]
-    for u in range(256):  # each grey value -> the class of the nearest listed value within ``tolerance``
-        dist, cls = min((abs(u - v), c) for v, c in listed)
-        if dist <= tolerance:
-            lut[u] = cls
-    if values.dtype != np.uint8:
-        if values.max(initial=0) > 255:
-            raise ValueError(f"mask {path} has values above 255 ({int(values.max())}); expected an 8-bit mask")
-        values = values.astype(np.uint8)
-    out = lut[values]
-    if (out < 0).any():
-        bad = sorted(np.unique(values[out < 0]).tolist())
-        raise ValueError(
-            f"mask {path} has values {bad[:20]} outside the class map (known values: {sorted(table)}, ignored: "
-            f"{sorted(ignore)}); fix the mask or the class map"
-        )
-    return out.astype(np.uint8)
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """RGB [H, W, 3] -> CHW uint8 [3, size, size] (bilinear)."""
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
 
 
 def read_cholec_mask(path: str | Path) -> np.ndarray:
     """CholecSeg8k watershed mask -> class ids uint8 [H, W] (255 = ignore: stray 255 and 0 values)."""
-    path = Path(path)
-    return _lookup(_read_grey(path), GREY_TO_ID, (0, 255), path)
+    return CHOLEC_CLASS_MAP.read(path)
 
 
+# ----------------------------------------------------------------------------------------------------------- index
 @dataclass(frozen=True)
 class DatasetIndex:
-    """Where the images of a dataset are. ``kind`` is "cholecseg8k" or "folder"."""
+    """Where the images (and masks) of a dataset are.
+
+    ``kind`` is "cholecseg8k" or "folder"; ``ids`` are every image (natural order); ``labeled_ids`` those with a
+    mask; ``class_map`` maps mask values to classes.
+    """
 
     root: Path
     kind: str
     ids: tuple[str, ...]
-    class_names: tuple[str, ...]
-    mask_values: tuple[int, ...] = ()
-    ignore_values: tuple[int, ...] = ()
-    tolerance: int = 0
+    class_map: ClassMap
+    images: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
+    masks: dict[str, Path] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.class_map.names
+
+    @property
+    def labeled_ids(self) -> tuple[str, ...]:
+        if self.kind == "cholecseg8k":
+            return self.ids
+        return tuple(i for i in self.ids if i in self.masks)
 
     def image_path(self, image_id: str) -> Path:
         if self.kind == "cholecseg8k":
             return self.root / f"{image_id}.png"
-        return _find_with_ext(self.root / "images", image_id)
+        if image_id not in self.images:
+            raise FileNotFoundError(f"no image {image_id!r} in {self.root}")
+        return self.images[image_id]
+
+    def has_mask(self, image_id: str) -> bool:
+        return self.kind == "cholecseg8k" or image_id in self.masks
 
     def mask_path(self, image_id: str) -> Path:
         if self.kind == "cholecseg8k":
             return self.root / f"{image_id}_watershed_mask.png"
-        return _find_with_ext(self.root / "masks", image_id)
+        if image_id not in self.masks:
+            raise ValueError(
+                f"image {image_id!r} of {self.root} has no mask (masks are looked up as <mask folder>/{image_id}.*); "
+                "add the mask or leave the image out of the labelled list"
+            )
+        return self.masks[image_id]
 
     def read_mask(self, image_id: str) -> np.ndarray:
-        if self.kind == "cholecseg8k":
-            return read_cholec_mask(self.mask_path(image_id))
-        path = self.mask_path(image_id)
-        table = {v: c for c, v in enumerate(self.mask_values)}
-        return _lookup(_read_grey(path), table, self.ignore_values, path, self.tolerance)
+        return self.class_map.read(self.mask_path(image_id))
 
-    def subset(self, ids: Sequence[str]) -> DatasetIndex:
-        """The same dataset restricted to ``ids`` (unknown ids raise ``ValueError`` listing a few)."""
+    def check_ids(self, ids: Sequence[str], *, need_masks: bool = False) -> None:
+        """Raise ``ValueError`` for unknown ids (or, with ``need_masks``, ids without a mask), listing a few."""
         known = set(self.ids)
         bad = [i for i in ids if i not in known]
         if bad:
             raise ValueError(f"{len(bad)} image ids not found in {self.root}: {bad[:5]}; check the list")
-        return DatasetIndex(
-            self.root, self.kind, tuple(ids), self.class_names, self.mask_values, self.ignore_values, self.tolerance
-        )
-
-
-def _find_with_ext(folder: Path, stem: str) -> Path:
-    for ext in _IMG_EXTS:
-        p = folder / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    raise FileNotFoundError(f"no image named {stem}.* in {folder}")
+        if need_masks:
+            nomask = [i for i in ids if not self.has_mask(i)]
+            if nomask:
+                raise ValueError(
+                    f"{len(nomask)} listed images of {self.root} have no mask: {nomask[:5]}; labelled images need masks"
+                )
 
 
 def _natural_key(s: str) -> list:
@@ -182,7 +204,7 @@ def scan_cholecseg8k(root: str | Path) -> DatasetIndex:
     if not ids:
         raise ValueError(f"no CholecSeg8k frames (videoXX/videoXX_NNNNN/frame_N_endo.png) found under {root}")
     ids.sort(key=_natural_key)
-    return DatasetIndex(root, "cholecseg8k", tuple(ids), CLASS_NAMES)
+    return DatasetIndex(root, "cholecseg8k", tuple(ids), CHOLEC_CLASS_MAP)
 
 
 def video_of(image_id: str) -> str:
@@ -218,50 +240,83 @@ def cholec_split(
     return out
 
 
+def check_cholec_split_counts(index: DatasetIndex, split: dict[str, Sequence[str]]) -> dict[str, object]:
+    """Compare a video split of the *full* CholecSeg8k (8080 frames) with the paper's 4640 / 1600 / 1840 frames.
+
+    Returns ``{"checked", "counts", "expected", "match"}``; ``checked`` is False (and nothing is compared) when the
+    index is not the full dataset (a subset or synthetic data). A mismatch is logged as a warning naming the counts:
+    the official video lists are unpublished, so the check tells a user whether their lists reproduce the paper's.
+    """
+    counts = {k: len(v) for k, v in split.items()}
+    full = index.kind == "cholecseg8k" and len(index.ids) == CHOLEC_FULL_FRAMES
+    res: dict[str, object] = {"checked": full, "counts": counts, "expected": dict(CHOLEC_PAPER_COUNTS), "match": None}
+    if not full:
+        return res
+    match = all(counts.get(k) == v for k, v in CHOLEC_PAPER_COUNTS.items() if k in counts)
+    res["match"] = match
+    if not match:
+        log.warning(
+            "alges: the CholecSeg8k split has %s frames, the paper %s (train / val / test before the 1640 cut); "
+            "the official video lists are unpublished, pass --train-videos/--test-videos to change it",
+            counts,
+            CHOLEC_PAPER_COUNTS,
+        )
+    return res
+
+
+def _find_dir(root: Path, names: Sequence[str]) -> Path | None:
+    for n in names:
+        if (root / n).is_dir():
+            return root / n
+    return None
+
+
+def _scan_tree(folder: Path, what: str) -> dict[str, Path]:
+    """Recursive ``{relative id without suffix: path}``; two files with one id (a.png, a.jpg) raise."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."):
+            key = p.relative_to(folder).with_suffix("").as_posix()
+            if key in out:
+                raise ValueError(f"two {what} files share the id {key!r}: {out[key].name} and {p.name} in {p.parent}")
+            out[key] = p
+    return out
+
+
 def scan_folder(root: str | Path) -> DatasetIndex:
-    """Index a ``images/`` + ``masks/`` + ``classes.json`` folder; stems must match one to one."""
+    """Index a folder dataset (see the module docstring): recursive, masks optional, class map from the data."""
     root = Path(root)
-    cm_path = root / "classes.json"
-    if not cm_path.is_file():
-        raise FileNotFoundError(
-            f"class map {cm_path} not found; write it as "
-            '{"classes": ["background", "organ"], "mask_values": [0, 255]}'
-        )
-    try:
-        cm = json.loads(cm_path.read_text())
-        names = tuple(cm["classes"])
-        values = tuple(int(v) for v in cm["mask_values"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"class map {cm_path} is invalid ({e}); it needs 'classes' and 'mask_values' lists") from e
-    if len(names) != len(values):
-        raise ValueError(f"class map {cm_path}: {len(names)} classes but {len(values)} mask_values")
-    imgs = {p.stem: p for p in sorted((root / "images").glob("*")) if p.suffix.lower() in _IMG_EXTS}
-    masks = {p.stem: p for p in sorted((root / "masks").glob("*")) if p.suffix.lower() in _IMG_EXTS}
-    if not imgs:
-        raise ValueError(f"no images found in {root / 'images'}")
-    only_i, only_m = sorted(set(imgs) - set(masks)), sorted(set(masks) - set(imgs))
-    if only_i or only_m:
+    img_dir = _find_dir(root, _IMAGE_DIRS)
+    if img_dir is None:
+        raise FileNotFoundError(f"no images/ (or image/) folder in {root}")
+    images = _scan_tree(img_dir, "image")
+    if not images:
+        raise ValueError(f"no images (png/jpg/bmp/tif/gif) found under {img_dir}")
+    mask_dir = _find_dir(root, _MASK_DIRS)
+    masks = _scan_tree(mask_dir, "mask") if mask_dir is not None else {}
+    orphans = sorted(set(masks) - set(images), key=_natural_key)
+    if orphans:
         raise ValueError(
-            f"image/mask stem mismatch in {root}: images without mask {only_i[:5]}, masks without image {only_m[:5]}"
+            f"{len(orphans)} masks in {mask_dir} have no image of the same name in {img_dir}: {orphans[:5]}; "
+            "rename or remove them"
         )
-    ids = tuple(sorted(imgs, key=_natural_key))
-    return DatasetIndex(
-        root,
-        "folder",
-        ids,
-        names,
-        values,
-        tuple(int(v) for v in cm.get("ignore_values", [])),
-        int(cm.get("tolerance", 0)),
-    )
+    ids = tuple(sorted(images, key=_natural_key))
+    cm_path = root / "classes.json"
+    if cm_path.is_file():
+        cmap = load_class_map(cm_path)
+    elif masks:
+        cmap = infer_binary_class_map((masks[i] for i in sorted(masks, key=_natural_key)), root)
+    else:
+        cmap = ClassMap(("background", "foreground"), (0, 255), source="none: an unlabelled pool")
+    return DatasetIndex(root, "folder", ids, cmap, images, masks)
 
 
 def open_dataset(root: str | Path) -> DatasetIndex:
-    """A folder dataset when ``root/images`` exists, else the CholecSeg8k layout."""
+    """A folder dataset when ``root/images`` (or ``root/image``) exists, else the CholecSeg8k layout."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    return scan_folder(root) if (root / "images").is_dir() else scan_cholecseg8k(root)
+    return scan_folder(root) if _find_dir(root, _IMAGE_DIRS) else scan_cholecseg8k(root)
 
 
 def read_id_list(path: str | Path, index: DatasetIndex | None = None) -> list[str]:
@@ -270,22 +325,59 @@ def read_id_list(path: str | Path, index: DatasetIndex | None = None) -> list[st
     if not path.is_file():
         raise FileNotFoundError(f"image list not found: {path}")
     ids = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
-    ids = [i.removesuffix(".png") for i in ids]
+    ids = [re.sub(r"\.(png|jpe?g|bmp|tiff?|gif)$", "", i, flags=re.IGNORECASE) for i in ids]
     if index is not None:
-        index.subset(ids)
+        index.check_ids(ids)
     return ids
 
 
+def case_of(image_id: str, pattern: str) -> str:
+    """The group (patient, case, video) of an image id: the first capture group of ``pattern`` searched in its
+    file name (e.g. ``r"^(\\d+)_"`` on DDTI's ``100_1(2)`` -> ``"100"``). No match raises ``ValueError``."""
+    m = re.search(pattern, image_id.rsplit("/", 1)[-1])
+    if m is None or not m.groups():
+        raise ValueError(f"image id {image_id!r} does not match the case pattern {pattern!r} (one capture group)")
+    return m.group(1)
+
+
+def group_split(ids: Sequence[str], pattern: str, test_fraction: float, seed: int = 0) -> dict[str, list[str]]:
+    """Case-disjoint ``{"train", "test"}`` split of ``ids`` (cases from :func:`case_of`), seeded."""
+    from medshared.splits import ratio_split
+
+    groups = [case_of(i, pattern) for i in ids]
+    sp = ratio_split(list(ids), (1.0 - test_fraction, test_fraction), seed=seed, groups=groups, names=("train", "test"))
+    return sp
+
+
+# ----------------------------------------------------------------------------------------------------------- arrays
 @dataclass
 class SegArrays:
-    """In-memory images uint8 [M, 3, S, S] and masks uint8 [M, S, S] (255 = ignore), with their ids."""
+    """In-memory images uint8 [M, 3, S, S], masks uint8 [M, S, S] (255 = ignore; None for unlabelled images), their
+    ids and original sizes ``orig_hw`` int [M, 2] (for boundary distances in original pixels)."""
 
     ids: list[str]
     images: np.ndarray
     masks: np.ndarray | None
+    orig_hw: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, keep: Sequence[int] | np.ndarray) -> SegArrays:
+        k = np.asarray(keep, dtype=np.int64)
+        return SegArrays(
+            [self.ids[i] for i in k],
+            self.images[k],
+            None if self.masks is None else self.masks[k],
+            None if self.orig_hw is None else self.orig_hw[k],
+        )
+
+    def empty_mask_ids(self) -> list[str]:
+        """Ids whose mask has no foreground (every labelled pixel is class 0)."""
+        if self.masks is None:
+            return []
+        fg = ((self.masks != 0) & (self.masks != IGNORE_INDEX)).reshape(len(self), -1).any(1)
+        return [i for i, f in zip(self.ids, fg) if not f]
 
 
 def load_arrays(
@@ -294,16 +386,25 @@ def load_arrays(
     size: int = 224,
     *,
     with_masks: bool = True,
+    empty_masks: str = "keep",
     progress: bool = True,
 ) -> SegArrays:
-    """Load and resize (image bilinear, mask nearest) the given ids; image/mask size mismatch raises ``ValueError``."""
-    ids = list(index.ids if ids is None else ids)
-    index.subset(ids)
+    """Load and resize (image bilinear, mask nearest) the given ids (default: every labelled image).
+
+    ``empty_masks``: "keep" (an empty mask is a valid all-background label, the default), "drop" (images whose mask
+    has no foreground are left out, and listed in a warning) or "error". Image/mask size mismatch raises.
+    """
+    if empty_masks not in ("keep", "drop", "error"):
+        raise ValueError(f"empty_masks must be keep|drop|error, got {empty_masks!r}")
+    ids = list(index.labeled_ids if ids is None and with_masks else index.ids if ids is None else ids)
+    index.check_ids(ids, need_masks=with_masks)
     images = np.empty((len(ids), 3, size, size), dtype=np.uint8)
     masks = np.empty((len(ids), size, size), dtype=np.uint8) if with_masks else None
+    orig = np.empty((len(ids), 2), dtype=np.int64)
     for j, i in enumerate(tqdm(ids, desc="loading", disable=not progress or len(ids) < 50, leave=False)):
         img = read_image(index.image_path(i))
-        images[j] = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)  # HWC -> CHW
+        orig[j] = img.shape[:2]
+        images[j] = resize_image(img, size)
         if masks is not None:
             m = index.read_mask(i)
             if m.shape != img.shape[:2]:
@@ -312,32 +413,73 @@ def load_arrays(
                     f"{index.mask_path(i)} is {m.shape[1]}x{m.shape[0]}; they must match"
                 )
             masks[j] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
-    return SegArrays(ids, images, masks)
+    arr = SegArrays(ids, images, masks, orig)
+    empty = arr.empty_mask_ids() if empty_masks != "keep" else []
+    if empty and empty_masks == "error":
+        raise ValueError(
+            f"{len(empty)} masks of {index.root} have no foreground: {empty[:10]}; fix them or use empty_masks: drop"
+        )
+    if empty:
+        log.warning(
+            "alges: leaving out %d images of %s whose masks are empty (empty_masks=drop): %s",
+            len(empty),
+            index.root,
+            ", ".join(empty),
+        )
+        drop = set(empty)
+        arr = arr.subset([j for j, i in enumerate(ids) if i not in drop])
+    return arr
 
 
 def scan_images(root: str | Path) -> list[tuple[str, Path]]:
-    """Unlabeled images of a pool folder as ``(id, path)``: ``root/images/*`` for a folder dataset, the frames of a
-    CholecSeg8k tree, else every image directly in ``root``. Masks are not needed."""
+    """Every image of a pool as ``(id, path)``, natural order: the ``images/`` tree of a folder dataset, the frames
+    of a CholecSeg8k tree, else every image file under ``root`` (recursive). Masks are not needed."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"pool folder not found: {root}")
-    if (root / "images").is_dir():
-        files = [p for p in (root / "images").iterdir() if p.suffix.lower() in _IMG_EXTS]
-        out = [(p.stem, p) for p in files]
+    img_dir = _find_dir(root, _IMAGE_DIRS)
+    if img_dir is not None:
+        items = _scan_tree(img_dir, "image")
     else:
         frames = list(root.glob("video*/video*_*/frame_*_endo.png"))
         if frames:
-            out = [(p.relative_to(root).with_suffix("").as_posix(), p) for p in frames]
+            items = {p.relative_to(root).with_suffix("").as_posix(): p for p in frames}
         else:
-            out = [(p.stem, p) for p in root.iterdir() if p.is_file() and p.suffix.lower() in _IMG_EXTS]
-    if not out:
-        raise ValueError(f"the pool {root} is empty: no images found (png/jpg/bmp/tif)")
-    return sorted(out, key=lambda t: _natural_key(t[0]))
+            items = {
+                k: p
+                for k, p in _scan_tree(root, "image").items()
+                if not any(part in _MASK_DIRS for part in Path(k).parts[:-1])
+            }
+    if not items:
+        raise ValueError(f"the pool {root} is empty: no images found (png/jpg/bmp/tif/gif, searched recursively)")
+    return sorted(items.items(), key=lambda t: _natural_key(t[0]))
 
 
-def load_images(paths: Sequence[Path], size: int, progress: bool = True) -> np.ndarray:
-    """Read and resize images to uint8 [M, 3, size, size]; an unreadable file raises ``ValueError`` naming it."""
-    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
-    for j, p in enumerate(tqdm(paths, desc="loading", disable=not progress or len(paths) < 50, leave=False)):
-        out[j] = cv2.resize(read_image(p), (size, size), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-    return out
+def split_folder(
+    root: str | Path, out: str | Path, pattern: str, test_fraction: float, *, seed: int = 0, copy: bool = False
+) -> dict[str, int]:
+    """Write a case-disjoint split of a folder dataset as two folder datasets ``out/train`` and ``out/test`` (same
+    layout; symlinks, or copies with ``copy``), each with the source's ``classes.json`` when it has one."""
+    import shutil
+
+    index = scan_folder(root)
+    sp = group_split(list(index.ids), pattern, test_fraction, seed=seed)
+    out = Path(out)
+    for part, ids in sp.items():
+        for i in ids:
+            for kind, table in (("images", index.images), ("masks", index.masks)):
+                if i not in table:
+                    continue
+                src = table[i].resolve()
+                dst = out / part / kind / table[i].relative_to(table[i].parents[len(Path(i).parts) - 1])
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if dst.exists() or dst.is_symlink():
+                    dst.unlink()
+                if copy:
+                    shutil.copy2(src, dst)
+                else:
+                    dst.symlink_to(src)
+        cm = Path(root) / "classes.json"
+        if cm.is_file():
+            shutil.copy2(cm, out / part / "classes.json")
+    return {k: len(v) for k, v in sp.items()}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from alges.config import create_config
+from alges.config import OFFICIAL_DICE_CLASSES, create_config
 
 __all__ = ["run_demo", "DEMO_STRATEGIES"]
 
@@ -28,13 +28,13 @@ def _example_figure(model_path: Path, test, cfg, device, path: Path) -> None:
     import matplotlib.pyplot as plt
     from medshared.runtime import atomic_path
 
-    from alges.evaluate import infer
+    from alges.evaluate import predict_arrays
     from alges.model import load_trained
     from alges.synthetic import PALETTE
 
     model, _, _ = load_trained(model_path)
     pick = np.linspace(0, len(test) - 1, 3).astype(int)
-    pred = infer(model, test.images[pick], cfg, device, ("pred",))["pred"]
+    pred = predict_arrays(model, test.images[pick], cfg, device)
     pal = np.asarray(PALETTE + [(255, 255, 255)] * (256 - len(PALETTE)), np.uint8)
     fig, axes = plt.subplots(len(pick), 3, figsize=(7, 2.4 * len(pick)))
     for r, j in enumerate(pick):
@@ -68,7 +68,7 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
     t0 = time.perf_counter()
     out = Path(out)
     dev = resolve_device(device)
-    cfg = create_config("alges_demo", seeds=(seed,))
+    cfg = create_config("alges_demo", seeds=(seed,), dice_classes=OFFICIAL_DICE_CLASSES)
     n_videos, frames = 6, 40
     if quick:
         cfg = dataclasses.replace(cfg, image_size=32, batch_size=2, epochs=10, n_init=10, n_query=10, n_rounds=2)
@@ -82,7 +82,7 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
     test = load_arrays(index, split["test"], cfg.image_size, progress=False)
     strategies = DEMO_STRATEGIES if not quick else ("random", "alges-img")
     rows = simulate(pool, test, strategies, cfg.seeds, cfg, dev, out, resume=True, class_names=index.class_names)
-    chance = majority_chance(pool.masks, test.masks, cfg)
+    chance = majority_chance(pool.masks, test, cfg)
     summ = summarize(rows, "dice_macro")
     summ_off = summarize(rows, "dice_official")
     head = {
@@ -90,7 +90,9 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
         "value": summ["alges-img"]["mean"][-1],
         "chance": chance["dice_macro"],
     }
-    write_simulation_outputs(rows, out, {"chance": chance})
+    write_simulation_outputs(
+        rows, out, {"majority_chance": chance}, chance={k: chance[k] for k in ("dice_macro", "dice_official")}
+    )
     try:
         _example_figure(out / "models" / f"alges-img_seed{seed}.safetensors", test, cfg, dev, out / "predictions.png")
     except Exception as e:  # the figure is a nicety; never fail the demo on it

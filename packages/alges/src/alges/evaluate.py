@@ -1,149 +1,279 @@
-"""Batched pool inference (predictions, uncertainty scores, gradient embeddings, pooled features, DEAL scores in one
-pass) and the test metrics: dataset-level macro Dice and the official per-image smoothed Dice (both from medshared).
+"""Test metrics and the chance baselines.
 
-Inference runs under ``eval()`` + ``inference_mode``, with bf16 autocast and channels-last when ``cfg.amp`` /
-``cfg.channels_last`` and the device supports them; the head and the closed-form embeddings run in fp32 on the
-autocast features.
+* ``dice_macro``: dataset-level Dice per class (ignore 255), macro over the classes present (``medshared``).
+* ``dice_official``: the ALGES code's per-image smoothed Dice over the scored classes.
+* ``dice_image``: per-image Dice (2|P∩G| / (|P|+|G|)) of each scored class, averaged over images (an image where a
+  class is absent from both prediction and truth does not count for that class), then over scored classes.
+* ``hd95``: per-image HD95 (``medshared.boundary``, pooled 95th percentile) of each scored class in *original*
+  pixels (the model's grid scaled by the image's original size), averaged likewise. An image where exactly one of
+  prediction and truth is empty scores the image diagonal (the largest possible distance).
+
+Scored classes are ``cfg.scored_classes`` (from the dataset: the official 8 for CholecSeg8k, the foreground of a
+binary class map).
+
+Chance baselines: ``majority_chance`` (every pixel the training set's majority class) and the **prior mask**
+(``prior_mask``): the per-pixel majority class of the training masks; for a binary map, the training masks' mean
+thresholded at the value that maximises the training set's own mean Dice. On nodule-centred crops (DDTI) the prior
+is a strong baseline, and gains over it are what a model has learnt from the image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import base64
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from medshared.boundary import hd95, max_distance
 from medshared.metrics import DiceAccumulator, dice_per_image_smoothed
-from medshared.runtime import autocast_context
-from tqdm.auto import tqdm
 
 from alges.config import IGNORE_INDEX, AlgesConfig
-from alges.embeddings import alges_img, alges_sem, channel_argmax
-from alges.model import AlgesUnet
-from alges.selection import deal_scores
-from alges.train import to_batch
+from alges.data import SegArrays
+from alges.inference import infer
 
-__all__ = ["OUTPUTS", "infer", "dice_scores", "evaluate_model", "majority_chance"]
-
-OUTPUTS = ("pred", "entropy", "margin", "least_confidence", "alges_img", "alges_sem", "pooled", "deal")
-
-
-def infer(
-    model: AlgesUnet,
-    images: np.ndarray,
-    cfg: AlgesConfig,
-    device: torch.device,
-    outputs: Iterable[str] = ("pred",),
-    *,
-    batch_size: int | None = None,
-    amp: bool | None = None,
-    channels_last: bool | None = None,
-    progress: bool = False,
-) -> dict[str, np.ndarray]:
-    """Run the model over uint8 images [M, 3, S, S] and return the requested per-image outputs.
-
-    Outputs: "pred" uint8 [M, S, S]; "entropy"/"margin"/"least_confidence" float64 [M] (pixel sums);
-    "alges_img" float32 [M, D] (Eq. 4, ``cfg.img_variant``); "alges_sem" float32 [M, K] (Eq. 6, ``cfg.sem_variant``);
-    "pooled" float32 [M, d * g * g] (decoder output average-pooled to ``cfg.coreset_grid``); "deal" float64 [M].
-    """
-    outputs = tuple(outputs)
-    unknown = set(outputs) - set(OUTPUTS)
-    if unknown:
-        raise ValueError(f"unknown outputs {sorted(unknown)}; valid: {OUTPUTS}")
-    if "deal" in outputs and model.deal is None:
-        raise ValueError("the 'deal' score needs a model trained with the DEAL head (strategy deal)")
-    bs = batch_size or cfg.eval_batch_size
-    amp = cfg.amp if amp is None else amp
-    cl = (cfg.channels_last if channels_last is None else channels_last) and device.type in ("cpu", "cuda")
-    model.to(device).eval()
-    if cl:  # outside inference mode: parameters converted inside it would become inference tensors
-        model.to(memory_format=torch.channels_last)
-    try:
-        return _infer(model, images, cfg, device, outputs, bs, amp, cl, progress)
-    finally:
-        if cl:
-            model.to(memory_format=torch.contiguous_format)
+__all__ = [
+    "segmentation_scores",
+    "evaluate_model",
+    "predict_arrays",
+    "majority_chance",
+    "prior_mask",
+    "prior_scores",
+    "encode_map",
+    "decode_map",
+    "evaluate_checkpoint",
+    "predict_folder",
+]
 
 
-@torch.inference_mode()
-def _infer(
-    model: AlgesUnet,
-    images: np.ndarray,
-    cfg: AlgesConfig,
-    device: torch.device,
-    outputs: tuple[str, ...],
-    bs: int,
-    amp: bool,
-    cl: bool,
-    progress: bool,
-) -> dict[str, np.ndarray]:
-    res: dict[str, list[np.ndarray]] = {k: [] for k in outputs}
-    ks = cfg.head_kernel_size
-    for s in tqdm(range(0, len(images), bs), desc="infer", disable=not progress, leave=False):
-        x, _ = to_batch(images[s : s + bs], None, device)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_context(device, amp):
-            z = model.forward_features(x)
-        z = z.float().contiguous()  # [B, d, H, W] fp32 for the head and the closed forms
-        logits = model.forward_head(z)  # [B, K, H, W]
-        p = logits.softmax(dim=1)
-        if "pred" in outputs:
-            res["pred"].append(channel_argmax(logits).to(torch.uint8).cpu().numpy())
-        if "entropy" in outputs:
-            res["entropy"].append((-torch.special.xlogy(p, p)).sum(dim=(1, 2, 3)).double().cpu().numpy())
-        if "margin" in outputs or "least_confidence" in outputs:
-            top2 = p.topk(2, dim=1).values  # [B, 2, H, W]
-            if "margin" in outputs:
-                res["margin"].append((top2[:, 0] - top2[:, 1]).sum(dim=(1, 2)).double().cpu().numpy())
-            if "least_confidence" in outputs:
-                res["least_confidence"].append(top2[:, 0].sum(dim=(1, 2)).double().cpu().numpy())
-        if "alges_img" in outputs:
-            e = alges_img(logits, z, kernel_size=ks, include_bias=cfg.include_bias, variant=cfg.img_variant)
-            res["alges_img"].append(e.cpu().numpy())
-        if "alges_sem" in outputs:
-            e = alges_sem(logits, z, kernel_size=ks, include_bias=cfg.include_bias, variant=cfg.sem_variant)
-            res["alges_sem"].append(e.cpu().numpy())
-        if "pooled" in outputs:
-            g = F.adaptive_avg_pool2d(z, cfg.coreset_grid)  # [B, d, g, g]
-            res["pooled"].append(g.flatten(1).cpu().numpy())  # [B, d*g*g]
-        if "deal" in outputs:
-            diff = model.deal(logits)  # [B, 1, H, W]
-            res["deal"].append(deal_scores(diff.float().cpu().numpy(), cfg.deal_hard_levels))
-    return {k: np.concatenate(v) if v else np.empty(0) for k, v in res.items()}
+def _image_dice(p: np.ndarray, t: np.ndarray) -> float:
+    ps, ts = int(p.sum()), int(t.sum())
+    if ps + ts == 0:
+        return float("nan")
+    return 2.0 * int((p & t).sum()) / (ps + ts)
 
 
-def dice_scores(pred: np.ndarray, target: np.ndarray, cfg: AlgesConfig) -> dict[str, object]:
-    """Dataset-level Dice (ignore 255; macro over classes present) and the official per-image smoothed Dice
-    (mean over images and ``cfg.dice_classes``). pred, target uint8 [M, S, S]."""
+def segmentation_scores(
+    pred: np.ndarray, target: np.ndarray, cfg: AlgesConfig, orig_hw: np.ndarray | None = None, *, boundary: bool = True
+) -> dict[str, Any]:
+    """Scores of class maps ``pred`` against ``target`` (uint8 [M, S, S], 255 = ignore); see the module docstring."""
+    if pred.shape != target.shape:
+        raise ValueError(f"predictions {pred.shape} and masks {target.shape} differ in shape")
     acc = DiceAccumulator(cfg.num_classes, ignore_index=IGNORE_INDEX)
     acc.update(pred, target)
     res = acc.compute()
-    official = np.stack([dice_per_image_smoothed(p, t, cfg.dice_classes) for p, t in zip(pred, target)])  # [M, C]
-    return {
+    classes = cfg.scored_classes
+    official = np.stack([dice_per_image_smoothed(p, t, classes) for p, t in zip(pred, target)])  # [M, C]
+    m, s = pred.shape[0], pred.shape[-1]
+    dice_img = np.full((m, len(classes)), np.nan)
+    hd = np.full((m, len(classes)), np.nan)
+    for i in range(m):
+        valid = target[i] != IGNORE_INDEX
+        spacing = (1.0, 1.0) if orig_hw is None else (orig_hw[i][0] / s, orig_hw[i][1] / s)
+        worst = max_distance(pred[i].shape, spacing)
+        for j, c in enumerate(classes):
+            pc, tc = (pred[i] == c) & valid, (target[i] == c) & valid
+            dice_img[i, j] = _image_dice(pc, tc)
+            if boundary and not np.isnan(dice_img[i, j]):
+                hd[i, j] = hd95(pc, tc, spacing=spacing, empty_value=worst)
+    with warnings.catch_warnings():  # all-NaN columns (a class absent everywhere) are NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_cls_dice = np.nanmean(dice_img, axis=0) if m else np.full(len(classes), np.nan)
+        per_cls_hd = np.nanmean(hd, axis=0) if m else np.full(len(classes), np.nan)
+    out: dict[str, Any] = {
         "dice_macro": float(res["macro"]),
         "dice_official": float(official.mean()),
         "dice_per_class": [None if np.isnan(v) else float(v) for v in res["per_class"]],
+        "dice_image": float(np.nanmean(per_cls_dice)) if np.isfinite(per_cls_dice).any() else float("nan"),
+        "dice_image_per_class": {int(c): _f(v) for c, v in zip(classes, per_cls_dice)},
+        "scored_classes": list(classes),
     }
+    if boundary:
+        out["hd95"] = float(np.nanmean(per_cls_hd)) if np.isfinite(per_cls_hd).any() else float("nan")
+        out["hd95_per_class"] = {int(c): _f(v) for c, v in zip(classes, per_cls_hd)}
+        out["hd95_units"] = "original pixels" if orig_hw is not None else "model pixels"
+    return out
+
+
+def _f(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
+
+
+def predict_arrays(model: torch.nn.Module, images: np.ndarray, cfg: AlgesConfig, device, progress=False) -> np.ndarray:
+    """Argmax class maps uint8 [M, S, S] of in-memory images [M, 3, S, S]."""
+    res = infer(model, images, cfg, device, (), pred=True, progress=progress)
+    return res.pred if res.pred is not None else np.empty((0, *images.shape[-2:]), np.uint8)
 
 
 def evaluate_model(
-    model: AlgesUnet,
-    images: np.ndarray,
-    masks: np.ndarray,
-    cfg: AlgesConfig,
-    device: torch.device,
-    progress: bool = False,
-) -> dict[str, object]:
-    """Predict ``images`` and score against ``masks`` (see :func:`dice_scores`)."""
-    pred = infer(model, images, cfg, device, ("pred",), progress=progress)["pred"]
-    return dice_scores(pred, masks, cfg)
+    model: torch.nn.Module, data: SegArrays, cfg: AlgesConfig, device, progress: bool = False, boundary: bool = True
+) -> dict[str, Any]:
+    """Predict ``data.images`` and score against ``data.masks`` (see :func:`segmentation_scores`)."""
+    if data.masks is None:
+        raise ValueError("evaluation needs masks")
+    pred = predict_arrays(model, data.images, cfg, device, progress)
+    return segmentation_scores(pred, data.masks, cfg, data.orig_hw, boundary=boundary)
 
 
-def majority_chance(train_masks: np.ndarray, test_masks: np.ndarray, cfg: AlgesConfig) -> dict[str, object]:
+def majority_chance(train_masks: np.ndarray, test: SegArrays, cfg: AlgesConfig) -> dict[str, Any]:
     """Scores of a model that ignores its input: every pixel predicted as the training set's majority class."""
     counts = np.bincount(train_masks[train_masks != IGNORE_INDEX].ravel(), minlength=cfg.num_classes)
     maj = int(np.argmax(counts))
-    out = dice_scores(np.full_like(test_masks, maj), test_masks, cfg)
+    out = segmentation_scores(np.full_like(test.masks, maj), test.masks, cfg, test.orig_hw, boundary=False)
     out["majority_class"] = maj
     return out
+
+
+def prior_mask(
+    train_masks: np.ndarray, num_classes: int, scored_classes: tuple[int, ...] = (1,)
+) -> tuple[np.ndarray, dict]:
+    """The prior-mask baseline from training masks uint8 [M, S, S]: uint8 [S, S] class map and ``info``.
+
+    Multi-class: the per-pixel most frequent class. Binary: mean foreground fraction thresholded at the value in
+    0.05..0.95 (step 0.05) that maximises the training masks' own mean per-image Dice (``info["threshold"]``).
+    """
+    if len(train_masks) == 0:
+        raise ValueError("the prior mask needs at least one training mask")
+    valid = train_masks != IGNORE_INDEX
+    if num_classes == 2:
+        fg = ((train_masks == 1) & valid).astype(np.float64)
+        frac = fg.sum(0) / np.maximum(valid.sum(0), 1)  # [S, S]
+        best_t, best_d = 0.5, -1.0
+        for t in np.arange(0.05, 0.951, 0.05):
+            pm = frac > t
+            d = np.nanmean([_image_dice(pm & v, (m == 1) & v) for m, v in zip(train_masks, valid)])
+            if d > best_d + 1e-12:
+                best_t, best_d = float(t), float(d)
+        return (frac > best_t).astype(np.uint8), {"threshold": round(best_t, 2), "train_dice": best_d}
+    counts = np.stack([((train_masks == c) & valid).sum(0) for c in range(num_classes)])  # [K, S, S]
+    return counts.argmax(0).astype(np.uint8), {"threshold": None}
+
+
+def prior_scores(prior: np.ndarray, test: SegArrays, cfg: AlgesConfig) -> dict[str, Any]:
+    """Scores of the prior map predicted for every test image."""
+    if prior.shape != test.masks.shape[1:]:
+        raise ValueError(f"the prior map is {prior.shape}, the test masks {test.masks.shape[1:]}; same image_size?")
+    pred = np.broadcast_to(prior, test.masks.shape).copy()
+    return segmentation_scores(pred, test.masks, cfg, test.orig_hw)
+
+
+def encode_map(a: np.ndarray) -> str:
+    """uint8 [S, S] -> compact text (zlib + base64), for checkpoint metadata."""
+    return (
+        f"{a.shape[0]}x{a.shape[1]}:"
+        + base64.b64encode(zlib.compress(np.ascontiguousarray(a, np.uint8).tobytes())).decode()
+    )
+
+
+def decode_map(s: str) -> np.ndarray:
+    """Inverse of :func:`encode_map`."""
+    shape, data = s.split(":", 1)
+    h, w = (int(v) for v in shape.split("x"))
+    return np.frombuffer(zlib.decompress(base64.b64decode(data)), dtype=np.uint8).reshape(h, w).copy()
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    id_list: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``alges evaluate``: score a checkpoint on a dataset's labelled images (or ``id_list``) and write
+    ``out/metrics.json`` (with ``headline`` = {metric, value, chance}: the per-image Dice of the scored class, and
+    the same Dice of the checkpoint's prior mask, computed from its training masks) and ``out/per_class.csv``."""
+    from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
+
+    from alges.data import load_arrays, open_dataset, read_id_list
+    from alges.model import load_trained
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    model, cfg, extra = load_trained(checkpoint)
+    index = open_dataset(data)
+    if index.class_map.num_classes != cfg.num_classes:
+        raise ValueError(
+            f"the dataset {data} has {index.class_map.num_classes} classes ({', '.join(index.class_names)}), the "
+            f"checkpoint {checkpoint} {cfg.num_classes}; evaluate on data with the same classes"
+        )
+    ids = read_id_list(id_list, index) if id_list else list(index.labeled_ids)
+    if not ids:
+        raise ValueError(f"no labelled images (with masks) in {data}")
+    arr = load_arrays(index, ids, cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+    res = evaluate_model(model, arr, cfg, device, progress=progress)
+    names = list(extra.get("class_names") or index.class_names)
+    scored = cfg.scored_classes
+    chance = None
+    if extra.get("prior_map"):
+        pri = prior_scores(decode_map(extra["prior_map"]), arr, cfg)
+        res["prior_mask"] = {k: pri[k] for k in ("dice_image", "dice_image_per_class", "hd95", "dice_macro")}
+        chance = pri["dice_image"]
+    if len(scored) == 1:
+        what = f"Dice of class {names[scored[0]]!r} (mean per image)"
+    else:
+        what = f"mean per-image Dice over classes {[names[c] for c in scored]}"
+    res["headline"] = {"metric": what, "value": res["dice_image"], "chance": chance}
+    res["chance_note"] = "prior mask of the checkpoint's training masks" if chance is not None else "not stored"
+    res["n_images"] = len(arr)
+    res["checkpoint"] = str(checkpoint)
+    res["data"] = str(data)
+    out = Path(out)
+    atomic_write_json(out / "metrics.json", res)
+    atomic_write_csv(
+        out / "per_class.csv",
+        [
+            {
+                "class": n,
+                "dice_dataset": d,
+                "dice_image": res["dice_image_per_class"].get(c),
+                "hd95": res["hd95_per_class"].get(c),
+            }
+            for c, (n, d) in enumerate(zip(names, res["dice_per_class"]))
+        ],
+        ["class", "dice_dataset", "dice_image", "hd95"],
+    )
+    return res
+
+
+def predict_folder(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    *,
+    original_size: bool = False,
+    device: torch.device | str = "cpu",
+    chunk: int = 256,
+) -> int:
+    """``alges predict``: class-id PNG masks for every image under ``images``, streamed in chunks."""
+    import cv2
+    from medshared.runtime import atomic_path, resolve_device
+
+    from alges.data import read_image, scan_images
+    from alges.model import load_trained
+    from alges.pool import FileSource
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    model, cfg, _ = load_trained(checkpoint)
+    items = scan_images(images)
+    src = FileSource([p for _, p in items], cfg.image_size, [i for i, _ in items])
+    out = Path(out)
+    for s in range(0, len(items), chunk):
+        res = infer(model, src, cfg, device, (), pred=True, positions=np.arange(s, min(s + chunk, len(items))))
+        for pos, m in zip(res.positions, res.pred):
+            i, p = items[pos]
+            if original_size:
+                h, w = read_image(p).shape[:2]
+                m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) if (h, w) != m.shape else m
+            dst = out / f"{i}_pred.png"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            ok, buf = cv2.imencode(".png", np.ascontiguousarray(m))
+            if not ok:
+                raise ValueError(f"could not encode {dst}")
+            with atomic_path(dst) as tmp:
+                Path(tmp).write_bytes(buf.tobytes())
+    if src.failures:
+        raise ValueError(f"{len(src.failures)} images could not be read:\n{src.failure_report()}")
+    return len(items)

@@ -48,10 +48,12 @@ class AlgesOutput(NamedTuple):
 
 
 class DealHead(nn.Module):
-    """DEAL's semantic-difficulty head (Xie et al. 2020): probability attention over the segmentation logits.
+    """DEAL's semantic-difficulty head (Xie et al. 2020; original ``MaskHead(with_pam=True)`` + ``PAM``).
 
-    logits [B, K, H, W] -> resize to ``attention_size`` -> PAM (attention from class probabilities, ``gamma * out + x``
-    with learnable ``gamma`` initialised to 0) -> 1x1 conv to one channel -> upsample -> sigmoid: difficulty [B,1,H,W].
+    logits [B, K, H, W] -> bilinear resize to ``attention_size`` (align_corners=True) -> softmax over classes: P ->
+    probability attention A = softmax_rows(P^T P) [n, n] -> Q = gamma * (P A^T) + P (learnable ``gamma``, initialised
+    to 0; the attention is skipped while gamma < -0.01, as the original) -> 1x1 conv to one channel -> bilinear
+    upsample to H x W -> sigmoid: difficulty [B, 1, H, W]. Values and residual are probabilities, not logits.
     paper (official ALGES code): an untrained head built anew in every forward; here: a registered head trained with
     the BCE loss against the error mask, as the original DEAL.
     """
@@ -62,24 +64,29 @@ class DealHead(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(1))
         self.out = nn.Conv2d(num_classes, 1, kernel_size=1)
 
+    def attend(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, K, H, W] -> Q [B, K, a, a], the attended class probabilities."""
+        b, k = logits.shape[:2]
+        a = self.attention_size
+        x = F.interpolate(logits, size=(a, a), mode="bilinear", align_corners=True)
+        p = x.softmax(dim=1)  # [B, K, a, a] class probabilities
+        if self.gamma.item() < -0.01:  # original PAM: attention off
+            return p
+        p_flat = p.reshape(b, k, a * a)  # [B, K, n]
+        attn = torch.bmm(p_flat.transpose(1, 2), p_flat).softmax(dim=-1)  # [B, n, n] probability similarity
+        out = torch.bmm(p_flat, attn.transpose(1, 2))  # [B, K, n]
+        return (self.gamma * out + p_flat).reshape(b, k, a, a)
+
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        b, k, h, w = logits.shape
-        x = F.interpolate(logits, size=(self.attention_size, self.attention_size), mode="bilinear", align_corners=False)
-        n = self.attention_size * self.attention_size
-        x_flat = x.reshape(b, k, n)  # [B, K, n]
-        p = x_flat.softmax(dim=1)  # [B, K, n] class probabilities per position
-        energy = torch.bmm(p.transpose(1, 2), p)  # [B, n, n] probability similarity
-        attn = energy.softmax(dim=-1)  # [B, n, n]
-        out = torch.bmm(x_flat, attn.transpose(1, 2))  # [B, K, n]
-        y = (self.gamma * out + x_flat).reshape(b, k, self.attention_size, self.attention_size)  # [B, K, a, a]
-        d = self.out(y)  # [B, 1, a, a]
-        d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)  # [B, 1, H, W]
+        h, w = logits.shape[-2:]
+        d = self.out(self.attend(logits))  # [B, 1, a, a]
+        d = F.interpolate(d, size=(h, w), mode="bilinear", align_corners=True)  # [B, 1, H, W]
         return torch.sigmoid(d)
 
 
 class AlgesUnet(nn.Module):
     """smp U-Net with the ALGES head. Input: float images [B, 3, H, W] with pixel values in [0, 255] (H, W divisible
-    by 2**encoder_depth); the configured ``input_norm`` is applied inside. Output: :class:`AlgesOutput`.
+    by 2**encoder_depth); ``cfg.effective_input_norm`` is applied inside. Output: :class:`AlgesOutput`.
 
     Example::
 
@@ -111,7 +118,7 @@ class AlgesUnet(nn.Module):
         sig = inspect.signature(self.net.decoder.forward)
         # smp <= 0.4 calls decoder(*features), smp >= 0.5 decoder(features)
         self._star_decoder = any(p.kind is p.VAR_POSITIONAL for p in sig.parameters.values())
-        if cfg.input_norm == "imagenet":
+        if cfg.effective_input_norm == "imagenet":
             self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
             self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -126,9 +133,12 @@ class AlgesUnet(nn.Module):
             raise ValueError(f"image size {h}x{w} is not divisible by {div}; resize or pad to {ph}x{pw}")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.input_norm == "unit":
+        """Pixel values [0, 255] -> the encoder's input (``cfg.effective_input_norm``: ImageNet mean/std for a
+        pretrained encoder, else ``cfg.input_norm``)."""
+        norm = self.cfg.effective_input_norm
+        if norm == "unit":
             return x / 255.0
-        if self.cfg.input_norm == "imagenet":
+        if norm == "imagenet":
             return (x - self.mean) / self.std
         return x  # "raw": official code feeds 0-255 floats
 

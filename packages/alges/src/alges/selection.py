@@ -1,14 +1,16 @@
-"""Batch selection: k-means++ seeding on gradient embeddings (ALGES section 3.2.3) and the paper's baselines.
+"""Batch-selection algorithms on per-image values: k-means++ seeding (ALGES section 3.2.3), greedy k-centre
+(core-set), top-k, random, and DEAL's difficulty-histogram entropy.
 
 * ``kmeans_pp``: seeded D^2 sampling. Presets: ``badge`` (Ash et al. 2020: largest-norm point first, then vanilla
   D^2 sampling, no local trials) and ``official`` (scikit-learn's ``kmeans_plusplus`` as the official ALGES code calls
   it: uniform first centre, greedy choice among 2 + floor(ln n) D^2-sampled candidates, ``random_state=0``).
-* Uncertainty baselines on per-image pixel sums (official code): max entropy (highest), margin (lowest sum of
-  p(1) - p(2)), least confidence (lowest sum of max p).
-* Core-set (Sener & Savarese 2018): greedy k-centre over pooled decoder features of labeled + unlabeled images.
-* DEAL (Xie et al. 2020): entropy of a ``hard_levels``-bin histogram of the difficulty map, highest first.
+* ``coreset_greedy`` (Sener & Savarese 2018): repeatedly take the candidate farthest from labelled + chosen.
+* ``deal_scores`` (Xie et al. 2020, ``diff_entropy``): entropy of a ``hard_levels``-bin histogram of each difficulty
+  map over the map's own value range (``np.histogram``'s default, as the original DEAL), highest first.
 
-Every function returns indices into the candidate array, in selection order.
+Pools of any size: ``kmeans_pp`` and ``coreset_greedy`` read their embedding arrays (NumPy arrays or ``np.memmap``)
+in row chunks of ``chunk`` rows, so only O(M) scalars (norms, distances) are ever held whole, never the embeddings.
+Every function returns positions into the given arrays, in selection order.
 """
 
 from __future__ import annotations
@@ -27,21 +29,48 @@ __all__ = [
     "deal_scores",
     "coreset_greedy",
     "random_select",
+    "CHUNK_ROWS",
 ]
 
 KMEANS_PRESETS: dict[str, dict] = {
     "badge": {"first": "max_norm", "n_local_trials": 1, "fixed_seed": None},
     "official": {"first": "random", "n_local_trials": None, "fixed_seed": 0},
 }
+CHUNK_ROWS = 8192
 
 
-def _check_budget(n_candidates: int, n: int) -> None:
+def check_budget(n_candidates: int, n: int) -> None:
+    """Raise ``ValueError`` for an empty pool, a non-positive budget or a budget larger than the pool."""
     if n_candidates == 0:
         raise ValueError("the unlabeled pool is empty: there is nothing to select")
     if n <= 0:
         raise ValueError(f"budget must be positive, got {n}")
     if n > n_candidates:
         raise ValueError(f"budget {n} is larger than the unlabeled pool ({n_candidates} images); lower --budget")
+
+
+def _rows(x: np.ndarray, start: int, stop: int) -> np.ndarray:
+    return np.asarray(x[start:stop], dtype=np.float64)
+
+
+def _sq_norms(x: np.ndarray, chunk: int) -> np.ndarray:
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for s in range(0, x.shape[0], chunk):
+        r = _rows(x, s, s + chunk)
+        if not np.isfinite(r).all():
+            raise ValueError("embeddings contain NaN or inf")
+        out[s : s + chunk] = (r * r).sum(axis=1)
+    return out
+
+
+def _dist2_to(x: np.ndarray, sq: np.ndarray, c: np.ndarray, chunk: int) -> np.ndarray:
+    """Squared distance of every row of ``x`` to the point ``c`` [D], chunked. [M]"""
+    c = np.asarray(c, dtype=np.float64)
+    cc = float(c @ c)
+    out = np.empty(x.shape[0], dtype=np.float64)
+    for s in range(0, x.shape[0], chunk):
+        out[s : s + chunk] = sq[s : s + chunk] + cc - 2.0 * (_rows(x, s, s + chunk) @ c)
+    return np.maximum(out, 0.0)
 
 
 def kmeans_pp(
@@ -51,11 +80,12 @@ def kmeans_pp(
     seed: int = 0,
     first: str = "max_norm",
     n_local_trials: int | None = 1,
+    chunk: int = CHUNK_ROWS,
 ) -> np.ndarray:
     """k-means++ seeding: pick ``n`` distinct rows of ``emb`` [M, D] that are far apart and of high norm.
 
     Args:
-        emb: embeddings [M, D].
+        emb: embeddings [M, D] (array or memmap; read in chunks of ``chunk`` rows).
         n: number of centres (images to select), 1 <= n <= M.
         seed: RNG seed (the same seed gives the same indices).
         first: "max_norm" (BADGE) or "random" (k-means++ / scikit-learn).
@@ -66,19 +96,16 @@ def kmeans_pp(
         int64 indices [n] in selection order. Zero total potential (all remaining points duplicate a centre) falls
         back to uniform sampling among the unchosen points.
     """
-    x = np.asarray(emb, dtype=np.float64)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be [M, D], got shape {x.shape}")
-    m = x.shape[0]
-    _check_budget(m, n)
-    if not np.isfinite(x).all():
-        raise ValueError("embeddings contain NaN or inf")
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be [M, D], got shape {emb.shape}")
+    m = emb.shape[0]
+    check_budget(m, n)
     rng = np.random.default_rng(seed)
     trials = 2 + int(math.log(n)) if n_local_trials is None else int(n_local_trials)
-    sq = (x * x).sum(axis=1)  # [M]
+    sq = _sq_norms(emb, chunk)  # [M]
 
     def dist2(i: int) -> np.ndarray:
-        return np.maximum(sq + sq[i] - 2.0 * (x @ x[i]), 0.0)  # [M]
+        return _dist2_to(emb, sq, np.asarray(emb[i], dtype=np.float64), chunk)
 
     first_idx = int(np.argmax(sq)) if first == "max_norm" else int(rng.integers(m))
     chosen = [first_idx]
@@ -113,7 +140,7 @@ def kmeans_pp(
 def top_k(scores: np.ndarray, n: int, *, largest: bool) -> np.ndarray:
     """Indices of the ``n`` largest (or smallest) scores, ties broken by index (stable)."""
     s = np.asarray(scores, dtype=np.float64)
-    _check_budget(len(s), n)
+    check_budget(len(s), n)
     if np.isnan(s).any():
         raise ValueError("scores contain NaN")
     order = np.argsort(-s if largest else s, kind="stable")
@@ -142,54 +169,71 @@ def least_confidence_scores(probs: np.ndarray) -> np.ndarray:
 
 
 def deal_scores(difficulty: np.ndarray, hard_levels: int = 10) -> np.ndarray:
-    """DEAL's ``diff_entropy``: entropy of the ``hard_levels``-bin histogram of each difficulty map in [0, 1].
-    difficulty [M, ...] -> [M]; select the highest."""
+    """DEAL's ``diff_entropy`` (original ``batch_diff_entropy``): the entropy of a ``hard_levels``-bin histogram of
+    each difficulty map, the bins spanning that map's own [min, max] (``np.histogram``'s default range).
+
+    difficulty [M, ...] -> [M]; select the highest. A constant map has one filled bin: entropy 0.
+    """
     d = np.asarray(difficulty, dtype=np.float64).reshape(len(difficulty), -1)
     out = np.empty(len(d))
     for i, row in enumerate(d):
-        hist, _ = np.histogram(row, bins=hard_levels, range=(0.0, 1.0))
+        hist, _ = np.histogram(row, bins=hard_levels)
         q = hist[hist > 0] / row.size
         out[i] = float(-(q * np.log(q)).sum())
     return out
 
 
-def coreset_greedy(features: np.ndarray, labeled: np.ndarray, candidates: np.ndarray, n: int) -> np.ndarray:
-    """Greedy k-centre (Sener & Savarese 2018): repeatedly take the candidate farthest from labeled + chosen.
+def coreset_greedy(
+    candidates: np.ndarray, labeled: np.ndarray | None, n: int, *, chunk: int = CHUNK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-centre (Sener & Savarese 2018): repeatedly take the candidate farthest from labelled + chosen.
 
     Args:
-        features: [M, D] features of every image (labeled and unlabeled).
-        labeled: indices into ``features`` of the labeled images (may be empty: the first pick is then the
-            candidate farthest from the candidates' mean).
-        candidates: indices into ``features`` of the unlabeled images.
+        candidates: features [C, D] of the unlabelled images (array or memmap, read in chunks).
+        labeled: features [L, D] of the labelled images, or None / empty: the first pick is then the candidate
+            farthest from the candidates' mean.
         n: budget.
 
     Returns:
-        positions into ``candidates`` [n], in selection order.
+        ``(positions into candidates [n] in selection order, distance of each pick to its nearest centre at the
+        time it was picked [n])``.
     """
-    f = np.asarray(features, dtype=np.float64)
-    cand = np.asarray(candidates, dtype=np.int64)
-    _check_budget(len(cand), n)
-    fc = f[cand]  # [C, D]
-    sqc = (fc * fc).sum(1)
+    c = candidates.shape[0]
+    check_budget(c, n)
+    sqc = _sq_norms(candidates, chunk)
 
-    def d2_to(rows: np.ndarray) -> np.ndarray:  # [C] squared distance of each candidate to the nearest row
+    def d2_to_rows(rows: np.ndarray) -> np.ndarray:  # [C] squared distance of each candidate to the nearest row
+        rows = np.asarray(rows, dtype=np.float64)
         sqr = (rows * rows).sum(1)
-        d2 = sqc[:, None] + sqr[None, :] - 2.0 * fc @ rows.T  # [C, R]
-        return np.maximum(d2, 0.0).min(axis=1)
+        out = np.empty(c, dtype=np.float64)
+        for s in range(0, c, chunk):
+            block = _rows(candidates, s, s + chunk)
+            d2 = sqc[s : s + chunk, None] + sqr[None, :] - 2.0 * block @ rows.T  # [chunk, R]
+            out[s : s + chunk] = np.maximum(d2, 0.0).min(axis=1)
+        return out
 
-    lab = np.asarray(labeled, dtype=np.int64)
-    mind = d2_to(f[lab]) if len(lab) else d2_to(fc.mean(axis=0, keepdims=True))
+    if labeled is not None and len(labeled):
+        mind = np.full(c, np.inf)
+        for s in range(0, labeled.shape[0], chunk):
+            mind = np.minimum(mind, d2_to_rows(labeled[s : s + chunk]))
+    else:
+        mean = np.zeros(candidates.shape[1], dtype=np.float64)
+        for s in range(0, c, chunk):
+            mean += _rows(candidates, s, s + chunk).sum(0)
+        mind = d2_to_rows((mean / c)[None])
     chosen: list[int] = []
+    dist: list[float] = []
     for _ in range(n):
-        mind_masked = mind.copy()
-        mind_masked[chosen] = -1.0
-        j = int(np.argmax(mind_masked))
+        masked = mind.copy()
+        masked[chosen] = -1.0
+        j = int(np.argmax(masked))
         chosen.append(j)
-        mind = np.minimum(mind, d2_to(fc[j : j + 1]))
-    return np.asarray(chosen, dtype=np.int64)
+        dist.append(float(np.sqrt(mind[j])))
+        mind = np.minimum(mind, d2_to_rows(np.asarray(candidates[j : j + 1])))
+    return np.asarray(chosen, dtype=np.int64), np.asarray(dist)
 
 
 def random_select(n_candidates: int, n: int, *, seed: int) -> np.ndarray:
     """``n`` distinct positions drawn uniformly without replacement (seeded)."""
-    _check_budget(n_candidates, n)
+    check_budget(n_candidates, n)
     return np.random.default_rng(seed).choice(n_candidates, size=n, replace=False).astype(np.int64)

@@ -15,7 +15,7 @@ from alges.config import IGNORE_INDEX, AlgesConfig
 from alges.losses import deal_difficulty_loss, segmentation_loss
 from alges.model import AlgesUnet
 
-__all__ = ["train_model", "make_optimizer", "to_batch"]
+__all__ = ["train_model", "make_optimizer", "to_batch", "epoch_plan", "save_resume_state"]
 
 
 def to_batch(
@@ -30,6 +30,15 @@ def to_batch(
 def make_optimizer(model: torch.nn.Module, cfg: AlgesConfig) -> torch.optim.Optimizer:
     """Adam, lr ``cfg.lr``, betas (0.9, 0.999) (paper 4.1), weight decay ``cfg.weight_decay`` (official: 0)."""
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay)
+
+
+def epoch_plan(n_images: int, cfg: AlgesConfig, epochs: int | None = None) -> tuple[int, int | None]:
+    """``(epochs, step_limit)``: ``cfg.epochs`` full epochs (paper), or with ``cfg.train_steps`` > 0 as many epochs
+    as that many optimiser steps need, the last one cut at the step limit."""
+    if cfg.train_steps > 0 and epochs is None:
+        per_epoch = -(-n_images // cfg.batch_size)
+        return -(-cfg.train_steps // per_epoch), cfg.train_steps
+    return (cfg.epochs if epochs is None else epochs), None
 
 
 def train_model(
@@ -50,21 +59,24 @@ def train_model(
 
     The shuffling order of epoch e is drawn from ``seed`` and e only, so a run resumed at ``start_epoch`` (with the
     saved optimizer) repeats the uninterrupted one. ``on_epoch_end(epoch, optimizer, info)`` is called after every
-    epoch (checkpointing).
+    epoch (checkpointing). Length: :func:`epoch_plan`.
     """
     if len(images) == 0:
         raise ValueError("no labeled images to train on")
     if masks.shape[0] != images.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {masks.shape[0]} masks")
-    epochs = cfg.epochs if epochs is None else epochs
+    m = len(images)
+    epochs, step_limit = epoch_plan(m, cfg, epochs)
     model.to(device).train()
     opt = optimizer or make_optimizer(model, cfg)
     history: list[float] = []
-    m = len(images)
+    steps = start_epoch * -(-m // cfg.batch_size)
     for epoch in tqdm(range(start_epoch, epochs), desc="train", disable=not progress, leave=False):
         order = np.random.default_rng([seed, epoch]).permutation(m)
         total, count = 0.0, 0
         for s in range(0, m, cfg.batch_size):
+            if step_limit is not None and steps >= step_limit:
+                break
             idx = np.sort(order[s : s + cfg.batch_size])
             x, y = to_batch(images[idx], masks[idx], device)
             out = model(x)
@@ -74,9 +86,10 @@ def train_model(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            steps += 1
             total += float(loss.detach()) * len(idx)
             count += len(idx)
-        history.append(total / count)
+        history.append(total / max(count, 1))
         if on_epoch_end is not None:
             on_epoch_end(epoch, opt, {"loss": history[-1]})
     return history

@@ -1,0 +1,138 @@
+"""``alges train`` as a library function: train on a dataset's labelled images, keep the best checkpoint on a
+case-disjoint validation split (when ``cfg.val_fraction`` > 0 and ``cfg.case_pattern`` is set), store the prior-mask
+baseline and the class map in the checkpoint, and resume after an interruption.
+
+Outputs in ``out``: ``model.safetensors`` (last epoch), ``best.safetensors`` (best validation Dice; the last epoch
+when there is no validation split), ``train.json`` (losses, validation curve, split sizes, effective batch and lr
+rule), ``train_ids.txt`` / ``val_ids.txt``, ``train_state.pt`` (resume).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from medshared.checkpoint import save_checkpoint
+from medshared.runtime import atomic_write_json, atomic_write_text, seed_everything
+
+from alges.config import AlgesConfig
+from alges.data import DatasetIndex, group_split, load_arrays
+from alges.evaluate import encode_map, evaluate_model, prior_mask
+from alges.model import build_model
+from alges.train import make_optimizer, save_resume_state, train_model
+
+__all__ = ["fit"]
+
+
+def fit(
+    index: DatasetIndex,
+    ids: Sequence[str],
+    cfg: AlgesConfig,
+    device: torch.device,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    deal_head: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``cfg`` on ``ids`` of ``index`` into ``out``; returns the ``train.json`` dict."""
+    out = Path(out)
+    ids = list(ids)
+    if not ids:
+        raise ValueError(f"no labelled images to train on in {index.root}")
+    split = {"train": ids, "val": []}
+    if cfg.val_fraction > 0:
+        if not cfg.case_pattern:
+            raise ValueError("val_fraction > 0 needs case_pattern (a regex giving each image's case) for a case split")
+        sp = group_split(ids, cfg.case_pattern, cfg.val_fraction, seed=seed)
+        split = {"train": sp["train"], "val": sp["test"]}
+    train = load_arrays(index, split["train"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+    val = (
+        load_arrays(index, split["val"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+        if split["val"]
+        else None
+    )
+    if len(train) == 0:
+        raise ValueError(f"no training images left in {index.root} (empty_masks={cfg.empty_masks})")
+    prior, prior_info = prior_mask(train.masks, cfg.num_classes)
+    seed_everything(seed)
+    model = build_model(cfg, deal_head=deal_head).to(device)
+    opt = make_optimizer(model, cfg)
+    resume_path = out / "train_state.pt"
+    start, best, history = 0, {"epoch": -1, "score": -np.inf}, []
+    key = {"config": cfg.to_dict(), "ids": list(train.ids), "val": list(val.ids) if val else [], "seed": seed}
+    if resume and resume_path.is_file():
+        st = torch.load(resume_path, map_location=device, weights_only=False)
+        if st.get("key") != key:
+            raise ValueError(f"{resume_path} was written for another config, image list or seed; drop --resume")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        start, best, history = st["epoch"] + 1, st["best"], st["history"]
+        print(f"resuming after epoch {start}")
+    extra = {
+        "deal_head": deal_head,
+        "class_names": list(index.class_names),
+        "class_map": index.class_map.to_dict(),
+        "labeled": list(train.ids),
+        "seed": seed,
+        "prior_map": encode_map(prior),
+        "prior": prior_info,
+    }
+    scored = cfg.scored_classes
+
+    def on_epoch_end(epoch: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
+        rec = {"epoch": epoch, "loss": info["loss"]}
+        if val is not None and len(val):
+            res = evaluate_model(model, val, cfg, device, boundary=False)
+            rec["val_dice"] = res["dice_image"]
+            model.train()
+            if rec["val_dice"] > best["score"]:
+                best.update(epoch=epoch, score=rec["val_dice"])
+                save_checkpoint(out / "best.safetensors", model.state_dict(), cfg.to_dict(), {**extra, "epoch": epoch})
+        history.append(rec)
+        save_resume_state(
+            resume_path, epoch, optimizer, model, {"key": key, "best": dict(best), "history": list(history)}
+        )
+
+    t0 = time.perf_counter()
+    train_model(
+        model,
+        train.images,
+        train.masks,
+        cfg,
+        device,
+        seed=seed,
+        start_epoch=start,
+        optimizer=opt,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
+    )
+    save_checkpoint(out / "model.safetensors", model.state_dict(), cfg.to_dict(), {**extra, "epoch": cfg.epochs - 1})
+    if val is None or not len(val):
+        save_checkpoint(out / "best.safetensors", model.state_dict(), cfg.to_dict(), {**extra, "epoch": cfg.epochs - 1})
+        best = {"epoch": cfg.epochs - 1, "score": None}
+    atomic_write_text(out / "train_ids.txt", "\n".join(train.ids) + "\n")
+    atomic_write_text(out / "val_ids.txt", "\n".join(val.ids) + "\n" if val else "")
+    log = {
+        "losses": [h["loss"] for h in history],
+        "history": history,
+        "best_epoch": best["epoch"],
+        "best_val_dice": best["score"],
+        "start_epoch": start,
+        "seconds": time.perf_counter() - t0,
+        "n_train": len(train),
+        "n_val": len(val) if val else 0,
+        "scored_classes": list(scored),
+        "prior": prior_info,
+        "effective_batch": cfg.batch_size,
+        "lr": cfg.lr,
+        "lr_rule": "none (one process)",
+        "config": cfg.to_dict(),
+    }
+    atomic_write_json(out / "train.json", log)
+    return log

@@ -1,0 +1,109 @@
+"""``alges simulate`` as a library function: split a dataset (video-wise for CholecSeg8k, case-disjoint for a folder
+with ``cfg.case_pattern``, or explicit lists), load pool and test, run every (strategy, seed), add the chance baselines
+(prior mask, majority class) and the Full line, and write the report (curves, Table-1-style tables, AUC)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from medshared.runtime import atomic_write_json
+
+from alges.active import run_full, simulate
+from alges.config import AlgesConfig
+from alges.data import DatasetIndex, check_cholec_split_counts, cholec_split, group_split, load_arrays
+from alges.evaluate import majority_chance, prior_mask, prior_scores
+from alges.report import PAPER_PERCENTAGES, write_simulation_outputs
+
+__all__ = ["default_split", "run_simulation", "STUDY_METRICS"]
+
+STUDY_METRICS = ("dice_image", "hd95", "dice_macro", "dice_official")
+
+
+def default_split(index: DatasetIndex, cfg: AlgesConfig, seed: int = 0) -> dict[str, list[str]]:
+    """Pool/test ids: CholecSeg8k's documented video split, else a case-disjoint split of the labelled images."""
+    if index.kind == "cholecseg8k":
+        sp = cholec_split(index)
+        return {"train": sp["train"], "test": sp["test"]}
+    if not cfg.case_pattern:
+        raise ValueError(
+            "a folder dataset needs --pool-list and --test-list, or case_pattern in the config (a regex giving each "
+            "image's case, e.g. '^(\\d+)_') for a case-disjoint split"
+        )
+    return group_split(list(index.labeled_ids), cfg.case_pattern, cfg.test_fraction, seed=seed)
+
+
+def run_simulation(
+    index: DatasetIndex,
+    split: dict[str, Sequence[str]],
+    cfg: AlgesConfig,
+    strategies: Sequence[str],
+    device: torch.device,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    full: bool = False,
+    full_steps: int | None = None,
+    percentages: Sequence[float] | None = None,
+    jobs: Sequence[tuple[str, int]] | None = None,
+    write_report: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the simulation into ``out`` and return ``results.json``'s dict (``rows`` only when ``write_report`` is
+    False: a shard's part of the work)."""
+    out = Path(out)
+    pool = load_arrays(index, split["train"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+    test = load_arrays(index, split["test"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+    if len(pool) < cfg.n_init or len(test) == 0:
+        raise ValueError(f"the split has {len(pool)} pool and {len(test)} test images; too few for n_init={cfg.n_init}")
+    split_check = check_cholec_split_counts(index, split)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    atomic_write_json(out / "split.json", {"pool": pool.ids, "test": test.ids, "check": split_check})
+    rows = simulate(
+        pool,
+        test,
+        strategies,
+        cfg.seeds,
+        cfg,
+        device,
+        out,
+        resume=resume,
+        class_names=index.class_names,
+        progress=progress,
+        jobs=jobs,
+    )
+    fulls = []
+    if full:
+        fcfg = dataclasses.replace(cfg, train_steps=full_steps) if full_steps is not None else cfg
+        for k in sorted({s for _, s in jobs} if jobs is not None else cfg.seeds):
+            fulls.append(run_full(k, pool, test, fcfg, device, out))
+    if not write_report:
+        return {"rows": rows, "full": fulls}
+    return write_report_files(index, pool, test, cfg, rows, fulls, out, percentages, split_check)
+
+
+def write_report_files(index, pool, test, cfg, rows, fulls, out, percentages, split_check) -> dict[str, Any]:
+    """Chance baselines + the report files (see :func:`alges.report.write_simulation_outputs`)."""
+    prior, prior_info = prior_mask(pool.masks, cfg.num_classes)
+    pri = prior_scores(prior, test, cfg)
+    maj = majority_chance(pool.masks, test, cfg)
+    chance = {m: pri.get(m) for m in STUDY_METRICS}
+    if percentages is None and index.kind == "cholecseg8k":
+        percentages = PAPER_PERCENTAGES
+    return write_simulation_outputs(
+        rows,
+        out,
+        {
+            "prior_mask": {**pri, **prior_info},
+            "majority_chance": maj,
+            "config": cfg.to_dict(),
+            "data": {"root": str(index.root), "pool": len(pool), "test": len(test), "split_check": split_check},
+        },
+        metrics=STUDY_METRICS,
+        chance=chance,
+        full=fulls,
+        percentages=percentages,
+    )
