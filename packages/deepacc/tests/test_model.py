@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 import torch
-from deepacc.config import config_from_dict, create_config, list_configs
 from deepacc.backbone import resolve_backbone_weights
+from deepacc.config import config_from_dict, create_config, list_configs
 from deepacc.model import build_model, set_output_mode
 from deepacc.postprocess import agnostic_top1, postprocess_detections
 from deepacc.precision import cast_bf16

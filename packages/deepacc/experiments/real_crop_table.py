@@ -1,0 +1,174 @@
+"""The paper's Table 1 rows and Table 2's RetinaNet on metaphases composed from real karyotyped cells (cell-disjoint
+train / val / test), 3 seeds each, plus a ResNet-18 crop classifier on the same cell split, and the fidelity
+measurements (lr for batch 1, alpha of row (c), normalised inference-branch features).
+
+    /work/bin/cpuslot uv run python packages/deepacc/experiments/real_crop_table.py \
+        --crops ../shared/data/chromosome/cells --out /work/runs/deepacc/table
+
+Resumable: every finished run leaves ``OUT/<run>/result.json`` and is skipped when started again; an interrupted
+run resumes from its ``train_state.pt``. ``OUT/table.md`` / ``OUT/table.json`` are rewritten after every run.
+Setting (chosen to fit about 90 minutes of one CPU core): spreads of 384 px with the crops at 0.5x
+(``deepacc.compose.CELL_SPREAD_CPU``); 95 cells split 0.7 / 0.1 / 0.2 (seed 0) into 66 / 10 / 19 cells; 2 spreads
+per training cell (132), 1 per validation cell, 2 per test cell (38); ``deepacc_tiny`` (BatchNorm CNN + FPN P3-P5,
+256-wide heads) with each row's switches, 10 epochs at batch 2 (660 iterations), lr 0.02, x0.1 after epoch 8, the
+checkpoint with the best validation mAP@0.5 evaluated on the test spreads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROWS = {  # name: (config, model overrides, train overrides)
+    "a_faster_rcnn": ("table1_a", {}, {}),
+    "b_sep": ("table1_b", {}, {}),
+    "c_aam": ("table1_c", {}, {}),
+    "e_aam_siamese": ("table1_e", {}, {}),
+    "f_deepacc": ("table1_f", {}, {}),
+    "retinanet": ("retinanet_r101", {}, {}),
+}
+EXTRAS = {  # one seed each
+    "f_lr_literal_b1": ("table1_f", {}, {"batch_size": 1, "lr": 0.02, "lr_scaling": "literal"}),
+    "f_lr_linear_b1": ("table1_f", {}, {"batch_size": 1, "lr": 0.02, "lr_scaling": "linear"}),
+    "c_alpha1": ("table1_c", {"aam_weight": 1.0}, {}),
+    "f_xnorm": ("table1_f", {"inference_feature_norm": True}, {}),
+}
+SEEDS = (0, 1, 2)
+EPOCHS = 10
+
+
+def run_config(name: str, row: tuple[str, dict, dict]) -> Any:
+    from deepacc.config import create_config
+
+    cfg_name, m_over, t_over = row
+    tiny = create_config("deepacc_tiny")
+    paper_row = create_config(cfg_name).model
+    switches = {k: getattr(paper_row, k) for k in ("arch", "separate_reg", "aam", "siamese", "gia", "aam_weight")}
+    model = dataclasses.replace(tiny.model, min_size=384, max_size=384, box_batch_size_per_image=128,
+                                box_positive_fraction=0.5, rpn_post_nms_top_n_train=200, **{**switches, **m_over})
+    train = dataclasses.replace(tiny.train, epochs=EPOCHS, milestones=(8,), warmup_iters=30, checkpoint_every=100,
+                                **t_over)  # fmt: skip
+    return dataclasses.replace(tiny, name=f"real_{name}", model=model, train=train)
+
+
+def make_data(crops: str, out: Path) -> dict[str, Path]:
+    from deepacc.compose import CELL_SPREAD_CPU, compose_split
+
+    if (out / "split.json").is_file():
+        return {p: out / p / "annotations.json" for p in ("train", "val", "test")}
+    return compose_split(crops, out, {"train": 0.7, "val": 0.1, "test": 0.2}, {"train": 132, "val": 10, "test": 38},
+                         seed=0, cfg=CELL_SPREAD_CPU)  # fmt: skip
+
+
+def detector_run(name: str, row: tuple, seed: int, data: dict[str, list], out: Path) -> dict[str, Any]:
+    import torch
+    from deepacc.evaluate import evaluate_detections, predict_raw
+    from deepacc.train import load_model, train
+
+    cfg = run_config(name, row)
+    t0, c0 = time.time(), time.process_time()
+    train(cfg, data["train"], out, "cpu", None, resume=True, seed=seed, progress=False, val_samples=data["val"],
+          log=lambda m: print(f"  {name} s{seed}: {m}", flush=True))  # fmt: skip
+    model, cfg, extra = load_model(out / "best.safetensors")
+    torch.manual_seed(0)
+    two_stage = cfg.model.arch == "deepacc"
+    res = evaluate_detections(predict_raw(model, data["test"]), data["test"], cfg, coco=True,
+                              karyotype_prior=two_stage)  # fmt: skip
+    keep = ("map50", "map50_max", "acc", "aer", "acc_agnostic", "aer_agnostic", "wcr", "classification_acc_on_matched",
+            "acc_prior", "aer_prior", "classification_acc_on_matched_prior", "counts", "counts_prior", "chance")
+    out_res = {k: res[k] for k in keep if k in res}
+    out_res.update({"coco_map": res["coco"]["map"], "best_epoch": extra.get("epoch"), "run": name, "seed": seed,
+                    "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0})  # fmt: skip
+    return out_res
+
+
+def summarise(out: Path) -> None:
+    from medshared.runtime import atomic_write_json, atomic_write_text
+
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["run"], []).append(r)
+    cols = [("map50", "mAP@0.5"), ("map50_max", "mAP_max"), ("coco_map", "COCO mAP"), ("acc", "Acc"), ("aer", "AER"),
+            ("classification_acc_on_matched", "class acc (matched)"), ("acc_prior", "Acc prior"),
+            ("aer_prior", "AER prior")]  # fmt: skip
+    lines = ["| run | seeds | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    summary: dict[str, Any] = {}
+    for name in [*ROWS, *EXTRAS, "crop_classifier"]:
+        rs = by.get(name, [])
+        if not rs:
+            continue
+        if name == "crop_classifier":
+            acc = [r["accuracy"] for r in rs]
+            summary[name] = {"accuracy": [float(np.mean(acc)), float(np.std(acc))], "seeds": [r["seed"] for r in rs]}
+            lines.append(f"| crop classifier (ResNet-18) | {len(rs)} | top-1 accuracy {np.mean(acc):.3f} ± "
+                         f"{np.std(acc):.3f} |" + " |" * (len(cols) - 1))  # fmt: skip
+            continue
+        cells, summary[name] = [], {"seeds": [r["seed"] for r in rs]}
+        for key, _ in cols:
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                summary[name][key] = [float(np.mean(vals)), float(np.std(vals))]
+                cells.append(f"{np.mean(vals):.3f} ± {np.std(vals):.3f}" if len(vals) > 1 else f"{vals[0]:.3f}")
+            else:
+                cells.append("-")
+        lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    atomic_write_text(out / "table.md", "\n".join(lines) + "\n")
+    atomic_write_json(out / "table.json", summary)
+    print("\n".join(lines), flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--crops", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", default=None, help="comma-separated run names (default: all)")
+    args = ap.parse_args()
+    import torch
+    from deepacc.compose import index_cells
+    from deepacc.crop_classifier import train_crop_classifier
+    from deepacc.data import load_dataset
+    from medshared.runtime import atomic_write_json
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    paths = make_data(args.crops, out / "data")
+    data = {p: load_dataset(paths[p]) for p in ("train", "val", "test")}
+    split = json.loads((out / "data" / "split.json").read_text())["parts"]
+    cells = index_cells(args.crops)
+    only = set(args.only.split(",")) if args.only else None
+    plan: list[tuple[str, tuple | None, int]] = []
+    for seed in SEEDS:
+        plan += [(n, r, seed) for n, r in ROWS.items()] + [("crop_classifier", None, seed)]
+        if seed == SEEDS[0]:
+            plan += [(n, r, seed) for n, r in EXTRAS.items()]
+    for name, row, seed in plan:
+        if only is not None and name not in only:
+            continue
+        run_dir = out / f"{name}_s{seed}"
+        if (run_dir / "result.json").is_file():
+            continue
+        t0 = time.time()
+        print(f"== {name} seed {seed}", flush=True)
+        if row is None:
+            tr = [c for k in split["train"] for c in cells[k]]
+            te = [c for k in split["test"] for c in cells[k]]
+            res = train_crop_classifier(tr, te, epochs=6, size=64, seed=seed)
+            res["run"] = name
+        else:
+            res = detector_run(name, row, seed, data, run_dir)
+        atomic_write_json(run_dir / "result.json", res)
+        print(f"== {name} seed {seed} done in {time.time() - t0:.0f}s", flush=True)
+        summarise(out)
+    summarise(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
