@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from lungcvt.config import FeatureConfig
 from lungcvt.data import Recording, check_cycles_within, load_audio
 from lungcvt.features import FeatureCache, check_cqt, compute_features
-from lungcvt.images import batch_to_image, collate_cycles
+from lungcvt.images import batch_to_image, collate_cycles, collate_images, to_image
 
 __all__ = ["CycleSet", "extract_cycles", "load_recording_audio", "CycleDataset", "make_loader", "predict_logits"]
 
@@ -101,16 +101,18 @@ def extract_cycles(
 
 
 class CycleDataset(Dataset):
-    """Item -> (pre-resize features float16 [3, F, T_i], int label).
+    """Item -> (pre-resize features float16 [3, F, T_i], int label), or with ``image_cfg`` the resized, normalised
+    image float32 [3, S, S] (``to_image`` in the DataLoader worker: the cheaper place on a CPU with workers).
 
     Args:
         cycles: the cycles.
         time_roll: training augmentation: rotate the cycle by a random number of frames, drawn from torch's global
             RNG (per worker and per epoch in DataLoader workers; events keep their shape and pitch).
+        image_cfg: resize and normalise each item with these settings (default: leave it to ``batch_to_image``).
     """
 
-    def __init__(self, cycles: CycleSet, time_roll: bool = False) -> None:
-        self.cycles, self.time_roll = cycles, time_roll
+    def __init__(self, cycles: CycleSet, time_roll: bool = False, image_cfg: FeatureConfig | None = None) -> None:
+        self.cycles, self.time_roll, self.image_cfg = cycles, time_roll, image_cfg
 
     def __len__(self) -> int:
         return len(self.cycles)
@@ -119,6 +121,8 @@ class CycleDataset(Dataset):
         f = torch.from_numpy(self.cycles.feats[i])  # [3, F, T]
         if self.time_roll:
             f = torch.roll(f, int(torch.randint(f.shape[-1], (1,))), dims=-1)
+        if self.image_cfg is not None:
+            f = to_image(f, self.image_cfg)
         return f, int(self.cycles.labels[i])
 
 
@@ -133,9 +137,11 @@ def make_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader with :func:`collate_cycles`. Each worker's torch (and ``random`` / NumPy) RNG is seeded by torch
-    with ``base_seed + worker_id``, ``base_seed`` drawn from ``generator`` when an epoch's iterator starts: the
-    augmentation differs per worker and per epoch and is reproduced by the generator state saved for resume."""
+    """A DataLoader with :func:`collate_cycles` (or :func:`collate_images` for a dataset that resizes). Each
+    worker's torch (and ``random`` / NumPy) RNG is seeded by torch with ``base_seed + worker_id``, ``base_seed``
+    drawn from ``generator`` when an epoch's iterator starts: the augmentation differs per worker and per epoch and
+    is reproduced by the generator state saved for resume."""
+    images = getattr(dataset, "image_cfg", None) is not None
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -143,7 +149,7 @@ def make_loader(
         sampler=sampler,
         generator=generator,
         num_workers=num_workers,
-        collate_fn=collate_cycles,
+        collate_fn=collate_images if images else collate_cycles,
         drop_last=drop_last,
         pin_memory=pin_memory,
     )

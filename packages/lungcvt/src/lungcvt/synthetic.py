@@ -1,7 +1,8 @@
 """Synthetic ICBHI-layout dataset whose cycles carry the real classes' acoustic signatures.
 
 Written in the real format (``{patient}_{index}_{loc}_{mode}_{device}.wav`` + ``.txt`` + the split file, including
-the split file's naming quirk for ``226_1b1_Pl_sc_LittC2SE``), so the real loader is exercised end to end.
+the split file's naming quirk for ``226_1b1_Pl_sc_LittC2SE``, + a patient-wise 5-fold file), so the real loader is
+exercised end to end.
 
 Signatures (Sovijarvi et al. 2000, "Definition of terms for applications of respiratory sounds"):
 
@@ -25,6 +26,7 @@ import numpy as np
 from scipy import signal
 
 from lungcvt.data import LOCATIONS, SPLIT_FILE_NAME
+from lungcvt.splits import FOLD_FILE_NAME
 
 __all__ = ["DEVICE_FORMATS", "WHEEZE_LEVEL", "synth_cycle", "generate_icbhi", "SyntheticSummary"]
 
@@ -198,4 +200,9 @@ def generate_icbhi(
             n_rec += 1
     split_file = out / SPLIT_FILE_NAME
     split_file.write_text("\n".join(split_lines) + "\n")
+    # the patient-wise 5-fold file (as RespireNet's patient_list_foldwise.txt): patients dealt round-robin in a
+    # seeded order
+    order = rng.permutation(n_patients)
+    fold_lines = [f"{patients[i]}\t{k % 5}" for k, i in enumerate(order)]
+    (out / FOLD_FILE_NAME).write_text("\n".join(sorted(fold_lines)) + "\n")
     return SyntheticSummary(out, n_rec, sum(counts), counts, split_file)

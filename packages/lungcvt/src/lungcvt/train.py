@@ -45,6 +45,7 @@ __all__ = [
     "stratified_subset",
     "global_weight_denominator",
     "build_train_loader",
+    "resize_where",
     "load_init",
 ]
 
@@ -117,16 +118,19 @@ def train_step(
     lr: float | None = None,
     generator: torch.Generator | None = None,
 ) -> float:
-    """One optimiser step on a collated batch (features [B, 3, F, T], lengths [B], labels [B]); returns the loss.
+    """One optimiser step on a collated batch (features [B, 3, F, T], lengths [B], labels [B]; or images
+    [B, 3, S, S], None, labels); returns the loss.
 
-    The batch is resized on ``device`` (:func:`~lungcvt.images.batch_to_image`); mixup (``train.mixup``) draws its
+    Features are resized on ``device`` (:func:`~lungcvt.images.batch_to_image`); mixup (``train.mixup``) draws its
     lambda from torch's global RNG and its permutation from ``generator``.
     """
     from medshared.runtime import autocast_context
 
     tc = cfg.train
     x, lens, y = batch
-    x = batch_to_image(x.to(device, non_blocking=True), lens, cfg.features)  # [B, 3, S, S]
+    x = x.to(device, non_blocking=True)
+    if lens is not None:  # features: resize on the device; else the workers resized them already
+        x = batch_to_image(x, lens, cfg.features)  # [B, 3, S, S]
     y = y.to(device, non_blocking=True)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -148,18 +152,28 @@ def train_step(
     return float(loss.detach())
 
 
+def resize_where(device: torch.device, num_workers: int) -> str:
+    """Where training resizes the feature maps: ``"device"`` (batched, :func:`~lungcvt.images.batch_to_image`) on a
+    GPU or without workers, ``"workers"`` (per item in the DataLoader workers) on a CPU with workers, where the
+    resize costs the same either way and the workers run it in parallel with the step (``bench/train_step.py``)."""
+    return "workers" if device.type != "cuda" and num_workers > 0 else "device"
+
+
 def build_train_loader(
     cycles: CycleSet,
-    tc: TrainConfig,
+    cfg: LungCVTConfig,
     ctx: Any,
     generator: torch.Generator,
     num_workers: int = 0,
-    pin_memory: bool = False,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.utils.data.DataLoader, Any]:
     """The training DataLoader and its ``DistributedSampler`` (``None`` in one process)."""
     from medshared.distributed import make_sampler
 
-    ds = CycleDataset(cycles, time_roll=tc.time_roll)
+    tc = cfg.train
+    dev = torch.device(device)
+    image_cfg = cfg.features if resize_where(dev, num_workers) == "workers" else None
+    ds = CycleDataset(cycles, time_roll=tc.time_roll, image_cfg=image_cfg)
     sampler = make_sampler(ds, ctx, shuffle=tc.shuffle, seed=tc.seed) if ctx is not None else None
     per_rank = len(ds) if sampler is None else len(sampler)
     dl = make_loader(
@@ -170,7 +184,7 @@ def build_train_loader(
         generator=generator,
         num_workers=num_workers,
         drop_last=per_rank > tc.batch_size,
-        pin_memory=pin_memory,
+        pin_memory=dev.type == "cuda",
     )
     return dl, sampler
 
@@ -375,7 +389,7 @@ def _train(
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     ddp_model = wrap_model(model, ctx)
     g = torch.Generator().manual_seed(rank_seed(tc.seed, ctx))
-    dl, sampler = build_train_loader(tr, tc, ctx, g, num_workers, pin_memory=dev.type == "cuda")
+    dl, sampler = build_train_loader(tr, cfg, ctx, g, num_workers, dev)
 
     state_path, best_path = out / "last_state.pt", out / "best.safetensors"
     history: list[dict] = []
@@ -504,7 +518,7 @@ def _train(
                     "lr_used": lr,
                     "batchnorm": "spatial-gate BatchNorm statistics over the global batch (all-reduce) under DDP",
                 },
-                "data_loader": {"num_workers": num_workers, "resize": f"batched on {dev.type}"},
+                "data_loader": {"num_workers": num_workers, "resize": resize_where(dev, num_workers)},
                 "last_state_bytes": state_path.stat().st_size if state_path.is_file() else None,
                 "config": cfg_dict,
                 "lungcvt_version": __version__,
