@@ -50,8 +50,15 @@ def run_config(name: str, row: tuple[str, dict, dict]) -> Any:
     tiny = create_config("deepacc_tiny")
     paper_row = create_config(cfg_name).model
     switches = {k: getattr(paper_row, k) for k in ("arch", "separate_reg", "aam", "siamese", "gia", "aam_weight")}
-    model = dataclasses.replace(tiny.model, min_size=384, max_size=384, box_batch_size_per_image=128,
-                                box_positive_fraction=0.5, rpn_post_nms_top_n_train=200, **{**switches, **m_over})
+    model = dataclasses.replace(
+        tiny.model,
+        min_size=384,
+        max_size=384,
+        box_batch_size_per_image=128,
+        box_positive_fraction=0.5,
+        rpn_post_nms_top_n_train=200,
+        **{**switches, **m_over},
+    )
     train = dataclasses.replace(tiny.train, epochs=EPOCHS, milestones=(8,), warmup_iters=30, checkpoint_every=100,
                                 **t_over)  # fmt: skip
     return dataclasses.replace(tiny, name=f"real_{name}", model=model, train=train)
@@ -80,8 +87,22 @@ def detector_run(name: str, row: tuple, seed: int, data: dict[str, list], out: P
     two_stage = cfg.model.arch == "deepacc"
     res = evaluate_detections(predict_raw(model, data["test"]), data["test"], cfg, coco=True,
                               karyotype_prior=two_stage)  # fmt: skip
-    keep = ("map50", "map50_max", "acc", "aer", "acc_agnostic", "aer_agnostic", "wcr", "classification_acc_on_matched",
-            "acc_prior", "aer_prior", "classification_acc_on_matched_prior", "counts", "counts_prior", "chance")
+    keep = (
+        "map50",
+        "map50_max",
+        "acc",
+        "aer",
+        "acc_agnostic",
+        "aer_agnostic",
+        "wcr",
+        "classification_acc_on_matched",
+        "acc_prior",
+        "aer_prior",
+        "classification_acc_on_matched_prior",
+        "counts",
+        "counts_prior",
+        "chance",
+    )
     out_res = {k: res[k] for k in keep if k in res}
     out_res.update({"coco_map": res["coco"]["map"], "best_epoch": extra.get("epoch"), "run": name, "seed": seed,
                     "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0})  # fmt: skip

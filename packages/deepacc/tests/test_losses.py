@@ -122,10 +122,14 @@ def test_gia_hand_value() -> None:
     # partners in image 0: class 1 -> RoI 0 (only one), class 2 -> RoI 1 (0.6 > 0.5)
     p = probs
     expected = (
-        float(p[0] @ p[1])  # RoI 0 (class 1) with class-2 partner
-        + float(p[1] @ p[0])  # RoI 1 (class 2) with class-1 partner
-        + float(p[2] @ p[0])  # RoI 2 (class 2) with class-1 partner
-    ) / 4 / 2  # image 0: N+ = 4 positives; image 1: one positive, no partner (0); mean over the 2 images
+        (
+            float(p[0] @ p[1])  # RoI 0 (class 1) with class-2 partner
+            + float(p[1] @ p[0])  # RoI 1 (class 2) with class-1 partner
+            + float(p[2] @ p[0])  # RoI 2 (class 2) with class-1 partner
+        )
+        / 4
+        / 2
+    )  # image 0: N+ = 4 positives; image 1: one positive, no partner (0); mean over the 2 images
     got = gia_loss(probs, labels, img, group_adjacency())
     assert got.item() == pytest.approx(expected, rel=1e-6)
     assert expected == pytest.approx(((0.7 * 0.4 + 0.3 * 0.6) * 2 / 4 + (0.5 * 0.7 + 0.5 * 0.3) / 4) / 2)
