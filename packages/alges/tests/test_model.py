@@ -49,6 +49,7 @@ def test_bad_input_size_and_missing_weights(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="encoder-weights none"):
         build_model(create_config("alges_tiny"), encoder_weights=str(tmp_path / "nope.pth"))
     monkeypatch.setenv("ALGES_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setenv("MEDREPRO_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError, match="resnet18-f37072fd.pth"):
         build_model(create_config("alges_tiny", encoder_weights="imagenet"))

@@ -18,9 +18,14 @@ EXPECTED_ERRORS = (FileNotFoundError, ValueError, NotADirectoryError, Permission
 # ---------------------------------------------------------------------------------------------------------- helpers
 def _config(args: argparse.Namespace, **overrides: Any):
     """Preset -> --config YAML/JSON -> explicit CLI flags. Returns ``(cfg, explicit keys)``."""
+    import os
+
     from medshared.config import load_config_file, override_dataclass
 
     from alges.config import create_config
+
+    if getattr(args, "offline", False):
+        os.environ["MEDREPRO_OFFLINE"] = "1"  # medshared.weights.is_offline: no download in this process
 
     cfg = create_config(args.preset)
     explicit: set[str] = set()
@@ -44,6 +49,9 @@ def _device(spec: str):
 
 
 def _add_common(p: argparse.ArgumentParser, preset: str = "alges_paper") -> None:
+    p.add_argument(
+        "--offline", action="store_true", help="never download weights (as HF_HUB_OFFLINE=1); missing ones are an error"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--preset", default=preset, help=f"registered config (default {preset}; see alges.config)")
@@ -112,18 +120,33 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 else tuple(float(v) for v in args.percentages.split(","))
             )
         )
-    res = run_simulation(
-        index,
-        split,
-        cfg,
-        strategies,
-        _device(args.device),
-        Path(args.out),
-        resume=not args.no_resume,
-        full=args.full,
-        full_steps=args.full_steps,
-        percentages=pct,
-    )
+    from medshared.distributed import init_distributed, launched_by_torchrun, resolve_shard
+
+    ctx = init_distributed(args.device) if launched_by_torchrun() and not args.shard else None
+    try:
+        res = run_simulation(
+            index,
+            split,
+            cfg,
+            strategies,
+            ctx.device if ctx is not None else _device(args.device),
+            Path(args.out),
+            resume=not args.no_resume,
+            full=args.full,
+            full_steps=args.full_steps,
+            percentages=pct,
+            shard=resolve_shard(args.shard),
+            ctx=ctx,
+            progress=ctx is None or ctx.is_main,
+        )
+    finally:
+        if ctx is not None:
+            ctx.close()
+    if "shard" in res:
+        i, n = res["shard"]
+        if ctx is None:
+            print(f"shard {i}/{n} done ({len(res['jobs'])} runs); rerun without --shard to write the report")
+        return 0
     _headline_print(res)
     pri = res["prior_mask"]
     print(f"chance (prior mask): dice_image {pri['dice_image']:.3f}, hd95 {pri['hd95']:.1f}; outputs in {args.out}")
@@ -142,16 +165,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     index.check_ids(ids, need_masks=True)
     if not ids:
         raise ValueError(f"no labelled images in {args.data} (a labelled image has a mask of the same name)")
-    log = fit(
-        index,
-        ids,
-        cfg,
-        _device(args.device),
-        Path(args.out),
-        seed=args.seed,
-        deal_head=args.deal_head,
-        resume=args.resume,
-    )
+    from medshared.distributed import distributed_session
+
+    with distributed_session(args.device) as ctx:
+        log = fit(
+            index,
+            ids,
+            cfg,
+            ctx.device,
+            Path(args.out),
+            seed=args.seed,
+            deal_head=args.deal_head,
+            resume=args.resume,
+            ctx=ctx,
+        )
+    if not ctx.is_main:
+        return 0
     best = f"; best validation Dice {log['best_val_dice']:.3f} (epoch {log['best_epoch']})" if log["n_val"] else ""
     print(
         f"trained on {log['n_train']} images for {cfg.epochs - log['start_epoch']} epochs{best}; "
@@ -286,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder (state is kept there; rerun to resume)")
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has saved state")
+    p.add_argument(
+        "--shard", help="i/n: run only shard i of n of the (strategy, seed) runs (default: torchrun's rank / world)"
+    )
     _add_common(p)
     p.set_defaults(func=cmd_simulate)
 

@@ -39,8 +39,17 @@ def fit(
     deal_head: bool = False,
     resume: bool = False,
     progress: bool = True,
+    ctx: Any = None,
 ) -> dict[str, Any]:
-    """Train ``cfg`` on ``ids`` of ``index`` into ``out``; returns the ``train.json`` dict."""
+    """Train ``cfg`` on ``ids`` of ``index`` into ``out``; returns the ``train.json`` dict.
+
+    Under torchrun pass ``ctx`` (``medshared.distributed``): DDP over the ranks (see :mod:`alges.train`); rank 0
+    alone validates and writes checkpoints, ``train.json`` and the resume state; every rank resumes from it.
+    """
+    from medshared.distributed import DistContext, barrier
+
+    ctx = ctx or DistContext()
+    main = ctx.is_main
     out = Path(out)
     ids = list(ids)
     if not ids:
@@ -65,7 +74,14 @@ def fit(
     opt = make_optimizer(model, cfg)
     resume_path = out / "train_state.pt"
     start, best, history = 0, {"epoch": -1, "score": -np.inf}, []
-    key = {"config": cfg.to_dict(), "ids": list(train.ids), "val": list(val.ids) if val else [], "seed": seed}
+    # resuming may extend ``epochs``; any other config change, another image list or seed is refused
+    key = {
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "epochs"},
+        "ids": list(train.ids),
+        "val": list(val.ids) if val else [],
+        "seed": seed,
+    }
+    barrier(ctx)  # every rank sees the same resume state
     if resume and resume_path.is_file():
         st = torch.load(resume_path, map_location=device, weights_only=False)
         if st.get("key") != key:
@@ -73,7 +89,8 @@ def fit(
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start, best, history = st["epoch"] + 1, st["best"], st["history"]
-        print(f"resuming after epoch {start}")
+        if main:
+            print(f"resuming after epoch {start}")
     extra = {
         "deal_head": deal_head,
         "class_names": list(index.class_names),
@@ -87,6 +104,10 @@ def fit(
 
     def on_epoch_end(epoch: int, optimizer: torch.optim.Optimizer, info: dict) -> None:
         rec = {"epoch": epoch, "loss": info["loss"]}
+        if not main:  # rank 0 validates and writes; the others wait for it
+            history.append(rec)
+            barrier(ctx)
+            return
         if val is not None and len(val):
             res = evaluate_model(model, val, cfg, device, boundary=False)
             rec["val_dice"] = res["dice_image"]
@@ -98,6 +119,7 @@ def fit(
         save_resume_state(
             resume_path, epoch, optimizer, model, {"key": key, "best": dict(best), "history": list(history)}
         )
+        barrier(ctx)
 
     t0 = time.perf_counter()
     train_model(
@@ -110,8 +132,11 @@ def fit(
         start_epoch=start,
         optimizer=opt,
         on_epoch_end=on_epoch_end,
-        progress=progress,
+        progress=progress and main,
+        ctx=ctx,
     )
+    if not main:
+        return {"rank": ctx.rank}
     save_checkpoint(out / "model.safetensors", model.state_dict(), cfg.to_dict(), {**extra, "epoch": cfg.epochs - 1})
     if val is None or not len(val):
         save_checkpoint(out / "best.safetensors", model.state_dict(), cfg.to_dict(), {**extra, "epoch": cfg.epochs - 1})
@@ -129,9 +154,16 @@ def fit(
         "n_val": len(val) if val else 0,
         "scored_classes": list(scored),
         "prior": prior_info,
+        "world_size": ctx.world_size,
         "effective_batch": cfg.batch_size,
+        "per_rank_batch": cfg.batch_size / ctx.world_size,
         "lr": cfg.lr,
-        "lr_rule": "none (one process)",
+        "lr_rule": "none: the recipe's global batch is split over the ranks, so batch and lr are unchanged",
+        "batchnorm": "per process"
+        if ctx.world_size == 1
+        else (
+            "SyncBatchNorm" if torch.device(device).type == "cuda" else "per-rank statistics (no SyncBatchNorm on CPU)"
+        ),
         "config": cfg.to_dict(),
     }
     atomic_write_json(out / "train.json", log)

@@ -101,7 +101,7 @@ class AlgesUnet(nn.Module):
         self.cfg = cfg
         self.net = smp.Unet(
             encoder_name=cfg.encoder_name,
-            encoder_weights=None,  # weights are loaded from a local file by build_model, never downloaded
+            encoder_weights=None,  # build_model loads them (local file, torch.hub cache or download)
             encoder_depth=cfg.encoder_depth,
             decoder_channels=tuple(cfg.decoder_channels),
             classes=cfg.num_classes,
@@ -159,37 +159,47 @@ class AlgesUnet(nn.Module):
         return AlgesOutput(logits, z, diff)
 
 
-def resolve_encoder_weights(spec: str | os.PathLike | None) -> Path | None:
-    """Find the ImageNet ResNet-18 weights file: explicit path, else ``$ALGES_WEIGHTS_DIR/resnet18-f37072fd.pth``,
-    else the torch hub cache. ``None``/"none" means random init (the paper's setting). Never downloads."""
+def resolve_encoder_weights(spec: str | os.PathLike | None, *, offline: bool = False) -> Path | None:
+    """The ImageNet ResNet-18 weights file for ``--encoder-weights``.
+
+    ``None``/"none": random init (the paper's setting). A path: that file. "imagenet": ``$ALGES_WEIGHTS_DIR``, then
+    torch.hub's cache (``$TORCH_HOME/hub/checkpoints``), then, unless offline (``--offline``, ``HF_HUB_OFFLINE=1``,
+    ``MEDREPRO_OFFLINE=1``), a download through torch.hub into that cache with torchvision's sha256 prefix checked
+    (``$ALGES_RESNET18_URL`` overrides the URL, e.g. for a mirror). Offline or unreachable: ``FileNotFoundError``
+    naming the file, the URL and ``--encoder-weights none``.
+    """
+    from medshared.weights import fetch_url, hub_checkpoint_dir
+
     if spec is None or str(spec).lower() in ("none", ""):
         return None
+    hint = "or use --encoder-weights none for random initialisation (the paper's setting)"
     if str(spec).lower() != "imagenet":
         p = Path(spec)
         if not p.is_file():
-            raise FileNotFoundError(
-                f"encoder weights file {p} not found; download {RESNET18_URL} to that path, "
-                "or use --encoder-weights none for random initialisation (the paper's setting)"
-            )
+            raise FileNotFoundError(f"encoder weights file {p} not found; download {RESNET18_URL} to that path, {hint}")
         return p
-    candidates = []
+    url = os.environ.get("ALGES_RESNET18_URL") or RESNET18_URL
+    name = Path(url).name
     if os.environ.get("ALGES_WEIGHTS_DIR"):
-        candidates.append(Path(os.environ["ALGES_WEIGHTS_DIR"]) / RESNET18_FILE)
-    candidates.append(Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE)
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise FileNotFoundError(
-        f"ImageNet ResNet-18 weights {RESNET18_FILE} not found in {[str(c) for c in candidates]}; download "
-        f"{RESNET18_URL} into $ALGES_WEIGHTS_DIR (or the torch hub cache), pass --encoder-weights PATH, "
-        "or use --encoder-weights none for random initialisation (the paper's setting)"
+        local = Path(os.environ["ALGES_WEIGHTS_DIR"]) / name
+        if local.is_file():
+            return local
+    cached = hub_checkpoint_dir() / name
+    if cached.is_file():
+        return cached
+    return fetch_url(
+        url, offline=offline, what=f"ImageNet ResNet-18 weights {name}", hint=f"put it in $ALGES_WEIGHTS_DIR, {hint}"
     )
 
 
-def build_model(cfg: AlgesConfig, *, deal_head: bool = False, encoder_weights: str | None = None) -> AlgesUnet:
-    """Build the model; ``encoder_weights`` (default ``cfg.encoder_weights``) is a file path, "imagenet" or None."""
+def build_model(
+    cfg: AlgesConfig, *, deal_head: bool = False, encoder_weights: str | None = None, offline: bool = False
+) -> AlgesUnet:
+    """Build the model; ``encoder_weights`` (default ``cfg.encoder_weights``) is a file path, "imagenet" or None
+    (see :func:`resolve_encoder_weights`)."""
     model = AlgesUnet(cfg, deal_head=deal_head)
-    path = resolve_encoder_weights(encoder_weights if encoder_weights is not None else cfg.encoder_weights)
+    spec = encoder_weights if encoder_weights is not None else cfg.encoder_weights
+    path = resolve_encoder_weights(spec, offline=offline)
     if path is not None:
         sd = torch.load(path, map_location="cpu", weights_only=True)
         sd = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in sd.items()}

@@ -48,12 +48,19 @@ def run_simulation(
     full: bool = False,
     full_steps: int | None = None,
     percentages: Sequence[float] | None = None,
-    jobs: Sequence[tuple[str, int]] | None = None,
-    write_report: bool = True,
+    shard: tuple[int, int] = (0, 1),
+    ctx: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the simulation into ``out`` and return ``results.json``'s dict (``rows`` only when ``write_report`` is
-    False: a shard's part of the work)."""
+    """Run the simulation into ``out`` and return ``results.json``'s dict.
+
+    Sharding: the (strategy, seed) runs (and the Full seeds) are spread round-robin over ``shard = (i, n)``; each run
+    writes its own state file. Under torchrun (``ctx`` enabled) rank 0 gathers every rank's rows and writes the
+    report; with ``--shard i/n`` launched by hand each shard writes its states and returns ``{"shard": ...}``, and
+    the same command without ``--shard`` then writes the report from the saved states (nothing is recomputed).
+    """
+    from medshared.distributed import all_gather_object, shard_items
+
     out = Path(out)
     pool = load_arrays(index, split["train"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
     test = load_arrays(index, split["test"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
@@ -62,6 +69,10 @@ def run_simulation(
     split_check = check_cholec_split_counts(index, split)
     atomic_write_json(out / "config.json", cfg.to_dict())
     atomic_write_json(out / "split.json", {"pool": pool.ids, "test": test.ids, "check": split_check})
+    all_jobs = [(s, k) for k in cfg.seeds for s in strategies]
+    i, n = shard
+    order = {j: q for q, j in enumerate(all_jobs)}
+    mine = shard_items(all_jobs, i, n)
     rows = simulate(
         pool,
         test,
@@ -73,15 +84,23 @@ def run_simulation(
         resume=resume,
         class_names=index.class_names,
         progress=progress,
-        jobs=jobs,
+        jobs=mine,
     )
     fulls = []
     if full:
         fcfg = dataclasses.replace(cfg, train_steps=full_steps) if full_steps is not None else cfg
-        for k in sorted({s for _, s in jobs} if jobs is not None else cfg.seeds):
+        for k in shard_items(list(cfg.seeds), i, n):
             fulls.append(run_full(k, pool, test, fcfg, device, out))
-    if not write_report:
-        return {"rows": rows, "full": fulls}
+    if ctx is not None and ctx.enabled:
+        parts = all_gather_object({"rows": rows, "full": fulls}, ctx)
+        if not ctx.is_main:
+            return {"shard": [i, n], "jobs": mine}
+        rows = [r for p in parts for r in p["rows"]]
+        fulls = [f for p in parts for f in p["full"]]
+    elif n > 1:
+        return {"shard": [i, n], "jobs": mine}
+    rows.sort(key=lambda r: (order[(r["strategy"], r["seed"])], r["round"]))
+    fulls.sort(key=lambda f: f["seed"])
     return write_report_files(index, pool, test, cfg, rows, fulls, out, percentages, split_check)
 
 
