@@ -117,6 +117,7 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
                 os.environ[k] = v
     err = _err(capsys)
     assert "deit_base_patch16_224-b5f2ef4d.pth" in err and "--pretrained none" in err
+    assert "--pretrained PATH" in err and "--weights" not in err  # the hint names a flag the CLI accepts
     assert not (tmp_path / "run" / "best.safetensors").exists()
     assert (
         main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run"), "--pretrained", str(empty / "x.pth")])

@@ -67,8 +67,9 @@ def test_nnaudio_matches_librosa(mode):
         FeatureConfig(mode="clean"),
         FeatureConfig(cqt_bins_per_octave=24),  # 4 octaves: librosa downsamples early by 8
         FeatureConfig(sample_rate=4000, cqt_bins_per_octave=24),  # the fix the Nyquist error names
+        FeatureConfig(mode="clean", window="hamming", mel_htk=True, fmax=2000.0),  # paper Eq. 2-3, band limit
     ],
-    ids=["faithful", "clean", "bpo24-early-downsampling", "4k-bpo24"],
+    ids=["faithful", "clean", "bpo24-early-downsampling", "4k-bpo24", "hamming-htk-fmax2k"],
 )
 def test_batched_matches_librosa(cfg):
     """The default batched backend (torch FFT-domain multi-resolution CQT) against librosa, per cycle in a batch of

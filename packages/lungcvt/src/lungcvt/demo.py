@@ -53,12 +53,18 @@ def plot_feature_examples(data_dir: Path, cfg: LungCVTConfig, path: Path) -> Non
 
 
 def run_demo(
-    out_dir: str | Path, device: str = "auto", seed: int = 0, quick: bool = False, progress: bool = True
+    out_dir: str | Path,
+    device: str = "auto",
+    seed: int = 0,
+    quick: bool = False,
+    progress: bool = True,
+    epochs: int | None = None,
 ) -> dict:
     """Run the whole pipeline on synthetic data; returns the metrics dict (also written to ``out/metrics.json``).
 
     Args:
         quick: a reduced run for tests (fewer patients and epochs).
+        epochs: override the number of epochs.
     """
     from medshared.plots import plot_confusion_matrix, plot_curves
     from medshared.runtime import atomic_write_json, atomic_write_text
@@ -72,7 +78,7 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     base = get_config("lungcvt_tiny")
     n_patients = 32 if quick else 40
-    epochs = 12 if quick else base.train.epochs
+    epochs = epochs or (12 if quick else base.train.epochs)
     cfg = dataclasses.replace(base, train=dataclasses.replace(base.train, seed=seed, epochs=epochs))
     data = out / "data"
     syn = generate_icbhi(data, n_patients=n_patients, recordings_per_patient=(1, 3), seed=seed)
