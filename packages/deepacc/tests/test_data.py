@@ -274,3 +274,89 @@ def test_image_with_16bit_and_rgba(tmp_path: Path) -> None:
     assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and a.max() == 255
     Image.fromarray(np.zeros((8, 9, 4), np.uint8)).save(tmp_path / "b.png")
     assert read_image(tmp_path / "b.png").shape == (8, 9, 3)
+
+
+# ------------------------------------------------------------------------------------- invalid boxes, label map
+def test_on_invalid_error_lists_every_bad_box_at_once(tmp_path: Path, coco_dir: Path) -> None:
+    def mutate(data, d) -> None:  # noqa: ANN001
+        data["annotations"][0]["bbox"] = [150.0, 10.0, 11.5, 20.0]  # 1.5 px past the right edge (160 px image)
+        data["annotations"][5]["bbox"] = [10.0, 10.0, 0.0, 20.0]  # degenerate
+        data["annotations"][60]["bbox"] = [-3.0, 40.0, 10.0, 10.0]  # image 2: 3 px past the left edge
+
+    p = _coco(tmp_path, coco_dir, mutate)
+    with pytest.raises(DataError) as err:
+        load_dataset(p)
+    msg = str(err.value)
+    assert msg.startswith("3 invalid boxes") and "outside" in msg and "degenerate" in msg
+    assert "--on-invalid clip" in msg and "--on-invalid skip" in msg
+    ref = load_dataset(coco_dir / "annotations.json")
+    lines: list[str] = []
+    clipped = load_dataset(p, on_invalid="clip", log=lines.append)
+    assert [len(s.labels) for s in clipped] == [45, 46, 46]  # the degenerate box cannot be clipped: skipped
+    assert clipped[0].boxes[0].tolist() == [150.0, 10.0, 160.0, 30.0]
+    assert "2 boxes clipped to the image" in lines[0] and "1 boxes skipped" in lines[0]
+    lines.clear()
+    skipped = load_dataset(p, on_invalid="skip", log=lines.append)
+    assert [len(s.labels) for s in skipped] == [44, 45, 46] and "3 boxes skipped" in lines[0]
+    assert skipped[2].boxes.tolist() == ref[2].boxes.tolist()  # untouched images stay untouched
+    with pytest.raises(ValueError, match="on_invalid"):
+        load_dataset(p, on_invalid="ignore")
+
+
+def test_valid_dataset_is_loaded_unchanged_and_silently(coco_dir: Path) -> None:
+    lines: list[str] = []
+    a = load_dataset(coco_dir / "annotations.json", on_invalid="clip", log=lines.append)
+    b = load_dataset(coco_dir / "annotations.json")
+    assert lines == [] and all(np.array_equal(x.boxes, y.boxes) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize(("name", "expected"), [("chromosome1", 1), ("Chromosome_1", 1), ("CHROMOSOME-22", 22),
+                                                ("chromosomeX", 23), ("CHR_Y", 24), ("chr 7", 7)])  # fmt: skip
+def test_chromosome_prefixes(name: str, expected: int) -> None:
+    assert normalize_label(name) == expected
+
+
+def test_label_map_file(tmp_path: Path, coco_dir: Path) -> None:
+    from deepacc.data import load_label_map
+
+    lm = tmp_path / "labels.yaml"
+    lm.write_text("Chr_01: 1\nsexX: X\nnucleus: null\n")
+    mapping = load_label_map(lm)
+    assert normalize_label("Chr_01", "f", mapping) == 1 and normalize_label("sexx", "f", mapping) == 23
+    assert normalize_label("nucleus", "f", mapping) is None and normalize_label("7", "f", mapping) == 7
+    with pytest.raises(DataError, match="--label-map"):
+        normalize_label("nucleus", "f")
+
+    def rename(data, d) -> None:  # noqa: ANN001
+        data["categories"][0]["name"] = "Chr_01"
+        data["categories"].append({"id": 30, "name": "nucleus"})
+        data["annotations"][0]["category_id"] = 30
+
+    p = _coco(tmp_path, coco_dir, rename)
+    with pytest.raises(DataError, match="'nucleus'.*--label-map"):
+        load_dataset(p)
+    lines: list[str] = []
+    got = load_dataset(p, label_map=lm, log=lines.append)
+    ref = load_dataset(coco_dir / "annotations.json")
+    assert len(got[0].labels) == len(ref[0].labels) - 1 and "dropped by label" in lines[0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("foo: 99\n")
+    with pytest.raises(DataError, match="target of 'foo'"):
+        load_label_map(bad)
+
+
+def test_scan_reports_all_bad_images_before_training(tmp_path: Path, coco_dir: Path) -> None:
+    from deepacc.data import scan_images
+
+    d = tmp_path / "c"
+    shutil.copytree(coco_dir, d)
+    samples = load_dataset(d / "annotations.json")
+    raw = samples[0].image_path.read_bytes()
+    samples[0].image_path.write_bytes(raw[: len(raw) // 2])  # truncated PNG: opens, fails to decode
+    Image.new("L", (100, 80)).save(samples[2].image_path)  # wrong size for its annotation (160 x 160)
+    with pytest.raises(DataError) as err:
+        scan_images(samples)
+    msg = str(err.value)
+    assert msg.startswith("2 of 3 images cannot be used")
+    assert f"{samples[0].image_path}: unreadable" in msg and "100x80 but its annotation says 160x160" in msg
+    scan_images([samples[1]])  # a good image passes

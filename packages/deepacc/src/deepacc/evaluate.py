@@ -158,7 +158,9 @@ def apply_karyotype_prior(raws: list[Any], acc_dets: list[dict[str, np.ndarray]]
     out = []
     for r, d in zip(raws, acc_dets):
         if isinstance(r, dict) or "roi_indices" not in d:
-            raise ValueError("the karyotype prior needs per-RoI class probabilities (a DeepACC / Faster R-CNN model)")
+            raise ValueError(
+                "the karyotype prior needs per-RoI class probabilities: a two-stage (DeepACC / Faster R-CNN) model"
+            )
         boxes, scores = r
         roi = np.asarray(d["roi_indices"], np.int64)
         probs = scores.numpy()[roi]  # [N, 25]
