@@ -9,17 +9,9 @@ import pytest
 import torch
 from alges.active import parse_strategies, run_strategy, select_batch
 from alges.config import create_config
-from alges.data import cholec_split, load_arrays, scan_cholecseg8k
 from alges.model import build_model
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def arrays(syn_root):
-    idx = scan_cholecseg8k(syn_root)
-    sp = cholec_split(idx, {"train": ["video01", "video02"], "test": ["video03"]}, max_test_frames=4)
-    return load_arrays(idx, sp["train"], 32, progress=False), load_arrays(idx, sp["test"], 32, progress=False)
 
 
 def test_resume_equals_uninterrupted(tmp_path, arrays):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from alges.active import run_strategy
 from alges.config import create_config
-from alges.data import DatasetIndex, SegArrays, check_cholec_split_counts, cholec_split, load_arrays, scan_cholecseg8k
+from alges.data import DatasetIndex, SegArrays, check_cholec_split_counts
 from alges.evaluate import decode_map, encode_map, prior_mask, prior_scores, segmentation_scores
 from alges.model import DealHead, build_model
 from alges.report import PAPER_PERCENTAGES, auc_table, curve_auc, summarize, table_markdown
@@ -49,13 +49,6 @@ def test_deal_histogram_spans_each_maps_own_range():
     two = np.concatenate([np.full(30, 0.1), np.full(10, 0.9)])[None]
     q = np.array([0.75, 0.25])
     assert deal_scores(two, 10)[0] == pytest.approx(float(-(q * np.log(q)).sum()))
-
-
-@pytest.fixture(scope="module")
-def arrays(syn_root):
-    idx = scan_cholecseg8k(syn_root)
-    sp = cholec_split(idx, {"train": ["video01", "video02"], "test": ["video03"]}, max_test_frames=4)
-    return load_arrays(idx, sp["train"], 32, progress=False), load_arrays(idx, sp["test"], 32, progress=False)
 
 
 def test_resume_continues_from_the_previous_rounds_model(tmp_path, arrays):
