@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from alges.config import create_config
 from alges.embeddings import alges_img, alges_sem, materialize_G
-from alges.evaluate import infer
+from alges.inference import infer
 from alges.model import build_model
 
 
@@ -100,11 +100,12 @@ def main() -> None:
         model = build_model(cfg).to(dev)
     images = (torch.rand(n_pkg, 3, args.size, args.size) * 255).to(torch.uint8)
     # warm-up
-    infer(model, images[:2].numpy(), cfg, dev, ("alges_img",))
+    infer(model, images[:2].numpy(), cfg, dev, ("alges-img",))
     t = time.perf_counter()
-    fast = infer(model, images.numpy(), cfg, dev, ("alges_img",))["alges_img"]
+    fast = infer(model, images.numpy(), cfg, dev, ("alges-img",)).values["alges-img"]
     pkg = (time.perf_counter() - t) / n_pkg
-    fp32 = infer(model, images[:n_off].numpy(), cfg, dev, ("alges_img",), amp=False, channels_last=False)["alges_img"]
+    fp32 = infer(model, images[:n_off].numpy(), cfg, dev, ("alges-img",), amp=False, channels_last=False)
+    fp32 = fp32.values["alges-img"]
     cos = F.cosine_similarity(torch.from_numpy(fast[:n_off]), torch.from_numpy(fp32), dim=1)
     off, off_emb = _official_way(model, images[:n_off].to(dev))
     # official-way gradients are the eval-mode closed form only up to BN mode; report agreement in eval mode too
