@@ -108,7 +108,7 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
     env = {k: os.environ.get(k) for k in ("LUNGCVT_WEIGHTS_DIR", "TORCH_HOME", "HF_HOME")}
     os.environ.update(LUNGCVT_WEIGHTS_DIR=str(empty), TORCH_HOME=str(empty), HF_HOME=str(empty))
     try:
-        assert main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run")]) == 2
+        assert main(["train", "--data", str(syn_dir), "--out", str(tmp_path / "run"), "--offline"]) == 2
     finally:
         for k, v in env.items():
             if v is None:

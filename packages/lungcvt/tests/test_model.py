@@ -125,14 +125,85 @@ def test_pretrained_env_dir_and_resampled_pos_embed(tmp_path, monkeypatch):
     torch.testing.assert_close(m.backbone.blocks[0].mlp.fc1.weight, ref.blocks[0].mlp.fc1.weight)
 
 
-def test_missing_weights(tmp_path, monkeypatch):
-    monkeypatch.setenv("LUNGCVT_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=r"deit_base_patch16_224-b5f2ef4d\.pth.*--pretrained none"):
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """Empty weights dir, torch hub and Hugging Face caches; no offline variable set."""
+    for var in ("LUNGCVT_WEIGHTS_DIR", "TORCH_HOME", "HF_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "empty"))
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "MEDREPRO_OFFLINE", "LUNGCVT_WEIGHTS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "empty"
+
+
+def test_missing_weights_offline(no_weights, monkeypatch):
+    """Offline (--offline or HF_HUB_OFFLINE=1): the error names the file, the URL, and both flags."""
+    pattern = (
+        r"deit_base_patch16_224-b5f2ef4d\.pth.*offline.*https://dl\.fbaipublicfiles\.com/deit/"
+        r".*--pretrained PATH.*--pretrained none"
+    )
+    with pytest.raises(FileNotFoundError, match=pattern):
+        resolve_weights("deit_base_patch16_224", offline=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=pattern):
         resolve_weights("deit_base_patch16_224")
     with pytest.raises(FileNotFoundError, match=r"not found: .*missing\.pth.*--pretrained none"):
-        resolve_weights("deit_base_patch16_224", tmp_path / "missing.pth")
+        resolve_weights("deit_base_patch16_224", no_weights / "missing.pth")
+    assert not (no_weights / "hub" / "checkpoints").exists() or not any((no_weights / "hub" / "checkpoints").iterdir())
+
+
+def _publish_deit(folder, name=None):
+    """A DeiT-tiny state dict (2 blocks) saved as torch.hub names files: <name>-<sha256 prefix>.pth."""
+    import hashlib
+
+    path, ref = _fake_deit_file(folder, "tmp.pth")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    final = folder / (name or f"deit_tiny_patch16_224-{digest[:8]}.pth")
+    path.rename(final)
+    return final, ref
+
+
+def test_pretrained_download_through_torch_hub_cache(no_weights, tmp_path):
+    """--pretrained URL: downloaded from a server on 127.0.0.1 into torch.hub's cache, hash-checked, loaded into the
+    model; the second call is served from the cache (no request)."""
+    from medshared.testing import serve_files
+
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    path, ref = _publish_deit(srv)
+    cfg = ModelConfig(backbone="deit_tiny_patch16_224", backbone_depth=2, img_size=224, pretrained=True)
+    with serve_files(srv) as url:
+        got = resolve_weights("deit_tiny_patch16_224", f"{url}/{path.name}")
+        assert got == no_weights / "hub" / "checkpoints" / path.name and url.requests == [f"/{path.name}"]
+        m = LungCVT(cfg, weights=f"{url}/{path.name}")
+        assert url.requests == [f"/{path.name}"]  # from the cache
+    torch.testing.assert_close(m.backbone.blocks[1].attn.qkv.weight, ref.blocks[1].attn.qkv.weight)
+
+
+def test_default_download_checks_the_release_hash(no_weights, tmp_path, monkeypatch):
+    """The default path (no local file): the DeiT release name from $LUNGCVT_WEIGHTS_URL (here a loopback mirror).
+    A file whose content does not match the sha256 prefix in its name is rejected and nothing stays in the cache;
+    an unreachable mirror is a clear error naming the file and the flags."""
+    from medshared.testing import serve_files
+
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    _publish_deit(srv, name="deit_tiny_patch16_224-a1311bcf.pth")  # the real name, other content
+    with serve_files(srv) as url:
+        monkeypatch.setenv("LUNGCVT_WEIGHTS_URL", url)
+        with pytest.raises(ValueError, match="does not match its sha256"):
+            resolve_weights("deit_tiny_patch16_224")
+        assert url.requests == ["/deit_tiny_patch16_224-a1311bcf.pth"]
+    ckpt = no_weights / "hub" / "checkpoints"
+    assert not ckpt.exists() or list(ckpt.iterdir()) == []
+    monkeypatch.setenv("LUNGCVT_WEIGHTS_URL", "http://127.0.0.1:9")  # nothing listens there
+    import huggingface_hub
+
+    def unreachable(*a, **k):  # huggingface.co, as the test's socket guard would refuse it (without the retries)
+        raise ConnectionError("huggingface.co unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"a1311bcf\.pth.*download failed.*Hugging Face Hub.*--pretrained none"):
+        resolve_weights("deit_tiny_patch16_224")
 
 
 def test_identity_front_init_passes_features_through():

@@ -62,7 +62,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pretrained",
         default="auto",
-        help="DeiT ImageNet weights: 'auto' (search $LUNGCVT_WEIGHTS_DIR and caches), a file, or 'none'",
+        help="DeiT ImageNet weights: 'imagenet' (local file or cache, else downloaded into torch.hub's / "
+        "huggingface_hub's cache), 'auto' (the same when the preset is pretrained; the tiny preset is not), a file, "
+        "an http(s) URL named like torch.hub files (name-<sha256 prefix>.pth, hash-checked), or 'none' (random init)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download weights (as HF_HUB_OFFLINE=1); a missing file is an error",
     )
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
@@ -256,6 +263,8 @@ def _train_cfg(args: argparse.Namespace) -> tuple[LungCVTConfig, str | None]:
     weights = None
     if args.pretrained == "none":
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=False))
+    elif args.pretrained == "imagenet":
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=True))
     elif args.pretrained != "auto":
         weights = args.pretrained
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=True))
@@ -284,6 +293,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         num_workers=args.workers,
         resume=not args.no_resume,
+        offline=args.offline,
     )
     import os
 
@@ -308,6 +318,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         weights=weights,
         cache_dir=args.cache,
         num_workers=args.workers,
+        offline=args.offline,
     )
     print(cv_table(res["summary"], len(res["runs"])))
     print(f"results in {Path(args.out) / 'cv.json'}, cv.csv, cv.md")

@@ -116,6 +116,7 @@ def run_cv(
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    offline: bool = False,
 ) -> dict:
     """Train + evaluate every (protocol, seed); returns the ``cv.json`` content.
 
@@ -174,7 +175,7 @@ def run_cv(
                 if progress:
                     print(f"cv: {protocol} seed {seed} -> {run_dir}", flush=True)
                 res = train(run_cfg, data_dir, run_dir, data=run_data, device=device, weights=weights,
-                            cache_dir=cache, num_workers=num_workers, progress=progress)  # fmt: skip
+                            cache_dir=cache, num_workers=num_workers, progress=progress, offline=offline)  # fmt: skip
                 metrics = evaluate(res.best_checkpoint, data_dir, run_dir / "eval", "test", run_data, device, cache,
                                    progress=progress)  # fmt: skip
                 tj = json.loads(tpath.read_text())

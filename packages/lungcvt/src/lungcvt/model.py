@@ -30,9 +30,12 @@ __all__ = [
     "create_model",
     "resolve_weights",
     "WEIGHTS_ENV",
+    "WEIGHTS_URL_ENV",
+    "weights_url",
 ]
 
 WEIGHTS_ENV = "LUNGCVT_WEIGHTS_DIR"
+WEIGHTS_URL_ENV = "LUNGCVT_WEIGHTS_URL"
 
 
 class BranchConv(nn.Module):
@@ -189,15 +192,46 @@ def _candidates(backbone: str) -> list[str]:
     return names
 
 
-def resolve_weights(backbone: str, weights: str | Path | None = None) -> Path:
-    """Find the ImageNet DeiT weights for ``backbone`` without network access.
+def weights_url(backbone: str) -> str | None:
+    """Download URL of ``backbone``'s ImageNet weights: the DeiT release file (sha256 prefix in its name), under
+    ``$LUNGCVT_WEIGHTS_URL`` when set (a mirror of ``https://dl.fbaipublicfiles.com/deit``), else FB's server."""
+    if backbone not in _WEIGHT_URLS:
+        return None
+    base = os.environ.get(WEIGHTS_URL_ENV, "").strip()
+    if not base:
+        return _WEIGHT_URLS[backbone]
+    return f"{base.rstrip('/')}/{_WEIGHT_URLS[backbone].rsplit('/', 1)[1]}"
 
-    Order: the explicit ``weights`` path; ``$LUNGCVT_WEIGHTS_DIR/<name>``; the torch hub cache
-    (``~/.cache/torch/hub/checkpoints``); the Hugging Face cache (``models--timm--<backbone>.fb_in1k``).
+
+def _hint() -> str:
+    return (
+        f"pass --pretrained PATH to a downloaded file (or put it in ${WEIGHTS_ENV}), or pass --pretrained none for "
+        "random initialisation"
+    )
+
+
+def resolve_weights(
+    backbone: str, weights: str | Path | None = None, offline: bool = False, download: bool = True
+) -> Path:
+    """Find, or download, the ImageNet DeiT weights for ``backbone``.
+
+    Order: the explicit ``weights`` path (or an http(s) URL whose file name carries its sha256 prefix, as torch.hub
+    names them: downloaded into torch.hub's cache and checked); ``$LUNGCVT_WEIGHTS_DIR/<name>``; the torch hub cache
+    (``$TORCH_HOME/hub/checkpoints``); the Hugging Face cache (``models--timm--<backbone>.fb_in1k``). Then, unless
+    offline (``offline``, ``HF_HUB_OFFLINE=1``, ``MEDREPRO_OFFLINE=1``) or ``download`` is False: the DeiT release
+    file through torch.hub's downloader into its cache, sha256-checked (``medshared.weights.fetch_url``; the file the
+    official code loaded through ``torch.hub`` and timm's ``fb_in1k`` config points to), and if that server cannot be
+    reached, ``timm/<backbone>.fb_in1k`` through huggingface_hub's cache.
 
     Raises:
-        FileNotFoundError: naming the file, where to get it, and ``--pretrained none`` for random initialisation.
+        FileNotFoundError: (``medshared.weights.WeightsUnavailable`` when a download was the last resort) naming the
+            file, the URL, ``--pretrained PATH`` and ``--pretrained none``.
+        ValueError: a download that does not match its sha256 (nothing is left in the cache).
     """
+    from medshared.weights import WeightsUnavailable, fetch_url, hf_download, is_offline
+
+    if isinstance(weights, str) and weights.startswith(("http://", "https://")):  # a mirror or your own release
+        return fetch_url(weights, offline=is_offline(offline), what=f"DeiT weights {weights}", hint=_hint())
     if weights is not None:
         p = Path(weights).expanduser()
         if not p.is_file():
@@ -211,8 +245,9 @@ def resolve_weights(backbone: str, weights: str | Path | None = None) -> Path:
     dirs: list[Path] = []
     if os.environ.get(WEIGHTS_ENV):
         dirs.append(Path(os.environ[WEIGHTS_ENV]).expanduser())
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser()
-    dirs.append(torch_home / "hub" / "checkpoints")
+    import torch
+
+    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     for d in dirs:
         for n in names:
             if (d / n).is_file():
@@ -222,11 +257,23 @@ def resolve_weights(backbone: str, weights: str | Path | None = None) -> Path:
     if snap.is_dir():
         for p in sorted(snap.glob("*/model.safetensors")):
             return p
-    raise FileNotFoundError(
-        f"DeiT ImageNet weights for {backbone} not found (looked for {names[0]} in ${WEIGHTS_ENV}, "
-        f"{dirs[-1]} and the Hugging Face cache). Download {_WEIGHT_URLS.get(backbone, '')} into "
-        f"${WEIGHTS_ENV} (or pass --pretrained PATH), or pass --pretrained none for random initialisation"
-    )
+    url = weights_url(backbone)
+    what = f"DeiT ImageNet weights for {backbone} ({names[0]})"
+    looked = f"looked for {names[0]} in {', '.join(map(str, dirs))} and the Hugging Face cache"
+    if not download or url is None:
+        from medshared.weights import missing_weights_message
+
+        raise FileNotFoundError(missing_weights_message(what, None, url or _WEIGHT_URLS.get(backbone), _hint(), looked))
+    off = is_offline(offline)
+    try:
+        return fetch_url(url, offline=off, what=what, hint=_hint())
+    except WeightsUnavailable as first:
+        if off:
+            raise WeightsUnavailable(f"{first} ({looked}; offline: --offline or HF_HUB_OFFLINE=1)") from None
+        try:
+            return hf_download(f"timm/{backbone}.fb_in1k", "model.safetensors", offline=off, what=what, hint=_hint())
+        except WeightsUnavailable as second:
+            raise WeightsUnavailable(f"{first}. Hugging Face Hub: {second}") from None
 
 
 class LungCVT(nn.Module):

@@ -278,6 +278,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     ctx: Any = None,
+    offline: bool = False,
 ) -> TrainResult:
     """Train LungCVT on an ICBHI-layout folder; writes ``best.safetensors``, ``last_state.pt``, ``history.csv``,
     ``train.json`` (rank 0 only under torchrun).
@@ -295,6 +296,7 @@ def train(
         resume: continue from ``out_dir/last_state.pt`` when it exists; a different config is an error.
         progress: tqdm bars and one line per epoch (rank 0).
         ctx: a ``medshared.distributed.DistContext``; by default :func:`init_distributed` (a no-op outside torchrun).
+        offline: never download the DeiT weights (also ``HF_HUB_OFFLINE=1``); see :func:`lungcvt.model.resolve_weights`.
 
     Raises:
         DataError: bad data, a class missing from training (unless ``data.allow_missing_class``).
@@ -306,6 +308,15 @@ def train(
     if own_ctx:
         ctx = init_distributed(device)
     try:
+        if cfg.model.pretrained and init is None:  # rank 0 downloads (if needed), then every rank reads the cache
+            from medshared.distributed import barrier
+
+            from lungcvt.model import resolve_weights
+
+            if ctx.is_main:
+                weights = resolve_weights(cfg.model.backbone, weights, offline=offline)
+            barrier(ctx)
+            weights = resolve_weights(cfg.model.backbone, weights, offline=True)
         return _train(
             cfg, data_dir, out_dir, data or DataOptions(), weights, init, cache_dir, num_workers, resume, progress, ctx
         )
@@ -353,10 +364,6 @@ def _train(
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "feature_cache"
     check_cqt(cfg.features)
-    if cfg.model.pretrained and init is None:  # fail before the (slow) feature extraction when weights are missing
-        from lungcvt.model import resolve_weights
-
-        weights = resolve_weights(cfg.model.backbone, weights)
     init_sd = load_init(init, cfg) if init is not None else None
 
     recs = select_recordings(data_dir, data, seed=tc.seed)
