@@ -63,6 +63,13 @@ def test_tiny_cv_on_synthetic_data(cv_dir, tmp_path, capsys):
     s = res["summary"]["icbhi_score"]
     assert f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}" in table and "10 runs" in table
     assert f"{100 * s['mean']:.2f} ±" in capsys.readouterr().out
+    # evaluate without --protocol uses the checkpoint's (fold2), so it scores that fold's test patients again
+    ck = out / "fold2" / "seed0" / "best.safetensors"
+    assert main(["evaluate", "--checkpoint", str(ck), "--data", str(cv_dir), "--out", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["protocol"] == "fold2" and {int(p) for p in m["by_patient"]} == {p for p, f in folds.items() if f == 2}
+    assert main(args + ["--seeds", "0", "--protocol", "fold1"]) == 2  # cv takes --folds
+    assert "--folds" in capsys.readouterr().err
     # other settings in the same folder are refused
     assert main(args + ["--seeds", "0", "--config", str(_yaml(tmp_path, "train: {lr: 1e-4}"))]) == 2
     assert "different settings" in capsys.readouterr().err

@@ -28,8 +28,8 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = 
         p.add_argument(
             "--protocol",
             default=None,
-            help="official (60/40 split file, default) | fold0..fold4 (patient-wise 5-fold file) | random80-20 "
-            "(patients, stratified, drawn with the seed)",
+            help="official (60/40 split file; the default, for evaluate the checkpoint's protocol) | fold0..fold4 "
+            "(patient-wise 5-fold file) | random80-20 (patients, stratified, drawn with the seed)",
         )
         p.add_argument("--fold-file", default=None, help="patient_list_foldwise.txt (default: found next to the data)")
         p.add_argument(
@@ -38,13 +38,14 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = 
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
-def _data_options(args: argparse.Namespace, allow_missing_class: bool = False, protocol: str | None = None):
+def _data_options(args: argparse.Namespace, allow_missing_class: bool = False, keep_protocol_none: bool = False):
     from lungcvt.splits import DataOptions
 
+    protocol = getattr(args, "protocol", None) or (None if keep_protocol_none else "official")
     devices = tuple(d.strip() for d in args.devices.split(",") if d.strip()) if getattr(args, "devices", None) else None
     return DataOptions(
         split_file=args.split_file,
-        protocol=protocol or getattr(args, "protocol", None) or "official",
+        protocol=protocol,
         fold_file=getattr(args, "fold_file", None),
         allow_partial=args.allow_partial,
         allow_missing_class=allow_missing_class,
@@ -306,6 +307,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_cv(args: argparse.Namespace) -> int:
     from lungcvt.cv import cv_table, parse_folds, parse_seeds, run_cv
 
+    if args.protocol:
+        raise ValueError("lungcvt cv takes --folds (e.g. 0-4, official or random80-20), not --protocol")
     cfg, weights = _train_cfg(args)
     res = run_cv(
         cfg,
@@ -333,7 +336,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         split=args.split,
-        data=_data_options(args) if (args.protocol or args.devices or args.fold_file) else None,
+        data=_data_options(args, keep_protocol_none=True),
         device=args.device,
         cache_dir=args.cache,
         mix_channels=args.mix_channels,

@@ -189,7 +189,9 @@ def evaluate(
     if mix_channels:
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, channels="mix"))
     if data is None:
-        data = DataOptions(protocol=extra.get("protocol", "official"))
+        data = DataOptions(protocol=None)
+    if data.protocol is None:  # the protocol the checkpoint was trained under
+        data = dataclasses.replace(data, protocol=extra.get("protocol", "official"))
     if split == "all":
         data = dataclasses.replace(data, protocol="official", split_file=None)
         from lungcvt.data import load_dataset

@@ -121,7 +121,7 @@ def apply_protocol(
 
     Args:
         recordings: from :func:`lungcvt.data.load_dataset` (their ``split`` is the official one, or ``None``).
-        protocol: see :data:`PROTOCOLS`.
+        protocol: see :data:`PROTOCOLS` (``None``: ``evaluate`` takes the checkpoint's, elsewhere ``official``).
         fold_file: the fold file for ``foldK`` (default: :func:`find_fold_file` on ``data_dir``).
         data_dir: where to look for the fold file.
         seed: draws the ``random80-20`` test patients.
@@ -181,7 +181,7 @@ class DataOptions:
 
     Attributes:
         split_file: the official split file (default: found next to the data); used by ``protocol="official"``.
-        protocol: see :data:`PROTOCOLS`.
+        protocol: see :data:`PROTOCOLS` (``None``: ``evaluate`` takes the checkpoint's, elsewhere ``official``).
         fold_file: the patient-wise fold file for ``foldK`` (default: found next to the data).
         allow_partial: accept split/fold-file entries without recordings (a subset of the database).
         allow_missing_class: train even when a class has no training cycles (logged).
@@ -189,14 +189,15 @@ class DataOptions:
     """
 
     split_file: str | None = None
-    protocol: str = "official"
+    protocol: str | None = "official"
     fold_file: str | None = None
     allow_partial: bool = False
     allow_missing_class: bool = False
     devices: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        parse_protocol(self.protocol)
+        if self.protocol is not None:
+            parse_protocol(self.protocol)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -213,9 +214,10 @@ def select_recordings(data_dir: str | Path, opts: DataOptions, seed: int = 0) ->
     """
     from lungcvt.data import load_dataset
 
-    official = parse_protocol(opts.protocol)[0] == "official"
+    protocol = opts.protocol or "official"
+    official = parse_protocol(protocol)[0] == "official"
     recs, _ = load_dataset(data_dir, opts.split_file, allow_partial=opts.allow_partial, use_split_file=official)
-    recs = apply_protocol(recs, opts.protocol, opts.fold_file, data_dir, seed, opts.allow_partial)
+    recs = apply_protocol(recs, protocol, opts.fold_file, data_dir, seed, opts.allow_partial)
     if opts.devices:
         present = sorted({r.info.device for r in recs})
         unknown = sorted(set(opts.devices) - set(present))
