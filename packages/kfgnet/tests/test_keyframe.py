@@ -125,6 +125,7 @@ def test_tolerance_curve_constructed() -> None:
 
 
 def test_keyframe_net_rejects_wrong_feature_width() -> None:
-    m = KeyFrameNet(feature_dim=8, geo_dim=5, feat_embed=4, geo_embed=4, lstm_hidden=4, head_hidden=4)
+    m = KeyFrameNet(get_keyframe_config("kfgnet_keyframe", feature_dim=8, geo_dim=5, feat_embed=4, geo_embed=4,
+                                        lstm_hidden=4, head_hidden=4))
     with pytest.raises(ValueError, match="feature_dim"):
         m(torch.randn(1, 3, 9), torch.rand(1, 3, 5), torch.tensor([3]))

@@ -87,6 +87,8 @@ def test_missing_baseline_weights_message(tmp_path) -> None:
         build_classifier(get_classifier_config("r3d_18", pretrained=str(tmp_path / "r3d_18.pth")))
 
 
-def test_light_c3d_direct_args() -> None:
-    m = LightC3D(widths=(4, 8, 8, 8), attention_widths=(4, 2), num_frames=32, size=112, hidden=8)
+def test_light_c3d_from_config() -> None:
+    from kfgnet.config import ClassifierConfig
+
+    m = LightC3D(ClassifierConfig(widths=(4, 8, 8, 8), attention_widths=(4, 2), num_frames=32, size=112, hidden=8))
     assert m(torch.rand(1, 3, 32, 112, 112))[1].shape == (1, 8)

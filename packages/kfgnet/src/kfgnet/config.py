@@ -75,8 +75,10 @@ class ClipConfig:
         if not 1 <= self.min_frames <= self.num_frames:
             raise ValueError(f"clip.min_frames must lie in 1..num_frames ({self.num_frames}), got {self.min_frames}")
         if self.crop_margin < 0 or len(self.blackout) != 4 or any(v < 0 for v in self.blackout):
-            raise ValueError(f"clip.crop_margin must be >= 0 and clip.blackout 4 non-negative pixel counts, got "
-                             f"{self.crop_margin}, {self.blackout}")
+            raise ValueError(
+                f"clip.crop_margin must be >= 0 and clip.blackout 4 non-negative pixel counts, got "
+                f"{self.crop_margin}, {self.blackout}"
+            )
 
 
 @dataclass(frozen=True)
@@ -239,16 +241,21 @@ class DetectorConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn", "small", "tiny"):
-            raise ValueError(f"unknown detector backbone {self.backbone!r}; "
-                             "valid: resnet50_fpn, mobilenet_v3_fpn, small, tiny")
+            raise ValueError(
+                f"unknown detector backbone {self.backbone!r}; valid: resnet50_fpn, mobilenet_v3_fpn, small, tiny"
+            )
         if self.norm not in ("auto", "frozen", "batch"):
             raise ValueError(f"detector norm must be auto, frozen or batch, got {self.norm!r}")
         if not -1 <= self.trainable_backbone_layers <= 5:
-            raise ValueError(f"trainable_backbone_layers must be -1 (torchvision's rule) or 0..5, "
-                             f"got {self.trainable_backbone_layers}")
+            raise ValueError(
+                f"trainable_backbone_layers must be -1 (torchvision's rule) or 0..5, "
+                f"got {self.trainable_backbone_layers}"
+            )
         if self.weights != "none" and self.backbone not in ("resnet50_fpn", "mobilenet_v3_fpn"):
-            raise ValueError(f"detector weights {self.weights!r} need backbone resnet50_fpn or mobilenet_v3_fpn "
-                             f"(torchvision's COCO checkpoints), not {self.backbone!r}")
+            raise ValueError(
+                f"detector weights {self.weights!r} need backbone resnet50_fpn or mobilenet_v3_fpn "
+                f"(torchvision's COCO checkpoints), not {self.backbone!r}"
+            )
 
     @property
     def pretrained(self) -> bool:
@@ -350,8 +357,14 @@ CLASSIFIER_PRESETS: dict[str, dict[str, Any]] = {
     # bit-compatible SPP kernels of the official 28d3f3e model.py [V]
     "kfgnet_official": {"spp_mode": "official"},
     # tiny network for tests and the demo (16 x 64 x 64 clips, narrow convs)
-    "kfgnet_tiny": {"widths": (8, 16, 24, 32), "attention_widths": (8, 4), "attention_padding": 1, "hidden": 32,
-                    "num_frames": 16, "size": 64},
+    "kfgnet_tiny": {
+        "widths": (8, 16, 24, 32),
+        "attention_widths": (8, 4),
+        "attention_padding": 1,
+        "hidden": 32,
+        "num_frames": 16,
+        "size": 64,
+    },
     "c3d": {"arch": "c3d"},
     "r3d_18": {"arch": "r3d_18"},
     "r2plus1d_18": {"arch": "r2plus1d_18"},
@@ -372,17 +385,39 @@ TABLE1_ROWS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
 KEYFRAME_PRESETS: dict[str, dict[str, Any]] = {
     "kfgnet_keyframe": {},  # the paper's LSTM scorer [P §2]
     # the official 1572ffc scoreNet: 6-d geo input, LayerNorm, non-local, 2-layer BiLSTM(512), FC 128, sigmoid [V]
-    "official_2023": {"feature_dim": 4096, "geo_dim": 6, "feat_embed": 512, "lstm_hidden": 512, "lstm_layers": 2,
-                      "bidirectional": True, "non_local": True, "layer_norm": True, "sigmoid": True},
-    "kfgnet_keyframe_tiny": {"feature_dim": 64, "feat_embed": 32, "geo_embed": 32, "lstm_hidden": 32,
-                             "head_hidden": 16, "bidirectional": True},
+    "official_2023": {
+        "feature_dim": 4096,
+        "geo_dim": 6,
+        "feat_embed": 512,
+        "lstm_hidden": 512,
+        "lstm_layers": 2,
+        "bidirectional": True,
+        "non_local": True,
+        "layer_norm": True,
+        "sigmoid": True,
+    },
+    "kfgnet_keyframe_tiny": {
+        "feature_dim": 64,
+        "feat_embed": 32,
+        "geo_embed": 32,
+        "lstm_hidden": 32,
+        "head_hidden": 16,
+        "bidirectional": True,
+    },
 }
 
 # stage-1 optimisation per key-frame preset: the paper's [P §3], the official trainRNN.py [V brief §2]
 KEYFRAME_TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "kfgnet_keyframe": {},
-    "official_2023": {"lr": 1e-3, "weight_decay": 1e-8, "lr_milestones": (10,), "lr_gamma": 0.1, "grad_clip": 0.5,
-                      "mask_padding": False, "val_every": 2},
+    "official_2023": {
+        "lr": 1e-3,
+        "weight_decay": 1e-8,
+        "lr_milestones": (10,),
+        "lr_gamma": 0.1,
+        "grad_clip": 0.5,
+        "mask_padding": False,
+        "val_every": 2,
+    },
     "kfgnet_keyframe_tiny": {},
 }
 
@@ -393,13 +428,41 @@ DETECTOR_PRESETS: dict[str, dict[str, Any]] = {
     "mobilenet_v3_fpn": {"backbone": "mobilenet_v3_fpn", "representation": 1024},
     # DDTI (300 x 300 grey crops centred on one nodule, boxes 40-300 px): a small BN backbone trained from scratch
     # on one CPU thread in about 10 minutes (14 epochs of ~380 images at 224 px); anchors cover the large boxes
-    "kfgnet_ddti": {"backbone": "small", "widths": (16, 32, 64, 96), "min_size": 224, "max_size": 224,
-                    "representation": 256, "anchor_sizes": (48, 80, 112, 144, 176, 208),
-                    "aspect_ratios": (0.67, 1.0, 1.5), "rpn_batch": 128, "box_batch": 128, "proposals_train": 300,
-                    "proposals_test": 100, "detections_per_img": 20, "lr": 0.02, "epochs": 14, "batch_size": 8, "warmup_epochs": 1.0},
-    "tiny": {"backbone": "tiny", "widths": (64,), "min_size": 128, "max_size": 128, "representation": 64,
-             "anchor_sizes": (16, 32, 48, 64), "aspect_ratios": (0.67, 1.0, 1.5), "rpn_batch": 64, "box_batch": 64,
-             "proposals_train": 100, "proposals_test": 30, "detections_per_img": 5, "lr": 0.02, "batch_size": 8, "warmup_epochs": 0.1},
+    "kfgnet_ddti": {
+        "backbone": "small",
+        "widths": (16, 32, 64, 96),
+        "min_size": 224,
+        "max_size": 224,
+        "representation": 256,
+        "anchor_sizes": (48, 80, 112, 144, 176, 208),
+        "aspect_ratios": (0.67, 1.0, 1.5),
+        "rpn_batch": 128,
+        "box_batch": 128,
+        "proposals_train": 300,
+        "proposals_test": 100,
+        "detections_per_img": 20,
+        "lr": 0.02,
+        "epochs": 14,
+        "batch_size": 8,
+        "warmup_epochs": 1.0,
+    },
+    "tiny": {
+        "backbone": "tiny",
+        "widths": (64,),
+        "min_size": 128,
+        "max_size": 128,
+        "representation": 64,
+        "anchor_sizes": (16, 32, 48, 64),
+        "aspect_ratios": (0.67, 1.0, 1.5),
+        "rpn_batch": 64,
+        "box_batch": 64,
+        "proposals_train": 100,
+        "proposals_test": 30,
+        "detections_per_img": 5,
+        "lr": 0.02,
+        "batch_size": 8,
+        "warmup_epochs": 0.1,
+    },
 }
 
 
@@ -457,4 +520,3 @@ def config_from_dict(cls: type, d: dict[str, Any]) -> Any:
             raise ValueError(f"unknown {cls.__name__} key {k!r} in checkpoint/config; valid: {sorted(types)}")
         kwargs[k] = tuple(v) if isinstance(v, list) else v
     return cls(**kwargs)
-

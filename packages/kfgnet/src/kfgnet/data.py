@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +29,15 @@ from torch.utils.data import Dataset
 
 from kfgnet.config import LABELS, ClipConfig, MotionConfig
 from kfgnet.features import motion_vector
+from kfgnet.video_io import IMAGE_EXTS, VIDEO_EXTS, DataError, read_video
 
 __all__ = ["VideoRecord", "DataError", "read_video", "read_manifest", "write_manifest", "read_release",
-           "clip_indices", "cut_clip", "ClipDataset", "LABELS"]
+           "clip_indices", "cut_clip", "ClipDataset", "KeyFrame", "record_keyframe", "load_clip", "check_clip_length",
+           "FALLBACK", "LABELS", "IMAGE_EXTS", "VIDEO_EXTS"]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv")
+log = logging.getLogger("kfgnet")
+
 RELEASE_NAME = re.compile(r"^(?P<vid>[^_]+)_(?P<side>[lr])_(?P<view>[^_]+)_(?P<cls>[bm])$")
-
-
-class DataError(ValueError):
-    """Expected bad-input error (unreadable video, bad key frame, unknown label, ...); the CLI prints it plainly."""
 
 
 @dataclass
@@ -48,62 +47,13 @@ class VideoRecord:
     path: Path
     patient_id: str
     label: int
-    key_frame: int
+    key_frame: int | None
     boxes: dict[int, list[float]] = field(default_factory=dict)
     num_frames: int | None = None
 
     @property
     def name(self) -> str:
         return self.path.stem if self.path.suffix else self.path.name
-
-
-def read_video(path: str | Path, gray: bool = False) -> np.ndarray:
-    """Read all frames of a video file (OpenCV: avi, mp4, ...) or a folder of images (sorted by name).
-
-    Args:
-        path: video file or frame folder.
-        gray: return ``(T, H, W)`` gray instead of ``(T, H, W, 3)`` RGB.
-
-    Returns:
-        uint8 frames. Raises :class:`DataError` naming the file when it cannot be read.
-    """
-    import cv2
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"video {p} does not exist; check the 'video' column of the manifest (paths are relative "
-                        f"to the manifest)")
-    frames: list[np.ndarray] = []
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise DataError(f"frame folder {p} holds no images ({', '.join(IMAGE_EXTS)})")
-        for f in files:
-            im = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if im is None:
-                raise DataError(f"cannot read frame {f} (corrupt or not an image)")
-            frames.append(im)
-    else:
-        cap = cv2.VideoCapture(str(p))
-        if not cap.isOpened():
-            raise DataError(f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it, e.g. "
-                            f"ffmpeg -i in -c:v mjpeg out.avi, or extract its frames into a folder")
-        while True:
-            ok, im = cap.read()
-            if not ok:
-                break
-            frames.append(im)
-        cap.release()
-        if not frames:
-            raise DataError(f"video {p} has no readable frames (corrupt or empty file)")
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise DataError(f"frames of {p} differ in size: {sorted(shapes)}")
-    arr = np.stack(frames)  # (T, H, W, 3) BGR
-    if gray:
-        g = arr[..., 0] * 0.114 + arr[..., 1] * 0.587 + arr[..., 2] * 0.299  # BGR -> luma
-        return np.ascontiguousarray(g.round().astype(np.uint8))
-    return np.ascontiguousarray(arr[..., ::-1])  # RGB
 
 
 def _label_index(value: Any, where: str) -> int:
@@ -154,16 +104,18 @@ def read_manifest(path: str | Path) -> list[VideoRecord]:
     records = []
     for i, r in enumerate(rows):
         where = f"{p} entry {i}"
-        missing = [k for k in ("video", "label", "key_frame") if k not in r or r[k] in (None, "")]
+        missing = [k for k in ("video", "label") if k not in r or r[k] in (None, "")]
         if missing:
-            raise DataError(f"{where} lacks {missing}; required columns: video, label, key_frame "
-                            f"(patient_id, boxes optional)")
-        try:
-            key = int(r["key_frame"])
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{where}: key_frame {r['key_frame']!r} is not an integer") from e
-        if key < 0:
-            raise DataError(f"{where}: key_frame {key} is negative")
+            raise DataError(f"{where} lacks {missing}; required columns: video, label (key_frame, patient_id, boxes "
+                            f"optional; key-frame sampling and stage-1 training need key_frame)")
+        key = None
+        if r.get("key_frame") not in (None, ""):
+            try:
+                key = int(r["key_frame"])
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{where}: key_frame {r['key_frame']!r} is not an integer") from e
+            if key < 0:
+                raise DataError(f"{where}: key_frame {key} is negative")
         vp = Path(r["video"])
         vp = vp if vp.is_absolute() else p.parent / vp
         n = r.get("num_frames")
@@ -280,73 +232,125 @@ def clip_indices(num_frames: int, key_frame: int | None, clip: ClipConfig) -> tu
     return idx, kp
 
 
-def cut_clip(frames: np.ndarray, idx: np.ndarray, size: int) -> np.ndarray:
-    """Select ``idx`` and resize each frame (cubic, as the official loader [V]) to ``size x size``.
+FALLBACK = "fallback_middle"  # source of a key frame when stage 1 detected no nodule anywhere in the video
+
+
+@dataclass(frozen=True)
+class KeyFrame:
+    """Where a clip is centred and cropped.
+
+    Attributes:
+        frame: key frame index (None with uniform sampling and no key frame).
+        box: nodule box (x1, y1, x2, y2 pixels) for ``crop: nodule``; None when there is none.
+        source: ``"annotation"`` (the manifest), ``"stage1"`` (detector + LSTM) or ``"fallback_middle"`` (stage 1
+            found no nodule in any frame: the middle frame and the whole-frame crop, the one fallback used by every
+            command and stated in its outputs).
+    """
+
+    frame: int | None
+    box: tuple[float, float, float, float] | None = None
+    source: str = "annotation"
+
+
+def record_keyframe(r: VideoRecord, clip: ClipConfig) -> KeyFrame:
+    """The annotated key frame of ``r`` and its nodule box: the box on the key frame, else the box of the annotated
+    frame nearest to it (the middle of the video when there is no key frame).
+
+    Raises:
+        DataError: ``crop: nodule`` and the video has no box at all, or key-frame sampling without a key frame.
+    """
+    if r.key_frame is None and clip.sampling == "keyframe":
+        raise DataError(f"video {r.path} has no key_frame; key-frame sampling needs one (or use uniform sampling)")
+    box = None
+    if r.boxes:
+        ref = r.key_frame if r.key_frame is not None else (r.num_frames or 0) // 2
+        k = min(r.boxes, key=lambda f: (abs(f - ref), f))
+        box = tuple(float(v) for v in r.boxes[k])
+    elif clip.crop == "nodule":
+        raise DataError(f"video {r.path} has no nodule box for the nodule crop; add 'boxes' on its key frame to the "
+                        f"manifest, or crop whole frames with clip.crop: frame")
+    return KeyFrame(r.key_frame, box, "annotation")
+
+
+def cut_clip(frames: np.ndarray, idx: np.ndarray, size: int, box: Any = None, margin: float = 0.25) -> np.ndarray:
+    """Select ``idx`` and make every frame ``size x size``: the nodule crop (a square around ``box`` with ``margin``,
+    the same for all frames, zero-padded at the border, then resized) or, with ``box=None``, the whole frame resized
+    (cubic, as the official loader [V]).
 
     Args:
-        frames: ``(N, H, W, 3)`` uint8 RGB.
+        frames: ``(N, H, W, 3)`` uint8 RGB; idx: ``(T,)`` frame indices; box: x1, y1, x2, y2 pixels or None.
 
     Returns:
         ``(T, size, size, 3)`` uint8.
     """
-    import cv2
+    from kfgnet.crop import crop_square, resize_frames, square_around_box
 
     sel = frames[idx]
-    if sel.shape[1] == size and sel.shape[2] == size:
-        return sel.copy()
-    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_CUBIC) for f in sel])
+    if box is not None:
+        sel = crop_square(sel, square_around_box(box, margin))
+    return resize_frames(sel, size)
 
 
-def check_clip_length(num_frames: int, clip: ClipConfig, allow_pad: bool, where: str) -> None:
-    if num_frames < clip.num_frames and not allow_pad:
-        raise DataError(f"{where} has {num_frames} frames, shorter than the {clip.num_frames}-frame clip; use a "
-                        f"shorter clip (num_frames) or allow repeat padding (--pad-short)")
+def check_clip_length(num_frames: int, clip: ClipConfig, allow_pad: bool, where: str) -> bool:
+    """Short-video policy: below ``clip.min_frames`` refused; below ``clip.num_frames`` refused without
+    ``allow_pad``, else True (the caller pads and warns)."""
+    if num_frames < clip.min_frames:
+        raise DataError(f"{where} has {num_frames} frame(s), fewer than clip.min_frames = {clip.min_frames}; it is "
+                        f"too short to classify (lower clip.min_frames only if a clip mostly of repeated frames is "
+                        f"acceptable)")
+    if num_frames < clip.num_frames:
+        if not allow_pad:
+            raise DataError(f"{where} has {num_frames} frames, shorter than the {clip.num_frames}-frame clip; use a "
+                            f"shorter clip (clip.num_frames) or allow repeat padding (drop --no-pad-short)")
+        return True
+    return False
 
 
 class ClipDataset(Dataset):
     """Clips of the classifier with their V_motion, all decoded once and cached in memory.
 
     V_motion is computed once per clip at construction (never per batch) and flipped with any temporal flip.
+    Augmentation draws from torch's RNG, which DataLoader seeds per worker and per epoch.
 
     Args:
         records: videos; clip: clip settings; steps: V_temp length (``ClassifierConfig.attention_steps``).
         motion: motion-index settings; augment: training augmentation (flips of T/H/W with ``flip_prob``,
-            intensity shift with ``intensity_prob``) [V loader]; key_frames: override of each record's key frame
-            (e.g. stage-1 predictions); allow_pad: repeat-pad videos shorter than the clip.
+            intensity shift with ``intensity_prob``) [V loader]; keys: per record the key frame and box to use
+            (e.g. stage-1 predictions; default: the annotation); allow_pad: repeat-pad videos shorter than the clip
+            (at least ``clip.min_frames`` long), with a warning.
 
     Items: ``(clip (3, T, S, S) float 0..1, label int64, v_motion (steps,) float32)``.
     """
 
     def __init__(self, records: list[VideoRecord], clip: ClipConfig, steps: int, motion: MotionConfig | None = None,
                  augment: bool = False, flip_prob: float = 0.5, intensity_prob: float = 0.5,
-                 key_frames: list[int] | None = None, allow_pad: bool = True, seed: int = 0,
-                 cache: dict[str, Any] | None = None, progress: bool = False):
+                 keys: list[KeyFrame] | None = None, allow_pad: bool = True, cache: dict[str, Any] | None = None,
+                 progress: bool = False):
         self.records, self.clip, self.steps = records, clip, steps
         self.motion = motion or MotionConfig()
         self.augment, self.flip_prob, self.intensity_prob = augment, flip_prob, intensity_prob
-        self.rng = np.random.default_rng(seed)
+        if keys is not None and len(keys) != len(records):
+            raise ValueError(f"{len(keys)} key frames for {len(records)} videos")
+        self.keys = keys if keys is not None else [record_keyframe(r, clip) for r in records]
         self.clips: list[np.ndarray] = []
         self.v_motion: list[np.ndarray] = []
+        self.padded: list[str] = []
         cache = {} if cache is None else cache
-        it = list(enumerate(records))
+        it: Any = list(enumerate(records))
         if progress:
             from tqdm import tqdm
 
             it = tqdm(it, desc="clips + motion index", unit="video", leave=False)
         for i, r in it:
-            key = r.key_frame if key_frames is None else int(key_frames[i])
-            ck = f"{r.path}|{key}|{clip.num_frames}|{clip.size}|{clip.sampling}|{self.motion}|{steps}"
-            if ck not in cache:
-                frames = read_video(r.path)
-                if clip.sampling == "keyframe" and not 0 <= key < len(frames):
-                    raise DataError(f"key frame {key} of {r.path} is beyond the video ({len(frames)} frames)")
-                check_clip_length(len(frames), clip, allow_pad, str(r.path))
-                idx, _ = clip_indices(len(frames), key, clip)
-                c = cut_clip(frames, idx, clip.size)  # (T, S, S, 3)
-                cache[ck] = (c, motion_vector(c, steps, self.motion))
-            c, vm = cache[ck]
+            c, vm, padded = load_clip(r, self.keys[i], clip, steps, self.motion, allow_pad, cache)
+            if padded:
+                self.padded.append(r.name)
             self.clips.append(c)
             self.v_motion.append(vm)
+        if self.padded:
+            log.warning("%d video(s) shorter than the %d-frame clip repeat-padded with their edge frames: %s",
+                        len(self.padded), clip.num_frames, ", ".join(self.padded[:10]) +
+                        (" ..." if len(self.padded) > 10 else ""))
         self.labels = np.array([r.label for r in records], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -356,12 +360,41 @@ class ClipDataset(Dataset):
         x = torch.from_numpy(self.clips[i]).permute(3, 0, 1, 2).float().div_(255.0)  # (T,S,S,3) -> (3, T, S, S)
         vm = torch.from_numpy(self.v_motion[i].copy())
         if self.augment:
-            if self.rng.uniform() < self.flip_prob:  # temporal flip: V_motion flips with it
+            # torch's RNG: DataLoader seeds it per worker and per epoch (a generator made in __init__ would repeat in
+            # every worker), and training re-seeds it per epoch, so a resumed run draws what an uninterrupted one did
+            u = torch.rand(6).tolist()
+            if u[0] < self.flip_prob:  # temporal flip: V_motion flips with it
                 x, vm = x.flip(1), vm.flip(0)
-            if self.rng.uniform() < self.flip_prob:
+            if u[1] < self.flip_prob:
                 x = x.flip(2)
-            if self.rng.uniform() < self.flip_prob:
+            if u[2] < self.flip_prob:
                 x = x.flip(3)
-            if self.rng.uniform() < self.intensity_prob:
-                x = (x * self.rng.uniform(0.9, 1.1) + self.rng.uniform(-0.1, 0.1)).clamp_(0, 1)
+            if u[3] < self.intensity_prob:
+                x = (x * (0.9 + 0.2 * u[4]) + (0.2 * u[5] - 0.1)).clamp_(0, 1)
         return x, torch.tensor(self.labels[i]), vm
+
+
+def load_clip(r: VideoRecord, key: KeyFrame, clip: ClipConfig, steps: int, motion: MotionConfig, allow_pad: bool,
+              cache: dict[str, Any] | None = None, frames: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """One clip ``(T, S, S, 3)`` uint8, its V_motion ``(steps,)`` and whether it was padded (see
+    :class:`ClipDataset`); ``frames`` skips reading the video again."""
+    box = key.box if clip.crop == "nodule" else None
+    if clip.crop == "nodule" and box is None and key.source != FALLBACK:
+        raise DataError(f"no nodule box for the clip of {r.path} (key frame {key.frame}, from {key.source}); give "
+                        f"boxes, or crop whole frames with clip.crop: frame")
+    ck = f"{r.path}|{key}|{clip}|{motion}|{steps}"
+    if cache is not None and ck in cache:
+        return cache[ck]
+    if frames is None:
+        frames = read_video(r.path, blackout=clip.blackout)
+    n = len(frames)
+    padded = check_clip_length(n, clip, allow_pad, str(r.path))
+    if clip.sampling == "keyframe" and not 0 <= (key.frame if key.frame is not None else -1) < n:
+        raise DataError(f"key frame {key.frame} of {r.path} is beyond the video ({n} frames)")
+    idx, _ = clip_indices(n, key.frame, clip)
+    c = cut_clip(frames, idx, clip.size, box, clip.crop_margin)  # (T, S, S, 3)
+    out = (c, motion_vector(c, steps, motion), padded)
+    if cache is not None:
+        cache[ck] = out
+    return out

@@ -179,13 +179,15 @@ def read_image_folder(root: str | Path, empty_masks: str = "negative", mask_comp
 
 
 def extract_annotated_frames(records: list[VideoRecord], cache_dir: str | Path, max_per_video: int = 16,
-                             negatives_per_video: int = 1, seed: int = 0, progress: bool = False
-                             ) -> list[DetectionItem]:
+                             negatives_per_video: int = 1, seed: int = 0, progress: bool = False,
+                             blackout: tuple[int, int, int, int] | None = None) -> list[DetectionItem]:
     """Write the annotated frames of each video (up to ``max_per_video``, spread over its boxes, plus
     ``negatives_per_video`` frames more than 3 frames from any box) as PNG files under ``cache_dir``, decoding each
     video once and keeping no frame after it is written. Frames already in the cache are not decoded again.
 
     Boxes outside the frame (beyond 1 px) raise :class:`DataError`; so do boxes on frames beyond the video's end.
+    ``blackout`` (top, bottom, left, right pixels) is applied to the written frames (see
+    :func:`kfgnet.video_io.blackout_frames`).
     """
     import cv2
 
@@ -203,7 +205,7 @@ def extract_annotated_frames(records: list[VideoRecord], cache_dir: str | Path, 
         keys = sorted(r.boxes)
         sel = np.linspace(0, len(keys) - 1, min(len(keys), max_per_video)).round().astype(int)
         pos = sorted({keys[i] for i in sel})
-        tag = hashlib.sha1(str(Path(r.path).resolve()).encode()).hexdigest()[:10]
+        tag = hashlib.sha1(f"{Path(r.path).resolve()}|{blackout}".encode()).hexdigest()[:10]
         sub = cache_dir / f"{r.name}-{tag}"
         n_frames, size = _frame_count_and_size(r.path)
         w, h = size
@@ -222,9 +224,13 @@ def extract_annotated_frames(records: list[VideoRecord], cache_dir: str | Path, 
         missing = {k for k, p in paths.items() if not p.is_file()}
         if missing:
             sub.mkdir(parents=True, exist_ok=True)
-            for k, frame in _iter_frames(r.path, missing):
-                from medshared.runtime import atomic_path
+            from medshared.runtime import atomic_path
 
+            from kfgnet.video_io import blackout_frames
+
+            for k, frame in _iter_frames(r.path, missing):
+                if blackout is not None and any(blackout):
+                    frame = blackout_frames(frame[None], blackout)[0]
                 with atomic_path(paths[k]) as tmp:
                     ok, buf = cv2.imencode(".png", frame)
                     if not ok:
@@ -363,14 +369,16 @@ def median_box(items: list[DetectionItem]) -> np.ndarray:
 def load_detection_items(data: str | Path | None = None, records: list[VideoRecord] | None = None,
                          cache_dir: str | Path | None = None, images_per_video: int = 16,
                          empty_masks: str = "negative", mask_components: bool = False, seed: int = 0,
-                         progress: bool = False) -> list[DetectionItem]:
+                         progress: bool = False, blackout: tuple[int, int, int, int] | None = None
+                         ) -> list[DetectionItem]:
     """Annotated images from an image folder (``data``) or from videos (``records``, frames cached in
     ``cache_dir``)."""
     if data is not None:
         return read_image_folder(data, empty_masks=empty_masks, mask_components=mask_components)
     if records is None or cache_dir is None:
         raise ValueError("give an image folder, or video records and a frame cache folder")
-    return extract_annotated_frames(records, cache_dir, max_per_video=images_per_video, seed=seed, progress=progress)
+    return extract_annotated_frames(records, cache_dir, max_per_video=images_per_video, seed=seed, progress=progress,
+                                    blackout=blackout)
 
 
 def make_detection_split(items: list[DetectionItem], val_fraction: float, test_fraction: float, seed: int

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from kfgnet.config import DetectorConfig, config_to_dict
 from kfgnet.detection_data import DetectionDataset, DetectionItem, median_box
 from kfgnet.detector import build_detector, save_detector
-from kfgnet.detector_eval import collate_detection, coco_summary, ground_truths, predict_items
+from kfgnet.detector_eval import coco_summary, collate_detection, ground_truths, predict_items
 from kfgnet.runstate import check_resumable, config_hash
 
 __all__ = ["train_detector", "lr_at", "items_digest"]

@@ -1,21 +1,15 @@
-"""Evaluation: stage-1 tolerance curve, stage-2 binary metrics (malignant positive), plots, the prediction figure,
-and the stage-1 pipeline helpers (detections with an on-disk cache)."""
+"""Evaluation: stage-1 tolerance curve, stage-2 summaries (malignant positive), plots, the prediction figure."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from kfgnet.config import LABELS
-from kfgnet.data import VideoRecord, read_video
-from kfgnet.detector import FrameDetections, detect_frames
 
-__all__ = ["tolerance_curve", "plot_tolerance", "classification_summary", "extract_detections",
-           "plot_prediction", "fmt_pm"]
+__all__ = ["tolerance_curve", "plot_tolerance", "classification_summary", "plot_prediction", "fmt_pm", "fmt_ci"]
 
 
 def tolerance_curve(pred_idx: list[int], true_idx: list[int], max_distance: int = 32) -> np.ndarray:
@@ -36,40 +30,20 @@ def plot_tolerance(curves: dict[str, np.ndarray], path: Path, title: str = "Key-
 
 def classification_summary(cv: dict[str, Any]) -> dict[str, Any]:
     """Mean and std of accuracy, sensitivity, specificity, precision, F1 (malignant positive) over folds."""
-    keys = ("accuracy", "sensitivity", "specificity", "precision", "f1")
+    keys = ("accuracy", "sensitivity", "specificity", "precision", "f1", "auroc")
     return {k: cv["summary"][k] for k in keys if k in cv["summary"]}
 
 
 def fmt_pm(d: dict[str, float], pct: bool = True) -> str:
+    """``"mean ± std"`` of a summary entry, in percent by default."""
     f = 100.0 if pct else 1.0
     return f"{d['mean'] * f:.1f} ± {d['std'] * f:.1f}"
 
 
-def extract_detections(records: list[VideoRecord], detector: torch.nn.Module, device: torch.device,
-                       cache_dir: Path | None = None, score_threshold: float = 0.05, tag: str = "",
-                       progress: bool = True) -> list[FrameDetections]:
-    """Detector outputs (top box + FC7 feature per frame) for each video, cached as ``.npz`` under ``cache_dir``
-    keyed by video path and ``tag`` (e.g. the detector checkpoint's name)."""
-    out = []
-    it = records
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(records, desc="detect frames", unit="video", leave=False)
-    for r in it:
-        cp = None
-        if cache_dir is not None:
-            h = hashlib.sha1(f"{r.path.resolve()}|{tag}|{score_threshold}".encode()).hexdigest()[:12]
-            cp = Path(cache_dir) / f"{r.name}-{h}.npz"
-            if cp.is_file():
-                out.append(FrameDetections.load(cp))
-                continue
-        d = detect_frames(detector, read_video(r.path), device, score_threshold=score_threshold)
-        if cp is not None:
-            cp.parent.mkdir(parents=True, exist_ok=True)
-            d.save(cp)
-        out.append(d)
-    return out
+def fmt_ci(d: dict[str, float], pct: bool = True) -> str:
+    """``"value [low, high]"`` of a ``medshared.bootstrap`` entry, in percent by default."""
+    f = 100.0 if pct else 1.0
+    return f"{d['value'] * f:.1f} [{d['ci_low'] * f:.1f}, {d['ci_high'] * f:.1f}]"
 
 
 def plot_prediction(frame: np.ndarray, box: np.ndarray | None, key: int, curve_frames: np.ndarray,

@@ -19,7 +19,6 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from kfgnet.config import KeyFrameConfig, KeyFrameTrainConfig, config_to_dict
 from kfgnet.data import DataError
 from kfgnet.detector import FrameDetections
-from kfgnet.losses import keyframe_mse
 
 __all__ = ["box_iou_1", "generate_labels", "key_entry", "subsample_entries", "geo_features", "NonLocalChannel",
            "build_keyframe_model",
@@ -125,30 +124,32 @@ class KeyFrameNet(nn.Module):
     """Per-entry key-frame score model.
 
     Args:
-        feature_dim: D of the detector features; geo_dim: 5 or 6; feat_embed / geo_embed: the two FC widths (256);
-        lstm_hidden, lstm_layers, bidirectional: the LSTM; head_hidden: first of the two output FCs;
-        non_local, layer_norm, sigmoid: official-variant switches.
+        cfg: :class:`~kfgnet.config.KeyFrameConfig`: ``feature_dim`` (D of the detector features), ``geo_dim`` (5 or
+            6), ``feat_embed`` / ``geo_embed`` (the two FC widths, 256), ``lstm_hidden`` / ``lstm_layers`` /
+            ``bidirectional`` (the LSTM), ``head_hidden`` (first of the two output FCs), and the official-variant
+            switches ``non_local``, ``layer_norm``, ``sigmoid``.
 
     ``forward(feat (B, L, D), geo (B, L, g), lengths (B,))`` -> scores ``(B, L)`` (padding positions unspecified).
     """
 
-    def __init__(self, feature_dim: int = 1024, geo_dim: int = 5, feat_embed: int = 256, geo_embed: int = 256,
-                 lstm_hidden: int = 256, lstm_layers: int = 1, bidirectional: bool = False, head_hidden: int = 128,
-                 non_local: bool = False, layer_norm: bool = False, sigmoid: bool = False):
+    def __init__(self, cfg: KeyFrameConfig | None = None):
         super().__init__()
+        cfg = cfg or KeyFrameConfig()
 
         def emb(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(nn.Linear(i, o), *( [nn.LayerNorm(o)] if layer_norm else []), nn.ReLU(inplace=True))
+            return nn.Sequential(nn.Linear(i, o), *([nn.LayerNorm(o)] if cfg.layer_norm else []),
+                                 nn.ReLU(inplace=True))
 
-        self.feature_dim, self.geo_dim = feature_dim, geo_dim
-        self.feat_fc = emb(feature_dim, feat_embed)
-        self.geo_fc = emb(geo_dim, geo_embed)
-        dim = feat_embed + geo_embed
-        self.non_local = NonLocalChannel(dim) if non_local else None
-        self.lstm = nn.LSTM(dim, lstm_hidden, num_layers=lstm_layers, batch_first=True, bidirectional=bidirectional)
-        out = lstm_hidden * (2 if bidirectional else 1)
-        self.head = nn.Sequential(nn.Linear(out, head_hidden), nn.ReLU(inplace=True), nn.Linear(head_hidden, 1))
-        self.sigmoid = sigmoid
+        self.feature_dim, self.geo_dim = cfg.feature_dim, cfg.geo_dim
+        self.feat_fc = emb(cfg.feature_dim, cfg.feat_embed)
+        self.geo_fc = emb(cfg.geo_dim, cfg.geo_embed)
+        dim = cfg.feat_embed + cfg.geo_embed
+        self.non_local = NonLocalChannel(dim) if cfg.non_local else None
+        self.lstm = nn.LSTM(dim, cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True,
+                            bidirectional=cfg.bidirectional)
+        out = cfg.lstm_hidden * (2 if cfg.bidirectional else 1)
+        self.head = nn.Sequential(nn.Linear(out, cfg.head_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, 1))
+        self.sigmoid = cfg.sigmoid
 
     def forward(self, feat: torch.Tensor, geo: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if feat.shape[-1] != self.feature_dim or geo.shape[-1] != self.geo_dim:
@@ -165,9 +166,8 @@ class KeyFrameNet(nn.Module):
 
 
 def build_keyframe_model(cfg: KeyFrameConfig) -> KeyFrameNet:
-    return KeyFrameNet(cfg.feature_dim, cfg.geo_dim, cfg.feat_embed, cfg.geo_embed, cfg.lstm_hidden,
-                       cfg.lstm_layers, cfg.bidirectional, cfg.head_hidden, cfg.non_local, cfg.layer_norm,
-                       cfg.sigmoid)
+    """The key-frame score model of ``cfg``."""
+    return KeyFrameNet(cfg)
 
 
 def build_sequences(dets: list[FrameDetections], key_frames: list[int] | None, cfg: KeyFrameConfig,
@@ -209,38 +209,94 @@ def _batch(seqs: list[dict[str, np.ndarray]], device: torch.device) -> tuple[tor
     return feat.to(device), geo.to(device), lengths, lab.to(device), mask.to(device)
 
 
+def _loss(model: nn.Module, batch: list[dict[str, np.ndarray]], device: torch.device, mask_padding: bool,
+          ctx: Any) -> torch.Tensor:
+    """MSE over this rank's part of a global batch, normalised by the global number of counted positions (so that
+    DDP's gradient average equals the single-process mean over the whole batch)."""
+    from medshared.distributed import all_reduce_sum
+
+    feat, geo, lengths, lab, mask = _batch(batch, device)
+    pred = model(feat, geo, lengths)
+    err = (pred.float() - lab) ** 2
+    m = mask.to(err.dtype) if mask_padding else torch.ones_like(err)
+    local_sum, local_n = (err * m).sum(), float(m.sum())
+    n = all_reduce_sum(local_n, ctx) if ctx.enabled else local_n
+    return local_sum * ctx.world_size / max(n, 1.0)
+
+
 def train_keyframe(seqs: list[dict[str, np.ndarray]], cfg: KeyFrameConfig, tcfg: KeyFrameTrainConfig,
-                   device: torch.device, progress: bool = True, log: list[dict[str, Any]] | None = None
+                   device: Any, progress: bool = True, log: list[dict[str, Any]] | None = None,
+                   val_seqs: list[dict[str, np.ndarray]] | None = None, val_true: list[int] | None = None
                    ) -> KeyFrameNet:
-    """MSE regression of the generated scores, Adam (lr 0.01, batch 64, 20 epochs by default) [P §3]."""
+    """MSE regression of the generated scores [P §3]: Adam (lr 0.01, batch 64, 20 epochs by default), optional step
+    decay, gradient clipping and padding in the loss (``official_2023``).
+
+    Args:
+        seqs: training sequences of :func:`build_sequences` (with labels).
+        device: a device, or a ``medshared.distributed.DistContext``: under torchrun each rank takes every
+            world-th sequence of each global batch (``tcfg.batch_size`` is the effective batch), the loss is
+            normalised by the global count of positions and DDP averages the gradients.
+        log: receives one dict per epoch (``mse``, ``lr``, and ``val_acc_d0`` / ``val_acc_d2`` when validating).
+        val_seqs, val_true: held-out sequences and their annotated key frames: validated every ``tcfg.val_every``
+            epochs; the best epoch (D = 0 accuracy, then D <= 2, then the later epoch) is returned.
+
+    Returns:
+        the best (or last) model, eval mode, unwrapped.
+    """
+    import copy
+
+    from medshared.distributed import DistContext, unwrap_model, wrap_model
     from medshared.runtime import seed_everything
 
+    ctx = device if isinstance(device, DistContext) else DistContext(device=torch.device(device))
+    dev = torch.device(ctx.device)
     seed_everything(tcfg.seed)
-    model = build_keyframe_model(cfg).to(device)
+    model = build_keyframe_model(cfg).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-    rng = np.random.default_rng(tcfg.seed)
-    it = range(tcfg.epochs)
-    if progress:
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(tcfg.lr_milestones), tcfg.lr_gamma)
+    ddp = wrap_model(model, ctx)
+    rng = np.random.default_rng(tcfg.seed)  # the same global order on every rank
+    it: Any = range(tcfg.epochs)
+    if progress and ctx.is_main:
         from tqdm import tqdm
 
         it = tqdm(it, desc="train key-frame model", unit="epoch", leave=False)
+    best: tuple[float, float, int] | None = None
+    best_state = None
     for ep in it:
-        model.train()
+        ddp.train()
         order = rng.permutation(len(seqs))
         tot, nb = 0.0, 0
         for s in range(0, len(seqs), tcfg.batch_size):
-            feat, geo, lengths, lab, mask = _batch([seqs[i] for i in order[s:s + tcfg.batch_size]], device)
-            pred = model(feat, geo, lengths)
-            loss = keyframe_mse(pred, lab, mask if tcfg.mask_padding else None)
+            glob = order[s:s + tcfg.batch_size]
+            mine = glob[ctx.rank::ctx.world_size] if ctx.enabled else glob
+            if len(mine) == 0:  # a last global batch smaller than the world: this rank idles, DDP needs a step
+                mine = glob[:1]
+            loss = _loss(ddp, [seqs[i] for i in mine], dev, tcfg.mask_padding, ctx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tcfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
-            tot += float(loss.detach())
+            tot += float(loss.detach()) / ctx.world_size
             nb += 1
+        rec: dict[str, Any] = {"epoch": ep + 1, "mse": tot / max(nb, 1), "lr": opt.param_groups[0]["lr"]}
+        sched.step()
+        if val_seqs and val_true is not None and ((ep + 1) % tcfg.val_every == 0 or ep + 1 == tcfg.epochs):
+            from medshared.metrics import keyframe_tolerance_accuracy
+
+            pred, _ = predict_keyframes(unwrap_model(ddp), val_seqs, dev)
+            tol = keyframe_tolerance_accuracy(np.asarray(pred), np.asarray(val_true), 32)
+            rec.update({"val_acc_d0": float(tol[0]), "val_acc_d2": float(tol[2]), "val_acc_d5": float(tol[5])})
+            score = (float(tol[0]), float(tol[2]), ep)
+            if best is None or score > best:
+                best, best_state = score, copy.deepcopy(unwrap_model(ddp).state_dict())
+                rec["best"] = True
         if log is not None:
-            log.append({"epoch": ep + 1, "mse": tot / max(nb, 1)})
+            log.append(rec)
+    model = unwrap_model(ddp)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return model.eval()
 
 

@@ -12,7 +12,6 @@ v_temp (B, T') or None)``.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -84,43 +83,39 @@ class LightC3D(nn.Module):
     """Key-frame guided lightweight C3D with optional 3D SPP and motion attention (KFGNet stage 2).
 
     Args:
-        in_channels: input channels (3).
-        widths: conv1..conv4 channels, default (64, 128, 256, 512).
-        num_classes: logits (2).
-        num_frames, size: clip T and H = W the network is built for (fc1's input width depends on them).
-        spp: 3D SPP after pool2 (else the flattened map only); spp_mode: ``"adaptive"`` | ``"official"``.
-        motion_attention: multiply pool1's output by one learned weight per time step; returns it as V_temp.
-        attention_widths, attention_padding, attention_sigmoid: branch settings (see :class:`MotionAttention`).
-        hidden: fc1 width (512); dropout: 0.5.
+        cfg: :class:`~kfgnet.config.ClassifierConfig` (``arch="light_c3d"``): ``in_channels``; ``widths`` of
+            conv1..conv4 (64, 128, 256, 512); ``num_classes`` (2); ``num_frames``, ``size`` (the clip T and H = W
+            the network is built for: fc1's input width depends on them); ``spp`` / ``spp_mode`` (3D SPP after
+            pool2, else the flattened map only); ``motion_attention`` (one learned weight per time step multiplied
+            into pool1's output, returned as V_temp) with ``attention_widths`` / ``attention_padding`` /
+            ``attention_sigmoid`` (see :class:`MotionAttention`); ``hidden`` (fc1 width, 512); ``dropout`` (0.5).
 
     Shapes at the paper's 32 x 112 x 112: conv1 64x32x112², conv2 128x32x56², conv3 256x16x28², pool1 256x8x14²,
     conv4 512x4x7², pool2 512x2x3x3, SPP 13,824, fc1 512, fc2 2; V_temp (B, 8).
     """
 
-    def __init__(self, in_channels: int = 3, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
-                 num_classes: int = 2, num_frames: int = 32, size: int = 112, spp: bool = True,
-                 spp_mode: str = "adaptive", motion_attention: bool = True,
-                 attention_widths: tuple[int, int] = (64, 16),
-                 attention_padding: int = 0, attention_sigmoid: bool = False, hidden: int = 512, dropout: float = 0.5):
+    def __init__(self, cfg: ClassifierConfig | None = None):
         super().__init__()
-        self.conv1 = _conv_bn(in_channels, widths[0], 1)
+        cfg = cfg or ClassifierConfig()
+        widths = cfg.widths
+        self.conv1 = _conv_bn(cfg.in_channels, widths[0], 1)
         self.conv2 = _conv_bn(widths[0], widths[1], (1, 2, 2))
         self.conv3 = _conv_bn(widths[1], widths[2], 2)
         self.pool1 = nn.MaxPool3d(2)
-        self.attention = (MotionAttention(widths[2], attention_widths, attention_padding, attention_sigmoid)
-                          if motion_attention else None)
+        self.attention = (MotionAttention(widths[2], cfg.attention_widths, cfg.attention_padding,
+                                          cfg.attention_sigmoid) if cfg.motion_attention else None)
         self.conv4 = _conv_bn(widths[2], widths[3], 2)
         self.pool2 = nn.MaxPool3d(2)
-        self.spp = SPP3d(spp_mode) if spp else None
-        self.num_frames, self.size, self.in_channels = num_frames, size, in_channels
-        if num_frames < 16 or size < 32:
+        self.spp = SPP3d(cfg.spp_mode) if cfg.spp else None
+        self.num_frames, self.size, self.in_channels = cfg.num_frames, cfg.size, cfg.in_channels
+        if cfg.num_frames < 16 or cfg.size < 32:
             raise ValueError(f"the light C3D needs clips of at least 16 frames x 32 x 32 pixels (four stride/pool "
-                             f"halvings in time), got {num_frames} x {size} x {size}")
+                             f"halvings in time), got {cfg.num_frames} x {cfg.size} x {cfg.size}")
         with torch.no_grad():
-            n_feat = self._features(torch.zeros(1, in_channels, num_frames, size, size))[0].shape[1]
-        self.fc1 = nn.Linear(n_feat, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.fc2 = nn.Linear(hidden, num_classes)
+            n_feat = self._features(torch.zeros(1, cfg.in_channels, cfg.num_frames, cfg.size, cfg.size))[0].shape[1]
+        self.fc1 = nn.Linear(n_feat, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.fc2 = nn.Linear(cfg.hidden, cfg.num_classes)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.pool1(self.conv3(self.conv2(self.conv1(x))))  # (B, C3, T/4, H/8, W/8)
@@ -182,55 +177,44 @@ class C3D(nn.Module):
 
 def load_local_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a local state dict (``.safetensors`` or a torch file, ``weights_only=True``), stripping ``module.``."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"weights file {p} not found. Download the Kinetics-400 weights of torchvision's video models "
-            f"(e.g. https://download.pytorch.org/models/r3d_18-b3b3357e.pth) to this path, set KFGNET_WEIGHTS_DIR, "
-            f"or use random initialisation with pretrained='none' (CLI: --pretrained none)")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from kfgnet.weights import load_state_dict_file
 
-        sd = load_file(str(p))
-    else:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(sd, dict) and "state_dict" in sd:
-        sd = sd["state_dict"]
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    return load_state_dict_file(path)
 
 
 class TorchvisionVideo(nn.Module):
-    """torchvision ``r3d_18`` / ``r2plus1d_18`` (VideoResNet) with a ``num_classes`` head; random init or local
-    Kinetics-400 weights (file path, or ``$KFGNET_WEIGHTS_DIR/<arch>.pth``), the fc replaced when the class count
-    differs."""
+    """torchvision ``r3d_18`` / ``r2plus1d_18`` (VideoResNet) with a ``num_classes`` head.
 
-    def __init__(self, arch: str, num_classes: int = 2, pretrained: str = "none"):
+    ``pretrained``: ``"none"`` (random init), ``"kinetics"`` (torchvision's Kinetics-400 weights from
+    ``$KFGNET_WEIGHTS_DIR`` or torch.hub's cache, downloaded there when online), ``"env"``
+    (``$KFGNET_WEIGHTS_DIR/<arch>.pth``) or a local file; the fc is replaced when the class count differs.
+    """
+
+    def __init__(self, arch: str, num_classes: int = 2, pretrained: str = "none", offline: bool = False):
         super().__init__()
         from torchvision.models import video as tvv
 
+        from kfgnet.weights import load_state_dict_file, resolve_weights
+
         self.net = getattr(tvv, arch)(weights=None)
-        if pretrained and pretrained != "none":
-            path = Path(pretrained)
-            if pretrained == "env":
-                path = Path(os.environ.get("KFGNET_WEIGHTS_DIR", ".")) / f"{arch}.pth"
-            sd = load_local_weights(path)
-            self.net.load_state_dict(sd, strict=True)
+        path = resolve_weights(pretrained, arch, "or train from random init with --pretrained none", offline)
+        if path is not None:
+            self.net.load_state_dict(load_state_dict_file(path), strict=True)
         self.net.fc = nn.Linear(self.net.fc.in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.net(x), None
 
 
-def build_classifier(cfg: ClassifierConfig) -> nn.Module:
-    """Build the classifier described by ``cfg`` (``arch`` selects KFGNet's light C3D or a baseline)."""
+def build_classifier(cfg: ClassifierConfig, load_weights: bool = True, offline: bool = False) -> nn.Module:
+    """Build the classifier described by ``cfg`` (``arch`` selects KFGNet's light C3D or a baseline);
+    ``load_weights=False`` skips the baselines' pretrained weights (a checkpoint follows)."""
     if cfg.arch == "light_c3d":
-        return LightC3D(cfg.in_channels, cfg.widths, cfg.num_classes, cfg.num_frames, cfg.size, cfg.spp, cfg.spp_mode,
-                        cfg.motion_attention, cfg.attention_widths, cfg.attention_padding, cfg.attention_sigmoid,
-                        cfg.hidden, cfg.dropout)
+        return LightC3D(cfg)
     if cfg.arch == "c3d":
         mult = cfg.widths[0] / 64.0
         return C3D(cfg.in_channels, cfg.num_classes, width_mult=mult, fc=4096)
-    return TorchvisionVideo(cfg.arch, cfg.num_classes, cfg.pretrained)
+    return TorchvisionVideo(cfg.arch, cfg.num_classes, cfg.pretrained if load_weights else "none", offline)
 
 
 def list_models() -> list[str]:
