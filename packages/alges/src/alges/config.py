@@ -112,7 +112,7 @@ class AlgesConfig:
     # --- evaluation ---
     dice_classes: tuple[int, ...] = ()  # scored classes; () = the dataset's (CholecSeg8k: the official 8 classes)
     eval_batch_size: int = 32
-    amp: bool = True  # bf16 autocast for pool inference (embeddings in fp32 afterwards)
+    amp: bool = False  # bf16 autocast for pool inference: off, bf16 changed the picks (README "bf16 selection")
     channels_last: bool = True
     name: str = field(default="alges_paper", compare=False)
 
