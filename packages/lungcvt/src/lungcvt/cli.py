@@ -38,6 +38,10 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = 
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
+def _add_mix(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
+
+
 def _data_options(args: argparse.Namespace, allow_missing_class: bool = False, keep_protocol_none: bool = False):
     from lungcvt.splits import DataOptions
 
@@ -77,7 +81,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (seeded per worker and epoch)")
     p.add_argument("--allow-missing-class", action="store_true", help="train even if a class has no training cycles")
-    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
+    _add_mix(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="i/n: this process computes every n-th recording (by stem) from the i-th; default: torchrun's "
         "RANK/WORLD_SIZE, else all. One cache file per recording, so the shards need no merge",
     )
-    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
+    _add_mix(p)
 
     p = sub.add_parser(
         "train", help="train on a protocol's training part (stratified patient-grouped validation inside)"
@@ -138,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (metrics.json, predictions.csv, confusion_matrix.png)")
     p.add_argument("--split", default="test", choices=("test", "train", "all"))
     p.add_argument("--cache", default=None, help="feature cache folder")
-    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
+    _add_mix(p)
 
     p = sub.add_parser("predict", help="classify the cycles (or windows covering the file) of recordings")
     p.add_argument("wav", nargs="+", help="recording(s) (.wav, any rate / bit depth)")
@@ -157,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per recording: 'any' window with crackles/wheezes (default), or the mean class probabilities",
     )
     p.add_argument("--out", default=None, help="folder for <stem>_windows.csv and <stem>.json (default: print)")
-    p.add_argument("--mix-channels", action="store_true", help="average multi-channel files (features.channels=mix)")
+    _add_mix(p)
     _add_common(p, data=False)
     return parser
 
