@@ -13,25 +13,10 @@ from deepacc.cli import main
 from deepacc.compose import CELL_SPREAD_CPU, compose_cells, compose_split, index_cells, parse_split, split_cells
 from deepacc.data import load_dataset, read_image
 from deepacc.synthetic import place_chromosomes
-from PIL import Image
 
 CLEAN = dataclasses.replace(CELL_SPREAD_CPU, noise_std=0.0, blur_prob=0.0, debris=0, illumination=0.0,
                             overlap_rate=0.0, scale_jitter=0.0, thickness_range=(1.0, 1.0), length_range=(1.0, 1.0),
                             scale=1.0)  # fmt: skip
-
-
-def _cells_dir(root: Path, n_cells: int = 3) -> Path:
-    """Fake BioImLab layout: cell k's crops are bars of brightness 100 + 30 k, length by class."""
-    for k in range(1, n_cells + 1):
-        d = root / str(k)
-        d.mkdir(parents=True)
-        classes = [c for c in range(1, 23) for _ in range(2)] + [23, 24 if k % 2 else 23]
-        for j, c in enumerate(classes):
-            a = np.zeros((40 - c + 8, 14), np.uint8)
-            a[4:-4, 4:-4] = 100 + 30 * k
-            copy = "a" if j % 2 == 0 else "b"
-            Image.fromarray(a).save(d / f"{k}_{c}{copy}.bmp")
-    return root
 
 
 def test_box_is_exact_extent_of_a_rotated_bar() -> None:
@@ -53,8 +38,8 @@ def test_box_is_exact_extent_of_a_rotated_bar() -> None:
         assert err < 4, (w, h)
 
 
-def test_every_image_holds_one_whole_cell_and_all_ink_is_boxed(tmp_path: Path) -> None:
-    cells = index_cells(_cells_dir(tmp_path / "cells"))
+def test_every_image_holds_one_whole_cell_and_all_ink_is_boxed(tmp_path: Path, fake_cells) -> None:  # noqa: ANN001
+    cells = index_cells(fake_cells(3))
     assert sorted(cells) == ["1", "2", "3"] and all(len(v) == 46 for v in cells.values())
     cfg = dataclasses.replace(CLEAN, height=320, width=320, scale=0.8)
     path = compose_cells(cells, tmp_path / "out", 6, seed=0, cfg=cfg)
@@ -86,8 +71,8 @@ def test_split_by_cell_is_disjoint_and_complete() -> None:
             parse_split(bad)
 
 
-def test_compose_cli_writes_split_parts(tmp_path: Path) -> None:
-    root = _cells_dir(tmp_path / "cells", n_cells=4)
+def test_compose_cli_writes_split_parts(tmp_path: Path, fake_cells) -> None:  # noqa: ANN001
+    root = fake_cells(4)
     out = tmp_path / "spreads"
     assert main(["compose", "--crops", str(root), "--out", str(out), "--split", "train:0.5,test:0.5",
                  "--n-images", "train:3,test:2", "--size", "256", "--seed", "1", "--quiet"]) == 0  # fmt: skip
@@ -116,8 +101,8 @@ def test_real_cells_index_and_one_spread() -> None:
     assert img.shape == (384, 384) and len(labels) == 46 and 200 < np.median(img) < 255
 
 
-def test_compose_split_restricted_cells(tmp_path: Path) -> None:
-    root = _cells_dir(tmp_path / "cells", n_cells=3)
+def test_compose_split_restricted_cells(tmp_path: Path, fake_cells) -> None:  # noqa: ANN001
+    root = fake_cells(3)
     paths = compose_split(root, tmp_path / "o", None, 2, seed=0, cfg=dataclasses.replace(CLEAN, height=256,
                           width=256, scale=0.6), cells=["2", "3"])  # fmt: skip
     coco = json.loads(paths["all"].read_text())
