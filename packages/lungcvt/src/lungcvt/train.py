@@ -254,10 +254,13 @@ def _validate(model: torch.nn.Module, va: CycleSet, cfg: LungCVTConfig, dev: tor
     """Validation logits; under DDP each rank predicts every world_size-th cycle and the parts are gathered."""
     if ctx is None or not ctx.enabled:
         return predict_logits(model, va, cfg.features, dev, bf16=cfg.train.bf16)
-    from medshared.distributed import all_gather_object
+    from medshared.distributed import all_gather_object, unwrap_model
 
+    # the plain module: DDP's forward may broadcast buffers (a collective), and ranks can hold different numbers of
+    # validation batches; the weights are the same on every rank
     idx = list(range(ctx.rank, len(va), ctx.world_size))
-    part = predict_logits(model, va.subset(idx), cfg.features, dev, bf16=cfg.train.bf16) if idx else None
+    plain = unwrap_model(model)
+    part = predict_logits(plain, va.subset(idx), cfg.features, dev, bf16=cfg.train.bf16) if idx else None
     out = np.zeros((len(va), cfg.model.num_classes), dtype=np.float32)
     for r, p in enumerate(all_gather_object(part, ctx)):
         if p is not None:
