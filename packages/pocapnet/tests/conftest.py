@@ -66,3 +66,16 @@ def dicom_writer():
     from pocapnet.dicomwrite import write_dicom
 
     return write_dicom
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(syn_feats, tmp_path_factory, tiny_cfg) -> Path:
+    """A checkpoint of the tiny preset trained one epoch on ``syn_feats`` (chunks of 16 s)."""
+    from pocapnet.train import fit
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, max_epochs=1, batch_size=16))
+    split = {"train": ["OP_001", "OP_002"], "val": ["OP_003"], "test": ["OP_004"]}
+    with one_thread():
+        fit(syn_feats, out, cfg, split, "cpu", progress=False)
+    return out / "best.safetensors"

@@ -95,3 +95,54 @@ def test_all_transition_batch_gives_zero_and_stage_sum():
     assert stage_loss(ce, two, TARGET).item() == pytest.approx(2 * ce(LOGITS, TARGET).item())
     with pytest.raises(ValueError, match="unknown loss"):
         build_criterion(TrainConfig(loss="dice"), np.ones(9))
+
+
+def test_cosine_classifier_ldam_is_ce_of_s_times_cos_minus_margin():
+    from pocapnet.config import ModelConfig
+    from pocapnet.model import CosineClassifier
+
+    counts = [16, 1, 16, 16, 16, 16, 16, 16, 3]
+    head = CosineClassifier(4, 9, scale=30.0)
+    x = torch.randn(1, 4, 5)  # (N, C_in, T)
+    logits = head(x)[0].t()  # (T, 9)
+    assert logits.abs().max() <= 30.0 + 1e-4  # scale * cosine
+    cos = torch.nn.functional.normalize(x[0].t(), dim=1) @ torch.nn.functional.normalize(head.weight, dim=1).t()
+    torch.testing.assert_close(logits, 30 * cos)
+    target = torch.tensor([0, 1, 2, 1, 0])
+    normed = build_criterion(TrainConfig(loss="ldam"), counts, ModelConfig(cosine_classifier=True, cosine_scale=30.0))
+    raw = LDAMLoss(counts, max_m=0.5, s=30.0)
+    # LDAM-DRW: CE(s * (cos - m_y)); the model already output s * cos, so the loss reads cos = logits / s
+    assert normed(logits, target).item() == pytest.approx(raw(cos, target).item(), rel=1e-5)
+
+
+def test_drw_defers_the_class_weights():
+    counts = [100, 1, 100, 100, 100, 100, 100, 100, 3]
+    crit = build_criterion(TrainConfig(loss="ldam", ldam_drw_epoch=3), counts)
+    assert crit.weight is None  # before the deferral epoch: uniform weights (beta 0)
+    logits, target = torch.randn(6, 9), torch.tensor([0, 1, 1, 2, 3, 1])
+    before = crit(logits, target).item()
+    crit.set_reweight(True)
+    assert crit.weight is not None and crit.weight[1] > crit.weight[0]  # the rare class weighs more
+    assert crit(logits, target).item() != pytest.approx(before)
+    assert build_criterion(TrainConfig(loss="ldam"), counts).weight is not None  # the code: from epoch 0
+
+
+def test_smoothing_loss_hand_value_and_truncation():
+    from pocapnet.losses import smoothing_loss
+
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, 0.0]])
+    lp = torch.log_softmax(logits, 1)
+    d = ((lp[1:] - lp[:-1]) ** 2).mean().item()
+    assert smoothing_loss(logits).item() == pytest.approx(d)  # tau 4: nothing truncated
+    big = torch.tensor([[0.0, 0.0], [30.0, -30.0]])
+    # log p jumps by ~60 for class 1: (60)^2 truncated to tau^2 = 16; class 0: (log 2)^2 untouched
+    assert smoothing_loss(big).item() == pytest.approx((math.log(2) ** 2 + 16.0) / 2, rel=1e-4)
+    assert smoothing_loss(logits[:1]).item() == 0.0
+    # the previous second is detached: the gradient reaches only the later second's logits
+    z = logits.clone().requires_grad_(True)
+    smoothing_loss(z).backward()
+    assert z.grad[0].abs().sum() == 0 and z.grad[1].abs().sum() > 0  # row 0 is only ever the detached "previous"
+    ce = build_criterion(TrainConfig(loss="ce"), np.ones(9))
+    two = torch.stack([LOGITS, LOGITS])
+    with_smooth = stage_loss(ce, two, TARGET, smooth_weight=0.15)
+    assert with_smooth.item() == pytest.approx(2 * (ce(LOGITS, TARGET).item() + 0.15 * smoothing_loss(LOGITS).item()))
