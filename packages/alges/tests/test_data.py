@@ -141,3 +141,11 @@ def test_real_thyroid_samples_through_folder_loader(tmp_path):
     (root / "classes.json").write_text(json.dumps({"classes": ["bg", "thyroid"], "mask_values": [0, 255]}))
     with pytest.raises(ValueError, match="outside the class map"):
         load_arrays(open_dataset(root), None, 64, progress=False)
+
+
+def test_every_bad_file_is_named(tmp_path):
+    _folder(tmp_path, n=4)
+    (tmp_path / "images" / "im1.png").write_bytes(b"broken")
+    cv2.imwrite(str(tmp_path / "masks" / "im3.png"), np.full((20, 30), 7, np.uint8))
+    with pytest.raises(ValueError, match=r"2 images or masks .*\n.*im1.png.*\n.*im3.png has values \[7\]"):
+        load_arrays(open_dataset(tmp_path), None, 16, progress=False)

@@ -401,18 +401,26 @@ def load_arrays(
     images = np.empty((len(ids), 3, size, size), dtype=np.uint8)
     masks = np.empty((len(ids), size, size), dtype=np.uint8) if with_masks else None
     orig = np.empty((len(ids), 2), dtype=np.int64)
+    errors: list[str] = []
     for j, i in enumerate(tqdm(ids, desc="loading", disable=not progress or len(ids) < 50, leave=False)):
-        img = read_image(index.image_path(i))
-        orig[j] = img.shape[:2]
-        images[j] = resize_image(img, size)
-        if masks is not None:
-            m = index.read_mask(i)
-            if m.shape != img.shape[:2]:
-                raise ValueError(
-                    f"image {index.image_path(i)} is {img.shape[1]}x{img.shape[0]} but its mask "
-                    f"{index.mask_path(i)} is {m.shape[1]}x{m.shape[0]}; they must match"
-                )
-            masks[j] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+        try:
+            img = read_image(index.image_path(i))
+            orig[j] = img.shape[:2]
+            images[j] = resize_image(img, size)
+            if masks is not None:
+                m = index.read_mask(i)
+                if m.shape != img.shape[:2]:
+                    raise ValueError(
+                        f"image {index.image_path(i)} is {img.shape[1]}x{img.shape[0]} but its mask "
+                        f"{index.mask_path(i)} is {m.shape[1]}x{m.shape[0]}; they must match"
+                    )
+                masks[j] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+        except (OSError, ValueError) as e:  # collect them all: one error naming every bad file
+            errors.append(str(e))
+    if len(errors) == 1:
+        raise ValueError(errors[0])
+    if errors:
+        raise ValueError(f"{len(errors)} images or masks of {index.root} cannot be used:\n  " + "\n  ".join(errors))
     arr = SegArrays(ids, images, masks, orig)
     empty = arr.empty_mask_ids() if empty_masks != "keep" else []
     if empty and empty_masks == "error":
