@@ -51,10 +51,12 @@ def test_train_writes_checkpoint_and_resumes(run: dict) -> None:
 def test_evaluate_and_predict(run: dict) -> None:
     ev = run["root"] / "eval"
     ckpt = str(run["out"] / "model.safetensors")
-    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(run["data"]), "--out", str(ev), "--quiet"]) == 0
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(run["data"]), "--out", str(ev), "--quiet", "--coco",
+                 "--karyotype-prior"]) == 0  # fmt: skip
     m = json.loads((ev / "metrics.json").read_text())
-    for key in ("map50", "map50_max", "acc", "aer", "wcr", "chance"):
+    for key in ("map50", "map50_max", "acc", "aer", "wcr", "chance", "coco", "acc_prior", "aer_prior"):
         assert key in m
+    assert 0.0 <= m["coco"]["map"] <= m["coco"]["map50"] <= 1.0
     assert (ev / "per_class_ap.csv").is_file()
     img = sorted((run["data"] / "images").glob("*.png"))[0]
     pr = run["root"] / "pred"

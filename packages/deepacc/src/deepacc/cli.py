@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -332,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def timed(command: str):
         def run(args: argparse.Namespace) -> int:
             rc = _COMMANDS[command](args)
-            if command != "demo":
+            if command != "demo" and os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 only
                 print(f"done in {time.time() - t0:.1f}s", file=sys.stderr)
             return rc
 
