@@ -1,7 +1,7 @@
 """Benchmark (run by hand): DeepACC vs plain Faster R-CNN with the same ResNet-101-FPN backbone on a 1600x1200
-metaphase, CPU: seconds per image, peak memory, training-step time; and bf16 against fp32 inference for DeepACC, both
-as ``torch.autocast`` and as bf16 weights cast once (``deepacc.model.cast_bf16``): speed-up and the fraction of top-1
-detections unchanged at IoU 0.9 with the same class.
+metaphase, CPU: seconds per image, peak memory, training-step time; and bf16 against fp32 inference for DeepACC,
+both as ``torch.autocast`` and as bf16 weights cast once (``deepacc.precision.cast_bf16``): speed-up and the fraction
+of top-1 detections unchanged at IoU 0.9 with the same class.
 
     uv run python packages/deepacc/bench/inference.py [--quick] [--checkpoint run/model.safetensors]
     uv run python packages/deepacc/bench/inference.py --bf16-only --checkpoint demo/run/model.safetensors \
@@ -119,7 +119,7 @@ def _agreement(d32: dict[str, Any], d16: dict[str, Any], min_score: float) -> tu
 
 
 def _bf16_compare(checkpoint: str | None, data: str | None, min_size: int, reps: int) -> dict[str, Any]:
-    """fp32 against bf16 autocast and against bf16 weights cast once (``deepacc.model.cast_bf16``), top-1 detections
+    """fp32 against bf16 autocast and against bf16 weights cast once (``deepacc.precision.cast_bf16``), top-1 detections
     (mAP_max post-processing); images: ``data`` (COCO json, e.g. the demo's held-out set) or A.tif."""
     import copy
 
