@@ -129,12 +129,38 @@ def run_cv(
     Raises:
         ValueError: ``OUT`` holds a CV with other settings (config, folds' data options); choose another ``--out``.
     """
+    from medshared.distributed import init_distributed
+
+    ctx = init_distributed(device)
+    try:
+        return _run_cv(cfg, data_dir, out_dir, folds, seeds, data or DataOptions(), weights, cache_dir, num_workers,
+                       progress, offline, ctx)  # fmt: skip
+    finally:
+        ctx.close()
+
+
+def _run_cv(
+    cfg: LungCVTConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    folds: Sequence[str],
+    seeds: Sequence[int],
+    data: DataOptions,
+    weights: str | Path | None,
+    cache_dir: str | Path | None,
+    num_workers: int,
+    progress: bool,
+    offline: bool,
+    ctx: Any,
+) -> dict:
+    """The body of :func:`run_cv` inside its process group (under torchrun every rank trains, rank 0 evaluates and
+    writes)."""
+    from medshared.distributed import barrier, broadcast_object
     from medshared.runtime import atomic_write_csv, atomic_write_json, atomic_write_text
 
     from lungcvt.evaluate import evaluate
     from lungcvt.train import train
 
-    data = data or DataOptions()
     for p in folds:
         if p not in PROTOCOLS and parse_protocol(p)[0] != "fold":
             raise ValueError(f"unknown protocol {p!r}")
@@ -152,8 +178,9 @@ def run_cv(
             raise ValueError(
                 f"{out} holds a cross-validation run with different settings ({marker}); choose another --out"
             )
-    else:
+    elif ctx.is_main:
         atomic_write_json(marker, settings)
+    barrier(ctx)
 
     rows: list[dict] = []
     by_device: list[dict] = []
@@ -172,12 +199,15 @@ def run_cv(
                 log.info("cv: %s seed %d already done (%s)", protocol, seed, mpath)
                 metrics = json.loads(mpath.read_text())
             else:
-                if progress:
+                if progress and ctx.is_main:
                     print(f"cv: {protocol} seed {seed} -> {run_dir}", flush=True)
-                res = train(run_cfg, data_dir, run_dir, data=run_data, device=device, weights=weights,
-                            cache_dir=cache, num_workers=num_workers, progress=progress, offline=offline)  # fmt: skip
-                metrics = evaluate(res.best_checkpoint, data_dir, run_dir / "eval", "test", run_data, device, cache,
-                                   progress=progress)  # fmt: skip
+                res = train(run_cfg, data_dir, run_dir, data=run_data, weights=weights, cache_dir=cache,
+                            num_workers=num_workers, progress=progress, ctx=ctx, offline=offline)  # fmt: skip
+                metrics = None
+                if ctx.is_main:
+                    metrics = evaluate(res.best_checkpoint, data_dir, run_dir / "eval", "test", run_data,
+                                       str(ctx.device), cache, progress=progress)  # fmt: skip
+                metrics = broadcast_object(metrics, ctx)
                 tj = json.loads(tpath.read_text())
             rows.append(_run_row(protocol, int(seed), metrics, tj["best_epoch"]))
             by_device.append(metrics.get("by_device", {}))
@@ -192,6 +222,8 @@ def run_cv(
                 "config": cfg.to_dict(),
                 "complete": len(rows) == len(folds) * len(seeds),
             }
+            if not ctx.is_main:
+                continue
             atomic_write_json(out / "cv.json", result)
             summary_rows = [
                 {"protocol": stat, "seed": "", **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "std")
