@@ -484,15 +484,13 @@ def load_dataset(
         on_invalid: ``error`` | ``clip`` | ``skip`` for boxes outside the image, degenerate or non-finite. With
             ``error`` all of them are collected and raised at once (:class:`DataError` naming the files and the fix).
         label_map: a ``{name: class}`` mapping or a YAML/JSON file (:func:`load_label_map`).
-        report: receives what was clipped, skipped or dropped (a fresh one is used when None).
+        report: receives what was clipped, skipped or dropped (default: a fresh one with ``on_invalid``).
         log: called with the summary when anything was changed (default: ``logging`` warning).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"dataset not found: {path}")
-    report = report if report is not None else LoadReport(on_invalid)
-    if report.on_invalid != on_invalid and on_invalid != "error":
-        report.on_invalid = on_invalid
+    report = report if report is not None else LoadReport(on_invalid)  # a given report keeps its own policy
     lmap = load_label_map(label_map) if isinstance(label_map, (str, Path)) else label_map
     if fmt == "auto":
         if path.is_file():

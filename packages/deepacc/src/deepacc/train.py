@@ -198,7 +198,6 @@ def train(
         scan_images(train_samples + list(val_samples or []), progress=progress and ctx.is_main)
     seed_all(seed)  # same initial weights on every rank
     model = build_model(cfg, pretrained=pretrained, offline=offline).to(device)
-    heads = getattr(model, "roi_heads", None)
     params = [p for p in model.parameters() if p.requires_grad]
     base_lr = effective_lr(tcfg, ctx.world_size)
     opt = torch.optim.SGD(params, lr=base_lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
