@@ -73,39 +73,35 @@ def make_data(crops: str, out: Path) -> dict[str, Path]:
                          seed=0, cfg=CELL_SPREAD_CPU)  # fmt: skip
 
 
+KEEP = ("map50", "map50_max", "acc", "aer", "acc_agnostic", "aer_agnostic", "wcr", "classification_acc_on_matched",
+        "acc_prior", "aer_prior", "classification_acc_on_matched_prior", "counts", "counts_prior", "chance",
+        "prior_all_detections")  # fmt: skip
+
+
 def detector_run(name: str, row: tuple, seed: int, data: dict[str, list], out: Path) -> dict[str, Any]:
-    import torch
-    from deepacc.evaluate import evaluate_detections, predict_raw
-    from deepacc.train import load_model, train
+    from deepacc.train import train
 
     cfg = run_config(name, row)
     t0, c0 = time.time(), time.process_time()
     train(cfg, data["train"], out, "cpu", None, resume=True, seed=seed, progress=False, val_samples=data["val"],
           log=lambda m: print(f"  {name} s{seed}: {m}", flush=True))  # fmt: skip
+    res = evaluate_run(out, data["test"])
+    res.update({"run": name, "seed": seed, "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0})
+    return res
+
+
+def evaluate_run(out: Path, test: list) -> dict[str, Any]:
+    """Test metrics of a finished run's ``best.safetensors`` (the karyotype prior for two-stage models)."""
+    import torch
+    from deepacc.evaluate import evaluate_detections, predict_raw
+    from deepacc.train import load_model
+
     model, cfg, extra = load_model(out / "best.safetensors")
     torch.manual_seed(0)
-    two_stage = cfg.model.arch == "deepacc"
-    res = evaluate_detections(predict_raw(model, data["test"]), data["test"], cfg, coco=True,
-                              karyotype_prior=two_stage)  # fmt: skip
-    keep = (
-        "map50",
-        "map50_max",
-        "acc",
-        "aer",
-        "acc_agnostic",
-        "aer_agnostic",
-        "wcr",
-        "classification_acc_on_matched",
-        "acc_prior",
-        "aer_prior",
-        "classification_acc_on_matched_prior",
-        "counts",
-        "counts_prior",
-        "chance",
-    )
-    out_res = {k: res[k] for k in keep if k in res}
-    out_res.update({"coco_map": res["coco"]["map"], "best_epoch": extra.get("epoch"), "run": name, "seed": seed,
-                    "wall_s": time.time() - t0, "cpu_s": time.process_time() - c0})  # fmt: skip
+    res = evaluate_detections(predict_raw(model, test), test, cfg, coco=True,
+                              karyotype_prior=cfg.model.arch == "deepacc")  # fmt: skip
+    out_res = {k: res[k] for k in KEEP if k in res}
+    out_res.update({"coco_map": res["coco"]["map"], "best_epoch": extra.get("epoch")})
     return out_res
 
 
@@ -150,6 +146,7 @@ def main() -> int:
     ap.add_argument("--crops", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", default=None, help="comma-separated run names (default: all)")
+    ap.add_argument("--reevaluate", action="store_true", help="recompute the test metrics of finished runs only")
     args = ap.parse_args()
     import torch
     from deepacc.compose import index_cells
@@ -173,6 +170,12 @@ def main() -> int:
         if only is not None and name not in only:
             continue
         run_dir = out / f"{name}_s{seed}"
+        if args.reevaluate:
+            if row is not None and (run_dir / "result.json").is_file():
+                old = json.loads((run_dir / "result.json").read_text())
+                atomic_write_json(run_dir / "result.json", {**old, **evaluate_run(run_dir, data["test"])})
+                print(f"re-evaluated {run_dir.name}", flush=True)
+            continue
         if (run_dir / "result.json").is_file():
             continue
         t0 = time.time()
