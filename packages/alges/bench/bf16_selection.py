@@ -22,9 +22,10 @@ import torch
 def main() -> None:
     from alges.active import select_batch
     from alges.config import adapt_to_classes, create_config
-    from alges.data import group_split, load_arrays, open_dataset
+    from alges.data import load_arrays, open_dataset
     from alges.inference import infer
     from alges.model import build_model
+    from alges.splits import group_split
     from alges.train import train_model
     from medshared.runtime import seed_everything
     from medshared.testing import shared_data_dir

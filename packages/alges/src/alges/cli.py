@@ -252,7 +252,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from alges.data import split_folder
+    from alges.splits import split_folder
 
     counts = split_folder(
         args.data, Path(args.out), args.case_pattern, args.test_fraction, seed=args.seed, copy=args.copy

@@ -20,9 +20,10 @@ from medshared.checkpoint import save_checkpoint
 from medshared.runtime import atomic_write_json, atomic_write_text, seed_everything
 
 from alges.config import AlgesConfig
-from alges.data import DatasetIndex, group_split, load_arrays
+from alges.data import DatasetIndex, load_arrays
 from alges.evaluate import encode_map, evaluate_model, prior_mask
 from alges.model import build_model
+from alges.splits import group_split
 from alges.train import make_optimizer, save_resume_state, train_model
 
 __all__ = ["fit"]

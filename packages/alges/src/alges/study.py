@@ -14,9 +14,10 @@ from medshared.runtime import atomic_write_json
 
 from alges.active import run_full, simulate
 from alges.config import AlgesConfig
-from alges.data import DatasetIndex, check_cholec_split_counts, cholec_split, group_split, load_arrays
+from alges.data import DatasetIndex, check_cholec_split_counts, cholec_split, load_arrays
 from alges.evaluate import majority_chance, prior_mask, prior_scores
 from alges.report import PAPER_PERCENTAGES, write_simulation_outputs
+from alges.splits import group_split
 
 __all__ = ["default_split", "run_simulation", "STUDY_METRICS"]
 
