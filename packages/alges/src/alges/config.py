@@ -282,29 +282,19 @@ register_config(
         eval_batch_size=16,
     )
 )
-# The real AL study on DDTI (README "Real data: DDTI"): 64 px and 80 optimiser steps per round, so 7 strategies x 3
-# seeds x 6 rounds fit about 90 minutes of one CPU thread.
+# The real AL study on DDTI (README "Real data: active learning on DDTI"): the DDTI recipe at 64 px with 80
+# optimiser steps per round, so 7 strategies x 3 seeds x 6 rounds fit about 90 minutes of one CPU thread.
 register_config(
-    AlgesConfig(
+    dataclasses.replace(
+        create_config("alges_ddti"),
         name="alges_ddti_study",
         image_size=64,
-        encoder_depth=5,
         epochs=50,
         train_steps=80,
-        lr=1e-3,
-        batch_size=8,
-        input_norm="unit",
-        num_classes=2,
-        n_init=10,
-        n_query=10,
-        n_rounds=6,
         seeds=(0, 1, 2),
-        coreset_grid=4,
         deal_attention_size=16,
-        empty_masks="drop",
-        case_pattern=r"^(\d+)_",
+        val_fraction=0.0,
         test_fraction=0.25,
-        amp=False,
         eval_batch_size=32,
     )
 )
