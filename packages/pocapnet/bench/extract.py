@@ -28,8 +28,9 @@ import torch
 from medshared.testing import shared_data_dir
 from pocapnet.config import FeatureConfig
 from pocapnet.data import load_operation, read_frame
-from pocapnet.features import AudioExtractor, XrayExtractor, audio_windows, load_densenet, load_wav2vec2
+from pocapnet.extractors import AudioExtractor, XrayExtractor, audio_windows
 from pocapnet.synthetic import make_synthetic_dataset
+from pocapnet.weights import load_densenet, load_wav2vec2
 
 
 def _time(fn, repeat: int = 1) -> tuple[float, float]:
