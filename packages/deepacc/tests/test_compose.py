@@ -107,3 +107,13 @@ def test_compose_split_restricted_cells(tmp_path: Path, fake_cells) -> None:  # 
                           width=256, scale=0.6), cells=["2", "3"])  # fmt: skip
     coco = json.loads(paths["all"].read_text())
     assert {im["cell"] for im in coco["images"]} == {"2", "3"}
+
+
+def test_failed_compose_leaves_no_images(tmp_path: Path, fake_cells) -> None:  # noqa: ANN001
+    root = fake_cells(3)
+    (root / "3" / "3_5a.bmp").write_bytes(b"not a bitmap")  # the third cell composed fails
+    cells = index_cells(root)
+    with pytest.raises(Exception, match="cannot identify image file"):
+        compose_cells(cells, tmp_path / "out", 6, seed=0, cfg=dataclasses.replace(CLEAN, height=256, width=256))
+    assert not (tmp_path / "out" / "annotations.json").exists()
+    assert not list((tmp_path / "out").rglob("*.png"))

@@ -169,21 +169,28 @@ def compose_cells(
     cache: dict[Path, np.ndarray] = {}
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
-    for i in tqdm(range(n_images), desc=f"compose {out_dir.name}", disable=not progress, leave=False):
-        cell = order[i % len(order)]
-        crops = cells[cell]
-        items = [(c.cls, cache.setdefault(c.path, read_crop(c.path))) for c in crops]
-        img, boxes, labels, effects, src = place_chromosomes(items, rng, cfg)
-        fname = f"cell{cell}_{i:05d}.png"
-        with atomic_path(out_dir / "images" / fname) as tmp:
-            Image.fromarray(img).save(tmp, format="PNG")
-        images.append({"id": i + 1, "file_name": f"images/{fname}", "width": cfg.width, "height": cfg.height,
-                       "cell": cell, "batch_effects": effects})  # fmt: skip
-        for b, lab, j in zip(boxes, labels, src):
-            x1, y1, x2, y2 = (float(v) for v in b)
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(lab),
-                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
-                                "crop": crops[j].path.name})  # fmt: skip
+    written: list[Path] = []
+    try:
+        for i in tqdm(range(n_images), desc=f"compose {out_dir.name}", disable=not progress, leave=False):
+            cell = order[i % len(order)]
+            crops = cells[cell]
+            items = [(c.cls, cache.setdefault(c.path, read_crop(c.path))) for c in crops]
+            img, boxes, labels, effects, src = place_chromosomes(items, rng, cfg)
+            fname = f"cell{cell}_{i:05d}.png"
+            with atomic_path(out_dir / "images" / fname) as tmp:
+                Image.fromarray(img).save(tmp, format="PNG")
+            written.append(out_dir / "images" / fname)
+            images.append({"id": i + 1, "file_name": f"images/{fname}", "width": cfg.width, "height": cfg.height,
+                           "cell": cell, "batch_effects": effects})  # fmt: skip
+            for b, lab, j in zip(boxes, labels, src):
+                x1, y1, x2, y2 = (float(v) for v in b)
+                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(lab),
+                                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
+                                    "crop": crops[j].path.name})  # fmt: skip
+    except BaseException:
+        for f in written:  # no half-written dataset: images without their annotations.json are removed
+            f.unlink(missing_ok=True)
+        raise
     coco = {
         "info": {"description": "DeepACC metaphases composed from real karyotyped cells (one cell per image)",
                  "source": "real cells", "seed": seed, "cells": sorted(cells, key=int), "config": asdict(cfg)},
