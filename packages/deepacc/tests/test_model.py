@@ -276,3 +276,22 @@ def test_cast_bf16_keeps_fp32_interfaces_and_close_outputs() -> None:
     assert 0 < rel < 0.05, rel  # bf16 rounding, not a different network
     assert out16["scores"].dtype == torch.float32 and out16["boxes"].dtype == torch.float32
     assert out16["scores"].shape[1] == out32["scores"].shape[1] == 25
+
+
+def test_retinanet_is_p3_to_p7_like_torchvision() -> None:
+    """Table 2's RetinaNet as ``retinanet_resnet50_fpn``: P3-P7 (strides 8..128), P6/P7 convolutions from P5,
+    3 octave scales x 3 ratios per location; Faster R-CNN keeps P2-P5 + a pooled level for the RPN."""
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+    cfg = create_config("retinanet_r101")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, backbone="resnet18", norm="bn",
+                                                             min_size=128, max_size=128))  # fmt: skip
+    model = build_model(cfg).eval()
+    feats = model.backbone(torch.rand(1, 3, 128, 128))
+    assert [tuple(v.shape[-2:]) for v in feats.values()] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    assert isinstance(model.backbone.fpn.extra_blocks, LastLevelP6P7) and model.backbone.fpn.extra_blocks.use_P5
+    assert model.anchor_generator.num_anchors_per_location() == [9] * 5
+    frcnn = build_model(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch="deepacc")))
+    assert isinstance(frcnn.backbone.fpn.extra_blocks, LastLevelMaxPool)
+    assert [tuple(v.shape[-2:]) for v in frcnn.backbone(torch.rand(1, 3, 128, 128)).values()] == [
+        (32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]  # fmt: skip
