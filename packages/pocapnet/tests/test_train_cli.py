@@ -67,176 +67,72 @@ def test_fit_resume_and_evaluate(syn_feats, tiny_cfg, tmp_path):
     assert ev["confusion"].shape == (9, 9) and ev["confusion"][8].sum() == 0
 
 
+def _cli(cmd: str) -> int:
+    return main(cmd.split())
+
+
 def test_cli_smoke_and_bad_inputs(syn_data, syn_feats, tmp_path, capsys):
-    assert main(["make-synthetic", "--out", str(tmp_path / "d"), "--n-ops", "1", "--seconds", "16", "16"]) == 0
+    d, ck = tmp_path / "d", tmp_path / "run" / "best.safetensors"
+    assert _cli(f"make-synthetic --out {d} --n-ops 1 --seconds 16 16") == 0
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"parts": {"train": ["OP_001", "OP_002"], "val": ["OP_003"], "test": ["OP_004"]}}))
     cfgfile = tmp_path / "o.yaml"
     cfgfile.write_text("train:\n  max_epochs: 1\n  batch_size: 16\n")
-    out = tmp_path / "run"
     assert (
-        main(
-            [
-                "train",
-                "--features",
-                str(syn_feats),
-                "--out",
-                str(out),
-                "--preset",
-                "pocapnet_tiny",
-                "--config",
-                str(cfgfile),
-                "--split",
-                str(split),
-                "--device",
-                "cpu",
-            ]
+        _cli(
+            f"train --features {syn_feats} --out {ck.parent} --preset pocapnet_tiny --config {cfgfile} "
+            f"--split {split} --device cpu"
         )
         == 0
     )
-    ck = out / "best.safetensors"
-    assert main(["evaluate", "--checkpoint", str(ck), "--features", str(syn_feats), "--out", str(tmp_path / "ev")]) == 0
+    assert _cli(f"evaluate --checkpoint {ck} --features {syn_feats} --out {tmp_path / 'ev'}") == 0
     assert (tmp_path / "ev" / "test_metrics.json").is_file() and (tmp_path / "ev" / "test_ribbons.png").is_file()
+    assert (tmp_path / "ev" / "test_per_phase.csv").read_text().startswith("phase,precision,recall,f1,jaccard")
     assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ck),
-                "--op",
-                str(syn_data / "OP_004"),
-                "--features",
-                str(syn_feats / "OP_004"),
-                "--out",
-                str(tmp_path / "p1"),
-            ]
+        _cli(
+            f"predict --checkpoint {ck} --op {syn_data / 'OP_004'} --features {syn_feats / 'OP_004'} "
+            f"--out {tmp_path / 'p1'}"
         )
         == 0
     )
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ck),
-                "--op",
-                str(tmp_path / "d" / "OP_001"),
-                "--stream",
-                "--quiet",
-                "--out",
-                str(tmp_path / "p2"),
-            ]
-        )
-        == 0
-    )
+    assert _cli(f"predict --checkpoint {ck} --op {d / 'OP_001'} --stream --quiet --out {tmp_path / 'p2'}") == 0
     rows = (tmp_path / "p2" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("second,phase") and len(rows) == 17
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ck),
-                "--op",
-                str(tmp_path / "d" / "OP_001"),
-                "--stream",
-                "--quiet",
-                "--fp32",
-                "--out",
-                str(tmp_path / "p2f"),
-            ]
-        )
-        == 0
-    )  # reference precision (default: bf16 branches)
+    # wav2vec2 in float32 (the default follows the checkpoint: bf16 only where the hardware has it)
+    assert _cli(f"predict --checkpoint {ck} --op {d / 'OP_001'} --stream --quiet --fp32 --out {tmp_path / 'p2f'}") == 0
     assert len((tmp_path / "p2f" / "predictions.csv").read_text().splitlines()) == 17
     # whole-operation predict from the raw files (features extracted on the fly into a temporary folder)
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(ck),
-                "--op",
-                str(tmp_path / "d" / "OP_001"),
-                "--quiet",
-                "--out",
-                str(tmp_path / "p4"),
-            ]
-        )
-        == 0
-    )
+    assert _cli(f"predict --checkpoint {ck} --op {d / 'OP_001'} --quiet --out {tmp_path / 'p4'}") == 0
     assert len((tmp_path / "p4" / "predictions.csv").read_text().splitlines()) == 17
     # extract CLI: pooled fp16 features (349x smaller audio arrays)
-    assert (
-        main(
-            [
-                "extract",
-                "--data",
-                str(tmp_path / "d"),
-                "--out",
-                str(tmp_path / "fp"),
-                "--preset",
-                "pocapnet_tiny",
-                "--pooled",
-                "--fp16",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert _cli(f"extract --data {d} --out {tmp_path / 'fp'} --preset pocapnet_tiny --pooled --fp16 --device cpu") == 0
     pooled = load_feature_operation(tmp_path / "fp", "OP_001")
     assert pooled.audio[0].shape == (16, 1, 32) and pooled.audio[0].dtype == np.float16
     assert pooled.meta["audio_frames"] == 1
     capsys.readouterr()
     # bad inputs: one clear message, non-zero, no output written
-    assert main(["train", "--features", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
+    assert _cli(f"train --features {tmp_path / 'missing'} --out {tmp_path / 'x'}") == 1
     assert "run `pocapnet extract` first" in capsys.readouterr().err
     assert (
-        main(
-            [
-                "evaluate",
-                "--checkpoint",
-                str(tmp_path / "nope.safetensors"),
-                "--features",
-                str(syn_feats),
-                "--out",
-                str(tmp_path / "x2"),
-            ]
-        )
+        _cli(f"evaluate --checkpoint {tmp_path / 'nope.safetensors'} --features {syn_feats} --out {tmp_path / 'x2'}")
         == 1
     )
     assert "checkpoint not found" in capsys.readouterr().err
-    (tmp_path / "d" / "OP_001" / "Channel_3.wav").unlink()
-    assert (
-        main(
-            ["predict", "--checkpoint", str(ck), "--op", str(tmp_path / "d" / "OP_001"), "--out", str(tmp_path / "p3")]
-        )
-        == 1
-    )
+    (d / "OP_001" / "Channel_3.wav").unlink()
+    assert _cli(f"predict --checkpoint {ck} --op {d / 'OP_001'} --out {tmp_path / 'p3'}") == 1
     assert "Channel_3.wav" in capsys.readouterr().err and not (tmp_path / "p3").exists()
     assert (
-        main(
-            [
-                "extract",
-                "--data",
-                str(tmp_path / "d"),
-                "--out",
-                str(tmp_path / "f"),
-                "--xray-weights",
-                str(tmp_path / "missing.pt"),
-                "--wav2vec2",
-                "tiny-random",
-            ]
+        _cli(
+            f"extract --data {d} --out {tmp_path / 'f'} --xray-weights {tmp_path / 'missing.pt'} --wav2vec2 tiny-random"
         )
         == 1
     )
     assert "missing.pt" in capsys.readouterr().err
-    assert main(["train", "--features", str(syn_feats), "--out", str(tmp_path / "x3"), "--preset", "nope"]) == 1
+    assert _cli(f"train --features {syn_feats} --out {tmp_path / 'x3'} --preset nope") == 1
     assert "valid names" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr_typo: 1\n")
-    assert main(["train", "--features", str(syn_feats), "--out", str(tmp_path / "x4"), "--config", str(bad)]) == 1
+    assert _cli(f"train --features {syn_feats} --out {tmp_path / 'x4'} --config {bad}") == 1
     assert "lr_typo" in capsys.readouterr().err
 
 

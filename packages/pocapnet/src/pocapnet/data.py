@@ -56,6 +56,7 @@ __all__ = [
     "read_annotations",
     "labels_from_ranges",
     "read_label_csv",
+    "check_lengths",
     "load_operation",
     "transition_mask",
 ]
@@ -440,8 +441,20 @@ def list_operations(data_root: str | Path) -> list[str]:
     return ops
 
 
+def check_lengths(lengths: dict[str, int], trim: bool, where: str, fix: str, changes: list[str]) -> int:
+    """The common length of inputs given in whole seconds: all equal, or (with ``trim``, logged and recorded in
+    ``changes``) the shortest; otherwise a :class:`DataError` listing them, naming ``where`` and the ``fix``."""
+    n = min(lengths.values())
+    if max(lengths.values()) != n:
+        detail = ", ".join(f"{k} {v} s" for k, v in lengths.items())
+        if not trim:
+            raise DataError(f"{where}: lengths disagree ({detail}); {fix}, or pass --trim to cut all to {n} s")
+        log.warning("%s: lengths disagree (%s); cut to %d s (--trim)", where, detail, n)
+        changes.append(f"cut to {n} s ({detail})")
+    return n
+
+
 def _aligned_length(
-    op: str,
     op_dir: Path,
     waves: list[np.ndarray],
     names: list[str],
@@ -451,21 +464,17 @@ def _aligned_length(
     changes: list[str],
 ) -> int:
     """Whole seconds every channel and the frames share; a mismatch is an error unless ``policy.trim``."""
-    secs = [len(w) // sr for w in waves]
-    lengths = {**{n: s for n, s in zip(names, secs, strict=True)}, "frames": n_frames}
-    n = min(lengths.values())
-    if max(lengths.values()) != n:
-        detail = ", ".join(f"{k} {v} s" for k, v in lengths.items())
-        if not policy.trim:
-            raise DataError(
-                f"{op_dir}: lengths disagree ({detail}); expected one frame per whole second of every "
-                f"channel. Re-export with `pocapnet ingest`, or pass --trim to cut all to {n} s"
-            )
-        log.warning("%s: lengths disagree (%s); everything cut to %d s (--trim)", op, detail, n)
-        changes.append(f"cut to {n} s ({detail})")
-    tails = [len(w) - n * sr for w in waves]
-    if any(0 < t < sr for t in tails) and n == min(secs):
-        log.info("%s: %.2f s of audio after the last whole second not used", op, max(tails) / sr)
+    lengths = {**{n: len(w) // sr for n, w in zip(names, waves, strict=True)}, "frames": n_frames}
+    n = check_lengths(
+        lengths,
+        policy.trim,
+        str(op_dir),
+        "expected one frame per whole second of every channel; re-export with `pocapnet ingest`",
+        changes,
+    )
+    tail = max(len(w) - n * sr for w in waves)
+    if 0 < tail < sr:
+        log.info("%s: %.2f s of audio after the last whole second not used", op_dir.name, tail / sr)
     return n
 
 
@@ -506,7 +515,7 @@ def load_operation(
             changes.append(f"{name}: {n_ch} channels averaged to mono")
     waves = [read_wav(op_dir / name, sample_rate, mix_to_mono=policy.mix_to_mono) for name in names]
     frames = frame_paths(op_dir)
-    n = _aligned_length(op, op_dir, waves, names, len(frames), sample_rate, policy, changes)
+    n = _aligned_length(op_dir, waves, names, len(frames), sample_rate, policy, changes)
     audio = np.stack([w[: n * sample_rate] for w in waves])  # (M, n*sr)
     labels, wearers = None, ()
     csv_path = op_dir / "labels.csv"

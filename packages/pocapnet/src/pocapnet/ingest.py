@@ -34,6 +34,7 @@ from pocapnet.config import PHASES
 from pocapnet.data import (
     DataError,
     channel_file,
+    check_lengths,
     labels_from_ranges,
     read_annotations,
     read_audio,
@@ -193,17 +194,9 @@ def _check_lengths(
     lengths = {s.name: len(w) // opt.sample_rate for s, w in zip(specs, waves, strict=True)}
     if covered >= 0:
         lengths[what] = covered
-    n = min(lengths.values())
-    if max(lengths.values()) != n:
-        detail = ", ".join(f"{k} {v} s" for k, v in lengths.items())
-        if not opt.trim:
-            raise DataError(
-                f"lengths disagree ({detail}); align the recordings (--align-to, --xray-offset), or pass "
-                f"--trim to cut all to {n} s"
-            )
-        log.warning("lengths disagree (%s); cut to %d s (--trim)", detail, n)
-        rec["changes"].append(f"cut to {n} s ({detail})")
-    return n
+    return check_lengths(
+        lengths, opt.trim, rec["op"], "align the recordings (--align-to, --xray-offset)", rec["changes"]
+    )
 
 
 def _write_wav(path: Path, x: np.ndarray, sr: int) -> None:

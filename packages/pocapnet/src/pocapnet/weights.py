@@ -43,21 +43,15 @@ def _seeded(seed: int):
         yield
 
 
-def tiny_wav2vec2_config() -> Any:
-    """A 22,872-parameter wav2vec2 config (brief) with the default conv stack, so 7 s -> 349 frames."""
+def _w2v_config(**dims: Any) -> Any:
+    """wav2vec2 in the XLSR-53 layout (layer-norm conv stack with bias, stable layer norm), inference only (no
+    masking, dropout or layer drop); ``dims`` set the sizes."""
     from transformers import Wav2Vec2Config
 
     return Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(8,) * 7,
         feat_extract_norm="layer",
         conv_bias=True,
         do_stable_layer_norm=True,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
         apply_spec_augment=False,
         mask_time_prob=0.0,
         layerdrop=0.0,
@@ -66,30 +60,34 @@ def tiny_wav2vec2_config() -> Any:
         activation_dropout=0.0,
         feat_proj_dropout=0.0,
         final_dropout=0.0,
+        **dims,
+    )
+
+
+def tiny_wav2vec2_config() -> Any:
+    """A 22,872-parameter wav2vec2 config (brief) with the default conv stack, so 7 s -> 349 frames."""
+    return _w2v_config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(8,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
     )
 
 
 def _xlsr53_config() -> Any:
-    from transformers import Wav2Vec2Config
-
-    return Wav2Vec2Config(
+    """The XLSR-53 architecture (brief: hidden 1024, 24 layers, 16 heads, feed-forward 4096, positional conv
+    128/16)."""
+    return _w2v_config(
         hidden_size=1024,
         num_hidden_layers=24,
         num_attention_heads=16,
         intermediate_size=4096,
         conv_dim=(512,) * 7,
-        feat_extract_norm="layer",
-        conv_bias=True,
-        do_stable_layer_norm=True,
         num_conv_pos_embeddings=128,
         num_conv_pos_embedding_groups=16,
-        apply_spec_augment=False,
-        mask_time_prob=0.0,
-        layerdrop=0.0,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-        feat_proj_dropout=0.0,
     )
 
 
