@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocapnet.config import ModelConfig, PocapConfig, get_config
+from pocapnet.tcn import CosineClassifier, MultiStageTCN
 
 __all__ = [
     "MODALITIES",
@@ -98,110 +99,6 @@ class AudioBranch(nn.Module):
         """``x``: ``(B, F, D)`` -> ``(B, D)``."""
         x = self.blocks(self.stem(x))  # (B, F, D) -> (B, C_last, D)
         return x.mean(dim=1)  # (B, C_last, D) -> (B, D)
-
-
-class _DilatedResidualLayer(nn.Module):
-    """TeCNO/MS-TCN layer: ReLU(dilated conv k3) -> 1x1 conv -> dropout -> residual add."""
-
-    def __init__(self, dilation: int, channels: int, dropout: float, causal: bool) -> None:
-        super().__init__()
-        self.dilation = dilation
-        self.causal = causal
-        # paper/code: acausal, padding=dilation; TeCNO causal: pad 2*dilation and trim -> here left padding only.
-        self.pad = (2 * dilation, 0) if causal else (dilation, dilation)
-        self.conv_dilated = nn.Conv1d(channels, channels, 3, padding=0, dilation=dilation)
-        self.conv_1x1 = nn.Conv1d(channels, channels, 1)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C, T)`` -> ``(N, C, T)``."""
-        return self.forward_from(x, 0)
-
-    def forward_from(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Output columns ``[start, T)`` of :meth:`forward` ``(N, C, T - start)``, reading only the inputs they
-        depend on (``x[..., start - pad_left:]``); the sequence's zero padding stays at its true ends."""
-        left, right = self.pad
-        lo = max(0, start - left)
-        out = F.relu(self.conv_dilated(F.pad(x[..., lo:], (left - (start - lo), right))))
-        return x[..., start:] + self.dropout(self.conv_1x1(out))
-
-
-class CosineClassifier(nn.Module):
-    """LDAM-DRW's ``NormedLinear`` as a 1x1 convolution: ``scale * cos(x_t, w_c)`` (Cao et al. 2019, code).
-
-    Input ``(N, C_in, T)``, output ``(N, classes, T)`` in ``[-scale, scale]``; no bias.
-    """
-
-    def __init__(self, cin: int, classes: int, scale: float) -> None:
-        super().__init__()
-        self.scale = scale
-        self.weight = nn.Parameter(torch.empty(classes, cin).uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = F.normalize(self.weight, dim=1)  # (classes, C_in)
-        return self.scale * torch.einsum("kc,nct->nkt", w, F.normalize(x, dim=1))
-
-
-class _SingleStage(nn.Module):
-    def __init__(
-        self,
-        num_layers: int,
-        f_maps: int,
-        dim: int,
-        num_classes: int,
-        dropout: float,
-        causal: bool,
-        cosine_scale: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.conv_1x1 = nn.Conv1d(dim, f_maps, 1)
-        self.layers = nn.ModuleList([_DilatedResidualLayer(2**i, f_maps, dropout, causal) for i in range(num_layers)])
-        self.conv_out: nn.Module = (
-            nn.Conv1d(f_maps, num_classes, 1)
-            if cosine_scale is None
-            else CosineClassifier(f_maps, num_classes, cosine_scale)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv_1x1(x)
-        for layer in self.layers:
-            out = layer(out)
-        return self.conv_out(out)
-
-
-class MultiStageTCN(nn.Module):
-    """Multi-stage TCN (TeCNO ``MultiStageModel``): stage ``s > 1`` refines the softmax of stage ``s-1``.
-
-    Input ``(N, dim, T)``, output ``(S, N, C, T)``.
-    """
-
-    def __init__(
-        self,
-        num_stages: int,
-        num_layers: int,
-        f_maps: int,
-        dim: int,
-        num_classes: int,
-        dropout: float,
-        causal: bool,
-        cosine_scale: float | None = None,
-    ) -> None:
-        super().__init__()
-        self.stage1 = _SingleStage(num_layers, f_maps, dim, num_classes, dropout, causal, cosine_scale)
-        self.stages = nn.ModuleList(
-            [
-                _SingleStage(num_layers, f_maps, num_classes, num_classes, dropout, causal, cosine_scale)
-                for _ in range(num_stages - 1)
-            ]
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.stage1(x)
-        outputs = [out]
-        for stage in self.stages:
-            out = stage(F.softmax(out, dim=1))
-            outputs.append(out)
-        return torch.stack(outputs, dim=0)  # S x (N, C, T) -> (S, N, C, T)
 
 
 def positional_encoding(positions: torch.Tensor, dim: int) -> torch.Tensor:
