@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--align-to",
         metavar="NAME",
-        help="official preprocessing: cross-correlation alignment of the "
-        "other channels to this one (code: the ambient GoPro track)",
+        help="official preprocessing: cross-correlation alignment of the channels of other files onto this "
+        "channel's clock (code: the ambient GoPro track)")",
     )
     p.add_argument("--xray-offset", type=float, default=0.0, help="audio time (s) at which the X-ray clock starts")
     p.add_argument("--xray-fps", type=float, help="frame rate of DICOM images without timing")
