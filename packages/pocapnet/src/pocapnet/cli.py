@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--align-to",
         metavar="NAME",
         help="official preprocessing: cross-correlation alignment of the channels of other files onto this "
-        "channel's clock (code: the ambient GoPro track)")",
+        "channel's clock (code: the ambient GoPro track)",
     )
     p.add_argument("--xray-offset", type=float, default=0.0, help="audio time (s) at which the X-ray clock starts")
     p.add_argument("--xray-fps", type=float, help="frame rate of DICOM images without timing")
