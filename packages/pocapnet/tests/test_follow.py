@@ -97,6 +97,9 @@ def test_growing_wav_reads_what_is_there_and_refuses_stereo(tmp_path):
         GrowingWav(tmp_path / "s.wav")
     sf.write(tmp_path / "f.wav", np.full(10, 0.5, np.float32), 16000, subtype="FLOAT")
     assert GrowingWav(tmp_path / "f.wav").read(0, 10).tolist() == [0.5] * 10
+    with (tmp_path / "f.wav").open("ab") as f:  # a closed file with a chunk after its samples: not read as audio
+        f.write(b"LIST" + struct.pack("<I", 8) + b"INFOabcd")
+    assert GrowingWav(tmp_path / "f.wav").available() == 10
 
 
 def test_follow_cli_on_a_finished_folder(syn_data, tiny_ckpt, tmp_path, capsys):

@@ -78,8 +78,15 @@ class GrowingWav:
         self._dtype = _FORMATS[key]
 
     def available(self) -> int:
-        """Samples in the file now."""
-        return max(0, (self.path.stat().st_size - self.data_offset) // self.width)
+        """Samples in the file now: from its size while the header's data size is a placeholder; never past a
+        final data size (a closed file may carry chunks after its samples)."""
+        n = max(0, (self.path.stat().st_size - self.data_offset) // self.width)
+        with self.path.open("rb") as f:
+            f.seek(self.data_offset - 4)
+            size = struct.unpack("<I", f.read(4))[0]
+        if 0 < size < 0xFFFFFFFF and self.data_offset + size <= self.path.stat().st_size:
+            n = min(n, size // self.width)
+        return n
 
     def read(self, start: int, n: int) -> np.ndarray:
         """``n`` samples from ``start`` as float32 in [-1, 1]."""
