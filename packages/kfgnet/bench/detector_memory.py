@@ -77,8 +77,13 @@ print(json.dumps({"peak_mb": hwm / 1024, "items": n}))
 
 
 def peak_mb(manifest: Path, mode: str, cache: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(manifest), mode, str(cache)], check=True,
-                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", CHILD, str(manifest), mode, str(cache)], check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     return float(json.loads(out)["peak_mb"])
 
 
@@ -97,20 +102,33 @@ def main() -> None:
             naive = peak_mb(man, "naive", Path(tmp) / f"cache{n}")
             rows.append((n, ours - base, naive - base))
     video_mb = FRAMES * SIZE * SIZE * 3 / 2**20
-    print(f"peak RSS above imports (MB; imports {base:.0f} MB) preparing detector data, {FRAMES} frames of "
-          f"{SIZE} x {SIZE} per video ({video_mb:.1f} MB decoded), 8 annotated frames each")
+    print(
+        f"peak RSS above imports (MB; imports {base:.0f} MB) preparing detector data, {FRAMES} frames of "
+        f"{SIZE} x {SIZE} per video ({video_mb:.1f} MB decoded), 8 annotated frames each"
+    )
     print(f"{'videos':>7}{'kfgnet':>10}{'naive':>10}")
     for n, ours, naive in rows:
         print(f"{n:>7}{ours:>10.1f}{naive:>10.1f}")
     slope = (rows[-1][1] - rows[0][1]) / (counts[-1] - counts[0])
     naive_slope = (rows[-1][2] - rows[0][2]) / (counts[-1] - counts[0])
     print(f"growth per video: kfgnet {slope:.3f} MB, naive {naive_slope:.2f} MB")
-    print(json.dumps({"bench": "detector_memory", "ratio": round(rows[-1][2] / max(rows[-1][1], 1.0), 2),
-                      "target": 2.0, "kfgnet_mb_per_video": round(slope, 4), "naive_mb_per_video": round(naive_slope, 3),
-                      "flat_target_mb_per_video": round(0.05 * video_mb, 3), "videos": list(counts),
-                      "kfgnet_above_imports_mb": [round(r[1], 1) for r in rows],
-                      "naive_above_imports_mb": [round(r[2], 1) for r in rows], "imports_mb": round(base, 1),
-                      "video_mb": round(video_mb, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "detector_memory",
+                "ratio": round(rows[-1][2] / max(rows[-1][1], 1.0), 2),
+                "target": 2.0,
+                "kfgnet_mb_per_video": round(slope, 4),
+                "naive_mb_per_video": round(naive_slope, 3),
+                "flat_target_mb_per_video": round(0.05 * video_mb, 3),
+                "videos": list(counts),
+                "kfgnet_above_imports_mb": [round(r[1], 1) for r in rows],
+                "naive_above_imports_mb": [round(r[2], 1) for r in rows],
+                "imports_mb": round(base, 1),
+                "video_mb": round(video_mb, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

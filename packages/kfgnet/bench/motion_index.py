@@ -91,28 +91,54 @@ def main() -> None:
     reps = 7 if a.quick else 21
     clip = make_video(np.random.default_rng(0), True, 32, 112)["frames"]  # (32, 112, 112) uint8 synthetic ultrasound
     ref = frame_motion_index(clip)
-    diffs = {"fair": float(np.abs(fair_loop(clip) - ref).max()),
-             "fork": float(np.abs(motion_index_reference(clip) - ref).max())}
+    diffs = {
+        "fair": float(np.abs(fair_loop(clip) - ref).max()),
+        "fork": float(np.abs(motion_index_reference(clip) - ref).max()),
+    }
     assert max(diffs.values()) < 1e-3, diffs
-    t = interleaved_cpu({"torch": lambda: frame_motion_index(clip), "fair": lambda: fair_loop(clip),
-                         "fork": lambda: motion_index_reference(clip)}, reps)
+    t = interleaved_cpu(
+        {
+            "torch": lambda: frame_motion_index(clip),
+            "fair": lambda: fair_loop(clip),
+            "fork": lambda: motion_index_reference(clip),
+        },
+        reps,
+    )
     t_step = train_step_cpu(1 if a.quick else 3)
     share = t["torch"] / (t_step / 2)
     print(f"motion index of one 32 x 112 x 112 clip, CPU ms on one thread, medians of {reps} alternated runs")
     print(f"{'method':<52}{'ms':>9}{'torch is x faster':>20}")
-    print(f"{'fair loop: each pair once, skimage SSIM (61 pairs)':<52}{t['fair'] * 1e3:>9.1f}"
-          f"{t['fair'] / t['torch']:>20.2f}")
-    print(f"{'fork-style loop: every neighbour again (124 cmp)':<52}{t['fork'] * 1e3:>9.1f}"
-          f"{t['fork'] / t['torch']:>20.2f}")
+    print(
+        f"{'fair loop: each pair once, skimage SSIM (61 pairs)':<52}{t['fair'] * 1e3:>9.1f}"
+        f"{t['fair'] / t['torch']:>20.2f}"
+    )
+    print(
+        f"{'fork-style loop: every neighbour again (124 cmp)':<52}{t['fork'] * 1e3:>9.1f}"
+        f"{t['fork'] / t['torch']:>20.2f}"
+    )
     print(f"{'vectorised float32 torch (61 pairs)':<52}{t['torch'] * 1e3:>9.1f}")
     print(f"{'one training step (batch 2, bf16 + channels_last_3d)':<52}{t_step * 1e3:>9.1f}")
-    print(f"max |torch - loop|: fair {diffs['fair']:.1e}, fork-style {diffs['fork']:.1e}; the index costs "
-          f"{100 * share:.2f} % of a training step's per-clip cost, once per clip (cached, never per batch)")
-    print(json.dumps({"bench": "motion_index", "ratio": round(t["fair"] / t["torch"], 3), "target": 3.0,
-                      "ratio_vs_fork_loop": round(t["fork"] / t["torch"], 3), "torch_cpu_ms": round(t["torch"] * 1e3, 2),
-                      "fair_loop_cpu_ms": round(t["fair"] * 1e3, 2), "fork_loop_cpu_ms": round(t["fork"] * 1e3, 2),
-                      "train_step_cpu_ms": round(t_step * 1e3, 1), "motion_fraction_of_step_per_clip": round(share, 4),
-                      "max_abs_diff": max(diffs.values()), "threads": torch.get_num_threads()}))
+    print(
+        f"max |torch - loop|: fair {diffs['fair']:.1e}, fork-style {diffs['fork']:.1e}; the index costs "
+        f"{100 * share:.2f} % of a training step's per-clip cost, once per clip (cached, never per batch)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "motion_index",
+                "ratio": round(t["fair"] / t["torch"], 3),
+                "target": 3.0,
+                "ratio_vs_fork_loop": round(t["fork"] / t["torch"], 3),
+                "torch_cpu_ms": round(t["torch"] * 1e3, 2),
+                "fair_loop_cpu_ms": round(t["fair"] * 1e3, 2),
+                "fork_loop_cpu_ms": round(t["fork"] * 1e3, 2),
+                "train_step_cpu_ms": round(t_step * 1e3, 1),
+                "motion_fraction_of_step_per_clip": round(share, 4),
+                "max_abs_diff": max(diffs.values()),
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

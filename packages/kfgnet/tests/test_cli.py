@@ -12,11 +12,28 @@ from kfgnet.cli import main
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli")
-    assert main(["make-synthetic", "--out", str(out / "data"), "--patients", "6", "--frames", "16", "--size", "64",
-                 "--no-real-backgrounds"]) == 0
-    (out / "cfg.yaml").write_text("clip:\n  num_frames: 16\n  size: 32\ntrain:\n  epochs: 1\n  epochs2: 0\n"
-                                  "  batch_size: 4\ndetector:\n  min_size: 64\n  max_size: 64\n"
-                                  "  score_threshold: 0.0\n  epochs: 1\n")
+    assert (
+        main(
+            [
+                "make-synthetic",
+                "--out",
+                str(out / "data"),
+                "--patients",
+                "6",
+                "--frames",
+                "16",
+                "--size",
+                "64",
+                "--no-real-backgrounds",
+            ]
+        )
+        == 0
+    )
+    (out / "cfg.yaml").write_text(
+        "clip:\n  num_frames: 16\n  size: 32\ntrain:\n  epochs: 1\n  epochs2: 0\n"
+        "  batch_size: 4\ndetector:\n  min_size: 64\n  max_size: 64\n"
+        "  score_threshold: 0.0\n  epochs: 1\n"
+    )
     return out
 
 
@@ -25,22 +42,73 @@ def test_train_evaluate_predict_pipeline(cohort: Path, capsys: pytest.CaptureFix
     around them -> evaluate / predict (one video and a folder)."""
     m, cfg, out = cohort / "data" / "manifest.json", cohort / "cfg.yaml", cohort / "run"
     common = ["--manifest", str(m), "--config", str(cfg), "--device", "cpu", "--no-progress"]
-    assert main(["train-detector", *common, "--preset", "tiny", "--epochs", "1", "--images-per-video", "1",
-                 "--out", str(out / "det")]) == 0
+    assert (
+        main(
+            [
+                "train-detector",
+                *common,
+                "--preset",
+                "tiny",
+                "--epochs",
+                "1",
+                "--images-per-video",
+                "1",
+                "--out",
+                str(out / "det"),
+            ]
+        )
+        == 0
+    )
     det = out / "det" / "detector_best.safetensors"
     assert det.is_file() and json.loads((out / "det" / "train.json").read_text())["effective_batch"] == 8
-    assert main(["train-keyframe", *common, "--detector", str(det), "--preset", "kfgnet_keyframe_tiny",
-                 "--epochs", "2", "--val-fraction", "0.34", "--out", str(out / "kf")]) == 0
+    assert (
+        main(
+            [
+                "train-keyframe",
+                *common,
+                "--detector",
+                str(det),
+                "--preset",
+                "kfgnet_keyframe_tiny",
+                "--epochs",
+                "2",
+                "--val-fraction",
+                "0.34",
+                "--out",
+                str(out / "kf"),
+            ]
+        )
+        == 0
+    )
     rep = json.loads((out / "kf" / "keyframe_train.json").read_text())
     assert rep["n_val_videos"] > 0 and len(rep["validation"]["table"]) == 9  # D = 0..8 vs the middle frame
     kf = out / "kf" / "keyframe.safetensors"
-    assert main(["evaluate-keyframe", *common, "--detector", str(det), "--keyframe", str(kf),
-                 "--out", str(out / "kfpred")]) == 0
+    assert (
+        main(
+            ["evaluate-keyframe", *common, "--detector", str(det), "--keyframe", str(kf), "--out", str(out / "kfpred")]
+        )
+        == 0
+    )
     ev = json.loads((out / "kfpred" / "metrics.json").read_text())
     assert len(ev["tolerance_accuracy"]) == 33 and ev["table"]["D=0"]["middle_frame"] >= 0
     assert "middle frame" in capsys.readouterr().out
-    assert main(["train-classifier", *common, "--preset", "kfgnet_tiny", "--folds", "2", "--keyframes",
-                 str(out / "kfpred" / "keyframes.csv"), "--out", str(out / "cls")]) == 0
+    assert (
+        main(
+            [
+                "train-classifier",
+                *common,
+                "--preset",
+                "kfgnet_tiny",
+                "--folds",
+                "2",
+                "--keyframes",
+                str(out / "kfpred" / "keyframes.csv"),
+                "--out",
+                str(out / "cls"),
+            ]
+        )
+        == 0
+    )
     cv = json.loads((out / "cls" / "cv_metrics.json").read_text())
     assert set(cv["summary"]) >= {"accuracy", "sensitivity", "specificity", "precision", "f1", "auroc"}
     assert cv["key_frames"].endswith("keyframes.csv") and cv["crop"] == "nodule"
@@ -67,8 +135,10 @@ def test_train_evaluate_predict_pipeline(cohort: Path, capsys: pytest.CaptureFix
     # bad input: missing checkpoint, unreadable video, unknown label, missing manifest
     capsys.readouterr()
     video = videos[0]
-    assert main(["predict", str(video), *ckpts[:1], str(out / "none.safetensors"), *ckpts[2:],
-                 "--out", str(out / "p2")]) == 1
+    assert (
+        main(["predict", str(video), *ckpts[:1], str(out / "none.safetensors"), *ckpts[2:], "--out", str(out / "p2")])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "none.safetensors" in err and "Traceback" not in err and not (out / "p2" / "prediction.json").exists()
     broken = cohort / "broken.avi"
@@ -95,8 +165,20 @@ def test_no_command_and_version() -> None:
 def test_bad_config_key(cohort: Path, capsys: pytest.CaptureFixture) -> None:
     bad = cohort / "bad.yaml"
     bad.write_text("train:\n  learning_rate: 3\n")
-    assert main(["train-classifier", "--manifest", str(cohort / "data" / "manifest.json"), "--config", str(bad),
-                 "--out", str(cohort / "y")]) == 1
+    assert (
+        main(
+            [
+                "train-classifier",
+                "--manifest",
+                str(cohort / "data" / "manifest.json"),
+                "--config",
+                str(bad),
+                "--out",
+                str(cohort / "y"),
+            ]
+        )
+        == 1
+    )
     assert "learning_rate" in capsys.readouterr().err
 
 

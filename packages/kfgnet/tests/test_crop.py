@@ -10,8 +10,9 @@ from kfgnet.crop import crop_square, square_around_box
 from kfgnet.data import KeyFrame, VideoRecord, cut_clip, load_clip, record_keyframe
 
 
-def _ellipse_video(t: int = 8, h: int = 458, w: int = 640, cx: float = 400, cy: float = 200, rx: float = 30,
-                   ry: float = 45) -> np.ndarray:
+def _ellipse_video(
+    t: int = 8, h: int = 458, w: int = 640, cx: float = 400, cy: float = 200, rx: float = 30, ry: float = 45
+) -> np.ndarray:
     """A 640 x 458 video with a bright taller-than-wide ellipse (height / width 1.5); frame t's background is t."""
     yy, xx = np.mgrid[:h, :w]
     inside = ((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1
@@ -79,8 +80,9 @@ def test_load_clip_centres_on_the_given_key_frame(tmp_path) -> None:
     v = _ellipse_video(t=40)
     r = VideoRecord(tmp_path / "v.avi", "p", 1, 5)
     clip = ClipConfig(num_frames=16, size=32)
-    c, vm, padded = load_clip(r, KeyFrame(25, (370.0, 155.0, 431.0, 246.0), "stage1"), clip, 4, MotionConfig(), True,
-                              frames=v)
+    c, vm, padded = load_clip(
+        r, KeyFrame(25, (370.0, 155.0, 431.0, 246.0), "stage1"), clip, 4, MotionConfig(), True, frames=v
+    )
     assert not padded and vm.shape == (4,)
     assert c[8, 0, 0, 0] == 25  # key frame at T // 2; the corner shows frame 25's background
     with pytest.raises(ValueError, match="no nodule box"):

@@ -24,8 +24,9 @@ def test_manifest_and_video_roundtrip(synth: Path) -> None:
         assert r.label == (1 if row["label"] == "malignant" else 0)
         assert r.path.stem.endswith("_m" if r.label else "_b")
     csv_recs = read_manifest(synth.with_suffix(".csv"))
-    assert [(r.path, r.label, r.key_frame, r.boxes) for r in csv_recs] == [(r.path, r.label, r.key_frame, r.boxes)
-                                                                           for r in recs]
+    assert [(r.path, r.label, r.key_frame, r.boxes) for r in csv_recs] == [
+        (r.path, r.label, r.key_frame, r.boxes) for r in recs
+    ]
 
 
 def test_synthetic_signal_key_frame_is_largest(synth: Path) -> None:
@@ -65,8 +66,9 @@ def test_frame_folder_and_real_ultrasound(tmp_path: Path) -> None:
     assert gray.shape == (6, 256, 256)
 
 
-@pytest.mark.parametrize("n,key,t,start,pos", [(100, 50, 32, 34, 16), (100, 3, 32, 0, 3), (100, 98, 32, 68, 30),
-                                               (32, 10, 32, 0, 10)])
+@pytest.mark.parametrize(
+    "n,key,t,start,pos", [(100, 50, 32, 34, 16), (100, 3, 32, 0, 3), (100, 98, 32, 68, 30), (32, 10, 32, 0, 10)]
+)
 def test_clip_indices_shift_to_fit(n: int, key: int, t: int, start: int, pos: int) -> None:
     idx, p = clip_indices(n, key, ClipConfig(num_frames=t))
     assert list(idx) == list(range(start, start + t)) and p == pos and idx[p] == key

@@ -130,8 +130,9 @@ def test_detector_recipe_frozen_bn_and_local_weights(tmp_path: Path) -> None:
     # an ImageNet mobilenet_v3_large file holds the same body under "features.<i>" (+ a classifier, ignored)
     ref = {k.replace("backbone.body.", "features."): v for k, v in coco.items() if k.startswith("backbone.body.")}
     torch.save({**ref, "classifier.0.weight": torch.zeros(2, 960)}, tmp_path / "mnv3.pth")
-    cfg = get_detector_config("mobilenet_v3_fpn", pretrained_backbone=str(tmp_path / "mnv3.pth"), min_size=64,
-                              max_size=64)
+    cfg = get_detector_config(
+        "mobilenet_v3_fpn", pretrained_backbone=str(tmp_path / "mnv3.pth"), min_size=64, max_size=64
+    )
     assert cfg.frozen_bn and cfg.trainable_layers == 3
     m = build_detector(cfg)
     assert any(isinstance(x, FrozenBatchNorm2d) for x in m.backbone.modules())
@@ -140,8 +141,9 @@ def test_detector_recipe_frozen_bn_and_local_weights(tmp_path: Path) -> None:
     assert not m.backbone.body["0"][0].weight.requires_grad  # early stages frozen
     scratch = get_detector_config("mobilenet_v3_fpn")
     assert not scratch.frozen_bn and scratch.trainable_layers == 5  # from scratch: trainable BN, every stage
-    mc = build_detector(get_detector_config("mobilenet_v3_fpn", weights=str(tmp_path / "coco.pth"), min_size=64,
-                                            max_size=64))
+    mc = build_detector(
+        get_detector_config("mobilenet_v3_fpn", weights=str(tmp_path / "coco.pth"), min_size=64, max_size=64)
+    )
     torch.testing.assert_close(mc.rpn.head.conv[0][0].weight, coco["rpn.head.conv.0.0.weight"])
     assert mc.roi_heads.box_predictor.cls_score.out_features == 2
     with pytest.raises(FileNotFoundError, match="--pretrained-backbone none"):
@@ -188,7 +190,7 @@ def test_detector_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytes
     for i in range(6):
         img = rng.integers(0, 60, (64, 64), dtype=np.uint8)
         x, y = 8 + 4 * i, 10 + 3 * i
-        img[y:y + 20, x:x + 24] = 220
+        img[y : y + 20, x : x + 24] = 220
         Image.fromarray(img).save(tmp_path / f"{i}_1.png")
         items.append(DetectionItem(tmp_path / f"{i}_1.png", np.array([[x, y, x + 24, y + 20]], np.float32), str(i)))
     cfg = get_detector_config("tiny", min_size=64, max_size=64, epochs=2, batch_size=4)
@@ -216,8 +218,13 @@ def test_detector_resume_equals_uninterrupted(tmp_path: Path, monkeypatch: pytes
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     assert full["log"][1]["val_ap50"] == pytest.approx(resumed["log"][1]["val_ap50"])
     with pytest.raises(StaleRunError, match="--restart"):
-        DT.train_detector(items[:4], items[4:], get_detector_config("tiny", min_size=64, max_size=64, epochs=3,
-                                                                   batch_size=4), tmp_path / "res", progress=False)
+        DT.train_detector(
+            items[:4],
+            items[4:],
+            get_detector_config("tiny", min_size=64, max_size=64, epochs=3, batch_size=4),
+            tmp_path / "res",
+            progress=False,
+        )
 
 
 def test_evaluate_detector_headline_with_fixed_box_chance(tmp_path: Path) -> None:
@@ -234,12 +241,46 @@ def test_evaluate_detector_headline_with_fixed_box_chance(tmp_path: Path) -> Non
         (sub / "mask" / f"{p.stem}.gif").symlink_to(root / "mask" / f"{p.stem}.gif")
     (tmp_path / "c.yaml").write_text("detector: {min_size: 96, max_size: 96}\n")
     run = tmp_path / "run"
-    assert main(["train-detector", "--data", str(sub), "--preset", "tiny", "--epochs", "1", "--config",
-                 str(tmp_path / "c.yaml"), "--out", str(run), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train-detector",
+                "--data",
+                str(sub),
+                "--preset",
+                "tiny",
+                "--epochs",
+                "1",
+                "--config",
+                str(tmp_path / "c.yaml"),
+                "--out",
+                str(run),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     split = json.loads((run / "split.json").read_text())
     assert not set(split["cases"]["test"]) & set(split["cases"]["train"])
-    assert main(["evaluate-detector", "--checkpoint", str(run / "detector_best.safetensors"), "--data", str(sub),
-                 "--split", str(run / "split.json"), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "evaluate-detector",
+                "--checkpoint",
+                str(run / "detector_best.safetensors"),
+                "--data",
+                str(sub),
+                "--split",
+                str(run / "split.json"),
+                "--out",
+                str(tmp_path / "eval"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert m["headline"]["metric"] == "coco_ap" and m["headline"]["chance"] == m["fixed_box"]["ap"]
     assert m["n_images"] == split["n_images"]["test"]

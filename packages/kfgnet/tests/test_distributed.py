@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kfgnet.config import ClassifierTrainConfig, ClipConfig, KeyFrameTrainConfig, get_classifier_config
-from kfgnet.config import get_keyframe_config
+from kfgnet.config import (
+    ClassifierTrainConfig,
+    ClipConfig,
+    KeyFrameTrainConfig,
+    get_classifier_config,
+    get_keyframe_config,
+)
 from kfgnet.data import ClipDataset, read_manifest
 from kfgnet.keyframe import train_keyframe
 from kfgnet.train import train_classifier
@@ -23,9 +28,15 @@ def _sequences(n: int = 6, d: int = 8) -> list[dict[str, np.ndarray]]:
     for i in range(n):
         length = 5 + 2 * i  # different lengths: the loss is normalised by the global count of entries
         lab = rng.random(length).astype(np.float32)
-        out.append({"feat": rng.standard_normal((length, d)).astype(np.float32),
-                    "geo": rng.random((length, 5)).astype(np.float32), "label": lab,
-                    "frame_num": np.arange(length), "key": np.asarray(int(lab.argmax()))})
+        out.append(
+            {
+                "feat": rng.standard_normal((length, d)).astype(np.float32),
+                "geo": rng.random((length, 5)).astype(np.float32),
+                "label": lab,
+                "frame_num": np.arange(length),
+                "key": np.asarray(int(lab.argmax())),
+            }
+        )
     return out
 
 
@@ -34,8 +45,9 @@ KTCFG = KeyFrameTrainConfig(epochs=3, batch_size=6, lr=0.01, seed=0, grad_clip=0
 
 
 def _keyframe_rank(ctx: DistContext) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in train_keyframe(_sequences(), KCFG, KTCFG, ctx, progress=False)
-            .state_dict().items()}
+    return {
+        k: v.clone() for k, v in train_keyframe(_sequences(), KCFG, KTCFG, ctx, progress=False).state_dict().items()
+    }
 
 
 def test_keyframe_lstm_ddp_equals_one_process() -> None:
@@ -44,8 +56,12 @@ def test_keyframe_lstm_ddp_equals_one_process() -> None:
     for k, v in one.items():
         torch.testing.assert_close(two[0][k], v, rtol=0, atol=TOL, msg=k)
         torch.testing.assert_close(two[1][k], v, rtol=0, atol=TOL, msg=k)
-    assert not torch.equal(one["head.2.weight"], train_keyframe(_sequences(), KCFG, KeyFrameTrainConfig(
-        epochs=0), "cpu", progress=False).state_dict()["head.2.weight"])  # it did train
+    assert not torch.equal(
+        one["head.2.weight"],
+        train_keyframe(_sequences(), KCFG, KeyFrameTrainConfig(epochs=0), "cpu", progress=False).state_dict()[
+            "head.2.weight"
+        ],
+    )  # it did train
 
 
 CFG = get_classifier_config("kfgnet_tiny", size=32, dropout=0.0)

@@ -45,9 +45,14 @@ def test_subsample_keeps_key() -> None:
 def _dets(n: int, d: int = 16, seed: int = 0) -> FrameDetections:
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 40, (n, 2))
-    return FrameDetections(np.arange(n) * 2, np.concatenate([xy, xy + 20], 1).astype(np.float32),
-                           rng.uniform(0.5, 1, n).astype(np.float32), rng.normal(size=(n, d)).astype(np.float32),
-                           (64, 64), 2 * n)
+    return FrameDetections(
+        np.arange(n) * 2,
+        np.concatenate([xy, xy + 20], 1).astype(np.float32),
+        rng.uniform(0.5, 1, n).astype(np.float32),
+        rng.normal(size=(n, d)).astype(np.float32),
+        (64, 64),
+        2 * n,
+    )
 
 
 def test_geo_features_minmax_and_image() -> None:
@@ -65,8 +70,11 @@ def test_geo_features_minmax_and_image() -> None:
 
 @pytest.mark.parametrize("preset", ["kfgnet_keyframe", "official_2023"])
 def test_keyframe_net_forward_backward(preset: str) -> None:
-    over = {"feature_dim": 16, "lstm_hidden": 16, "feat_embed": 8, "geo_embed": 8} if preset != "official_2023" else \
-        {"feature_dim": 16, "lstm_hidden": 16, "feat_embed": 8}
+    over = (
+        {"feature_dim": 16, "lstm_hidden": 16, "feat_embed": 8, "geo_embed": 8}
+        if preset != "official_2023"
+        else {"feature_dim": 16, "lstm_hidden": 16, "feat_embed": 8}
+    )
     cfg = get_keyframe_config(preset, **over)
     m = build_keyframe_model(cfg)
     feat, geo = torch.randn(3, 7, 16), torch.rand(3, 7, cfg.geo_dim)
@@ -92,8 +100,14 @@ def test_keyframe_training_learns_a_simple_rule() -> None:
 
 
 def test_no_detections_error() -> None:
-    empty = FrameDetections(np.zeros(0, int), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                            np.zeros((0, 16), np.float32), (64, 64), 20)
+    empty = FrameDetections(
+        np.zeros(0, int),
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.float32),
+        np.zeros((0, 16), np.float32),
+        (64, 64),
+        20,
+    )
     with pytest.raises(DataError, match="no frame with a detection"):
         build_sequences([empty], [3], get_keyframe_config("kfgnet_keyframe", feature_dim=16))
 
@@ -103,8 +117,10 @@ def test_tiny_detector_forward_backward_and_features() -> None:
     cfg = get_detector_config("tiny", min_size=64, max_size=64)
     m = build_detector(cfg).train()
     imgs = [torch.rand(3, 64, 64) for _ in range(2)]
-    tg = [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]), "labels": torch.ones(1, dtype=torch.int64)},
-          {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    tg = [
+        {"boxes": torch.tensor([[10.0, 12.0, 40.0, 44.0]]), "labels": torch.ones(1, dtype=torch.int64)},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
     losses = m(imgs, tg)
     sum(losses.values()).backward()
     assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
@@ -125,7 +141,10 @@ def test_tolerance_curve_constructed() -> None:
 
 
 def test_keyframe_net_rejects_wrong_feature_width() -> None:
-    m = KeyFrameNet(get_keyframe_config("kfgnet_keyframe", feature_dim=8, geo_dim=5, feat_embed=4, geo_embed=4,
-                                        lstm_hidden=4, head_hidden=4))
+    m = KeyFrameNet(
+        get_keyframe_config(
+            "kfgnet_keyframe", feature_dim=8, geo_dim=5, feat_embed=4, geo_embed=4, lstm_hidden=4, head_hidden=4
+        )
+    )
     with pytest.raises(ValueError, match="feature_dim"):
         m(torch.randn(1, 3, 9), torch.rand(1, 3, 5), torch.tensor([3]))

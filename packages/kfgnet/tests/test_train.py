@@ -36,8 +36,7 @@ def test_resume_equals_an_uninterrupted_run_and_refuses_another_config(synth: Pa
     with pytest.raises(StaleRunError, match="--restart"):
         train_classifier(ds, CFG, tcfg, "cpu", state_path=state, progress=False, run_hash="other")
     log2: list[dict] = []
-    train_classifier(ds, CFG, tcfg, "cpu", state_path=state, progress=False, log=log2, run_hash="other",
-                     restart=True)
+    train_classifier(ds, CFG, tcfg, "cpu", state_path=state, progress=False, log=log2, run_hash="other", restart=True)
     assert [r["epoch"] for r in log2] == [1, 2]  # started over
 
 
@@ -52,10 +51,13 @@ def test_cross_validation_refuses_stale_folds(synth: Path, tmp_path: Path) -> No
     assert again["predictions"] == cv["predictions"]  # same config: finished folds reused
     with pytest.raises(StaleRunError, match="fold0.json was made under another config"):
         cross_validate(recs, CFG, replace(tcfg, epochs=2), CLIP, "cpu", out_dir=tmp_path, progress=False)
-    redo = cross_validate(recs, CFG, replace(tcfg, epochs=2), CLIP, "cpu", out_dir=tmp_path, progress=False,
-                          restart=True, n_boot=50)
-    assert len(redo["folds"][0]) and json.loads((tmp_path / "fold0.json").read_text())["config_hash"] != \
-        fold0["config_hash"]
+    redo = cross_validate(
+        recs, CFG, replace(tcfg, epochs=2), CLIP, "cpu", out_dir=tmp_path, progress=False, restart=True, n_boot=50
+    )
+    assert (
+        len(redo["folds"][0])
+        and json.loads((tmp_path / "fold0.json").read_text())["config_hash"] != fold0["config_hash"]
+    )
 
 
 def test_run_hash_covers_key_frames(synth: Path) -> None:
@@ -91,9 +93,11 @@ def test_stage1_keyframes_feed_the_classifier(synth: Path, tmp_path: Path) -> No
 
     recs = read_manifest(synth)[:3]
     n = [len(__import__("kfgnet.data", fromlist=["read_video"]).read_video(r.path)) for r in recs]
-    preds = [KeyFramePrediction(str(recs[0].path), 3, (10.0, 12.0, 30.0, 34.0), 0.9, "stage1", n[0]),
-             KeyFramePrediction(str(recs[1].path), n[1] - 2, (5.0, 5.0, 25.0, 25.0), 0.8, "stage1", n[1]),
-             KeyFramePrediction(str(recs[2].path), (n[2] - 1) // 2, None, None, "fallback_middle", n[2])]
+    preds = [
+        KeyFramePrediction(str(recs[0].path), 3, (10.0, 12.0, 30.0, 34.0), 0.9, "stage1", n[0]),
+        KeyFramePrediction(str(recs[1].path), n[1] - 2, (5.0, 5.0, 25.0, 25.0), 0.8, "stage1", n[1]),
+        KeyFramePrediction(str(recs[2].path), (n[2] - 1) // 2, None, None, "fallback_middle", n[2]),
+    ]
     write_keyframes_csv(preds, tmp_path / "keyframes.csv")
     keys = read_keyframes_csv(tmp_path / "keyframes.csv", recs)
     assert [k.frame for k in keys] == [3, n[1] - 2, (n[2] - 1) // 2]

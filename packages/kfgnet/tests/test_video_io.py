@@ -58,7 +58,7 @@ def test_dicom_monochrome1_is_inverted_and_deep_pixels_refused(tmp_path: Path) -
     grey = np.arange(2 * 4 * 4, dtype=np.uint8).reshape(2, 4, 4)
     v = read_video(write_dicom_cine(tmp_path / "m1.dcm", grey, photometric="MONOCHROME1"))
     np.testing.assert_array_equal(v[..., 0], 255 - grey)
-    deep = (np.arange(2 * 4 * 4, dtype=np.uint16).reshape(2, 4, 4) * 100)
+    deep = np.arange(2 * 4 * 4, dtype=np.uint16).reshape(2, 4, 4) * 100
     with pytest.raises(DataError, match="16-bit pixels.*8-bit"):
         read_video(write_dicom_cine(tmp_path / "deep.dcm", deep, bits=16))
     small = np.arange(2 * 4 * 4, dtype=np.uint16).reshape(2, 4, 4)  # 8-bit values in 16-bit storage: same numbers

@@ -9,8 +9,7 @@ from typing import Any
 
 from kfgnet.cmd_common import apply_section, clip_from_args, load_overrides, records_from_args
 
-__all__ = ["cmd_train_classifier", "cmd_evaluate", "cmd_predict", "cmd_demo", "cmd_make_synthetic",
-           "list_videos"]
+__all__ = ["cmd_train_classifier", "cmd_evaluate", "cmd_predict", "cmd_demo", "cmd_make_synthetic", "list_videos"]
 
 METRICS = ("accuracy", "sensitivity", "specificity", "auroc")
 
@@ -19,8 +18,11 @@ def _print_pooled(name: str, pooled: dict[str, Any], chance: float | None = None
     from kfgnet.evaluate import fmt_ci
 
     txt = ", ".join(f"{k} {fmt_ci(pooled[k])}" for k in METRICS)
-    print(f"{name}: {txt} (95 % bootstrap CI over {pooled['resampled']}, {pooled['n']} videos)"
-          + (f"; majority-class chance {chance:.3f}" if chance is not None else ""))
+    unit = "patients" if pooled["resampled"] == "groups" else "videos"
+    print(
+        f"{name}: {txt} (95 % bootstrap CI resampling {unit}, {pooled['n']} videos)"
+        + (f"; majority-class chance {chance:.3f}" if chance is not None else "")
+    )
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
@@ -55,36 +57,71 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
             cfg = apply_section(get_classifier_config(preset, **row_over, **extra), over, "model")
             cfg = replace(cfg, num_frames=clip.num_frames, size=clip.size)
             c = replace(clip, sampling=sampling)
-            sub = args.out / (name.replace(" ", "_").replace("+", "p").replace("(", "").replace(")", "")
-                              if args.table1 else "")
-            cv = cross_validate(records, cfg, tcfg, c, ctx, motion, sub, keys, progress=not args.no_progress,
-                                allow_pad=not args.no_pad_short, restart=args.restart)
+            sub = args.out / (
+                name.replace(" ", "_").replace("+", "p").replace("(", "").replace(")", "") if args.table1 else ""
+            )
+            cv = cross_validate(
+                records,
+                cfg,
+                tcfg,
+                c,
+                ctx,
+                motion,
+                sub,
+                keys,
+                progress=not args.no_progress,
+                allow_pad=not args.no_pad_short,
+                restart=args.restart,
+            )
             s = classification_summary(cv)
-            results.append({"method": name, **{k: v["mean"] for k, v in s.items()},
-                            **{f"{k}_std": v["std"] for k, v in s.items()},
-                            **{f"pooled_{k}": cv["pooled"][k]["value"] for k in METRICS},
-                            **{f"pooled_{k}_ci": [cv["pooled"][k]["ci_low"], cv["pooled"][k]["ci_high"]]
-                               for k in METRICS}, "chance": cv["chance"]})
+            results.append(
+                {
+                    "method": name,
+                    **{k: v["mean"] for k, v in s.items()},
+                    **{f"{k}_std": v["std"] for k, v in s.items()},
+                    **{f"pooled_{k}": cv["pooled"][k]["value"] for k in METRICS},
+                    **{f"pooled_{k}_ci": [cv["pooled"][k]["ci_low"], cv["pooled"][k]["ci_high"]] for k in METRICS},
+                    "chance": cv["chance"],
+                }
+            )
             if ctx.is_main:
-                atomic_write_json(sub / "cv_metrics.json", {
-                    "summary": s, "pooled": cv["pooled"], "folds": cv["folds"], "chance": cv["chance"],
-                    "key_frames": str(args.keyframes) if args.keyframes else "annotation",
-                    "n_fallback": sum(k.source == "fallback_middle" for k in keys) if keys else 0,
-                    "crop": c.crop, "world_size": ctx.world_size,
-                    "effective_batch": effective_batch(tcfg.batch_size // ctx.world_size, ctx),
-                    "lr_rule": "none: train.batch_size is the effective batch, split over ranks"})
+                atomic_write_json(
+                    sub / "cv_metrics.json",
+                    {
+                        "summary": s,
+                        "pooled": cv["pooled"],
+                        "folds": cv["folds"],
+                        "chance": cv["chance"],
+                        "key_frames": str(args.keyframes) if args.keyframes else "annotation",
+                        "n_fallback": sum(k.source == "fallback_middle" for k in keys) if keys else 0,
+                        "crop": c.crop,
+                        "world_size": ctx.world_size,
+                        "effective_batch": effective_batch(tcfg.batch_size // ctx.world_size, ctx),
+                        "lr_rule": "none: train.batch_size is the effective batch, split over ranks",
+                    },
+                )
                 atomic_write_csv(sub / "predictions.csv", cv["predictions"])
                 print(f"{name}: per fold " + ", ".join(f"{k} {fmt_pm(v)}" for k, v in s.items()))
                 _print_pooled(f"{name} (pooled out-of-fold)", cv["pooled"], cv["chance"])
             if args.final and not args.table1:
-                ds = ClipDataset(records, c, cfg.attention_steps, motion, augment=True, keys=keys,
-                                 allow_pad=not args.no_pad_short)
+                ds = ClipDataset(
+                    records, c, cfg.attention_steps, motion, augment=True, keys=keys, allow_pad=not args.no_pad_short
+                )
                 run_hash = classifier_run_hash(cfg, tcfg, c, motion, records, ds.keys)
-                model = train_classifier(ds, cfg, tcfg, ctx, motion, args.out / "final.state.pt",
-                                         not args.no_progress, run_hash=run_hash, restart=args.restart)
+                model = train_classifier(
+                    ds,
+                    cfg,
+                    tcfg,
+                    ctx,
+                    motion,
+                    args.out / "final.state.pt",
+                    not args.no_progress,
+                    run_hash=run_hash,
+                    restart=args.restart,
+                )
                 if ctx.is_main:
-                    save_classifier(args.out / "model.safetensors", model, cfg, c, motion,
-                                    {"config_hash": run_hash})
+                    save_classifier(args.out / "model.safetensors", model, cfg, c, motion, {"config_hash": run_hash})
+                    (args.out / "final.state.pt").unlink(missing_ok=True)  # finished: the model holds it
                     print(f"wrote {args.out / 'model.safetensors'}")
     finally:
         ctx.close()
@@ -97,8 +134,10 @@ def _stage1_keys(args: argparse.Namespace, records: list[Any], device: Any, blac
     from kfgnet.pipeline import Stage1
 
     if bool(args.detector) != bool(args.keyframe):
-        raise ValueError("give both --detector and --keyframe to locate key frames with stage 1 (or neither, to use "
-                         "the annotated key frames)")
+        raise ValueError(
+            "give both --detector and --keyframe to locate key frames with stage 1 (or neither, to use "
+            "the annotated key frames)"
+        )
     if not args.detector:
         return None, None
     stage1 = Stage1.load(args.detector, args.keyframe, device)
@@ -133,15 +172,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     p = predict_clips(model, ds, device)
     y = ds.labels
     out["classification"] = binary_metrics(y, (p >= 0.5).astype(int), positive=1)
-    out["classification_ci"] = binary_metrics_ci(y, p, positive=1, seed=args.seed,
-                                                 groups=[r.patient_id for r in records])
+    out["classification_ci"] = binary_metrics_ci(
+        y, p, positive=1, seed=args.seed, groups=[r.patient_id for r in records]
+    )
     out["n_fallback"] = sum(k.source == "fallback_middle" for k in ds.keys)
     out["n_padded"] = len(ds.padded)
     atomic_write_json(args.out / "evaluation.json", out)
-    atomic_write_csv(args.out / "predictions.csv", [
-        {"video": str(r.path), "patient_id": r.patient_id, "label": LABELS[r.label], "p_malignant": float(pi),
-         "pred": LABELS[int(pi >= 0.5)], "key_frame": k.frame, "key_source": k.source}
-        for r, pi, k in zip(records, p, ds.keys)])
+    atomic_write_csv(
+        args.out / "predictions.csv",
+        [
+            {
+                "video": str(r.path),
+                "patient_id": r.patient_id,
+                "label": LABELS[r.label],
+                "p_malignant": float(pi),
+                "pred": LABELS[int(pi >= 0.5)],
+                "key_frame": k.frame,
+                "key_source": k.source,
+            }
+            for r, pi, k in zip(records, p, ds.keys)
+        ],
+    )
     if preds is not None:
         write_keyframes_csv(preds, args.out / "keyframes.csv")
     _print_pooled("classification", out["classification_ci"])
@@ -158,12 +209,17 @@ def list_videos(path: Path) -> list[Path]:
 
     p = Path(path)
     if not p.exists():
-        raise DataError(f"{p} does not exist; give a video file, a DICOM cine, a folder of frames or a folder of "
-                        f"videos")
+        raise DataError(
+            f"{p} does not exist; give a video file, a DICOM cine, a folder of frames or a folder of videos"
+        )
     if p.is_file() or any(f.suffix.lower() in IMAGE_EXTS for f in p.iterdir()):
         return [p]
-    vids = sorted(f for f in p.iterdir() if (f.is_file() and (f.suffix.lower() in VIDEO_EXTS or is_dicom(f)))
-                  or (f.is_dir() and any(g.suffix.lower() in IMAGE_EXTS for g in f.iterdir())))
+    vids = sorted(
+        f
+        for f in p.iterdir()
+        if (f.is_file() and (f.suffix.lower() in VIDEO_EXTS or is_dicom(f)))
+        or (f.is_dir() and any(g.suffix.lower() in IMAGE_EXTS for g in f.iterdir()))
+    )
     if not vids:
         raise DataError(f"{p} holds no videos (files {', '.join(VIDEO_EXTS)}, DICOM, or folders of frames)")
     return vids
@@ -174,7 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
 
     from kfgnet.data import DataError
-    from kfgnet.evaluate import plot_prediction
+    from kfgnet.evaluate import plot_video_prediction
     from kfgnet.pipeline import Pipeline
 
     device = resolve_device(args.device)
@@ -192,24 +248,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
             continue
         name = v.stem if v.suffix else v.name
         png = args.out / (f"{name}.png" if len(videos) > 1 else "prediction.png")
-        plot_prediction(res["frame"], res["box"], res["key_frame"], res["curve_frames"], res["curve"],
-                        res["p_malignant"], png, title=f"key frame from {res['key_source']}")
-        row = {k: res[k] for k in ("video", "key_frame", "key_source", "detection_score", "p_malignant",
-                                   "prediction", "num_frames")}
+        plot_video_prediction(res, png)
+        row = {
+            k: res[k]
+            for k in ("video", "key_frame", "key_source", "detection_score", "p_malignant", "prediction", "num_frames")
+        }
         row["box"] = [round(c, 1) for c in res["box"]] if res["box"] else ""
         rows.append({**row, "error": ""})
         if len(videos) == 1:
-            atomic_write_json(args.out / "prediction.json", {
-                **row, "box": res["box"], "scores": {int(f): float(s) for f, s in zip(res["curve_frames"],
-                                                                                      res["curve"])}})
-        print(f"{v}: key frame {res['key_frame']} ({res['key_source']}), box {row['box'] or 'none'}, "
-              f"P(malignant) = {res['p_malignant']:.3f} -> {res['prediction']}")
+            atomic_write_json(
+                args.out / "prediction.json",
+                {
+                    **row,
+                    "box": res["box"],
+                    "scores": {int(f): float(s) for f, s in zip(res["curve_frames"], res["curve"])},
+                },
+            )
+        print(
+            f"{v}: key frame {res['key_frame']} ({res['key_source']}), box {row['box'] or 'none'}, "
+            f"P(malignant) = {res['p_malignant']:.3f} -> {res['prediction']}"
+        )
     if len(videos) > 1:
         atomic_write_csv(args.out / "predictions.csv", rows)
         print(f"wrote {args.out / 'predictions.csv'} ({len(videos) - len(failed)} of {len(videos)} videos)")
     if failed:
-        raise DataError(f"{len(failed)} video(s) could not be read ({', '.join(failed[:5])}); their rows in "
-                        f"predictions.csv give the reason")
+        raise DataError(
+            f"{len(failed)} video(s) could not be read ({', '.join(failed[:5])}); their rows in "
+            f"predictions.csv give the reason"
+        )
     return 0
 
 
@@ -236,8 +302,12 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
     if args.patients < 1 or args.frames < 4 or args.size < 32:
         raise ValueError("need --patients >= 1, --frames >= 4, --size >= 32")
-    m = make_synthetic(args.out, SyntheticConfig(args.patients, args.frames, args.size, fmt=args.format,
-                                                 seed=args.seed),
-                       None if args.no_real_backgrounds else shared_data_dir(), layout=args.layout, progress=True)
+    m = make_synthetic(
+        args.out,
+        SyntheticConfig(args.patients, args.frames, args.size, fmt=args.format, seed=args.seed),
+        None if args.no_real_backgrounds else shared_data_dir(),
+        layout=args.layout,
+        progress=True,
+    )
     print(f"wrote {m}")
     return 0

@@ -31,9 +31,25 @@ from kfgnet.config import LABELS, ClipConfig, MotionConfig
 from kfgnet.features import motion_vector
 from kfgnet.video_io import IMAGE_EXTS, VIDEO_EXTS, DataError, read_video
 
-__all__ = ["VideoRecord", "DataError", "read_video", "read_manifest", "write_manifest", "read_release",
-           "clip_indices", "cut_clip", "ClipDataset", "KeyFrame", "record_keyframe", "load_clip", "check_clip_length",
-           "FALLBACK", "LABELS", "IMAGE_EXTS", "VIDEO_EXTS"]
+__all__ = [
+    "VideoRecord",
+    "DataError",
+    "read_video",
+    "read_manifest",
+    "write_manifest",
+    "read_release",
+    "clip_indices",
+    "cut_clip",
+    "ClipDataset",
+    "KeyFrame",
+    "record_keyframe",
+    "load_clip",
+    "check_clip_length",
+    "FALLBACK",
+    "LABELS",
+    "IMAGE_EXTS",
+    "VIDEO_EXTS",
+]
 
 log = logging.getLogger("kfgnet")
 
@@ -71,8 +87,7 @@ def _parse_boxes(raw: Any, where: str) -> dict[int, list[float]]:
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as e:
-            raise DataError(f"boxes of {where} are not valid JSON ({e}); "
-                            f"expected {{\"frame\": [x1, y1, x2, y2]}}") from e
+            raise DataError(f'boxes of {where} are not valid JSON ({e}); expected {{"frame": [x1, y1, x2, y2]}}') from e
     out = {}
     for k, b in dict(raw).items():
         if len(b) != 4:
@@ -88,8 +103,9 @@ def read_manifest(path: str | Path) -> list[VideoRecord]:
     """Read a JSON or CSV manifest (see module docstring); video paths resolve relative to the manifest."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"manifest {p} not found; create one (see README 'Data format') or run "
-                        f"'kfgnet make-synthetic --out DIR'")
+        raise DataError(
+            f"manifest {p} not found; create one (see README 'Data format') or run 'kfgnet make-synthetic --out DIR'"
+        )
     try:
         if p.suffix.lower() == ".json":
             obj = json.loads(p.read_text())
@@ -100,14 +116,16 @@ def read_manifest(path: str | Path) -> list[VideoRecord]:
         else:
             raise DataError(f"manifest {p} must be .json or .csv")
     except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-        raise DataError(f"manifest {p} is corrupt ({e}); expected JSON {{\"videos\": [...]}} or a CSV") from e
+        raise DataError(f'manifest {p} is corrupt ({e}); expected JSON {{"videos": [...]}} or a CSV') from e
     records = []
     for i, r in enumerate(rows):
         where = f"{p} entry {i}"
         missing = [k for k in ("video", "label") if k not in r or r[k] in (None, "")]
         if missing:
-            raise DataError(f"{where} lacks {missing}; required columns: video, label (key_frame, patient_id, boxes "
-                            f"optional; key-frame sampling and stage-1 training need key_frame)")
+            raise DataError(
+                f"{where} lacks {missing}; required columns: video, label (key_frame, patient_id, boxes "
+                f"optional; key-frame sampling and stage-1 training need key_frame)"
+            )
         key = None
         if r.get("key_frame") not in (None, ""):
             try:
@@ -119,8 +137,16 @@ def read_manifest(path: str | Path) -> list[VideoRecord]:
         vp = Path(r["video"])
         vp = vp if vp.is_absolute() else p.parent / vp
         n = r.get("num_frames")
-        records.append(VideoRecord(vp, str(r.get("patient_id") or vp.stem), _label_index(r["label"], where), key,
-                                   _parse_boxes(r.get("boxes"), where), int(n) if n not in (None, "") else None))
+        records.append(
+            VideoRecord(
+                vp,
+                str(r.get("patient_id") or vp.stem),
+                _label_index(r["label"], where),
+                key,
+                _parse_boxes(r.get("boxes"), where),
+                int(n) if n not in (None, "") else None,
+            )
+        )
     if not records:
         raise DataError(f"manifest {p} lists no videos")
     return records
@@ -137,8 +163,15 @@ def write_manifest(records: list[VideoRecord], path: str | Path) -> None:
             vid = str(r.path.resolve().relative_to(p.parent.resolve()))
         except ValueError:
             vid = str(r.path)
-        rows.append({"video": vid, "patient_id": r.patient_id, "label": LABELS[r.label], "key_frame": r.key_frame,
-                     "boxes": {str(k): v for k, v in r.boxes.items()}})
+        rows.append(
+            {
+                "video": vid,
+                "patient_id": r.patient_id,
+                "label": LABELS[r.label],
+                "key_frame": r.key_frame,
+                "boxes": {str(k): v for k, v in r.boxes.items()},
+            }
+        )
     atomic_write_json(p, {"videos": rows})
 
 
@@ -190,8 +223,12 @@ def read_release(root: str | Path) -> list[VideoRecord]:
         if pts:
             a = np.asarray(pts, dtype=float)
             key = f"{parts[0]}_{parts[2]}_{parts[3]}_{parts[4]}"
-            boxes.setdefault(key, {})[int(parts[-1])] = [float(a[:, 0].min()), float(a[:, 1].min()),
-                                                         float(a[:, 0].max()), float(a[:, 1].max())]
+            boxes.setdefault(key, {})[int(parts[-1])] = [
+                float(a[:, 0].min()),
+                float(a[:, 1].min()),
+                float(a[:, 0].max()),
+                float(a[:, 1].max()),
+            ]
     records = []
     for v in sorted(vdir.iterdir()):
         m = RELEASE_NAME.match(v.stem)
@@ -267,8 +304,10 @@ def record_keyframe(r: VideoRecord, clip: ClipConfig) -> KeyFrame:
         k = min(r.boxes, key=lambda f: (abs(f - ref), f))
         box = tuple(float(v) for v in r.boxes[k])
     elif clip.crop == "nodule":
-        raise DataError(f"video {r.path} has no nodule box for the nodule crop; add 'boxes' on its key frame to the "
-                        f"manifest, or crop whole frames with clip.crop: frame")
+        raise DataError(
+            f"video {r.path} has no nodule box for the nodule crop; add 'boxes' on its key frame to the "
+            f"manifest, or crop whole frames with clip.crop: frame"
+        )
     return KeyFrame(r.key_frame, box, "annotation")
 
 
@@ -295,13 +334,17 @@ def check_clip_length(num_frames: int, clip: ClipConfig, allow_pad: bool, where:
     """Short-video policy: below ``clip.min_frames`` refused; below ``clip.num_frames`` refused without
     ``allow_pad``, else True (the caller pads and warns)."""
     if num_frames < clip.min_frames:
-        raise DataError(f"{where} has {num_frames} frame(s), fewer than clip.min_frames = {clip.min_frames}; it is "
-                        f"too short to classify (lower clip.min_frames only if a clip mostly of repeated frames is "
-                        f"acceptable)")
+        raise DataError(
+            f"{where} has {num_frames} frame(s), fewer than clip.min_frames = {clip.min_frames}; it is "
+            f"too short to classify (lower clip.min_frames only if a clip mostly of repeated frames is "
+            f"acceptable)"
+        )
     if num_frames < clip.num_frames:
         if not allow_pad:
-            raise DataError(f"{where} has {num_frames} frames, shorter than the {clip.num_frames}-frame clip; use a "
-                            f"shorter clip (clip.num_frames) or allow repeat padding (drop --no-pad-short)")
+            raise DataError(
+                f"{where} has {num_frames} frames, shorter than the {clip.num_frames}-frame clip; use a "
+                f"shorter clip (clip.num_frames) or allow repeat padding (drop --no-pad-short)"
+            )
         return True
     return False
 
@@ -322,10 +365,20 @@ class ClipDataset(Dataset):
     Items: ``(clip (3, T, S, S) float 0..1, label int64, v_motion (steps,) float32)``.
     """
 
-    def __init__(self, records: list[VideoRecord], clip: ClipConfig, steps: int, motion: MotionConfig | None = None,
-                 augment: bool = False, flip_prob: float = 0.5, intensity_prob: float = 0.5,
-                 keys: list[KeyFrame] | None = None, allow_pad: bool = True, cache: dict[str, Any] | None = None,
-                 progress: bool = False):
+    def __init__(
+        self,
+        records: list[VideoRecord],
+        clip: ClipConfig,
+        steps: int,
+        motion: MotionConfig | None = None,
+        augment: bool = False,
+        flip_prob: float = 0.5,
+        intensity_prob: float = 0.5,
+        keys: list[KeyFrame] | None = None,
+        allow_pad: bool = True,
+        cache: dict[str, Any] | None = None,
+        progress: bool = False,
+    ):
         self.records, self.clip, self.steps = records, clip, steps
         self.motion = motion or MotionConfig()
         self.augment, self.flip_prob, self.intensity_prob = augment, flip_prob, intensity_prob
@@ -348,9 +401,12 @@ class ClipDataset(Dataset):
             self.clips.append(c)
             self.v_motion.append(vm)
         if self.padded:
-            log.warning("%d video(s) shorter than the %d-frame clip repeat-padded with their edge frames: %s",
-                        len(self.padded), clip.num_frames, ", ".join(self.padded[:10]) +
-                        (" ..." if len(self.padded) > 10 else ""))
+            log.warning(
+                "%d video(s) shorter than the %d-frame clip repeat-padded with their edge frames: %s",
+                len(self.padded),
+                clip.num_frames,
+                ", ".join(self.padded[:10]) + (" ..." if len(self.padded) > 10 else ""),
+            )
         self.labels = np.array([r.label for r in records], dtype=np.int64)
 
     def __len__(self) -> int:
@@ -374,15 +430,24 @@ class ClipDataset(Dataset):
         return x, torch.tensor(self.labels[i]), vm
 
 
-def load_clip(r: VideoRecord, key: KeyFrame, clip: ClipConfig, steps: int, motion: MotionConfig, allow_pad: bool,
-              cache: dict[str, Any] | None = None, frames: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray, bool]:
+def load_clip(
+    r: VideoRecord,
+    key: KeyFrame,
+    clip: ClipConfig,
+    steps: int,
+    motion: MotionConfig,
+    allow_pad: bool,
+    cache: dict[str, Any] | None = None,
+    frames: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """One clip ``(T, S, S, 3)`` uint8, its V_motion ``(steps,)`` and whether it was padded (see
     :class:`ClipDataset`); ``frames`` skips reading the video again."""
     box = key.box if clip.crop == "nodule" else None
     if clip.crop == "nodule" and box is None and key.source != FALLBACK:
-        raise DataError(f"no nodule box for the clip of {r.path} (key frame {key.frame}, from {key.source}); give "
-                        f"boxes, or crop whole frames with clip.crop: frame")
+        raise DataError(
+            f"no nodule box for the clip of {r.path} (key frame {key.frame}, from {key.source}); give "
+            f"boxes, or crop whole frames with clip.crop: frame"
+        )
     ck = f"{r.path}|{key}|{clip}|{motion}|{steps}"
     if cache is not None and ck in cache:
         return cache[ck]

@@ -67,13 +67,29 @@ class DemoConfig:
 
 def quick_demo_config(bf16: bool = True) -> DemoConfig:
     """The ``demo --quick`` sizes (the test suite's): same pipeline, a few seconds of training per stage."""
-    return DemoConfig(n_patients=14, stage1_patients=6, num_frames=24, frame_size=64, clip_frames=16, clip_size=48,
-                      folds=2, epochs=14, epochs2=6, batch_size=4, det_epochs=1, det_images_per_video=1, det_size=64,
-                      kf_epochs=10, bf16=bf16, channels_last=bf16)
+    return DemoConfig(
+        n_patients=14,
+        stage1_patients=6,
+        num_frames=24,
+        frame_size=64,
+        clip_frames=16,
+        clip_size=48,
+        folds=2,
+        epochs=14,
+        epochs2=6,
+        batch_size=4,
+        det_epochs=1,
+        det_images_per_video=1,
+        det_size=64,
+        kf_epochs=10,
+        bf16=bf16,
+        channels_last=bf16,
+    )
 
 
-def run_demo(out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | None = None,
-             progress: bool = True) -> dict[str, Any]:
+def run_demo(
+    out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Run the demo and write ``metrics.json``, ``report.md``, ``tolerance.png``, ``confusion.png``,
     ``prediction.png``, ``keyframes.csv`` under ``out``. Returns the metrics dict."""
     from medshared.metrics import confusion_matrix
@@ -87,7 +103,7 @@ def run_demo(out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | N
     from kfgnet.detection_data import extract_annotated_frames
     from kfgnet.detector import load_detector
     from kfgnet.detector_train import train_detector
-    from kfgnet.evaluate import classification_summary, fmt_ci, plot_prediction, plot_tolerance
+    from kfgnet.evaluate import classification_summary, fmt_ci, plot_tolerance, plot_video_prediction
     from kfgnet.keyframe import build_sequences, train_keyframe
     from kfgnet.pipeline import Pipeline, Stage1, extract_detections, tolerance_report, write_keyframes_csv
     from kfgnet.synthetic import SyntheticConfig, make_synthetic
@@ -115,108 +131,175 @@ def run_demo(out: Path, device: torch.device, seed: int = 0, cfg: DemoConfig | N
     # ---- stage 1, trained on cohort A only
     t0 = time.perf_counter()
     dcfg = get_detector_config("tiny", min_size=cfg.det_size, max_size=cfg.det_size, epochs=cfg.det_epochs)
-    items = extract_annotated_frames(rec_a, out / "detector" / "frames", max_per_video=cfg.det_images_per_video,
-                                     seed=seed)
+    items = extract_annotated_frames(
+        rec_a, out / "detector" / "frames", max_per_video=cfg.det_images_per_video, seed=seed
+    )
     det_log = train_detector(items, None, dcfg, out / "detector", seed=seed, progress=progress)["log"]
     detector, _ = load_detector(out / "detector" / "detector_best.safetensors", device)
     timings["detector_train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    kcfg = get_keyframe_config("kfgnet_keyframe_tiny", feature_dim=dcfg.representation, geo_dim=cfg.kf_geo_dim,
-                               score_norm=cfg.kf_score_norm)
-    dets_a = extract_detections([r.path for r in rec_a], detector, device, out / "cache", dcfg.score_threshold,
-                                "demo", progress)
-    parts = ratio_split(list(range(len(rec_a))), (0.8, 0.2), seed=seed, groups=[r.patient_id for r in rec_a],
-                        names=("train", "val"))
+    kcfg = get_keyframe_config(
+        "kfgnet_keyframe_tiny", feature_dim=dcfg.representation, geo_dim=cfg.kf_geo_dim, score_norm=cfg.kf_score_norm
+    )
+    dets_a = extract_detections(
+        [r.path for r in rec_a], detector, device, out / "cache", dcfg.score_threshold, "demo", progress
+    )
+    parts = ratio_split(
+        list(range(len(rec_a))), (0.8, 0.2), seed=seed, groups=[r.patient_id for r in rec_a], names=("train", "val")
+    )
     tr = [i for i in parts["train"] if len(dets_a[i].frame_num)]  # a video without detections teaches nothing
     va = [i for i in parts["val"] if len(dets_a[i].frame_num)]
     seq_tr = build_sequences([dets_a[i] for i in tr], [rec_a[i].key_frame for i in tr], kcfg)
     seq_va = build_sequences([dets_a[i] for i in va], None, kcfg) if va else None
     kf_log: list[dict[str, Any]] = []
-    kf_model = train_keyframe(seq_tr, kcfg, KeyFrameTrainConfig(epochs=cfg.kf_epochs, batch_size=32, lr=0.01,
-                                                                seed=seed), device, progress, kf_log, seq_va,
-                              [rec_a[i].key_frame for i in va] if va else None)
+    kf_model = train_keyframe(
+        seq_tr,
+        kcfg,
+        KeyFrameTrainConfig(epochs=cfg.kf_epochs, batch_size=32, lr=0.01, seed=seed),
+        device,
+        progress,
+        kf_log,
+        seq_va,
+        [rec_a[i].key_frame for i in va] if va else None,
+    )
     stage1 = Stage1(detector, dcfg, kf_model, kcfg, device, tag="demo")
     preds = stage1.locate([r.path for r in records], out / "cache", progress)
     write_keyframes_csv(preds, out / "keyframes.csv", [{"true_key_frame": r.key_frame} for r in records])
     tol = tolerance_report(preds, records)
     timings["keyframe_s"] = time.perf_counter() - t0
-    plot_tolerance({"KFGNet stage 1 (LSTM on detections)": np.asarray(tol["tolerance_accuracy"]),
-                    "chance: middle frame": np.asarray(tol["middle_frame_tolerance"])}, out / "tolerance.png")
+    plot_tolerance(
+        {
+            "KFGNet stage 1 (LSTM on detections)": np.asarray(tol["tolerance_accuracy"]),
+            "chance: middle frame": np.asarray(tol["middle_frame_tolerance"]),
+        },
+        out / "tolerance.png",
+    )
 
     # ---- stage 2 on cohort B: nodule crops around stage 1's key frames (the chain), and around the annotated ones
     t0 = time.perf_counter()
     clip = ClipConfig(num_frames=cfg.clip_frames, size=cfg.clip_size)
     ccfg = get_classifier_config("kfgnet_tiny", num_frames=cfg.clip_frames, size=cfg.clip_size)
-    tcfg = ClassifierTrainConfig(epochs=cfg.epochs, epochs2=cfg.epochs2, batch_size=cfg.batch_size, folds=cfg.folds,
-                                 seed=seed, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    tcfg = ClassifierTrainConfig(
+        epochs=cfg.epochs,
+        epochs2=cfg.epochs2,
+        batch_size=cfg.batch_size,
+        folds=cfg.folds,
+        seed=seed,
+        bf16=cfg.bf16,
+        channels_last=cfg.channels_last,
+    )
     motion = MotionConfig()
     keys = [p.as_keyframe() for p in preds]
-    cv = cross_validate(records, ccfg, tcfg, clip, device, motion, out / "cv_stage1", keys, progress=progress,
-                        restart=True)
+    cv = cross_validate(
+        records, ccfg, tcfg, clip, device, motion, out / "cv_stage1", keys, progress=progress, restart=True
+    )
     timings["classifier_cv_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cv_ann = cross_validate(records, ccfg, tcfg, clip, device, motion, out / "cv_annotated", progress=progress,
-                            restart=True)
+    cv_ann = cross_validate(
+        records, ccfg, tcfg, clip, device, motion, out / "cv_annotated", progress=progress, restart=True
+    )
     timings["classifier_cv_annotated_s"] = time.perf_counter() - t0
     summ = classification_summary(cv)
     y_true = [LABELS.index(p["label"]) for p in cv["predictions"]]
     y_pred = [LABELS.index(p["pred"]) for p in cv["predictions"]]
     cm = confusion_matrix(y_true, y_pred, labels=[0, 1])
-    plot_confusion_matrix(cm, list(LABELS), out / "confusion.png", title="classification, all CV folds (stage-1 "
-                          "key frames)")
+    plot_confusion_matrix(
+        cm, list(LABELS), out / "confusion.png", title="classification, all CV folds (stage-1 key frames)"
+    )
     atomic_write_csv(out / "predictions.csv", cv["predictions"])
 
     # ---- one video through predict_video (the code of `kfgnet predict`), with fold 0's classifier
     pipe = Pipeline(stage1, *load_classifier(out / "cv_stage1" / "fold0.safetensors", device))
     res = pipe.predict_video(records[0].path)
-    plot_prediction(res["frame"], res["box"], res["key_frame"], res["curve_frames"], res["curve"], res["p_malignant"],
-                    out / "prediction.png", title=f"true key frame {records[0].key_frame}, label "
-                    f"{LABELS[records[0].label]}; key from {res['key_source']}")
+    plot_video_prediction(
+        res,
+        out / "prediction.png",
+        title=f"true key frame {records[0].key_frame}, label {LABELS[records[0].label]}; key from {res['key_source']}",
+    )
 
     timings["total_s"] = time.perf_counter() - t_all
     pooled, pooled_ann = cv["pooled"], cv_ann["pooled"]
     metrics: dict[str, Any] = {
-        "headline": {"metric": "cv_accuracy_stage1_keyframes", "value": summ["accuracy"]["mean"],
-                     "chance": cv["chance"]},
-        "classification": {"summary": summ, "pooled": pooled, "folds": cv["folds"],
-                           "chance_majority_rate": cv["chance"], "confusion_matrix": cm.tolist(),
-                           "n_videos": len(records), "n_malignant": int(labels.sum()),
-                           "key_frames": "stage 1 (detector + LSTM trained on cohort A)",
-                           "n_fallback": sum(p.source != "stage1" for p in preds)},
+        "headline": {
+            "metric": "cv_accuracy_stage1_keyframes",
+            "value": summ["accuracy"]["mean"],
+            "chance": cv["chance"],
+        },
+        "classification": {
+            "summary": summ,
+            "pooled": pooled,
+            "folds": cv["folds"],
+            "chance_majority_rate": cv["chance"],
+            "confusion_matrix": cm.tolist(),
+            "n_videos": len(records),
+            "n_malignant": int(labels.sum()),
+            "key_frames": "stage 1 (detector + LSTM trained on cohort A)",
+            "n_fallback": sum(p.source != "stage1" for p in preds),
+        },
         "classification_annotated_keyframes": {"summary": classification_summary(cv_ann), "pooled": pooled_ann},
-        "keyframe": {**tol, "n_stage1_train_videos": len(rec_a), "log": kf_log,
-                     "pred": [p.key_frame for p in preds], "true": [r.key_frame for r in records]},
+        "keyframe": {
+            **tol,
+            "n_stage1_train_videos": len(rec_a),
+            "log": kf_log,
+            "pred": [p.key_frame for p in preds],
+            "true": [r.key_frame for r in records],
+        },
         "detector": {"train_images": len(items), "log": det_log},
-        "config": {"demo": config_to_dict(cfg), "classifier": config_to_dict(ccfg), "train": config_to_dict(tcfg),
-                   "clip": config_to_dict(clip), "keyframe": config_to_dict(kcfg), "detector": config_to_dict(dcfg)},
-        "timings": timings, "real_backgrounds": data_dir is not None, "device": str(device), "seed": seed,
+        "config": {
+            "demo": config_to_dict(cfg),
+            "classifier": config_to_dict(ccfg),
+            "train": config_to_dict(tcfg),
+            "clip": config_to_dict(clip),
+            "keyframe": config_to_dict(kcfg),
+            "detector": config_to_dict(dcfg),
+        },
+        "timings": timings,
+        "real_backgrounds": data_dir is not None,
+        "device": str(device),
+        "seed": seed,
     }
     atomic_write_json(out / "metrics.json", metrics)
     ds = (0, 1, 2, 3, 5, 8, 10, 15)
     t, m = tol["tolerance_accuracy"], tol["middle_frame_tolerance"]
-    report = "\n".join([
-        "# KFGNet demo (synthetic ultrasound videos)", "",
-        f"Stage 1 trained on cohort A ({len(rec_a)} videos, {cfg.stage1_patients} patients); stage 1 tested and "
-        f"stage 2 cross-validated on cohort B ({len(records)} videos, {int(labels.sum())} malignant, "
-        f"{cfg.n_patients} patients); {'real thyroid backgrounds' if data_dir else 'procedural backgrounds'}; "
-        f"device {device}; seed {seed}.", "",
-        f"## Stage 1: key-frame localisation on cohort B ({tol['n_fallback']} videos without any detection get the "
-        f"middle frame)", "",
-        "| D | " + " | ".join(str(d) for d in ds) + " |", "|---" * (len(ds) + 1) + "|",
-        "| KFGNet stage 1 | " + " | ".join(f"{t[d]:.2f}" for d in ds) + " |",
-        "| middle frame (chance) | " + " | ".join(f"{m[d]:.2f}" for d in ds) + " |", "",
-        f"## Stage 2: {cfg.folds}-fold CV grouped by patient, nodule crops, malignant positive, "
-        f"{'bf16 autocast' if cfg.bf16 else 'fp32'}{' + channels_last_3d' if cfg.channels_last else ''}", "",
-        "Pooled out-of-fold predictions, 95 % bootstrap CI over patients:", "",
-        "| key frames | accuracy | sensitivity | specificity | AUROC |", "|---|---|---|---|---|",
-        "| stage 1 (the chain) | " + " | ".join(fmt_ci(pooled[k]) for k in ("accuracy", "sensitivity", "specificity",
-                                                                            "auroc")) + " |",
-        "| annotated | " + " | ".join(fmt_ci(pooled_ann[k]) for k in ("accuracy", "sensitivity", "specificity",
-                                                                     "auroc")) + " |", "",
-        f"Headline: CV accuracy with stage-1 key frames **{summ['accuracy']['mean']:.3f}** (mean over folds) vs "
-        f"majority-class rate {cv['chance']:.3f}.", "",
-        "Plots: `tolerance.png`, `confusion.png`, `prediction.png`.", "",
-        f"Wall time {timings['total_s']:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()), "",
-    ])
+    report = "\n".join(
+        [
+            "# KFGNet demo (synthetic ultrasound videos)",
+            "",
+            f"Stage 1 trained on cohort A ({len(rec_a)} videos, {cfg.stage1_patients} patients); stage 1 tested and "
+            f"stage 2 cross-validated on cohort B ({len(records)} videos, {int(labels.sum())} malignant, "
+            f"{cfg.n_patients} patients); {'real thyroid backgrounds' if data_dir else 'procedural backgrounds'}; "
+            f"device {device}; seed {seed}.",
+            "",
+            f"## Stage 1: key-frame localisation on cohort B ({tol['n_fallback']} videos without any detection get the "
+            f"middle frame)",
+            "",
+            "| D | " + " | ".join(str(d) for d in ds) + " |",
+            "|---" * (len(ds) + 1) + "|",
+            "| KFGNet stage 1 | " + " | ".join(f"{t[d]:.2f}" for d in ds) + " |",
+            "| middle frame (chance) | " + " | ".join(f"{m[d]:.2f}" for d in ds) + " |",
+            "",
+            f"## Stage 2: {cfg.folds}-fold CV grouped by patient, nodule crops, malignant positive, "
+            f"{'bf16 autocast' if cfg.bf16 else 'fp32'}{' + channels_last_3d' if cfg.channels_last else ''}",
+            "",
+            "Pooled out-of-fold predictions, 95 % bootstrap CI over patients:",
+            "",
+            "| key frames | accuracy | sensitivity | specificity | AUROC |",
+            "|---|---|---|---|---|",
+            "| stage 1 (the chain) | "
+            + " | ".join(fmt_ci(pooled[k]) for k in ("accuracy", "sensitivity", "specificity", "auroc"))
+            + " |",
+            "| annotated | "
+            + " | ".join(fmt_ci(pooled_ann[k]) for k in ("accuracy", "sensitivity", "specificity", "auroc"))
+            + " |",
+            "",
+            f"Headline: CV accuracy with stage-1 key frames **{summ['accuracy']['mean']:.3f}** (mean over folds) vs "
+            f"majority-class rate {cv['chance']:.3f}.",
+            "",
+            "Plots: `tolerance.png`, `confusion.png`, `prediction.png`.",
+            "",
+            f"Wall time {timings['total_s']:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
+            "",
+        ]
+    )
     atomic_write_text(out / "report.md", report)
     return metrics

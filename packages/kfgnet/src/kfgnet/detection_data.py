@@ -34,9 +34,20 @@ from torch.utils.data import Dataset
 
 from kfgnet.data import IMAGE_EXTS, DataError, VideoRecord
 
-__all__ = ["DetectionItem", "DetectionDataset", "read_image_folder", "extract_annotated_frames", "case_of",
-           "split_by_case", "median_box", "detection_targets", "load_detection_items", "make_detection_split",
-           "select_split_part", "read_image_rgb"]
+__all__ = [
+    "DetectionItem",
+    "DetectionDataset",
+    "read_image_folder",
+    "extract_annotated_frames",
+    "case_of",
+    "split_by_case",
+    "median_box",
+    "detection_targets",
+    "load_detection_items",
+    "make_detection_split",
+    "select_split_part",
+    "read_image_rgb",
+]
 
 log = logging.getLogger("kfgnet")
 
@@ -75,14 +86,18 @@ def _read_mask(path: Path) -> np.ndarray:
         if a.shape[2] == 4:
             a = a[..., :3]
         if not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])):
-            raise DataError(f"mask {path} has coloured pixels; expected a grey or palette mask with 0 = background "
-                            f"and one foreground value (save it as a binary grey PNG)")
+            raise DataError(
+                f"mask {path} has coloured pixels; expected a grey or palette mask with 0 = background "
+                f"and one foreground value (save it as a binary grey PNG)"
+            )
         a = a[..., 0]
     values = np.unique(a)
     if len(values) > 2 or (len(values) == 2 and values[0] != 0) or (len(values) == 1 and values[0] != 0):
         shown = ", ".join(str(v) for v in values[:6]) + (" ..." if len(values) > 6 else "")
-        raise DataError(f"mask {path} holds the values {shown}; expected 0 (background) and one foreground value. "
-                        f"Binarise it (e.g. mask > 127) or give boxes in DIR/boxes.csv instead")
+        raise DataError(
+            f"mask {path} holds the values {shown}; expected 0 (background) and one foreground value. "
+            f"Binarise it (e.g. mask > 127) or give boxes in DIR/boxes.csv instead"
+        )
     return a > 0
 
 
@@ -108,8 +123,9 @@ def _find_subdir(root: Path, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def read_image_folder(root: str | Path, empty_masks: str = "negative", mask_components: bool = False,
-                      case_pattern: str = r"^([^_]+)_") -> list[DetectionItem]:
+def read_image_folder(
+    root: str | Path, empty_masks: str = "negative", mask_components: bool = False, case_pattern: str = r"^([^_]+)_"
+) -> list[DetectionItem]:
     """Annotated images of a folder (``image/`` + ``mask/`` or ``boxes.csv``, see the module docstring).
 
     Args:
@@ -128,8 +144,10 @@ def read_image_folder(root: str | Path, empty_masks: str = "negative", mask_comp
         raise DataError(f"data folder {root} not found; expected DIR/image/*.png with DIR/mask/* or DIR/boxes.csv")
     img_dir = _find_subdir(root, ("image", "images", "img"))
     if img_dir is None:
-        raise DataError(f"{root} has no image/ (or images/) folder; expected DIR/image/*.png with DIR/mask/* "
-                        f"(same names) or DIR/boxes.csv")
+        raise DataError(
+            f"{root} has no image/ (or images/) folder; expected DIR/image/*.png with DIR/mask/* "
+            f"(same names) or DIR/boxes.csv"
+        )
     images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not images:
         raise DataError(f"{img_dir} holds no images ({', '.join(IMAGE_EXTS)})")
@@ -149,13 +167,14 @@ def read_image_folder(root: str | Path, empty_masks: str = "negative", mask_comp
         for p in images:
             if p.stem not in table:
                 raise DataError(f"image {p.name} has no row in {boxes_csv}; add its box or remove the image")
-            items.append(DetectionItem(p, np.asarray(table[p.stem], np.float32), case_of(p.stem, case_pattern),
-                                       str(p)))
+            items.append(DetectionItem(p, np.asarray(table[p.stem], np.float32), case_of(p.stem, case_pattern), str(p)))
         return items
     mask_dir = _find_subdir(root, ("mask", "masks", "label", "labels"))
     if mask_dir is None:
-        raise DataError(f"{root} has neither a mask/ folder nor boxes.csv; add masks with the images' names or a "
-                        f"boxes.csv (image,x1,y1,x2,y2)")
+        raise DataError(
+            f"{root} has neither a mask/ folder nor boxes.csv; add masks with the images' names or a "
+            f"boxes.csv (image,x1,y1,x2,y2)"
+        )
     masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() in MASK_EXTS}
     empty: list[str] = []
     for p in images:
@@ -166,21 +185,35 @@ def read_image_folder(root: str | Path, empty_masks: str = "negative", mask_comp
         if len(boxes) == 0:
             empty.append(mp.name)
             if empty_masks == "error":
-                raise DataError(f"mask {mp} is empty (no nodule pixel); treat empty masks as background-only "
-                                f"images with --empty-masks negative, or leave them out with --empty-masks skip")
+                raise DataError(
+                    f"mask {mp} is empty (no nodule pixel); treat empty masks as background-only "
+                    f"images with --empty-masks negative, or leave them out with --empty-masks skip"
+                )
             if empty_masks == "skip":
                 continue
         items.append(DetectionItem(p, boxes, case_of(p.stem, case_pattern), str(p)))
     if empty:
         what = "used as background-only images" if empty_masks == "negative" else "left out"
-        log.warning("%d empty mask(s) in %s %s (--empty-masks %s): %s", len(empty), mask_dir, what, empty_masks,
-                    ", ".join(empty))
+        log.warning(
+            "%d empty mask(s) in %s %s (--empty-masks %s): %s",
+            len(empty),
+            mask_dir,
+            what,
+            empty_masks,
+            ", ".join(empty),
+        )
     return items
 
 
-def extract_annotated_frames(records: list[VideoRecord], cache_dir: str | Path, max_per_video: int = 16,
-                             negatives_per_video: int = 1, seed: int = 0, progress: bool = False,
-                             blackout: tuple[int, int, int, int] | None = None) -> list[DetectionItem]:
+def extract_annotated_frames(
+    records: list[VideoRecord],
+    cache_dir: str | Path,
+    max_per_video: int = 16,
+    negatives_per_video: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+    blackout: tuple[int, int, int, int] | None = None,
+) -> list[DetectionItem]:
     """Write the annotated frames of each video (up to ``max_per_video``, spread over its boxes, plus
     ``negatives_per_video`` frames more than 3 frames from any box) as PNG files under ``cache_dir``, decoding each
     video once and keeping no frame after it is written. Frames already in the cache are not decoded again.
@@ -214,8 +247,10 @@ def extract_annotated_frames(records: list[VideoRecord], cache_dir: str | Path, 
                 raise DataError(f"box on frame {k} of {r.path}, which has only {n_frames} frames")
             x1, y1, x2, y2 = r.boxes[k]
             if x1 < -1 or y1 < -1 or x2 > w + 1 or y2 > h + 1:
-                raise DataError(f"box {r.boxes[k]} of frame {k} in {r.path} lies outside the {w}x{h} frame; fix the "
-                                f"annotation (boxes are x1, y1, x2, y2 pixels)")
+                raise DataError(
+                    f"box {r.boxes[k]} of frame {k} in {r.path} lies outside the {w}x{h} frame; fix the "
+                    f"annotation (boxes are x1, y1, x2, y2 pixels)"
+                )
         free = [i for i in range(n_frames) if all(abs(i - k) > 3 for k in keys)]
         neg = sorted(int(i) for i in rng.permutation(free)[:negatives_per_video])
         wanted = {k: np.asarray([r.boxes[k]], np.float32) for k in pos}
@@ -279,8 +314,10 @@ def _iter_frames(path: Path, wanted: set[int] | None):
         return
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
-        raise DataError(f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it or extract its "
-                        f"frames into a folder")
+        raise DataError(
+            f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it or extract its "
+            f"frames into a folder"
+        )
     last = max(wanted) if wanted else None
     i = 0
     try:
@@ -350,8 +387,9 @@ def detection_targets(boxes: np.ndarray) -> dict[str, torch.Tensor]:
     return {"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)}
 
 
-def split_by_case(items: list[DetectionItem], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                  seed: int = 0) -> dict[str, list[DetectionItem]]:
+def split_by_case(
+    items: list[DetectionItem], fractions: tuple[float, float, float] = (0.7, 0.15, 0.15), seed: int = 0
+) -> dict[str, list[DetectionItem]]:
     """Case-disjoint train / val / test split (``medshared.splits.ratio_split`` grouped by ``case``)."""
     from medshared.splits import ratio_split
 
@@ -366,32 +404,43 @@ def median_box(items: list[DetectionItem]) -> np.ndarray:
     return np.median(b, axis=0).astype(np.float32)
 
 
-def load_detection_items(data: str | Path | None = None, records: list[VideoRecord] | None = None,
-                         cache_dir: str | Path | None = None, images_per_video: int = 16,
-                         empty_masks: str = "negative", mask_components: bool = False, seed: int = 0,
-                         progress: bool = False, blackout: tuple[int, int, int, int] | None = None
-                         ) -> list[DetectionItem]:
+def load_detection_items(
+    data: str | Path | None = None,
+    records: list[VideoRecord] | None = None,
+    cache_dir: str | Path | None = None,
+    images_per_video: int = 16,
+    empty_masks: str = "negative",
+    mask_components: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+    blackout: tuple[int, int, int, int] | None = None,
+) -> list[DetectionItem]:
     """Annotated images from an image folder (``data``) or from videos (``records``, frames cached in
     ``cache_dir``)."""
     if data is not None:
         return read_image_folder(data, empty_masks=empty_masks, mask_components=mask_components)
     if records is None or cache_dir is None:
         raise ValueError("give an image folder, or video records and a frame cache folder")
-    return extract_annotated_frames(records, cache_dir, max_per_video=images_per_video, seed=seed, progress=progress,
-                                    blackout=blackout)
+    return extract_annotated_frames(
+        records, cache_dir, max_per_video=images_per_video, seed=seed, progress=progress, blackout=blackout
+    )
 
 
-def make_detection_split(items: list[DetectionItem], val_fraction: float, test_fraction: float, seed: int
-                         ) -> tuple[dict[str, list[DetectionItem]], dict[str, Any]]:
+def make_detection_split(
+    items: list[DetectionItem], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[dict[str, list[DetectionItem]], dict[str, Any]]:
     """Case-disjoint train / val / test parts and a JSON record of them (cases per part, fractions, seed)."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= --val-fraction, --test-fraction and their sum < 1, got {val_fraction}, "
-                         f"{test_fraction}")
+        raise ValueError(
+            f"need 0 <= --val-fraction, --test-fraction and their sum < 1, got {val_fraction}, {test_fraction}"
+        )
     parts = split_by_case(items, (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
-    record = {"seed": seed, "fractions": {"train": 1 - val_fraction - test_fraction, "val": val_fraction,
-                                          "test": test_fraction},
-              "cases": {k: sorted({it.case for it in v}) for k, v in parts.items()},
-              "n_images": {k: len(v) for k, v in parts.items()}}
+    record = {
+        "seed": seed,
+        "fractions": {"train": 1 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction},
+        "cases": {k: sorted({it.case for it in v}) for k, v in parts.items()},
+        "n_images": {k: len(v) for k, v in parts.items()},
+    }
     return parts, record
 
 
@@ -408,6 +457,8 @@ def select_split_part(items: list[DetectionItem], split_file: str | Path, part: 
     keep = set(map(str, cases[part]))
     out = [it for it in items if it.case in keep]
     if not out:
-        raise DataError(f"no image of the data belongs to the {len(keep)} {part} cases of {p}; is it the same data "
-                        f"folder train-detector used?")
+        raise DataError(
+            f"no image of the data belongs to the {len(keep)} {part} cases of {p}; is it the same data "
+            f"folder train-detector used?"
+        )
     return out

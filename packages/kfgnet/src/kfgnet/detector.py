@@ -17,8 +17,15 @@ import torch.nn as nn
 
 from kfgnet.config import DetectorConfig, config_to_dict
 
-__all__ = ["TinyBackbone", "SmallBackbone", "build_detector", "detect_frames", "FrameDetections", "save_detector",
-           "load_detector"]
+__all__ = [
+    "TinyBackbone",
+    "SmallBackbone",
+    "build_detector",
+    "detect_frames",
+    "FrameDetections",
+    "save_detector",
+    "load_detector",
+]
 
 
 def _conv_bn(ci: int, co: int, s: int) -> list[nn.Module]:
@@ -29,8 +36,12 @@ class TinyBackbone(nn.Sequential):
     """4-conv backbone (stride 8, ``out_channels`` 64) for tests and the demo."""
 
     def __init__(self, out_channels: int = 64):
-        super().__init__(*_conv_bn(3, 16, 2), *_conv_bn(16, 32, 2), *_conv_bn(32, out_channels, 2),
-                         *_conv_bn(out_channels, out_channels, 1))
+        super().__init__(
+            *_conv_bn(3, 16, 2),
+            *_conv_bn(16, 32, 2),
+            *_conv_bn(32, out_channels, 2),
+            *_conv_bn(out_channels, out_channels, 1),
+        )
         self.out_channels = out_channels
 
 
@@ -45,9 +56,15 @@ class SmallBackbone(nn.Sequential):
         if len(widths) != 4:
             raise ValueError(f"the small backbone needs 4 widths, got {widths}")
         w = widths
-        super().__init__(*_conv_bn(3, w[0], 2), *_conv_bn(w[0], w[1], 2), *_conv_bn(w[1], w[1], 1),
-                         *_conv_bn(w[1], w[2], 2), *_conv_bn(w[2], w[2], 1), *_conv_bn(w[2], w[3], 2),
-                         *_conv_bn(w[3], w[3], 1))
+        super().__init__(
+            *_conv_bn(3, w[0], 2),
+            *_conv_bn(w[0], w[1], 2),
+            *_conv_bn(w[1], w[1], 1),
+            *_conv_bn(w[1], w[2], 2),
+            *_conv_bn(w[2], w[2], 1),
+            *_conv_bn(w[2], w[3], 2),
+            *_conv_bn(w[3], w[3], 1),
+        )
         self.out_channels = w[3]
 
 
@@ -65,15 +82,21 @@ def _torchvision_backbone(cfg: DetectorConfig, load_weights: bool, offline: bool
     norm = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
     net = "resnet50" if cfg.backbone == "resnet50_fpn" else "mobilenet_v3_large"
     if cfg.backbone == "resnet50_fpn":
-        bb = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=norm,
-                                 trainable_layers=cfg.trainable_layers)
+        bb = resnet_fpn_backbone(
+            backbone_name="resnet50", weights=None, norm_layer=norm, trainable_layers=cfg.trainable_layers
+        )
     else:
-        bb = mobilenet_backbone(backbone_name="mobilenet_v3_large", weights=None, fpn=True, norm_layer=norm,
-                                trainable_layers=cfg.trainable_layers if cfg.trainable_backbone_layers >= 0
-                                else (3 if cfg.pretrained else 6))
+        bb = mobilenet_backbone(
+            backbone_name="mobilenet_v3_large",
+            weights=None,
+            fpn=True,
+            norm_layer=norm,
+            trainable_layers=cfg.trainable_layers
+            if cfg.trainable_backbone_layers >= 0
+            else (3 if cfg.pretrained else 6),
+        )
     if load_weights and cfg.pretrained_backbone != "none":
-        path = resolve_weights(cfg.pretrained_backbone, net, "pass --pretrained-backbone none " + _HINT[3:],
-                               offline)
+        path = resolve_weights(cfg.pretrained_backbone, net, "pass --pretrained-backbone none " + _HINT[3:], offline)
         sd = load_state_dict_file(path)
         if cfg.backbone == "resnet50_fpn":
             sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
@@ -83,8 +106,9 @@ def _torchvision_backbone(cfg: DetectorConfig, load_weights: bool, offline: bool
             missing, unexpected = bb.body.load_state_dict(sd, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked")]
         if unexpected or missing:
-            raise ValueError(f"{path} does not match the {net} backbone: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"{path} does not match the {net} backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
     return bb
 
 
@@ -104,9 +128,14 @@ def build_detector(cfg: DetectorConfig, load_weights: bool = True, offline: bool
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.ops import MultiScaleRoIAlign
 
-    common = dict(min_size=cfg.min_size, max_size=cfg.max_size, rpn_batch_size_per_image=cfg.rpn_batch,
-                  box_batch_size_per_image=cfg.box_batch, box_detections_per_img=cfg.detections_per_img,
-                  box_score_thresh=cfg.score_threshold)
+    common = dict(
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        rpn_batch_size_per_image=cfg.rpn_batch,
+        box_batch_size_per_image=cfg.box_batch,
+        box_detections_per_img=cfg.detections_per_img,
+        box_score_thresh=cfg.score_threshold,
+    )
     if cfg.backbone in ("resnet50_fpn", "mobilenet_v3_fpn"):
         bb = _torchvision_backbone(cfg, load_weights, offline)
         n_levels = len(bb.body.return_layers) + 1 if cfg.backbone == "resnet50_fpn" else 3
@@ -116,9 +145,16 @@ def build_detector(cfg: DetectorConfig, load_weights: bool = True, offline: bool
         else:  # every size on every level
             anchor_sizes = (sizes,) * n_levels
         anchors = AnchorGenerator(anchor_sizes, (tuple(cfg.aspect_ratios),) * n_levels)
-        m = FasterRCNN(bb, num_classes=2, rpn_anchor_generator=anchors, rpn_pre_nms_top_n_train=cfg.proposals_train,
-                       rpn_post_nms_top_n_train=cfg.proposals_train, rpn_pre_nms_top_n_test=cfg.proposals_test,
-                       rpn_post_nms_top_n_test=cfg.proposals_test, **common)
+        m = FasterRCNN(
+            bb,
+            num_classes=2,
+            rpn_anchor_generator=anchors,
+            rpn_pre_nms_top_n_train=cfg.proposals_train,
+            rpn_post_nms_top_n_train=cfg.proposals_train,
+            rpn_pre_nms_top_n_test=cfg.proposals_test,
+            rpn_post_nms_top_n_test=cfg.proposals_test,
+            **common,
+        )
         if load_weights and cfg.weights != "none":
             _load_detector_weights(m, cfg, offline)
         return m
@@ -127,11 +163,19 @@ def build_detector(cfg: DetectorConfig, load_weights: bool = True, offline: bool
     anchors = AnchorGenerator(sizes=(tuple(cfg.anchor_sizes),), aspect_ratios=(tuple(cfg.aspect_ratios),))
     pool = MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2)
     head = TwoMLPHead(c * 7 * 7, cfg.representation)
-    return FasterRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, box_roi_pool=pool, box_head=head,
-                      box_predictor=FastRCNNPredictor(cfg.representation, 2),
-                      rpn_pre_nms_top_n_train=3 * cfg.proposals_train, rpn_post_nms_top_n_train=cfg.proposals_train,
-                      rpn_pre_nms_top_n_test=3 * cfg.proposals_test, rpn_post_nms_top_n_test=cfg.proposals_test,
-                      **common)
+    return FasterRCNN(
+        backbone,
+        num_classes=None,
+        rpn_anchor_generator=anchors,
+        box_roi_pool=pool,
+        box_head=head,
+        box_predictor=FastRCNNPredictor(cfg.representation, 2),
+        rpn_pre_nms_top_n_train=3 * cfg.proposals_train,
+        rpn_post_nms_top_n_train=cfg.proposals_train,
+        rpn_pre_nms_top_n_test=3 * cfg.proposals_test,
+        rpn_post_nms_top_n_test=cfg.proposals_test,
+        **common,
+    )
 
 
 def _load_detector_weights(m: nn.Module, cfg: DetectorConfig, offline: bool) -> None:
@@ -139,18 +183,20 @@ def _load_detector_weights(m: nn.Module, cfg: DetectorConfig, offline: bool) -> 
     from kfgnet.weights import load_state_dict_file, resolve_weights
 
     net = "fasterrcnn_resnet50_fpn" if cfg.backbone == "resnet50_fpn" else "fasterrcnn_mobilenet_v3_large_fpn"
-    path = resolve_weights(cfg.weights, net, "pass --weights none " + _HINT[3:].replace(" --weights none", ""),
-                           offline)
+    path = resolve_weights(cfg.weights, net, "pass --weights none " + _HINT[3:].replace(" --weights none", ""), offline)
     sd = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("roi_heads.box_predictor.")}
     own = m.state_dict()
     bad = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     missing, unexpected = m.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith("roi_heads.box_predictor.")
-               and not k.endswith("num_batches_tracked")]
+    missing = [
+        k for k in missing if not k.startswith("roi_heads.box_predictor.") and not k.endswith("num_batches_tracked")
+    ]
     if bad or missing or unexpected:
-        raise ValueError(f"{path} is not a torchvision {net} checkpoint matching this config (anchors and heads must "
-                         f"be torchvision's): shape mismatch {bad[:3]}, missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]}")
+        raise ValueError(
+            f"{path} is not a torchvision {net} checkpoint matching this config (anchors and heads must "
+            f"be torchvision's): shape mismatch {bad[:3]}, missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}"
+        )
 
 
 def _to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -177,14 +223,27 @@ class FrameDetections:
         from medshared.runtime import atomic_path
 
         with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, frame_num=self.frame_num, boxes=self.boxes, scores=self.scores, features=self.features,
-                     size=np.asarray(self.size), num_frames=np.asarray(self.num_frames))
+            np.savez(
+                fh,
+                frame_num=self.frame_num,
+                boxes=self.boxes,
+                scores=self.scores,
+                features=self.features,
+                size=np.asarray(self.size),
+                num_frames=np.asarray(self.num_frames),
+            )
 
     @classmethod
     def load(cls, path: Path) -> FrameDetections:
         z = np.load(path)
-        return cls(z["frame_num"], z["boxes"], z["scores"], z["features"], tuple(int(v) for v in z["size"]),
-                   int(z["num_frames"]))
+        return cls(
+            z["frame_num"],
+            z["boxes"],
+            z["scores"],
+            z["features"],
+            tuple(int(v) for v in z["size"]),
+            int(z["num_frames"]),
+        )
 
 
 class _Capture:
@@ -194,8 +253,10 @@ class _Capture:
     def __init__(self, model: nn.Module):
         self.feats: dict[str, torch.Tensor] = {}
         self.image_sizes: list[tuple[int, int]] = []
-        self._hooks = [model.backbone.register_forward_hook(self._on_backbone),
-                       model.transform.register_forward_hook(self._on_transform)]
+        self._hooks = [
+            model.backbone.register_forward_hook(self._on_backbone),
+            model.transform.register_forward_hook(self._on_transform),
+        ]
 
     def _on_backbone(self, _m: nn.Module, _inp: Any, out: Any) -> None:
         self.feats = {"0": out} if isinstance(out, torch.Tensor) else dict(out)
@@ -209,8 +270,9 @@ class _Capture:
 
 
 @torch.no_grad()
-def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, batch_size: int = 16,
-                  score_threshold: float = 0.05) -> FrameDetections:
+def detect_frames(
+    model: nn.Module, frames: np.ndarray, device: torch.device, batch_size: int = 16, score_threshold: float = 0.05
+) -> FrameDetections:
     """Run the detector on every frame and keep each frame's top detection with its FC7 feature.
 
     The detector runs through its public ``model(images)`` call; forward hooks keep the backbone features, and the
@@ -228,7 +290,7 @@ def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, ba
     cap = _Capture(model)
     try:
         for s in range(0, len(frames), batch_size):
-            imgs = [_to_tensor(f).to(device) for f in frames[s:s + batch_size]]
+            imgs = [_to_tensor(f).to(device) for f in frames[s : s + batch_size]]
             dets = model(imgs)  # boxes in the original frame's pixels
             top: list[torch.Tensor] = []
             for j, d in enumerate(dets):
@@ -240,7 +302,7 @@ def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, ba
                 rh, rw = cap.image_sizes[j]
                 oh, ow = imgs[j].shape[-2:]
                 scale = torch.tensor([rw / ow, rh / oh, rw / ow, rh / oh], device=device)
-                top.append(d["boxes"][k:k + 1] * scale)  # (1, 4) in the resized image, as the features
+                top.append(d["boxes"][k : k + 1] * scale)  # (1, 4) in the resized image, as the features
                 fn.append(s + j)
                 bx.append(d["boxes"][k].cpu().numpy())
                 sc.append(float(d["scores"][k]))
@@ -250,9 +312,14 @@ def detect_frames(model: nn.Module, frames: np.ndarray, device: torch.device, ba
     finally:
         cap.close()
     d = ft[0].shape[0] if ft else int(model.roi_heads.box_head.fc7.out_features)
-    return FrameDetections(np.asarray(fn, dtype=np.int64), np.asarray(bx, dtype=np.float32).reshape(-1, 4),
-                           np.asarray(sc, dtype=np.float32), np.asarray(ft, dtype=np.float32).reshape(-1, d),
-                           tuple(frames.shape[1:3]), len(frames))
+    return FrameDetections(
+        np.asarray(fn, dtype=np.int64),
+        np.asarray(bx, dtype=np.float32).reshape(-1, 4),
+        np.asarray(sc, dtype=np.float32),
+        np.asarray(ft, dtype=np.float32).reshape(-1, d),
+        tuple(frames.shape[1:3]),
+        len(frames),
+    )
 
 
 def save_detector(path: Path, model: nn.Module, cfg: DetectorConfig, extra: dict[str, Any] | None = None) -> None:

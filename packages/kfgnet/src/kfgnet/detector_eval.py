@@ -16,8 +16,15 @@ from torch.utils.data import DataLoader
 
 from kfgnet.detection_data import DetectionDataset, DetectionItem
 
-__all__ = ["predict_items", "ground_truths", "coco_summary", "fixed_box_predictions", "hit_rates",
-           "evaluate_detector", "plot_detections"]
+__all__ = [
+    "predict_items",
+    "ground_truths",
+    "coco_summary",
+    "fixed_box_predictions",
+    "hit_rates",
+    "evaluate_detector",
+    "plot_detections",
+]
 
 
 def collate_detection(batch: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -27,12 +34,23 @@ def collate_detection(batch: list[Any]) -> tuple[list[Any], list[Any]]:
 
 
 @torch.no_grad()
-def predict_items(model: torch.nn.Module, items: list[DetectionItem], device: torch.device, batch_size: int = 8,
-                  num_workers: int = 0, progress: bool = False) -> list[dict[str, np.ndarray]]:
+def predict_items(
+    model: torch.nn.Module,
+    items: list[DetectionItem],
+    device: torch.device,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> list[dict[str, np.ndarray]]:
     """Detections per image (``boxes`` (N, 4) xyxy pixels, ``scores``, ``labels``), through ``model(images)``."""
     model.eval()
-    loader = DataLoader(DetectionDataset(items), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_detection)
+    loader = DataLoader(
+        DetectionDataset(items),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+    )
     out: list[dict[str, np.ndarray]] = []
     it: Any = loader
     if progress:
@@ -41,8 +59,12 @@ def predict_items(model: torch.nn.Module, items: list[DetectionItem], device: to
         it = tqdm(loader, desc="detect", unit="batch", leave=False)
     for imgs, _ in it:
         for d in model([im.to(device) for im in imgs]):
-            out.append({k: d[k].float().cpu().numpy() if k != "labels" else d[k].cpu().numpy()
-                        for k in ("boxes", "scores", "labels")})
+            out.append(
+                {
+                    k: d[k].float().cpu().numpy() if k != "labels" else d[k].cpu().numpy()
+                    for k in ("boxes", "scores", "labels")
+                }
+            )
     return out
 
 
@@ -82,13 +104,23 @@ def hit_rates(dets: list[dict[str, Any]], gts: list[dict[str, Any]]) -> dict[str
     if a.size == 0:
         return {"hit50": float("nan"), "hit75": float("nan"), "hit_mean": float("nan"), "n_boxes": 0}
     thr = np.linspace(0.5, 0.95, 10)
-    return {"hit50": float((a >= 0.5).mean()), "hit75": float((a >= 0.75).mean()),
-            "hit_mean": float(np.mean([(a >= t).mean() for t in thr])), "n_boxes": int(a.size)}
+    return {
+        "hit50": float((a >= 0.5).mean()),
+        "hit75": float((a >= 0.75).mean()),
+        "hit_mean": float(np.mean([(a >= t).mean() for t in thr])),
+        "n_boxes": int(a.size),
+    }
 
 
-def evaluate_detector(model: torch.nn.Module, items: list[DetectionItem], device: torch.device,
-                      fixed_box: np.ndarray | None, batch_size: int = 8, num_workers: int = 0,
-                      progress: bool = False) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
+def evaluate_detector(
+    model: torch.nn.Module,
+    items: list[DetectionItem],
+    device: torch.device,
+    fixed_box: np.ndarray | None,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
     """COCO AP / AP50 / AP75 and top-box hit rates of the detector and of the fixed box on ``items``.
 
     Returns:
@@ -96,22 +128,32 @@ def evaluate_detector(model: torch.nn.Module, items: list[DetectionItem], device
     """
     dets = predict_items(model, items, device, batch_size, num_workers, progress)
     gts = ground_truths(items)
-    out: dict[str, Any] = {"detector": {**coco_summary(dets, gts), **hit_rates(dets, gts)},
-                           "n_images": len(items), "n_boxes": int(sum(len(it.boxes) for it in items)),
-                           "n_images_without_box": int(sum(len(it.boxes) == 0 for it in items)),
-                           "n_cases": len({it.case for it in items})}
+    out: dict[str, Any] = {
+        "detector": {**coco_summary(dets, gts), **hit_rates(dets, gts)},
+        "n_images": len(items),
+        "n_boxes": int(sum(len(it.boxes) for it in items)),
+        "n_images_without_box": int(sum(len(it.boxes) == 0 for it in items)),
+        "n_cases": len({it.case for it in items}),
+    }
     if fixed_box is not None:
         fb = fixed_box_predictions(items, fixed_box)
-        out["fixed_box"] = {"box": [float(v) for v in np.asarray(fixed_box).reshape(-1)],
-                            **coco_summary(fb, gts), **hit_rates(fb, gts)}
-    out["headline"] = {"metric": "coco_ap", "value": out["detector"]["ap"],
-                       "chance": out["fixed_box"]["ap"] if fixed_box is not None else None,
-                       "chance_is": "COCO AP of the training set's median box predicted on every image"}
+        out["fixed_box"] = {
+            "box": [float(v) for v in np.asarray(fixed_box).reshape(-1)],
+            **coco_summary(fb, gts),
+            **hit_rates(fb, gts),
+        }
+    out["headline"] = {
+        "metric": "coco_ap",
+        "value": out["detector"]["ap"],
+        "chance": out["fixed_box"]["ap"] if fixed_box is not None else None,
+        "chance_is": "COCO AP of the training set's median box predicted on every image",
+    }
     return out, dets
 
 
-def plot_detections(items: list[DetectionItem], dets: list[dict[str, Any]], path: Path,
-                    fixed_box: np.ndarray | None = None, n: int = 8) -> Path:
+def plot_detections(
+    items: list[DetectionItem], dets: list[dict[str, Any]], path: Path, fixed_box: np.ndarray | None = None, n: int = 8
+) -> Path:
     """PNG grid of ``n`` images: ground truth (green), top detection (red, with its score), fixed box (dashed)."""
     import matplotlib
     from medshared.runtime import atomic_path
@@ -135,8 +177,9 @@ def plot_detections(items: list[DetectionItem], dets: list[dict[str, Any]], path
             ax.add_patch(plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, color="lime", lw=1.5))
         if fixed_box is not None:
             b = fixed_box
-            ax.add_patch(plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, color="yellow", lw=1,
-                                       ls="--"))
+            ax.add_patch(
+                plt.Rectangle((b[0], b[1]), b[2] - b[0], b[3] - b[1], fill=False, color="yellow", lw=1, ls="--")
+            )
         if len(d["scores"]):
             k = int(np.argmax(d["scores"]))
             b = d["boxes"][k]

@@ -48,10 +48,20 @@ def items_digest(items: list[DetectionItem]) -> str:
     return config_hash([[str(it.path), np.round(it.boxes, 2).tolist()] for it in items])
 
 
-def train_detector(train_items: list[DetectionItem], val_items: list[DetectionItem] | None, cfg: DetectorConfig,
-                   out_dir: Path, ctx: Any = None, seed: int = 0, restart: bool = False, progress: bool = True,
-                   offline: bool = False, num_workers: int = 0, sync_bn: bool = False,
-                   meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_detector(
+    train_items: list[DetectionItem],
+    val_items: list[DetectionItem] | None,
+    cfg: DetectorConfig,
+    out_dir: Path,
+    ctx: Any = None,
+    seed: int = 0,
+    restart: bool = False,
+    progress: bool = True,
+    offline: bool = False,
+    num_workers: int = 0,
+    sync_bn: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train the detector and write the outputs listed in the module docstring.
 
     Args:
@@ -82,12 +92,20 @@ def train_detector(train_items: list[DetectionItem], val_items: list[DetectionIt
     device = torch.device(ctx.device)
     out_dir = Path(out_dir)
     if cfg.batch_size % ctx.world_size:
-        raise ValueError(f"batch size {cfg.batch_size} does not split over {ctx.world_size} processes; use a "
-                         f"multiple of {ctx.world_size} (detector.batch_size is the effective batch)")
+        raise ValueError(
+            f"batch size {cfg.batch_size} does not split over {ctx.world_size} processes; use a "
+            f"multiple of {ctx.world_size} (detector.batch_size is the effective batch)"
+        )
     per_rank = cfg.batch_size // ctx.world_size
     fixed = median_box(train_items)
-    run_hash = config_hash({"detector": config_to_dict(cfg), "seed": seed, "train": items_digest(train_items),
-                            "val": items_digest(val_items or [])})
+    run_hash = config_hash(
+        {
+            "detector": config_to_dict(cfg),
+            "seed": seed,
+            "train": items_digest(train_items),
+            "val": items_digest(val_items or []),
+        }
+    )
     seed_everything(seed)  # the same initial weights on every rank
     model = build_detector(cfg, offline=offline).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -105,19 +123,40 @@ def train_detector(train_items: list[DetectionItem], val_items: list[DetectionIt
     ds = DetectionDataset(train_items, hflip=cfg.hflip)
     sampler = make_sampler(ds, ctx, shuffle=True, seed=seed)
     gen = torch.Generator().manual_seed(rank_seed(seed, ctx))
-    loader = DataLoader(ds, batch_size=per_rank, shuffle=sampler is None, sampler=sampler, generator=gen,
-                        num_workers=num_workers, collate_fn=collate_detection, drop_last=False)
+    loader = DataLoader(
+        ds,
+        batch_size=per_rank,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen,
+        num_workers=num_workers,
+        collate_fn=collate_detection,
+        drop_last=False,
+    )
     steps_per_epoch = len(loader)
     total, warm = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
     eff = effective_batch(per_rank, ctx)
-    info = {"config": config_to_dict(cfg), "config_hash": run_hash, "seed": seed, "world_size": ctx.world_size,
-            "per_rank_batch": per_rank, "effective_batch": eff,
-            "lr_rule": "none: detector.batch_size is the effective batch, split over ranks, so the recipe's lr holds",
-            "lr": cfg.lr, "batchnorm": ("FrozenBatchNorm2d" if cfg.frozen_bn and cfg.backbone in
-                                        ("resnet50_fpn", "mobilenet_v3_fpn") else
-                                        "SyncBatchNorm" if sync_bn and ctx.enabled else "BatchNorm2d per rank"),
-            "n_train_images": len(train_items), "n_val_images": len(val_items or []),
-            "median_box": fixed.tolist(), **(meta or {})}
+    info = {
+        "config": config_to_dict(cfg),
+        "config_hash": run_hash,
+        "seed": seed,
+        "world_size": ctx.world_size,
+        "per_rank_batch": per_rank,
+        "effective_batch": eff,
+        "lr_rule": "none: detector.batch_size is the effective batch, split over ranks, so the recipe's lr holds",
+        "lr": cfg.lr,
+        "batchnorm": (
+            "FrozenBatchNorm2d"
+            if cfg.frozen_bn and cfg.backbone in ("resnet50_fpn", "mobilenet_v3_fpn")
+            else "SyncBatchNorm"
+            if sync_bn and ctx.enabled
+            else "BatchNorm2d per rank"
+        ),
+        "n_train_images": len(train_items),
+        "n_val_images": len(val_items or []),
+        "median_box": fixed.tolist(),
+        **(meta or {}),
+    }
     extra = {"median_box": fixed.tolist(), "config_hash": run_hash, **(meta or {})}
     for epoch in range(start, cfg.epochs):
         torch.manual_seed(rank_seed(seed, ctx) * 1000 + epoch)  # flips: fresh per epoch and rank, same on resume
@@ -141,36 +180,67 @@ def train_detector(train_items: list[DetectionItem], val_items: list[DetectionIt
             opt.step()
             tot += float(loss.detach())
             nb += 1
-        rec: dict[str, Any] = {"epoch": epoch + 1, "loss": tot / max(nb, 1), "lr_end": lr,
-                               "seconds": time.perf_counter() - t0}
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": tot / max(nb, 1),
+            "lr_end": lr,
+            "seconds": time.perf_counter() - t0,
+        }
         if ctx.is_main:
             inner = unwrap_model(model)
             if val_items:
                 t1 = time.perf_counter()
-                rec.update({f"val_{k}": v for k, v in coco_summary(
-                    predict_items(inner, val_items, device), ground_truths(val_items)).items()})
+                rec.update(
+                    {
+                        f"val_{k}": v
+                        for k, v in coco_summary(
+                            predict_items(inner, val_items, device), ground_truths(val_items)
+                        ).items()
+                    }
+                )
                 rec["val_seconds"] = time.perf_counter() - t1
                 inner.train()
             score = (rec["val_ap50"], rec["val_ap"]) if val_items else (float(epoch), 0.0)
             if score > best or not val_items:  # AP50 first, COCO AP breaks ties (AP50 saturates on DDTI)
                 best = score
                 rec["best"] = True
-                save_detector(out_dir / "detector_best.safetensors", inner, cfg, {**extra, "epoch": epoch + 1,
-                                                                                 "val": rec})
+                save_detector(
+                    out_dir / "detector_best.safetensors", inner, cfg, {**extra, "epoch": epoch + 1, "val": rec}
+                )
             log.append(rec)
             save_detector(out_dir / "detector_last.safetensors", inner, cfg, {**extra, "epoch": epoch + 1})
             with atomic_path(state_path) as tmp:
-                torch.save({"model": inner.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                            "best": best, "log": log, "config_hash": run_hash}, tmp)
+                torch.save(
+                    {
+                        "model": inner.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1,
+                        "best": best,
+                        "log": log,
+                        "config_hash": run_hash,
+                    },
+                    tmp,
+                )
             atomic_write_csv(out_dir / "detector_log.csv", log)
-            atomic_write_json(out_dir / "train.json", {**info, "log": log, "best_val_ap50": best[0] if val_items
-                                                       else None, "best_val_ap": best[1] if val_items else None,
-                                                       "epochs_done": epoch + 1})
+            atomic_write_json(
+                out_dir / "train.json",
+                {
+                    **info,
+                    "log": log,
+                    "best_val_ap50": best[0] if val_items else None,
+                    "best_val_ap": best[1] if val_items else None,
+                    "epochs_done": epoch + 1,
+                },
+            )
         log = broadcast_object(log, ctx)
         barrier(ctx)
     best = broadcast_object(best, ctx)
-    return {**info, "log": log, "best_val_ap50": best[0] if val_items else None,
-            "best_val_ap": best[1] if val_items else None}
+    return {
+        **info,
+        "log": log,
+        "best_val_ap50": best[0] if val_items else None,
+        "best_val_ap": best[1] if val_items else None,
+    }
 
 
 def detector_config_for_batch(cfg: DetectorConfig, batch_size: int | None, epochs: int | None) -> DetectorConfig:

@@ -9,7 +9,15 @@ import numpy as np
 
 from kfgnet.config import LABELS
 
-__all__ = ["tolerance_curve", "plot_tolerance", "classification_summary", "plot_prediction", "fmt_pm", "fmt_ci"]
+__all__ = [
+    "tolerance_curve",
+    "plot_tolerance",
+    "classification_summary",
+    "plot_prediction",
+    "plot_video_prediction",
+    "fmt_pm",
+    "fmt_ci",
+]
 
 
 def tolerance_curve(pred_idx: list[int], true_idx: list[int], max_distance: int = 32) -> np.ndarray:
@@ -24,8 +32,14 @@ def plot_tolerance(curves: dict[str, np.ndarray], path: Path, title: str = "Key-
     from medshared.plots import plot_curves
 
     first = next(iter(curves.values()))
-    return plot_curves(np.arange(len(first)), {k: (v, None) for k, v in curves.items()}, path,
-                       xlabel="frame distance tolerance D", ylabel="accuracy", title=title)
+    return plot_curves(
+        np.arange(len(first)),
+        {k: (v, None) for k, v in curves.items()},
+        path,
+        xlabel="frame distance tolerance D",
+        ylabel="accuracy",
+        title=title,
+    )
 
 
 def classification_summary(cv: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +60,16 @@ def fmt_ci(d: dict[str, float], pct: bool = True) -> str:
     return f"{d['value'] * f:.1f} [{d['ci_low'] * f:.1f}, {d['ci_high'] * f:.1f}]"
 
 
-def plot_prediction(frame: np.ndarray, box: np.ndarray | None, key: int, curve_frames: np.ndarray,
-                    curve: np.ndarray, p_malignant: float, path: Path, title: str = "") -> Path:
+def plot_prediction(
+    frame: np.ndarray,
+    box: np.ndarray | None,
+    key: int,
+    curve_frames: np.ndarray,
+    curve: np.ndarray,
+    p_malignant: float,
+    path: Path,
+    title: str = "",
+) -> Path:
     """PNG: the predicted key frame with its nodule box, and the per-frame key-frame score curve."""
     import matplotlib
     from medshared.runtime import atomic_path
@@ -73,3 +95,17 @@ def plot_prediction(frame: np.ndarray, box: np.ndarray | None, key: int, curve_f
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return path
+
+
+def plot_video_prediction(res: dict[str, Any], path: Path, title: str = "") -> Path:
+    """:func:`plot_prediction` of a :meth:`kfgnet.pipeline.Pipeline.predict_video` result."""
+    return plot_prediction(
+        res["frame"],
+        res["box"],
+        res["key_frame"],
+        res["curve_frames"],
+        res["curve"],
+        res["p_malignant"],
+        path,
+        title=title or f"key frame from {res['key_source']}",
+    )

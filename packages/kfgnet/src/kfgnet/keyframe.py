@@ -20,10 +20,21 @@ from kfgnet.config import KeyFrameConfig, KeyFrameTrainConfig, config_to_dict
 from kfgnet.data import DataError
 from kfgnet.detector import FrameDetections
 
-__all__ = ["box_iou_1", "generate_labels", "key_entry", "subsample_entries", "geo_features", "NonLocalChannel",
-           "build_keyframe_model",
-           "KeyFrameNet", "build_sequences", "train_keyframe", "predict_keyframes", "save_keyframe",
-           "load_keyframe"]
+__all__ = [
+    "box_iou_1",
+    "generate_labels",
+    "key_entry",
+    "subsample_entries",
+    "geo_features",
+    "NonLocalChannel",
+    "build_keyframe_model",
+    "KeyFrameNet",
+    "build_sequences",
+    "train_keyframe",
+    "predict_keyframes",
+    "save_keyframe",
+    "load_keyframe",
+]
 
 
 def box_iou_1(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -46,8 +57,14 @@ def key_entry(frame_num: np.ndarray, key_frame: int) -> int:
     return int(np.argmin(np.abs(np.asarray(frame_num) - key_frame)))
 
 
-def generate_labels(features: np.ndarray, boxes: np.ndarray, frame_num: np.ndarray, key: int,
-                    feat_similarity: str = "exp", weights: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+def generate_labels(
+    features: np.ndarray,
+    boxes: np.ndarray,
+    frame_num: np.ndarray,
+    key: int,
+    feat_similarity: str = "exp",
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
     """Score labels from one key entry [P §2; official ``utils.similarity`` V].
 
     s_feat = exp(-d / d_max) (``"exp"``, official) or 1 - d / d_max (``"linear"``), d the Euclidean feature distance
@@ -137,25 +154,27 @@ class KeyFrameNet(nn.Module):
         cfg = cfg or KeyFrameConfig()
 
         def emb(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(nn.Linear(i, o), *([nn.LayerNorm(o)] if cfg.layer_norm else []),
-                                 nn.ReLU(inplace=True))
+            return nn.Sequential(nn.Linear(i, o), *([nn.LayerNorm(o)] if cfg.layer_norm else []), nn.ReLU(inplace=True))
 
         self.feature_dim, self.geo_dim = cfg.feature_dim, cfg.geo_dim
         self.feat_fc = emb(cfg.feature_dim, cfg.feat_embed)
         self.geo_fc = emb(cfg.geo_dim, cfg.geo_embed)
         dim = cfg.feat_embed + cfg.geo_embed
         self.non_local = NonLocalChannel(dim) if cfg.non_local else None
-        self.lstm = nn.LSTM(dim, cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True,
-                            bidirectional=cfg.bidirectional)
+        self.lstm = nn.LSTM(
+            dim, cfg.lstm_hidden, num_layers=cfg.lstm_layers, batch_first=True, bidirectional=cfg.bidirectional
+        )
         out = cfg.lstm_hidden * (2 if cfg.bidirectional else 1)
         self.head = nn.Sequential(nn.Linear(out, cfg.head_hidden), nn.ReLU(inplace=True), nn.Linear(cfg.head_hidden, 1))
         self.sigmoid = cfg.sigmoid
 
     def forward(self, feat: torch.Tensor, geo: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if feat.shape[-1] != self.feature_dim or geo.shape[-1] != self.geo_dim:
-            raise ValueError(f"expected features (B, L, {self.feature_dim}) and geo (B, L, {self.geo_dim}), got "
-                             f"{tuple(feat.shape)} and {tuple(geo.shape)}; the detector's feature width must match "
-                             f"feature_dim")
+            raise ValueError(
+                f"expected features (B, L, {self.feature_dim}) and geo (B, L, {self.geo_dim}), got "
+                f"{tuple(feat.shape)} and {tuple(geo.shape)}; the detector's feature width must match "
+                f"feature_dim"
+            )
         x = torch.cat([self.feat_fc(feat), self.geo_fc(geo)], dim=-1)  # (B, L, 512)
         if self.non_local is not None:
             x = self.non_local(x)
@@ -170,19 +189,25 @@ def build_keyframe_model(cfg: KeyFrameConfig) -> KeyFrameNet:
     return KeyFrameNet(cfg)
 
 
-def build_sequences(dets: list[FrameDetections], key_frames: list[int] | None, cfg: KeyFrameConfig,
-                    names: list[str] | None = None) -> list[dict[str, np.ndarray]]:
+def build_sequences(
+    dets: list[FrameDetections], key_frames: list[int] | None, cfg: KeyFrameConfig, names: list[str] | None = None
+) -> list[dict[str, np.ndarray]]:
     """Per video: entries (capped), features, geo vector, and (with key frames) labels and the key entry."""
     out = []
     for i, d in enumerate(dets):
         if len(d.frame_num) == 0:
             name = names[i] if names else f"number {i}"
-            raise DataError(f"video {name} has no frame with a detection; the key-frame stage needs at least one "
-                            f"(lower the detector's score threshold or retrain the detector)")
+            raise DataError(
+                f"video {name} has no frame with a detection; the key-frame stage needs at least one "
+                f"(lower the detector's score threshold or retrain the detector)"
+            )
         key = key_entry(d.frame_num, key_frames[i]) if key_frames is not None else None
         sel = subsample_entries(len(d.frame_num), key, cfg.max_entries)
-        seq: dict[str, np.ndarray] = {"frame_num": d.frame_num[sel], "feat": d.features[sel],
-                                      "geo": geo_features(d, cfg)[sel]}
+        seq: dict[str, np.ndarray] = {
+            "frame_num": d.frame_num[sel],
+            "feat": d.features[sel],
+            "geo": geo_features(d, cfg)[sel],
+        }
         if key is not None:
             k = int(np.flatnonzero(sel == key)[0])
             seq["label"] = generate_labels(d.features[sel], d.boxes[sel], d.frame_num[sel], k, cfg.feat_similarity)
@@ -209,8 +234,9 @@ def _batch(seqs: list[dict[str, np.ndarray]], device: torch.device) -> tuple[tor
     return feat.to(device), geo.to(device), lengths, lab.to(device), mask.to(device)
 
 
-def _loss(model: nn.Module, batch: list[dict[str, np.ndarray]], device: torch.device, mask_padding: bool,
-          ctx: Any) -> torch.Tensor:
+def _loss(
+    model: nn.Module, batch: list[dict[str, np.ndarray]], device: torch.device, mask_padding: bool, ctx: Any
+) -> torch.Tensor:
     """MSE over this rank's part of a global batch, normalised by the global number of counted positions (so that
     DDP's gradient average equals the single-process mean over the whole batch)."""
     from medshared.distributed import all_reduce_sum
@@ -224,10 +250,16 @@ def _loss(model: nn.Module, batch: list[dict[str, np.ndarray]], device: torch.de
     return local_sum * ctx.world_size / max(n, 1.0)
 
 
-def train_keyframe(seqs: list[dict[str, np.ndarray]], cfg: KeyFrameConfig, tcfg: KeyFrameTrainConfig,
-                   device: Any, progress: bool = True, log: list[dict[str, Any]] | None = None,
-                   val_seqs: list[dict[str, np.ndarray]] | None = None, val_true: list[int] | None = None
-                   ) -> KeyFrameNet:
+def train_keyframe(
+    seqs: list[dict[str, np.ndarray]],
+    cfg: KeyFrameConfig,
+    tcfg: KeyFrameTrainConfig,
+    device: Any,
+    progress: bool = True,
+    log: list[dict[str, Any]] | None = None,
+    val_seqs: list[dict[str, np.ndarray]] | None = None,
+    val_true: list[int] | None = None,
+) -> KeyFrameNet:
     """MSE regression of the generated scores [P §3]: Adam (lr 0.01, batch 64, 20 epochs by default), optional step
     decay, gradient clipping and padding in the loss (``official_2023``).
 
@@ -268,8 +300,8 @@ def train_keyframe(seqs: list[dict[str, np.ndarray]], cfg: KeyFrameConfig, tcfg:
         order = rng.permutation(len(seqs))
         tot, nb = 0.0, 0
         for s in range(0, len(seqs), tcfg.batch_size):
-            glob = order[s:s + tcfg.batch_size]
-            mine = glob[ctx.rank::ctx.world_size] if ctx.enabled else glob
+            glob = order[s : s + tcfg.batch_size]
+            mine = glob[ctx.rank :: ctx.world_size] if ctx.enabled else glob
             if len(mine) == 0:  # a last global batch smaller than the world: this rank idles, DDP needs a step
                 mine = glob[:1]
             loss = _loss(ddp, [seqs[i] for i in mine], dev, tcfg.mask_padding, ctx)
@@ -301,8 +333,9 @@ def train_keyframe(seqs: list[dict[str, np.ndarray]], cfg: KeyFrameConfig, tcfg:
 
 
 @torch.no_grad()
-def predict_keyframes(model: KeyFrameNet, seqs: list[dict[str, np.ndarray]], device: torch.device
-                      ) -> tuple[list[int], list[np.ndarray]]:
+def predict_keyframes(
+    model: KeyFrameNet, seqs: list[dict[str, np.ndarray]], device: torch.device
+) -> tuple[list[int], list[np.ndarray]]:
     """Predicted key frame (a frame index: argmax score -> its entry's frame) and the score curve per video."""
     model.eval()
     keys, curves = [], []

@@ -19,8 +19,17 @@ import torch.nn.functional as F
 
 from kfgnet.config import ClassifierConfig, get_classifier_config
 
-__all__ = ["LightC3D", "MotionAttention", "SPP3d", "C3D", "TorchvisionVideo", "build_classifier", "create_model",
-           "list_models", "load_local_weights"]
+__all__ = [
+    "LightC3D",
+    "MotionAttention",
+    "SPP3d",
+    "C3D",
+    "TorchvisionVideo",
+    "build_classifier",
+    "create_model",
+    "list_models",
+    "load_local_weights",
+]
 
 
 def _conv_bn(cin: int, cout: int, stride: tuple[int, int, int] | int) -> nn.Sequential:
@@ -69,8 +78,9 @@ class SPP3d(nn.Module):
         """``x (B, C, t, h, w)`` -> ``(B, C * (t*h*w + 8 + 1))``."""
         if self.mode == "official":
             if tuple(x.shape[2:]) != (2, 3, 3):
-                raise ValueError(f"spp_mode='official' needs a 2x3x3 map (32 x 112 x 112 clips), "
-                                 f"got {tuple(x.shape[2:])}")
+                raise ValueError(
+                    f"spp_mode='official' needs a 2x3x3 map (32 x 112 x 112 clips), got {tuple(x.shape[2:])}"
+                )
             p1 = F.max_pool3d(x, (2, 3, 3))  # (B, C, 1, 1, 1)
             p2 = F.max_pool3d(x, (1, 2, 2), stride=(1, 2, 2), padding=(0, 1, 1))  # (B, C, 2, 2, 2)
         else:
@@ -102,15 +112,20 @@ class LightC3D(nn.Module):
         self.conv2 = _conv_bn(widths[0], widths[1], (1, 2, 2))
         self.conv3 = _conv_bn(widths[1], widths[2], 2)
         self.pool1 = nn.MaxPool3d(2)
-        self.attention = (MotionAttention(widths[2], cfg.attention_widths, cfg.attention_padding,
-                                          cfg.attention_sigmoid) if cfg.motion_attention else None)
+        self.attention = (
+            MotionAttention(widths[2], cfg.attention_widths, cfg.attention_padding, cfg.attention_sigmoid)
+            if cfg.motion_attention
+            else None
+        )
         self.conv4 = _conv_bn(widths[2], widths[3], 2)
         self.pool2 = nn.MaxPool3d(2)
         self.spp = SPP3d(cfg.spp_mode) if cfg.spp else None
         self.num_frames, self.size, self.in_channels = cfg.num_frames, cfg.size, cfg.in_channels
         if cfg.num_frames < 16 or cfg.size < 32:
-            raise ValueError(f"the light C3D needs clips of at least 16 frames x 32 x 32 pixels (four stride/pool "
-                             f"halvings in time), got {cfg.num_frames} x {cfg.size} x {cfg.size}")
+            raise ValueError(
+                f"the light C3D needs clips of at least 16 frames x 32 x 32 pixels (four stride/pool "
+                f"halvings in time), got {cfg.num_frames} x {cfg.size} x {cfg.size}"
+            )
         with torch.no_grad():
             n_feat = self._features(torch.zeros(1, cfg.in_channels, cfg.num_frames, cfg.size, cfg.size))[0].shape[1]
         self.fc1 = nn.Linear(n_feat, cfg.hidden)
@@ -133,8 +148,10 @@ class LightC3D(nn.Module):
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, T, H, W) clips, got shape {tuple(x.shape)}")
         if tuple(x.shape[2:]) != (self.num_frames, self.size, self.size):
-            raise ValueError(f"model built for {self.num_frames} x {self.size} x {self.size} clips, got "
-                             f"{tuple(x.shape[2:])}; set num_frames/size in the config to the clip size")
+            raise ValueError(
+                f"model built for {self.num_frames} x {self.size} x {self.size} clips, got "
+                f"{tuple(x.shape[2:])}; set num_frames/size in the config to the clip size"
+            )
         return self._features(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -159,17 +176,30 @@ class C3D(nn.Module):
             return nn.Sequential(nn.Conv3d(ci, co, 3, padding=1), nn.ReLU(inplace=True))
 
         self.features = nn.Sequential(
-            conv(in_channels, w[0]), nn.MaxPool3d((1, 2, 2)),
-            conv(w[0], w[1]), nn.MaxPool3d(2),
-            conv(w[1], w[2]), conv(w[2], w[3]), nn.MaxPool3d(2),
-            conv(w[3], w[4]), conv(w[4], w[5]), nn.MaxPool3d(2),
-            conv(w[5], w[6]), conv(w[6], w[7]),
+            conv(in_channels, w[0]),
+            nn.MaxPool3d((1, 2, 2)),
+            conv(w[0], w[1]),
+            nn.MaxPool3d(2),
+            conv(w[1], w[2]),
+            conv(w[2], w[3]),
+            nn.MaxPool3d(2),
+            conv(w[3], w[4]),
+            conv(w[4], w[5]),
+            nn.MaxPool3d(2),
+            conv(w[5], w[6]),
+            conv(w[6], w[7]),
             nn.AdaptiveMaxPool3d((1, 4, 4)),
         )
         fcw = max(8, int(fc * width_mult))
-        self.head = nn.Sequential(nn.Linear(w[7] * 16, fcw), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                                  nn.Linear(fcw, fcw), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                                  nn.Linear(fcw, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(w[7] * 16, fcw),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(fcw, fcw),
+            nn.ReLU(inplace=True),
+            nn.Dropout(0.5),
+            nn.Linear(fcw, num_classes),
+        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.head(self.features(x).flatten(1)), None  # features (B, C, 1, 4, 4) -> (B, 16C)

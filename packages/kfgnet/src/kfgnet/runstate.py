@@ -35,5 +35,7 @@ def check_resumable(path: Path, stored_hash: str | None, expected: str, restart:
     if restart:
         log.warning("--restart: ignoring %s (made under config %s, now %s)", path, stored_hash, expected)
         return False
-    raise StaleRunError(f"{path} was made under another config (hash {stored_hash or 'missing'}, now {expected}); "
-                        f"re-run with --restart to start over, or use another --out folder (or the old config)")
+    raise StaleRunError(
+        f"{path} was made under another config (hash {stored_hash or 'missing'}, now {expected}); "
+        f"re-run with --restart to start over, or use another --out folder (or the old config)"
+    )

@@ -26,8 +26,15 @@ from kfgnet.losses import kfgnet_loss
 from kfgnet.model import build_classifier
 from kfgnet.runstate import check_resumable, config_hash
 
-__all__ = ["train_classifier", "predict_clips", "cross_validate", "save_classifier", "load_classifier",
-           "majority_chance", "classifier_run_hash"]
+__all__ = [
+    "train_classifier",
+    "predict_clips",
+    "cross_validate",
+    "save_classifier",
+    "load_classifier",
+    "majority_chance",
+    "classifier_run_hash",
+]
 
 
 def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -41,18 +48,38 @@ def _context(device: Any) -> Any:
     return device if isinstance(device, DistContext) else DistContext(device=torch.device(device))
 
 
-def classifier_run_hash(cfg: ClassifierConfig, tcfg: ClassifierTrainConfig, clip: ClipConfig, motion: MotionConfig,
-                        records: list[VideoRecord], keys: list[KeyFrame]) -> str:
+def classifier_run_hash(
+    cfg: ClassifierConfig,
+    tcfg: ClassifierTrainConfig,
+    clip: ClipConfig,
+    motion: MotionConfig,
+    records: list[VideoRecord],
+    keys: list[KeyFrame],
+) -> str:
     """Hash of everything that determines a trained classifier (configs, videos, labels, key frames and boxes)."""
-    return config_hash({"model": config_to_dict(cfg), "train": config_to_dict(tcfg), "clip": config_to_dict(clip),
-                        "motion": config_to_dict(motion),
-                        "videos": [[str(r.path), r.label, k.frame, k.box, k.source] for r, k in zip(records, keys)]})
+    return config_hash(
+        {
+            "model": config_to_dict(cfg),
+            "train": config_to_dict(tcfg),
+            "clip": config_to_dict(clip),
+            "motion": config_to_dict(motion),
+            "videos": [[str(r.path), r.label, k.frame, k.box, k.source] for r, k in zip(records, keys)],
+        }
+    )
 
 
-def train_classifier(train_ds: ClipDataset, cfg: ClassifierConfig, tcfg: ClassifierTrainConfig, device: Any,
-                     motion: MotionConfig | None = None, state_path: Path | None = None, progress: bool = True,
-                     log: list[dict[str, Any]] | None = None, run_hash: str = "", restart: bool = False
-                     ) -> torch.nn.Module:
+def train_classifier(
+    train_ds: ClipDataset,
+    cfg: ClassifierConfig,
+    tcfg: ClassifierTrainConfig,
+    device: Any,
+    motion: MotionConfig | None = None,
+    state_path: Path | None = None,
+    progress: bool = True,
+    log: list[dict[str, Any]] | None = None,
+    run_hash: str = "",
+    restart: bool = False,
+) -> torch.nn.Module:
     """Train one classifier on ``train_ds``.
 
     Args:
@@ -79,8 +106,10 @@ def train_classifier(train_ds: ClipDataset, cfg: ClassifierConfig, tcfg: Classif
     ctx = _context(device)
     dev = torch.device(ctx.device)
     if tcfg.batch_size % ctx.world_size:
-        raise ValueError(f"train.batch_size {tcfg.batch_size} does not split over {ctx.world_size} processes; use a "
-                         f"multiple of {ctx.world_size} (it is the effective batch)")
+        raise ValueError(
+            f"train.batch_size {tcfg.batch_size} does not split over {ctx.world_size} processes; use a "
+            f"multiple of {ctx.world_size} (it is the effective batch)"
+        )
     seed_everything(tcfg.seed)  # the same initial weights on every rank
     motion = motion or MotionConfig()
     model = build_classifier(cfg).to(dev)
@@ -101,9 +130,16 @@ def train_classifier(train_ds: ClipDataset, cfg: ClassifierConfig, tcfg: Classif
     ddp = wrap_model(model, ctx, sync_batchnorm=tcfg.sync_bn and dev.type == "cuda")
     sampler = make_sampler(train_ds, ctx, shuffle=True, seed=tcfg.seed)
     gen = torch.Generator().manual_seed(rank_seed(tcfg.seed, ctx))
-    loader = DataLoader(train_ds, batch_size=tcfg.batch_size // ctx.world_size, shuffle=sampler is None,
-                        sampler=sampler, generator=gen, drop_last=False, num_workers=tcfg.num_workers,
-                        persistent_workers=False)
+    loader = DataLoader(
+        train_ds,
+        batch_size=tcfg.batch_size // ctx.world_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        generator=gen,
+        drop_last=False,
+        num_workers=tcfg.num_workers,
+        persistent_workers=False,
+    )
     bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     it: Any = range(start, total)
     if progress and ctx.is_main:
@@ -135,22 +171,35 @@ def train_classifier(train_ds: ClipDataset, cfg: ClassifierConfig, tcfg: Classif
             sums["cls"] += parts["cls"] * b
             sums["motion"] += parts["motion"] * b
             n += b
-        rec = {"epoch": epoch + 1, "lr": lr, **{k: v / max(n, 1) for k, v in sums.items()},
-               "seconds": time.perf_counter() - t0}
+        rec = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            **{k: v / max(n, 1) for k, v in sums.items()},
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(rec)
         if progress and ctx.is_main:
             it.set_postfix(loss=f"{rec['loss']:.3f}")
         if state_path is not None and ctx.is_main:
             with atomic_path(state_path) as tmp:
-                torch.save({"model": unwrap_model(ddp).state_dict(), "optimizer": opt.state_dict(),
-                            "epoch": epoch + 1, "config_hash": run_hash, "log": history}, tmp)
+                torch.save(
+                    {
+                        "model": unwrap_model(ddp).state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "epoch": epoch + 1,
+                        "config_hash": run_hash,
+                        "log": history,
+                    },
+                    tmp,
+                )
         barrier(ctx)
     return unwrap_model(ddp).eval()
 
 
 @torch.no_grad()
-def predict_clips(model: torch.nn.Module, ds: Any, device: torch.device, batch_size: int = 8,
-                  bf16: bool = False) -> np.ndarray:
+def predict_clips(
+    model: torch.nn.Module, ds: Any, device: torch.device, batch_size: int = 8, bf16: bool = False
+) -> np.ndarray:
     """P(malignant) per clip, ``(N,)`` float."""
     from medshared.runtime import autocast_context
 
@@ -163,19 +212,29 @@ def predict_clips(model: torch.nn.Module, ds: Any, device: torch.device, batch_s
     return torch.cat(out).numpy()
 
 
-def save_classifier(path: Path, model: torch.nn.Module, cfg: ClassifierConfig, clip: ClipConfig,
-                    motion: MotionConfig, extra: dict[str, Any] | None = None) -> None:
+def save_classifier(
+    path: Path,
+    model: torch.nn.Module,
+    cfg: ClassifierConfig,
+    clip: ClipConfig,
+    motion: MotionConfig,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Safetensors checkpoint with the model, clip and motion configs in its metadata."""
     from medshared.checkpoint import save_checkpoint
     from medshared.distributed import unwrap_model
 
-    save_checkpoint(path, unwrap_model(model).state_dict(), {"model": config_to_dict(cfg),
-                                                             "clip": config_to_dict(clip),
-                                                             "motion": config_to_dict(motion)}, extra)
+    save_checkpoint(
+        path,
+        unwrap_model(model).state_dict(),
+        {"model": config_to_dict(cfg), "clip": config_to_dict(clip), "motion": config_to_dict(motion)},
+        extra,
+    )
 
 
-def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Module, ClassifierConfig, ClipConfig,
-                                                               MotionConfig]:
+def load_classifier(
+    path: Path, device: torch.device
+) -> tuple[torch.nn.Module, ClassifierConfig, ClipConfig, MotionConfig]:
     """Rebuild a classifier from its checkpoint alone (a checkpoint from before the nodule crop keeps the
     whole-frame crop it was trained with)."""
     from medshared.checkpoint import load_checkpoint
@@ -188,7 +247,7 @@ def load_classifier(path: Path, device: torch.device) -> tuple[torch.nn.Module, 
     cfg = config_from_dict(ClassifierConfig, conf["model"])
     clip = config_from_dict(ClipConfig, {"crop": "frame", **conf["clip"]})
     motion = config_from_dict(MotionConfig, conf.get("motion", {}))
-    model = build_classifier(cfg)
+    model = build_classifier(cfg, load_weights=False)  # the checkpoint holds the weights
     model.load_state_dict(sd)
     return model.to(device).eval(), cfg, clip, motion
 
@@ -199,11 +258,20 @@ def majority_chance(train_labels: np.ndarray, test_labels: np.ndarray) -> float:
     return float(np.mean(test_labels == maj))
 
 
-def cross_validate(records: list[VideoRecord], cfg: ClassifierConfig, tcfg: ClassifierTrainConfig,
-                   clip: ClipConfig, device: Any, motion: MotionConfig | None = None,
-                   out_dir: Path | None = None, keys: list[KeyFrame] | None = None,
-                   progress: bool = True, allow_pad: bool = True, restart: bool = False,
-                   n_boot: int = 2000) -> dict[str, Any]:
+def cross_validate(
+    records: list[VideoRecord],
+    cfg: ClassifierConfig,
+    tcfg: ClassifierTrainConfig,
+    clip: ClipConfig,
+    device: Any,
+    motion: MotionConfig | None = None,
+    out_dir: Path | None = None,
+    keys: list[KeyFrame] | None = None,
+    progress: bool = True,
+    allow_pad: bool = True,
+    restart: bool = False,
+    n_boot: int = 2000,
+) -> dict[str, Any]:
     """Stratified k-fold cross-validation grouped by patient (``medshared.splits.stratified_group_kfold``).
 
     Clips and V_motion are decoded/computed once for all folds. Per fold: train, predict the held-out videos,
@@ -238,12 +306,23 @@ def cross_validate(records: list[VideoRecord], cfg: ClassifierConfig, tcfg: Clas
     groups = [r.patient_id for r in records]
     folds = stratified_group_kfold(labels.tolist(), groups, n_splits=tcfg.folds, seed=tcfg.seed)
     cache: dict[str, Any] = {}
-    full = ClipDataset(records, clip, steps, motion, augment=False, keys=keys, allow_pad=allow_pad, cache=cache,
-                       progress=progress and ctx.is_main)
+    full = ClipDataset(
+        records,
+        clip,
+        steps,
+        motion,
+        augment=False,
+        keys=keys,
+        allow_pad=allow_pad,
+        cache=cache,
+        progress=progress and ctx.is_main,
+    )
     fold_metrics, preds = [], []
     for k, (tr, te) in enumerate(folds):
-        check_no_leak({"train": [records[i].patient_id for i in tr], "test": [records[i].patient_id for i in te]},
-                      {r.patient_id: r.patient_id for r in records})
+        check_no_leak(
+            {"train": [records[i].patient_id for i in tr], "test": [records[i].patient_id for i in te]},
+            {r.patient_id: r.patient_id for r in records},
+        )
         tk = replace(tcfg, seed=tcfg.seed + k)
         run_hash = classifier_run_hash(cfg, tk, clip, motion, [records[i] for i in tr], [keys[i] for i in tr])
         done = out_dir / f"fold{k}.json" if out_dir else None
@@ -253,9 +332,18 @@ def cross_validate(records: list[VideoRecord], cfg: ClassifierConfig, tcfg: Clas
             if check_resumable(done, old.get("config_hash"), run_hash, restart):
                 res = old
         if res is None:
-            train_ds = ClipDataset([records[i] for i in tr], clip, steps, motion, augment=True,
-                                   flip_prob=tcfg.flip_prob, intensity_prob=tcfg.intensity_prob,
-                                   keys=[keys[i] for i in tr], allow_pad=allow_pad, cache=cache)
+            train_ds = ClipDataset(
+                [records[i] for i in tr],
+                clip,
+                steps,
+                motion,
+                augment=True,
+                flip_prob=tcfg.flip_prob,
+                intensity_prob=tcfg.intensity_prob,
+                keys=[keys[i] for i in tr],
+                allow_pad=allow_pad,
+                cache=cache,
+            )
             log: list[dict[str, Any]] = []
             state = out_dir / f"fold{k}.state.pt" if out_dir else None
             model = train_classifier(train_ds, cfg, tk, ctx, motion, state, progress, log, run_hash, restart)
@@ -264,14 +352,29 @@ def cross_validate(records: list[VideoRecord], cfg: ClassifierConfig, tcfg: Clas
             m = binary_metrics(labels[te], y_pred, positive=1)
             m["auroc"] = auroc(labels[te], p, positive=1)
             m["chance"] = majority_chance(labels[tr], labels[te])
-            res = {"fold": k, "metrics": m, "log": log, "config_hash": run_hash,
-                   "predictions": [{"video": str(records[i].path), "patient_id": records[i].patient_id,
-                                    "label": LABELS[labels[i]], "p_malignant": float(pi), "pred": LABELS[yi],
-                                    "fold": k, "key_frame": keys[i].frame, "key_source": keys[i].source}
-                                   for i, pi, yi in zip(te, p, y_pred)]}
+            res = {
+                "fold": k,
+                "metrics": m,
+                "log": log,
+                "config_hash": run_hash,
+                "predictions": [
+                    {
+                        "video": str(records[i].path),
+                        "patient_id": records[i].patient_id,
+                        "label": LABELS[labels[i]],
+                        "p_malignant": float(pi),
+                        "pred": LABELS[yi],
+                        "fold": k,
+                        "key_frame": keys[i].frame,
+                        "key_source": keys[i].source,
+                    }
+                    for i, pi, yi in zip(te, p, y_pred)
+                ],
+            }
             if out_dir is not None and ctx.is_main:
-                save_classifier(out_dir / f"fold{k}.safetensors", model, cfg, clip, motion,
-                                {"fold": k, "config_hash": run_hash})
+                save_classifier(
+                    out_dir / f"fold{k}.safetensors", model, cfg, clip, motion, {"fold": k, "config_hash": run_hash}
+                )
                 atomic_write_json(done, res)
                 if state is not None and state.is_file():
                     state.unlink()
@@ -280,7 +383,13 @@ def cross_validate(records: list[VideoRecord], cfg: ClassifierConfig, tcfg: Clas
     summary = aggregate(fold_metrics)
     y = np.array([LABELS.index(p["label"]) for p in preds])
     s = np.array([p["p_malignant"] for p in preds])
-    pooled = binary_metrics_ci(y, s, positive=1, threshold=0.5, n_boot=n_boot, seed=tcfg.seed,
-                               groups=[p["patient_id"] for p in preds])
-    return {"folds": fold_metrics, "summary": summary, "pooled": pooled, "predictions": preds,
-            "chance": float(np.mean([m["chance"] for m in fold_metrics]))}
+    pooled = binary_metrics_ci(
+        y, s, positive=1, threshold=0.5, n_boot=n_boot, seed=tcfg.seed, groups=[p["patient_id"] for p in preds]
+    )
+    return {
+        "folds": fold_metrics,
+        "summary": summary,
+        "pooled": pooled,
+        "predictions": preds,
+        "chance": float(np.mean([m["chance"] for m in fold_metrics])),
+    }

@@ -12,8 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "read_video", "read_dicom", "is_dicom", "blackout_frames", "parse_blackout", "IMAGE_EXTS",
-           "VIDEO_EXTS", "DICOM_EXTS"]
+__all__ = [
+    "DataError",
+    "read_video",
+    "read_dicom",
+    "is_dicom",
+    "blackout_frames",
+    "parse_blackout",
+    "IMAGE_EXTS",
+    "VIDEO_EXTS",
+    "DICOM_EXTS",
+]
 
 log = logging.getLogger("kfgnet")
 
@@ -55,8 +64,10 @@ def read_dicom(path: str | Path) -> np.ndarray:
         ds = pydicom.dcmread(str(p))
         arr = pixel_array(ds, as_rgb=True)
     except Exception as e:  # pydicom raises many types for corrupt or compressed-without-plugin data
-        raise DataError(f"cannot read the pixels of DICOM {p} ({type(e).__name__}: {e}); a compressed transfer "
-                        f"syntax may need a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg)") from e
+        raise DataError(
+            f"cannot read the pixels of DICOM {p} ({type(e).__name__}: {e}); a compressed transfer "
+            f"syntax may need a decoder plugin (pip install pylibjpeg pylibjpeg-libjpeg)"
+        ) from e
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     spp = int(getattr(ds, "SamplesPerPixel", 1))
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
@@ -65,23 +76,26 @@ def read_dicom(path: str | Path) -> np.ndarray:
     if spp == 1:
         arr = np.repeat(arr[..., None], 3, axis=-1)  # (T, H, W) -> (T, H, W, 3)
     if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise DataError(f"DICOM {p} has pixel shape {arr.shape} (frames {frames}, samples per pixel {spp}); "
-                        f"expected a grey or RGB image or cine loop")
+        raise DataError(
+            f"DICOM {p} has pixel shape {arr.shape} (frames {frames}, samples per pixel {spp}); "
+            f"expected a grey or RGB image or cine loop"
+        )
     if arr.dtype != np.uint8:
         if arr.dtype.kind in "ui" and arr.size and arr.min() >= 0 and arr.max() <= 255:
             arr = arr.astype(np.uint8)  # 8-bit values stored in a wider type: same numbers
         else:
             bits = getattr(ds, "BitsStored", "?")
-            raise DataError(f"DICOM {p} stores {bits}-bit pixels ({arr.dtype}, range {arr.min()}..{arr.max()}); "
-                            f"kfgnet reads 8-bit ultrasound: export the loop as 8-bit (window it) first")
+            raise DataError(
+                f"DICOM {p} stores {bits}-bit pixels ({arr.dtype}, range {arr.min()}..{arr.max()}); "
+                f"kfgnet reads 8-bit ultrasound: export the loop as 8-bit (window it) first"
+            )
     if photometric == "MONOCHROME1":
         log.warning("DICOM %s is MONOCHROME1 (white = 0): inverted to MONOCHROME2 as the standard defines", p)
         arr = 255 - arr
     return np.ascontiguousarray(arr)
 
 
-def read_video(path: str | Path, gray: bool = False, blackout: tuple[int, int, int, int] | None = None
-               ) -> np.ndarray:
+def read_video(path: str | Path, gray: bool = False, blackout: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Read all frames of a video file (OpenCV: avi, mp4, ...), a DICOM cine loop, or a folder of images (sorted by
     name).
 
@@ -97,8 +111,9 @@ def read_video(path: str | Path, gray: bool = False, blackout: tuple[int, int, i
 
     p = Path(path)
     if not p.exists():
-        raise DataError(f"video {p} does not exist; check the 'video' column of the manifest (paths are relative "
-                        f"to the manifest)")
+        raise DataError(
+            f"video {p} does not exist; check the 'video' column of the manifest (paths are relative to the manifest)"
+        )
     if not p.is_dir() and is_dicom(p):
         arr = read_dicom(p)
     else:
@@ -115,8 +130,10 @@ def read_video(path: str | Path, gray: bool = False, blackout: tuple[int, int, i
         else:
             cap = cv2.VideoCapture(str(p))
             if not cap.isOpened():
-                raise DataError(f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it, e.g. "
-                                f"ffmpeg -i in -c:v mjpeg out.avi, or extract its frames into a folder")
+                raise DataError(
+                    f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it, e.g. "
+                    f"ffmpeg -i in -c:v mjpeg out.avi, or extract its frames into a folder"
+                )
             while True:
                 ok, im = cap.read()
                 if not ok:
@@ -157,15 +174,16 @@ def blackout_frames(frames: np.ndarray, blackout: tuple[int, int, int, int]) -> 
     top, bottom, left, right = blackout
     h, w = frames.shape[1:3]
     if top + bottom >= h or left + right >= w:
-        raise DataError(f"blackout {blackout} covers the whole {w}x{h} frame; give smaller bands (top, bottom, left, "
-                        f"right pixels)")
+        raise DataError(
+            f"blackout {blackout} covers the whole {w}x{h} frame; give smaller bands (top, bottom, left, right pixels)"
+        )
     out = frames.copy()
     if top:
         out[:, :top] = 0
     if bottom:
-        out[:, h - bottom:] = 0
+        out[:, h - bottom :] = 0
     if left:
         out[:, :, :left] = 0
     if right:
-        out[:, :, w - right:] = 0
+        out[:, :, w - right :] = 0
     return out

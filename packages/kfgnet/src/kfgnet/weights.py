@@ -22,12 +22,18 @@ __all__ = ["weights_url", "resolve_weights", "load_state_dict_file", "WEIGHT_NAM
 #: (network, name) -> (torchvision enum path, what it is)
 WEIGHT_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("resnet50", "imagenet"): ("ResNet50_Weights.IMAGENET1K_V1", "ImageNet ResNet-50 weights"),
-    ("mobilenet_v3_large", "imagenet"): ("MobileNet_V3_Large_Weights.IMAGENET1K_V1",
-                                         "ImageNet MobileNetV3-Large weights"),
-    ("fasterrcnn_resnet50_fpn", "coco"): ("detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
-                                          "COCO Faster R-CNN ResNet50-FPN weights"),
-    ("fasterrcnn_mobilenet_v3_large_fpn", "coco"): ("detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1",
-                                                    "COCO Faster R-CNN MobileNetV3-FPN weights"),
+    ("mobilenet_v3_large", "imagenet"): (
+        "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+        "ImageNet MobileNetV3-Large weights",
+    ),
+    ("fasterrcnn_resnet50_fpn", "coco"): (
+        "detection.FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
+        "COCO Faster R-CNN ResNet50-FPN weights",
+    ),
+    ("fasterrcnn_mobilenet_v3_large_fpn", "coco"): (
+        "detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1",
+        "COCO Faster R-CNN MobileNetV3-FPN weights",
+    ),
     ("r3d_18", "kinetics"): ("video.R3D_18_Weights.KINETICS400_V1", "Kinetics-400 R3D-18 weights"),
     ("r2plus1d_18", "kinetics"): ("video.R2Plus1D_18_Weights.KINETICS400_V1", "Kinetics-400 R(2+1)D-18 weights"),
 }
@@ -69,9 +75,14 @@ def resolve_weights(spec: str, network: str, hint: str, offline: bool = False) -
         for n in names:
             if env_dir and (Path(env_dir) / n).is_file():
                 return Path(env_dir) / n
-        raise FileNotFoundError(missing_weights_message(
-            f"{network} weights", Path(env_dir or "$KFGNET_WEIGHTS_DIR") / names[0], None,
-            hint + " (or set KFGNET_WEIGHTS_DIR to the folder holding it)"))
+        raise FileNotFoundError(
+            missing_weights_message(
+                f"{network} weights",
+                Path(env_dir or "$KFGNET_WEIGHTS_DIR") / names[0],
+                None,
+                hint + " (or set KFGNET_WEIGHTS_DIR to the folder holding it)",
+            )
+        )
     if any(net == network and n == spec for net, n in WEIGHT_NAMES):
         url, what = weights_url(network, spec)
         fname = Path(url).name
@@ -81,9 +92,14 @@ def resolve_weights(spec: str, network: str, hint: str, offline: bool = False) -
     p = Path(spec)
     if not p.is_file():
         named = sorted(n for net, n in WEIGHT_NAMES if net == network)
-        raise FileNotFoundError(missing_weights_message(
-            f"weights file {p}", None, None,
-            f"give an existing file{', or one of ' + str(named) if named else ''}; {hint}"))
+        raise FileNotFoundError(
+            missing_weights_message(
+                f"weights file {p}",
+                None,
+                None,
+                f"give an existing file{', or one of ' + str(named) if named else ''}; {hint}",
+            )
+        )
     return p
 
 
