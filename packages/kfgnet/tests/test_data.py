@@ -150,3 +150,18 @@ def test_boxes_outside_frame(tmp_path: Path, synth: Path) -> None:
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="make-synthetic"):
         read_manifest(tmp_path / "nope.json")
+
+
+def test_key_frame_optional_with_uniform_sampling(tmp_path: Path, synth: Path) -> None:
+    rows = json.loads(synth.read_text())["videos"][:2]
+    for r in rows:
+        r["video"] = str(synth.parent / r["video"])
+        del r["key_frame"]
+    p = tmp_path / "nokey.json"
+    p.write_text(json.dumps({"videos": rows}))
+    recs = read_manifest(p)
+    assert all(r.key_frame is None for r in recs)
+    ds = ClipDataset(recs, ClipConfig(num_frames=8, size=32, sampling="uniform"), 2)
+    assert len(ds) == 2 and ds.keys[0].box is not None  # the nodule crop still finds an annotated box
+    with pytest.raises(DataError, match="has no key_frame"):
+        ClipDataset(recs, ClipConfig(num_frames=8, size=32), 2)

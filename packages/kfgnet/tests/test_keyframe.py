@@ -148,3 +148,31 @@ def test_keyframe_net_rejects_wrong_feature_width() -> None:
     )
     with pytest.raises(ValueError, match="feature_dim"):
         m(torch.randn(1, 3, 9), torch.rand(1, 3, 5), torch.tensor([3]))
+
+
+def test_official_2023_optimisation_and_best_epoch_on_validation() -> None:
+    from kfgnet.config import get_keyframe_train_config
+
+    t = get_keyframe_train_config("official_2023", epochs=12)
+    assert (t.lr, t.weight_decay, t.lr_milestones, t.lr_gamma, t.grad_clip, t.mask_padding) == (
+        1e-3,
+        1e-8,
+        (10,),
+        0.1,
+        0.5,
+        False,
+    )
+    assert get_keyframe_train_config("kfgnet_keyframe").lr == 0.01  # the paper's
+    cfg = get_keyframe_config("kfgnet_keyframe_tiny", feature_dim=16)
+    dets = [_dets(12, seed=s) for s in range(10)]
+    keys = [int(d.frame_num[np.argmax(d.boxes[:, 0])]) for d in dets]
+    seqs = build_sequences(dets[:7], keys[:7], cfg)
+    val = build_sequences(dets[7:], None, cfg)
+    log: list[dict] = []
+    m = train_keyframe(seqs, cfg, t, torch.device("cpu"), False, log, val, keys[7:])
+    assert [r["lr"] for r in log][9:11] == pytest.approx([1e-3, 1e-4])  # x0.1 from epoch 11 (after 10)
+    assert [r["epoch"] for r in log if "val_acc_d0" in r] == [2, 4, 6, 8, 10, 12]  # official: every 2 epochs
+    best = [r for r in log if r.get("best")][-1]
+    pred, _ = predict_keyframes(m, val, torch.device("cpu"))
+    acc = float(np.mean([p == k for p, k in zip(pred, keys[7:])]))
+    assert acc == pytest.approx(best["val_acc_d0"])  # the returned model is the best epoch's
