@@ -176,3 +176,30 @@ def test_official_2023_optimisation_and_best_epoch_on_validation() -> None:
     pred, _ = predict_keyframes(m, val, torch.device("cpu"))
     acc = float(np.mean([p == k for p, k in zip(pred, keys[7:])]))
     assert acc == pytest.approx(best["val_acc_d0"])  # the returned model is the best epoch's
+
+
+def test_locate_keyframes_fallback_for_a_video_without_detections(caplog: pytest.LogCaptureFixture) -> None:
+    """Stage 1's answer: the LSTM's argmax frame with the detector's box there; a video without any detection gets
+    the middle frame, no box, source fallback_middle (logged), never a crash or a dropped video."""
+    from kfgnet.keyframe import build_keyframe_model
+    from kfgnet.pipeline import locate_keyframes
+
+    cfg = get_keyframe_config("kfgnet_keyframe_tiny", feature_dim=16)
+    torch.manual_seed(0)
+    model = build_keyframe_model(cfg).eval()
+    empty = FrameDetections(
+        np.zeros(0, np.int64),
+        np.zeros((0, 4), np.float32),
+        np.zeros(0, np.float32),
+        np.zeros((0, 16), np.float32),
+        (64, 64),
+        31,
+    )
+    d = _dets(10)
+    with caplog.at_level("WARNING", logger="kfgnet"):
+        preds = locate_keyframes(["a.avi", "b.avi"], [d, empty], model, cfg, torch.device("cpu"))
+    a, b = preds
+    assert a.source == "stage1" and a.key_frame in d.frame_num.tolist()
+    np.testing.assert_allclose(a.box, d.boxes[list(d.frame_num).index(a.key_frame)])
+    assert (b.key_frame, b.box, b.source, b.num_frames) == (15, None, "fallback_middle", 31)
+    assert "b.avi" in caplog.text and "fallback_middle" in caplog.text
