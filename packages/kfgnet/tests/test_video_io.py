@@ -114,3 +114,14 @@ def test_list_videos_folder_of_videos_vs_frame_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="holds no videos"):
         (tmp_path / "empty").mkdir()
         list_videos(tmp_path / "empty")
+
+
+def test_iter_frames_decodes_only_wanted_frames_of_a_dicom_too(tmp_path: Path) -> None:
+    from kfgnet.video_io import frame_count_and_size, iter_frames
+
+    grey = np.arange(6 * 8 * 10, dtype=np.uint8).reshape(6, 8, 10)
+    p = write_dicom_cine(tmp_path / "c.dcm", grey)
+    assert frame_count_and_size(p) == (6, (10, 8))
+    got = dict(iter_frames(p, {1, 4}))
+    assert sorted(got) == [1, 4] and got[4].shape == (8, 10, 3)
+    np.testing.assert_array_equal(got[4][..., 0], grey[4])

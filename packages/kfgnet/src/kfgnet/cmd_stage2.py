@@ -33,8 +33,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from medshared.distributed import effective_batch, init_distributed
     from medshared.runtime import atomic_write_csv, atomic_write_json
 
+    from kfgnet.clips import ClipDataset
     from kfgnet.config import TABLE1_ROWS, ClassifierTrainConfig, MotionConfig, get_classifier_config
-    from kfgnet.data import ClipDataset
     from kfgnet.evaluate import classification_summary, fmt_pm
     from kfgnet.pipeline import read_keyframes_csv
     from kfgnet.train import classifier_run_hash, cross_validate, save_classifier, train_classifier
@@ -152,8 +152,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medshared.metrics import binary_metrics
     from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
 
+    from kfgnet.clips import ClipDataset
     from kfgnet.config import LABELS
-    from kfgnet.data import ClipDataset
     from kfgnet.pipeline import write_keyframes_csv
     from kfgnet.train import load_classifier, predict_clips
 

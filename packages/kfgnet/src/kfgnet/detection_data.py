@@ -33,6 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from kfgnet.data import IMAGE_EXTS, DataError, VideoRecord
+from kfgnet.video_io import frame_count_and_size, iter_frames
 
 __all__ = [
     "DetectionItem",
@@ -240,7 +241,7 @@ def extract_annotated_frames(
         pos = sorted({keys[i] for i in sel})
         tag = hashlib.sha1(f"{Path(r.path).resolve()}|{blackout}".encode()).hexdigest()[:10]
         sub = cache_dir / f"{r.name}-{tag}"
-        n_frames, size = _frame_count_and_size(r.path)
+        n_frames, size = frame_count_and_size(r.path)
         w, h = size
         for k in keys:
             if k >= n_frames:
@@ -263,7 +264,7 @@ def extract_annotated_frames(
 
             from kfgnet.video_io import blackout_frames
 
-            for k, frame in _iter_frames(r.path, missing):
+            for k, frame in iter_frames(r.path, missing):
                 if blackout is not None and any(blackout):
                     frame = blackout_frames(frame[None], blackout)[0]
                 with atomic_path(paths[k]) as tmp:
@@ -275,66 +276,6 @@ def extract_annotated_frames(
     if not items:
         raise DataError("no annotated boxes in the manifest: the detector needs 'boxes' on some frames")
     return items
-
-
-def _frame_count_and_size(path: Path) -> tuple[int, tuple[int, int]]:
-    """(number of frames, (W, H)) of a video file or frame folder, counting frames by decoding (exact)."""
-    import cv2
-
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise DataError(f"frame folder {p} holds no images")
-        im = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
-        if im is None:
-            raise DataError(f"cannot read frame {files[0]}")
-        return len(files), (im.shape[1], im.shape[0])
-    n, size = 0, (0, 0)
-    for _, f in _iter_frames(p, None):
-        n, size = n + 1, (f.shape[1], f.shape[0])
-    return n, size
-
-
-def _iter_frames(path: Path, wanted: set[int] | None):
-    """Yield ``(index, BGR frame)`` of the wanted frames (all when None), decoding the video once, front to back."""
-    import cv2
-
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"video {p} does not exist; check the 'video' column of the manifest")
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        for i, f in enumerate(files):
-            if wanted is None or i in wanted:
-                im = cv2.imread(str(f), cv2.IMREAD_COLOR)
-                if im is None:
-                    raise DataError(f"cannot read frame {f} (corrupt or not an image)")
-                yield i, im
-        return
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        raise DataError(
-            f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it or extract its "
-            f"frames into a folder"
-        )
-    last = max(wanted) if wanted else None
-    i = 0
-    try:
-        while last is None or i <= last:
-            if wanted is not None and i not in wanted:
-                if not cap.grab():  # skip without decoding into an array
-                    break
-            else:
-                ok, im = cap.read()
-                if not ok:
-                    break
-                yield i, im
-            i += 1
-    finally:
-        cap.release()
-    if i == 0:
-        raise DataError(f"video {p} has no readable frames (corrupt or empty file)")
 
 
 def read_image_rgb(path: Path) -> np.ndarray:

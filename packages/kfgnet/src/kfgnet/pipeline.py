@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from kfgnet.clips import FALLBACK, KeyFrame, load_clip
 from kfgnet.config import LABELS
-from kfgnet.data import FALLBACK, DataError, KeyFrame, VideoRecord, load_clip, read_video
+from kfgnet.data import DataError, VideoRecord, read_video
 from kfgnet.detector import FrameDetections, detect_frames, load_detector
 from kfgnet.keyframe import build_sequences, load_keyframe, predict_keyframes
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from kfgnet.clips import ClipDataset, KeyFrame, record_keyframe
 from kfgnet.config import LABELS, ClassifierConfig, ClassifierTrainConfig, ClipConfig, MotionConfig, config_to_dict
-from kfgnet.data import ClipDataset, KeyFrame, VideoRecord, record_keyframe
+from kfgnet.data import VideoRecord
 from kfgnet.losses import kfgnet_loss
 from kfgnet.model import build_classifier
 from kfgnet.runstate import check_resumable, config_hash

@@ -8,11 +8,14 @@ and the fix for anything it cannot read as stored: nothing is rescaled, cropped 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 __all__ = [
+    "iter_frames",
+    "frame_count_and_size",
     "DataError",
     "read_video",
     "read_dicom",
@@ -187,3 +190,69 @@ def blackout_frames(frames: np.ndarray, blackout: tuple[int, int, int, int]) -> 
     if right:
         out[:, :, w - right :] = 0
     return out
+
+
+def frame_count_and_size(path: Path) -> tuple[int, tuple[int, int]]:
+    """(number of frames, (W, H)) of a video file, DICOM or frame folder, counting frames by decoding (exact)."""
+    import cv2
+
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise DataError(f"frame folder {p} holds no images")
+        im = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
+        if im is None:
+            raise DataError(f"cannot read frame {files[0]}")
+        return len(files), (im.shape[1], im.shape[0])
+    n, size = 0, (0, 0)
+    for _, f in iter_frames(p, None):
+        n, size = n + 1, (f.shape[1], f.shape[0])
+    return n, size
+
+
+def iter_frames(path: Path, wanted: set[int] | None) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(index, BGR frame)`` of the wanted frames (all when None), decoding the video once, front to back
+    (video files skip unwanted frames without converting them to arrays)."""
+    import cv2
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"video {p} does not exist; check the 'video' column of the manifest")
+    if not p.is_dir() and is_dicom(p):  # a cine loop is decoded whole by pydicom
+        for i, f in enumerate(read_dicom(p)):
+            if wanted is None or i in wanted:
+                yield i, np.ascontiguousarray(f[..., ::-1])  # RGB -> BGR, as OpenCV's frames
+        return
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        for i, f in enumerate(files):
+            if wanted is None or i in wanted:
+                im = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                if im is None:
+                    raise DataError(f"cannot read frame {f} (corrupt or not an image)")
+                yield i, im
+        return
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise DataError(
+            f"cannot open video {p} (corrupt, or a codec OpenCV lacks); re-encode it or extract its "
+            f"frames into a folder"
+        )
+    last = max(wanted) if wanted else None
+    i = 0
+    try:
+        while last is None or i <= last:
+            if wanted is not None and i not in wanted:
+                if not cap.grab():  # skip without decoding into an array
+                    break
+            else:
+                ok, im = cap.read()
+                if not ok:
+                    break
+                yield i, im
+            i += 1
+    finally:
+        cap.release()
+    if i == 0:
+        raise DataError(f"video {p} has no readable frames (corrupt or empty file)")
