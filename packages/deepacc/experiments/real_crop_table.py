@@ -33,13 +33,15 @@ ROWS = {  # name: (config, model overrides, train overrides)
     "f_deepacc": ("table1_f", {}, {}),
     "retinanet": ("retinanet_r101", {}, {}),
 }
-EXTRAS = {  # one seed each
+EXTRAS = {  # one seed each, except the seeds of EXTRA_SEEDS
     "f_lr_literal_b1": ("table1_f", {}, {"batch_size": 1, "lr": 0.02, "lr_scaling": "literal"}),
     "f_lr_linear_b1": ("table1_f", {}, {"batch_size": 1, "lr": 0.02, "lr_scaling": "linear"}),
     "c_alpha1": ("table1_c", {"aam_weight": 1.0}, {}),
     "f_xnorm": ("table1_f", {"inference_feature_norm": True}, {}),
 }
 SEEDS = (0, 1, 2)
+#: f_xnorm beat the paper's un-normalised x at seed 0 (0.203 vs 0.096 mAP@0.5): all three seeds decide the default.
+EXTRA_SEEDS = {"f_xnorm": SEEDS}
 EPOCHS = 10
 
 
@@ -164,8 +166,7 @@ def main() -> int:
     plan: list[tuple[str, tuple | None, int]] = []
     for seed in SEEDS:
         plan += [(n, r, seed) for n, r in ROWS.items()] + [("crop_classifier", None, seed)]
-        if seed == SEEDS[0]:
-            plan += [(n, r, seed) for n, r in EXTRAS.items()]
+        plan += [(n, r, seed) for n, r in EXTRAS.items() if seed in EXTRA_SEEDS.get(n, SEEDS[:1])]
     for name, row, seed in plan:
         if only is not None and name not in only:
             continue
