@@ -91,3 +91,14 @@ def test_outputs_respect_umask(samples, tmp_path: Path) -> None:
                                         "train.json"}  # fmt: skip
     for p in files:
         assert p.stat().st_mode & 0o777 == 0o640, (p.name, oct(p.stat().st_mode))
+
+
+def test_lr_rules() -> None:
+    from deepacc.train import effective_lr
+
+    paper = create_config("deepacc_r101").train
+    assert paper.lr_scaling == "literal" and effective_lr(paper) == pytest.approx(0.02)  # the paper's value
+    assert effective_lr(paper, world_size=8) == pytest.approx(0.02)
+    linear = dataclasses.replace(paper, lr_scaling="linear")
+    assert effective_lr(linear) == pytest.approx(0.02 / 16)  # mmdet's reading: 0.02 per 16 images
+    assert effective_lr(linear, world_size=8) == pytest.approx(0.02 * 8 / 16)

@@ -125,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="images per process and step")
     p.add_argument("--lr", type=float, default=None, help="base lr before scaling (paper: 0.02)")
-    p.add_argument("--lr-literal", action="store_true", help="use the lr as is (paper's literal 0.02 at batch 1)")
+    p.add_argument(
+        "--lr-scaling",
+        default=None,
+        choices=["literal", "linear"],
+        help="literal: the lr as given (paper: 0.02 at batch 1; the default); linear: lr x effective batch / 16",
+    )
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between mid-epoch resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a train_state.pt")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (margin branch stays fp32)")
@@ -236,7 +241,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs if args.epochs is not None else t.epochs,
         batch_size=args.batch_size if args.batch_size is not None else t.batch_size,
         lr=args.lr if args.lr is not None else t.lr,
-        lr_scaling="literal" if args.lr_literal else t.lr_scaling,
+        lr_scaling=args.lr_scaling or t.lr_scaling,
         checkpoint_every=args.checkpoint_every if args.checkpoint_every is not None else t.checkpoint_every,
     )
     cfg = dataclasses.replace(cfg, train=t)
