@@ -146,3 +146,14 @@ def test_smoothing_loss_hand_value_and_truncation():
     two = torch.stack([LOGITS, LOGITS])
     with_smooth = stage_loss(ce, two, TARGET, smooth_weight=0.15)
     assert with_smooth.item() == pytest.approx(2 * (ce(LOGITS, TARGET).item() + 0.15 * smoothing_loss(LOGITS).item()))
+
+
+@pytest.mark.parametrize("loss", ["ce", "wce", "focal", "ldam"])
+def test_every_loss_takes_the_codes_float64_logits(loss):
+    counts = np.array([10, 30, 1, 1, 1, 1, 1, 1, 5])
+    crit = build_criterion(TrainConfig(loss=loss), counts)
+    two = torch.stack([LOGITS, LOGITS]).double().requires_grad_(True)
+    total = stage_loss(crit, two, TARGET)  # float64 logits, as in training (code)
+    total.backward()
+    assert torch.isfinite(total) and two.grad.abs().sum() > 0
+    assert stage_loss(crit, two.detach().float(), TARGET).item() == pytest.approx(total.item(), rel=1e-5)

@@ -20,6 +20,7 @@ __all__ = [
     "effective_number_weights",
     "ldam_margins",
     "FocalLoss",
+    "WeightedCrossEntropy",
     "LDAMLoss",
     "build_criterion",
     "smoothing_loss",
@@ -149,6 +150,20 @@ class LDAMLoss(nn.Module):
         return F.cross_entropy(self.s * adjusted, t, weight=None if w is None else w.to(lg))
 
 
+class WeightedCrossEntropy(nn.Module):
+    """Class-weighted cross-entropy whose weights follow the logits' dtype (the code computes the loss on float64
+    logits; ``nn.CrossEntropyLoss`` with float32 weights refuses them)."""
+
+    def __init__(self, weight: torch.Tensor, ignore_index: int = TRANSITION) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+        self.ignore_index = ignore_index
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64."""
+        return F.cross_entropy(logits, target, weight=self.weight.to(logits), ignore_index=self.ignore_index)
+
+
 def build_criterion(cfg: TrainConfig, counts: Sequence[float], model_cfg: ModelConfig | None = None) -> nn.Module:
     """Criterion named by ``cfg.loss`` (ce, wce, focal, ldam) for the training class ``counts``.
 
@@ -158,7 +173,7 @@ def build_criterion(cfg: TrainConfig, counts: Sequence[float], model_cfg: ModelC
     if cfg.loss == "ce":
         return nn.CrossEntropyLoss(ignore_index=TRANSITION)
     if cfg.loss == "wce":
-        return nn.CrossEntropyLoss(weight=inverse_frequency_weights(counts), ignore_index=TRANSITION)
+        return WeightedCrossEntropy(inverse_frequency_weights(counts), ignore_index=TRANSITION)
     if cfg.loss == "focal":
         return FocalLoss(cfg.focal_gamma, ignore_index=TRANSITION)
     if cfg.loss == "ldam":
