@@ -123,12 +123,13 @@ def test_stratified_subset_keeps_class_proportions():
 
 
 def test_resume_state_is_weights_plus_adam_moments(syn_dir, tmp_path):
-    """last_state.pt holds the weights and Adam's two moments (3x the weights) and small RNG/history, nothing else."""
+    """last_state.pt holds the weights and Adam's two moments (3x the weights) and small RNG/history, nothing else.
+    (Trained with 2 DataLoader workers, which resize the cycles on a CPU.)"""
     from lungcvt.train import train
 
     cfg = get_config("lungcvt_tiny")
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1, subset_fraction=0.5))
-    res = train(cfg, syn_dir, tmp_path / "r", device="cpu", cache_dir=tmp_path / "c", progress=False)
+    res = train(cfg, syn_dir, tmp_path / "r", device="cpu", cache_dir=tmp_path / "c", progress=False, num_workers=2)
     st = torch.load(tmp_path / "r" / "last_state.pt", weights_only=False)
     weight_bytes = sum(v.numel() * v.element_size() for v in st["model"].values())
     moments = [t for s in st["optimizer"]["state"].values() for k, t in s.items() if k in ("exp_avg", "exp_avg_sq")]
@@ -141,6 +142,7 @@ def test_resume_state_is_weights_plus_adam_moments(syn_dir, tmp_path):
     assert tj["last_state_bytes"] == size and tj["n_train"] == sum(res.train_counts)
     assert tj["n_train"] == pytest.approx(0.5 * sum(tj["split"]["validation"]["train_counts"]), abs=4)
     assert set(st["rng"][0]) >= {"python", "numpy", "torch", "generator"}
+    assert tj["data_loader"] == {"num_workers": 2, "resize": "workers"}  # on a CPU the workers resize each cycle
 
 
 def test_sharded_features_give_exactly_the_files_of_one_run(syn_dir, tmp_path, capsys):
