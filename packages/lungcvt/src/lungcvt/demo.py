@@ -140,8 +140,8 @@ def run_demo(
         "# LungCVT demo (synthetic ICBHI-layout data)",
         "",
         f"{syn.n_recordings} recordings, {syn.n_cycles} cycles (normal/crackle/wheeze/both = {syn.class_counts}); "
-        f"config `lungcvt_tiny` (random init), {epochs} epochs, best epoch {res.best_epoch} on the patient-disjoint "
-        "validation split.",
+        f"config `lungcvt_tiny` (random init), {epochs} epochs, best epoch {res.best_epoch} on the stratified, "
+        "patient-grouped validation split.",
         "",
         "| metric (test split) | Se | Sp | Score | Accuracy |",
         "|---|---|---|---|---|",
