@@ -36,10 +36,10 @@ log = logging.getLogger("pocapnet")
 
 #: Measured on the demo data (README "Streaming vs offline"): what streaming costs an acausal checkpoint.
 CAUSAL_NOTE = (
-    "its MS-TCN is acausal (model.causal_conv false, the paper's setting): offline, each second also sees "
-    "the rest of its chunk, which streaming cannot; streamed accuracy is lower than offline (README "
-    "'Streaming vs offline'). Train with --preset pocapnet_causal (or model.causal_conv: true) for "
-    "streaming predictions identical to offline ones"
+    "its MS-TCN is acausal (model.causal_conv false, the paper's setting): offline, each second also sees the rest of "
+    "its chunk, which streaming cannot; on the demo data streamed accuracy was 0.603 against 0.794 offline (README "
+    "'Streaming vs offline'). A model trained with --preset pocapnet_causal (model.causal_conv: true) streams "
+    "exactly its offline predictions"
 )
 
 
