@@ -93,7 +93,8 @@ class FeatureConfig:
     wav2vec2: str = "facebook/wav2vec2-large-xlsr-53"  # paper §2.2: XLSR-53 (a local folder or the HF cache name)
     xray_weights: str = "densenet121-res224-all"  # paper §2.2: TorchXRayVision "all" weights (or a file path)
     channels: tuple[int, ...] = (1, 2, 3)  # paper §3.1: Channel_1 physician, Channel_2 assistant, Channel_3 ambient
-    chunk_s: int = 256  # seconds per resumable extraction chunk (package option; not part of the features' identity)
+    chunk_s: int = 64  # seconds per resumable extraction chunk (package option, not part of the features' identity):
+    # at XLSR-53 size one chunk is ~7 min of one-thread CPU here, so an interruption loses ~0.9 % of an hour on average
 
 
 @dataclass(frozen=True)
