@@ -4,6 +4,8 @@ into a fresh virtual environment, and the lock file is current."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,7 +28,7 @@ def _uv() -> str:
 @pytest.mark.parametrize("name", ["medshared", *PACKAGES])
 def test_member_imports(name):
     mod = importlib.import_module(name)
-    assert mod.__version__ == "0.1.0"
+    assert mod.__version__ == importlib.metadata.version(name)  # the code and the installed metadata agree
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -37,7 +39,19 @@ def test_console_script_help(name):
     assert r.returncode == 0, r.stderr
     assert name in r.stdout
     r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "0.1.0" in r.stdout
+    assert r.returncode == 0 and importlib.metadata.version(name) in r.stdout
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_python_dash_m_entry_for_torchrun(name, monkeypatch, capsys):
+    """`torchrun -m <pkg> train ...` needs `<pkg>/__main__.py` running the CLI's main()."""
+    import runpy
+
+    assert importlib.util.find_spec(f"{name}.__main__") is not None, f"{name} has no __main__.py"
+    monkeypatch.setattr(sys, "argv", [name, "--version"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module(name, run_name="__main__")
+    assert e.value.code in (0, None) and importlib.metadata.version(name) in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", PACKAGES)
