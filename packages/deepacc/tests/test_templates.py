@@ -37,10 +37,13 @@ def test_jump_detector_flags_a_switch() -> None:
 
 
 @pytest.mark.slow
-def test_local_templates_from_first_iteration_train_stably(tmp_path) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("feature_norm", [True, False], ids=["s_n_x", "x_as_printed"])
+def test_local_templates_from_first_iteration_train_stably(tmp_path, feature_norm: bool) -> None:  # noqa: ANN001
     exp = _experiment()
-    ce, local = exp.run(exp.make_data(str(tmp_path / "d"), size=128), size=128)
+    ce, local = exp.run(exp.make_data(str(tmp_path / "d"), size=128), size=128, norm=feature_norm)
     assert np.isfinite(ce).all()
-    assert local[:10].mean() > 0.05 and local.mean() > 0.1, local  # local templates really are in use, from the start
+    assert local[:10].mean() > 0.05, local  # local templates really are in use from the first iterations
+    if not feature_norm:  # with s * n(x) the margin softmax passes delta less often later on (4% of the classes)
+        assert local.mean() > 0.1, local
     assert jumps(ce) == [], np.round(ce, 2)
     assert ce[-20:].mean() < 0.8 * ce[:10].mean(), np.round(ce, 2)  # and the inference branch learns

@@ -94,9 +94,10 @@ class ModelConfig:
     delta: float = 0.5
     detach_templates: bool = False  # [I]
     exclude_gt_templates: bool = False  # keep GT boxes added as proposals out of template selection [I]
-    # Eq. 2 as printed: W_I^T x_i + b with x_i NOT normalised (the Remark of Sec. 2.3: the branch avoids the
-    # information loss of normalisation). True: s * n(x_i)^T W_I + b (the previous default; ablation in the README).
-    inference_feature_norm: bool = False
+    # Inference-branch logits. False: Eq. 2 as printed, W_I^T x_i + b with x_i not normalised (the Remark of Sec. 2.3).
+    # True: s * n(x_i)^T W_I + b. Measured on real-crop spreads, full head, 3 seeds (README): True 0.193 +- 0.014,
+    # False 0.117 +- 0.032 mAP@0.5, so the normalised form is the default (a deviation from the printed Eq. 2).
+    inference_feature_norm: bool = True
     # --- GIA (Eq. 3) ---
     detach_partner: bool = False  # [I]
     # --- loss weights (Eq. 4: alpha = 0.1, beta = 1.0, gamma = 0.1) ---
