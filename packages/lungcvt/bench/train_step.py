@@ -12,20 +12,21 @@ visible next to it.
 Four data paths feed the same cached-feature-like cycles (float16 [3, 96, T], T drawn around the ICBHI mean of 117
 frames):
 
-- ``item``: the previous path: each item resized and normalised on the CPU in ``__getitem__`` (``to_image``), no
-  workers;
-- ``item+workers``: the same with ``--workers`` DataLoader workers;
+- ``item``: the previous path: each item resized and normalised on the CPU in ``__getitem__`` (``to_image``, here
+  ``CycleDataset(image_cfg=...)``), no workers;
+- ``item+workers``: the same with ``--workers`` DataLoader workers: what ``train --workers N`` runs on a CPU;
 - ``batched``: items padded by ``collate_cycles``, the batch resized on the device by ``batch_to_image``, no workers;
-- ``batched+workers``: the package's path: workers + batched resize on the device.
+- ``batched+workers``: workers + batched resize on the device: what ``train --workers N`` runs on a GPU.
 
 For each: samples per second over the timed steps (after one warm-up batch) and the data-wait share = time blocked in
 the loader's ``next()`` / loop time. Paths run interleaved (``--repeats`` rounds) so that load from other jobs hits
 them alike; the median round is reported. With ``--state-size``, also the size of the resume state
 (``last_state.pt``: weights + Adam moments + RNG states) for DeiT-B and DeiT-tiny against their weights.
 
-Last line: ``{"bench": "train_step", "ratio": samples/s of batched+workers / item, "target": 1.0,
-"data_wait_share": ..., "data_wait_target": 0.2, ...}``: the package path must be no slower than the old one and
-wait for data less than 20 % of the time.
+Last line: ``{"bench": "train_step", "ratio": samples/s of the package's path on this device
+(``lungcvt.train.resize_where``) / samples/s of ``item``, "target": 1.0, "data_wait_share": ...,
+"data_wait_target": 0.2, ...}``: the package's path must be no slower than the old one and wait for data less than
+20 % of the time.
 """
 
 from __future__ import annotations
@@ -48,21 +49,6 @@ def _cycles(n: int, seed: int = 0):
     lengths = np.clip(rng.gamma(8.0, 117 / 8.0, n), 10, 700).astype(int)  # ICBHI cycles: mean 2.7 s = 117 frames
     feats = [(rng.standard_normal((3, 96, int(t))) * 15 - 40).astype(np.float16) for t in lengths]
     return CycleSet(feats=feats, labels=[int(v) for v in rng.integers(0, 4, n)])
-
-
-class ItemResizeDataset(torch.utils.data.Dataset):
-    """The previous path: resize + normalise each item on the CPU inside ``__getitem__``."""
-
-    def __init__(self, cycles, cfg) -> None:
-        self.cycles, self.cfg = cycles, cfg
-
-    def __len__(self) -> int:
-        return len(self.cycles)
-
-    def __getitem__(self, i: int):
-        from lungcvt.images import to_image
-
-        return to_image(self.cycles.feats[i].astype(np.float32), self.cfg), self.cycles.labels[i]
 
 
 def _config(preset: str, image_size: int):
@@ -91,17 +77,8 @@ def run_path(
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     n_workers = workers if path.endswith("+workers") else 0
     g = torch.Generator().manual_seed(0)
-    if path.startswith("item"):
-        dl = torch.utils.data.DataLoader(
-            ItemResizeDataset(cycles, cfg.features),
-            batch_size=batch,
-            shuffle=True,
-            generator=g,
-            num_workers=n_workers,
-            drop_last=True,
-        )
-    else:
-        dl = make_loader(CycleDataset(cycles), batch, shuffle=True, generator=g, num_workers=n_workers, drop_last=True)
+    ds = CycleDataset(cycles, image_cfg=cfg.features if path.startswith("item") else None)
+    dl = make_loader(ds, batch, shuffle=True, generator=g, num_workers=n_workers, drop_last=True)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     it = iter(dl)
     wait = resize = 0.0
@@ -115,7 +92,7 @@ def run_path(
         else:
             t0 = time.perf_counter()  # step 0 is the warm-up (worker start-up, first allocations)
         if path.startswith("item"):
-            x, y = batch_data[0].to(device), batch_data[1].to(device)
+            x, y = batch_data[0].to(device), batch_data[2].to(device)
         else:
             r = time.perf_counter()
             x = batch_to_image(batch_data[0].to(device), batch_data[1], cfg.features)
@@ -205,11 +182,15 @@ def main() -> None:
         med[p] = r
         print(f"{p:18s} {r['samples_per_s']:10.1f} {100 * r['data_wait_share']:9.1f}% {100 * r['resize_share']:7.1f}% "
               f"{r['step_ms']:8.1f}")  # fmt: skip
+    from lungcvt.train import resize_where
+
+    ours = ("item" if resize_where(device, args.workers) == "workers" else "batched") + "+workers"
     result = {
         "bench": "train_step",
-        "ratio": round(med["batched+workers"]["samples_per_s"] / med["item"]["samples_per_s"], 3),
+        "ratio": round(med[ours]["samples_per_s"] / med["item"]["samples_per_s"], 3),
         "target": 1.0,
-        "data_wait_share": round(med["batched+workers"]["data_wait_share"], 4),
+        "package_path": ours,
+        "data_wait_share": round(med[ours]["data_wait_share"], 4),
         "data_wait_target": 0.2,
         "data_wait_share_item": round(med["item"]["data_wait_share"], 4),
         "samples_per_s": {p: round(med[p]["samples_per_s"], 2) for p in paths},
