@@ -93,3 +93,20 @@ def test_root_conftest_blocks_non_loopback():
             s.connect(("93.184.216.34", 80))
     finally:
         s.close()
+
+
+def test_serve_files_extra_headers(tmp_path):
+    import urllib.request
+
+    from medshared.testing import hub_headers
+
+    (tmp_path / "f.bin").write_bytes(b"abc")
+    with serve_files(tmp_path, headers=hub_headers) as url:
+        with urllib.request.urlopen(f"{url}/f.bin") as r:
+            assert r.read() == b"abc"
+            assert r.headers["X-Repo-Commit"] == "a" * 40
+            assert r.headers["ETag"] == '"' + hashlib.sha256(b"abc").hexdigest() + '"'
+    with serve_files(tmp_path, headers={"X-Test": "1"}) as url:
+        with urllib.request.urlopen(f"{url}/f.bin") as r:
+            assert r.headers["X-Test"] == "1"
+        assert url.requests == ["/f.bin"]

@@ -4,17 +4,13 @@ huggingface_hub (HF_ENDPOINT pointed at a loopback server that answers like the 
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import http.server
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
-from medshared.testing import serve_files
+from medshared.testing import hub_headers, serve_files
 from medshared.weights import WeightsUnavailable
 from pocapnet.weights import XRV_ALL_FILE, XRV_ALL_URL, load_densenet, load_wav2vec2, state_digest
 
@@ -59,37 +55,11 @@ def test_xrv_densenet_download_cache_offline_and_corrupt(clean_env, monkeypatch)
     assert XRV_ALL_URL.endswith(XRV_ALL_FILE)
 
 
-class _HubHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files plus the two headers huggingface_hub requires of the Hub (commit and ETag)."""
-
-    requests: list[str] = []
-
-    def log_message(self, *a: object) -> None:
-        pass
-
-    def do_GET(self) -> None:  # noqa: N802
-        self.requests.append(self.path)
-        super().do_GET()
-
-    def end_headers(self) -> None:
-        self.send_header("X-Repo-Commit", "a" * 40)
-        p = self.translate_path(self.path)
-        if os.path.isfile(p):
-            with open(p, "rb") as f:
-                self.send_header("ETag", '"' + hashlib.sha256(f.read()).hexdigest() + '"')
-        super().end_headers()
-
-
 def test_wav2vec2_from_pretrained_through_hf_endpoint(clean_env):
     repo = clean_env / "hub" / "org" / "tiny-w2v" / "resolve" / "main"
     repo.mkdir(parents=True)
     load_wav2vec2("tiny-random").save_pretrained(repo)
     want = state_digest(load_wav2vec2("tiny-random"))
-    _HubHandler.requests = []
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_HubHandler, directory=str(clean_env / "hub"))
-    )
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     code = """
 import sys
 from medshared.weights import WeightsUnavailable
@@ -103,14 +73,9 @@ try:
 except WeightsUnavailable as e:
     print("ERR", e)
 """
-    env = {
-        **os.environ,
-        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-        "HF_HOME": str(clean_env / "hf"),
-        "no_proxy": "127.0.0.1",
-        "NO_PROXY": "127.0.0.1",
-    }
-    try:  # a fresh process: huggingface_hub reads HF_ENDPOINT when it is imported
+    with serve_files(clean_env / "hub", headers=hub_headers) as url:  # answers like the Hub
+        env = {**os.environ, "HF_ENDPOINT": str(url), "HF_HOME": str(clean_env / "hf")}
+        # a fresh process: huggingface_hub reads HF_ENDPOINT when it is imported
         p = subprocess.Popen(
             [sys.executable, "-c", code],
             env=env,
@@ -121,14 +86,11 @@ except WeightsUnavailable as e:
         )
         first = p.stdout.readline().split()
         assert p.stdout.readline().strip() == "N", p.stderr.read()[-2000:]
-        n = len(_HubHandler.requests)
+        n = len(url.requests)
         out, err = p.communicate("\n", timeout=120)
         assert p.returncode == 0, err[-2000:]
         lines = out.splitlines()
-    finally:
-        server.shutdown()
-        server.server_close()
     assert first == [want] and lines[0] == want  # the served weights, then the same from the cache
-    assert "/org/tiny-w2v/resolve/main/model.safetensors" in _HubHandler.requests[:n]
-    assert len(_HubHandler.requests) == n  # the second load made no request
+    assert "/org/tiny-w2v/resolve/main/model.safetensors" in url.requests[:n]
+    assert len(url.requests) == n  # the second load made no request
     assert lines[1].startswith("ERR") and "offline mode is on" in lines[1] and "--wav2vec2 tiny-random" in lines[1]

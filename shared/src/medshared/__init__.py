@@ -9,9 +9,12 @@ Submodules:
 - :mod:`medshared.weights`: pretrained weights through torch.hub / huggingface_hub caches, the offline error.
 - :mod:`medshared.checkpoint`, :mod:`medshared.config` (YAML 1.2 numbers), :mod:`medshared.cli`,
   :mod:`medshared.plots`, :mod:`medshared.registry`, :mod:`medshared.testing` (shared data, loopback server).
-:mod:`medshared.boundary`: HD95 / Hausdorff / ASSD between mask boundaries (pixels or spacing; empty masks defined).
-:mod:`medshared.segmental`: per-class P/R/F1/Jaccard with macro averages, MS-TCN's Edit score and F1@{10,25,50}.
-:mod:`medshared.bootstrap`: accuracy, sensitivity, specificity, AUROC (any positive label) with percentile-bootstrap CIs.
+- :mod:`medshared.boundary`: HD95 / Hausdorff / ASSD between mask boundaries (pixels or spacing; empty masks
+  defined).
+- :mod:`medshared.segmental`: per-class P/R/F1/Jaccard with macro averages, MS-TCN's Edit score and F1@{10,25,50}.
+- :mod:`medshared.bootstrap`: accuracy, sensitivity, specificity, AUROC (any positive label) with
+  percentile-bootstrap CIs.
+
 Nothing here is specific to one paper beyond a metric's published definition.
 """
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.server
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["ServedURL", "serve_files", "shared_data_dir"]
+__all__ = ["ServedURL", "hub_headers", "serve_files", "shared_data_dir"]
 
 
 def shared_data_dir() -> Path | None:
@@ -39,13 +40,33 @@ class ServedURL(str):
     requests: list[str]
 
 
+def hub_headers(path: Path | None) -> dict[str, str]:
+    """Headers a Hugging Face Hub-like server sends, which huggingface_hub requires: a commit and the file's ETag.
+
+    Use as ``serve_files(root, headers=hub_headers)`` with files laid out as ``root/<org>/<repo>/resolve/main/<file>``
+    and ``HF_ENDPOINT`` pointed at the URL (in a fresh process: huggingface_hub reads it at import).
+    """
+    out = {"X-Repo-Commit": "a" * 40}
+    if path is not None and path.is_file():
+        out["ETag"] = '"' + hashlib.sha256(path.read_bytes()).hexdigest() + '"'
+    return out
+
+
 @contextlib.contextmanager
-def serve_files(directory: str | Path) -> Iterator[ServedURL]:
+def serve_files(
+    directory: str | Path,
+    headers: Mapping[str, str] | Callable[[Path | None], Mapping[str, str]] | None = None,
+) -> Iterator[ServedURL]:
     """Serve ``directory`` over HTTP on 127.0.0.1 (a free port) for the duration of the block.
 
     Download code is tested against it instead of the internet: ``f"{url}/name-abc123.pth"``. Proxy variables are
     bypassed for loopback while the block runs. ``url.requests`` records every request path (e.g. to assert that a
     second call was served from the cache).
+
+    Args:
+        directory: the folder served as ``/``.
+        headers: extra response headers, fixed or computed from the requested file's path (None when the path is
+            not a file), e.g. :func:`hub_headers`.
     """
     directory = Path(directory)
     requests: list[str] = []
@@ -57,6 +78,17 @@ def serve_files(directory: str | Path) -> Iterator[ServedURL]:
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             requests.append(self.path)
             super().do_GET()
+
+        def end_headers(self) -> None:
+            if headers is not None:
+                if callable(headers):
+                    p = Path(self.translate_path(self.path))
+                    extra = headers(p if p.is_file() else None)
+                else:
+                    extra = headers
+                for k, v in extra.items():
+                    self.send_header(k, v)
+            super().end_headers()
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(directory)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
