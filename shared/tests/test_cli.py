@@ -35,7 +35,8 @@ def _parser(calls: list) -> tuple[argparse.ArgumentParser, dict]:
     return parser, {"ok": ok, "missing": missing, "unknown-class": unknown, "bug": bug, "stop": stop}
 
 
-def test_run_cli_dispatches_and_maps_errors(capsys):
+def test_run_cli_dispatches_and_maps_errors(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     calls: list = []
     parser, commands = _parser(calls)
     assert run_cli(parser, ["ok"], commands) == 0
@@ -65,3 +66,14 @@ def test_error_message_strips_keyerror_quotes():
     assert error_message(KeyError("no such phase 'X'")) == "no such phase 'X'"
     assert str(KeyError("a")) == "'a'"
     assert error_message(ValueError("bad")) == "bad"
+
+
+def test_run_cli_tags_errors_with_the_rank_under_torchrun(capsys, monkeypatch):
+    parser, commands = _parser([])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert run_cli(parser, ["unknown-class"], commands) == 1
+    assert capsys.readouterr().err.strip() == "toy unknown-class: [rank 1] error: unknown class 'foo'"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run_cli(parser, ["unknown-class"], commands) == 1
+    assert capsys.readouterr().err.strip() == "toy unknown-class: error: unknown class 'foo'"

@@ -9,6 +9,7 @@ and a non-zero exit code; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
@@ -65,9 +66,17 @@ def run_cli(
     try:
         return int(handler(args) or 0)
     except expected as exc:
-        print(f"{parser.prog} {command}: error: {error_message(exc)}", file=sys.stderr)
+        print(f"{parser.prog} {command}: {_rank_tag()}error: {error_message(exc)}", file=sys.stderr)
         return error_code
     except KeyboardInterrupt:
         hint = f"; {interrupt_hint}" if interrupt_hint else ""
-        print(f"{parser.prog} {command}: interrupted{hint}", file=sys.stderr)
+        print(f"{parser.prog} {command}: {_rank_tag()}interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _rank_tag() -> str:
+    """``"[rank N] "`` under torchrun with more than one process (every rank reports its own error), else ``""``."""
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
+        return f"[rank {os.environ.get('RANK', '?')}] "
+    return ""
