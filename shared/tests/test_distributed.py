@@ -114,3 +114,9 @@ def test_ddp_two_ranks_half_batch_equal_one_rank_full_batch():
     torch.manual_seed(0)
     init = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).state_dict()
     assert (single["0.weight"] - init["0.weight"]).abs().max() > 1e-3
+
+
+def test_sync_batchnorm_refused_on_cpu():
+    ctx = D.DistContext(rank=0, world_size=2, device=torch.device("cpu"), enabled=True)
+    with pytest.raises(ValueError, match="SyncBatchNorm needs CUDA"):
+        D.wrap_model(torch.nn.BatchNorm1d(3), ctx, sync_batchnorm=True)

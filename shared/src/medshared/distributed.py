@@ -180,12 +180,21 @@ def wrap_model(model: Any, ctx: DistContext, find_unused_parameters: bool = Fals
     Args:
         find_unused_parameters: only where a branch really receives no gradient in some steps (costs a graph walk).
         sync_batchnorm: convert BatchNorm layers to SyncBatchNorm (statistics over the global batch). Off by default:
-            each package documents its choice.
+            each package documents its choice. CUDA only: torch's SyncBatchNorm refuses CPU tensors, so on CPU
+            (gloo) this raises instead of failing at the first forward pass.
+
+    Raises:
+        ValueError: ``sync_batchnorm`` on a CPU context.
     """
     if not ctx.enabled:
         return model
     import torch
 
+    if sync_batchnorm and torch.device(ctx.device).type != "cuda":
+        raise ValueError(
+            "SyncBatchNorm needs CUDA (torch refuses CPU tensors); on CPU keep per-rank BatchNorm "
+            "or all-reduce the statistics yourself"
+        )
     if sync_batchnorm:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     dev = torch.device(ctx.device)
