@@ -57,19 +57,28 @@ def _loopback_only() -> Iterator[None]:
         socket.socket.connect, socket.socket.connect_ex = orig_connect, orig_connect_ex  # type: ignore[method-assign]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread(request: pytest.FixtureRequest) -> Iterator[None]:
-    if request.node.get_closest_marker("threads") is not None:
-        yield
-        return
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - every member installs torch
-        yield
-        return
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread_session() -> Iterator[int]:
+    """One thread from the start, so session fixtures that build data (set up before any per-test fixture) get it.
+    Yields the process's own thread count, which ``@pytest.mark.threads`` tests get back."""
+    import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield
+        yield n
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest, _one_torch_thread_session: int) -> Iterator[None]:
+    """Each test starts on one thread (marked ``threads``: the default count); whatever it sets is undone."""
+    import torch
+
+    want = _one_torch_thread_session if request.node.get_closest_marker("threads") is not None else 1
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(1)

@@ -174,3 +174,9 @@ def test_worker_rng_differs_per_worker_and_epoch():
     assert len(set(draws(_Aug(), 2))) == 8  # 2 workers x 2 items x 2 epochs, no repeat
     assert len(set(draws(_Aug(), 0))) == 8  # main process: continues across epochs
     assert len(set(draws(_AugOnce(), 2))) < 8  # the failure this helper exists for: workers repeat each other
+
+
+@pytest.mark.threads
+def test_threads_marker_gets_the_default_thread_count(_one_torch_thread_session):
+    # the root conftest gives a `threads` test the process's own count back (and pins every other test to 1)
+    assert torch.get_num_threads() == _one_torch_thread_session

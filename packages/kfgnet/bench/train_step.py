@@ -48,27 +48,48 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--frames", type=int, default=32)
     ap.add_argument("--size", type=int, default=112)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 compares "
-                    "with the single-threaded loop on equal terms and avoids OpenMP spin-waits on a shared CPU")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (0 = torch's default); 1 compares "
+        "with the single-threaded loop on equal terms and avoids OpenMP spin-waits on a shared CPU",
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     batch = a.batch or (2 if a.quick else 4)
     steps = a.steps or (2 if a.quick else 4)
     rows = []
-    for name, cl, bf in (("fp32 (default)", False, False), ("channels_last_3d", True, False),
-                         ("bf16 autocast", False, True), ("bf16 + channels_last_3d", True, True)):
+    for name, cl, bf in (
+        ("fp32 (default)", False, False),
+        ("channels_last_3d", True, False),
+        ("bf16 autocast", False, True),
+        ("bf16 + channels_last_3d", True, True),
+    ):
         rows.append((name, step_time(cl, bf, batch, steps, a.frames, a.size)))
     base = rows[0][1]
-    print(f"light C3D training step, batch {batch}, {a.frames} x {a.size} x {a.size}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"light C3D training step, batch {batch}, {a.frames} x {a.size} x {a.size}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'variant':<26}{'s/step':>10}{'speed-up':>10}")
     for name, t in rows:
         print(f"{name:<26}{t:>10.3f}{base / t:>10.2f}")
-    print(json.dumps({"bench": "train_step", "ratio": round(base / rows[-1][1], 3), "target": 2.0,
-                      "fp32_s": round(base, 4), "fast_s": round(rows[-1][1], 4), "batch": batch,
-                      "clip": [a.frames, a.size, a.size],
-                      "variants": {n: round(t, 4) for n, t in rows}}))
+    print(
+        json.dumps(
+            {
+                "bench": "train_step",
+                "ratio": round(base / rows[-1][1], 3),
+                "target": 2.0,
+                "fp32_s": round(base, 4),
+                "fast_s": round(rows[-1][1], 4),
+                "batch": batch,
+                "clip": [a.frames, a.size, a.size],
+                "variants": {n: round(t, 4) for n, t in rows},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ def test_motion_loss_centred() -> None:
     a = torch.tensor([[1.0, 2.0, 3.0]])
     b = torch.tensor([[10.0, 20.0, 30.0]])
     assert float(motion_loss(a, -b + 100, centred=True)) == 2.0 or math.isclose(
-        float(motion_loss(a, -b + 100, centred=True)), 2.0, rel_tol=1e-6)
+        float(motion_loss(a, -b + 100, centred=True)), 2.0, rel_tol=1e-6
+    )
     assert math.isclose(float(motion_loss(a, b + 5, centred=True)), 0.0, abs_tol=1e-6)
 
 

@@ -1,8 +1,7 @@
 """Session fixtures: a small synthetic PoCaP dataset on disk and its tiny-random features (built once).
 
-Every test here runs with ONE intra-op torch thread, restored afterwards (so nothing leaks into other packages'
-tests): the workloads are tiny tensors where thread synchronisation dominates, and on a busy 2-core machine the
-default thread count made the suite 10-40x slower (measured).
+Every test runs with one intra-op torch thread (the workspace's root conftest.py); the session fixtures below build
+their data under ``one_thread()`` too, since they may be set up before that per-test fixture.
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ def one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads() -> Iterator[None]:
+def _seed() -> None:
     torch.manual_seed(0)
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="session")

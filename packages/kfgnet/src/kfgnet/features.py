@@ -19,8 +19,15 @@ import torch
 
 from kfgnet.config import MotionConfig
 
-__all__ = ["ssim_pairs", "hist_correl_pairs", "frame_motion_index", "window_average", "motion_vector",
-           "motion_index_reference", "to_gray"]
+__all__ = [
+    "ssim_pairs",
+    "hist_correl_pairs",
+    "frame_motion_index",
+    "window_average",
+    "motion_vector",
+    "motion_index_reference",
+    "to_gray",
+]
 
 
 def to_gray(frames: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -96,13 +103,13 @@ def _ssim_maps(g: torch.Tensor, offsets: list[int], win: int, data_range: float)
     buf[:, 0] = 0  # the zero row that leads the cumulative sums of _box_mean
     data = buf[:, 1:]
     c = torch.sub(g, 128.0, out=data[:t])
-    torch.mul(c, c, out=data[t:2 * t])
+    torch.mul(c, c, out=data[t : 2 * t])
     o = 2 * t
     for d in offsets:
-        torch.mul(c[:-d], c[d:], out=data[o:o + t - d])
+        torch.mul(c[:-d], c[d:], out=data[o : o + t - d])
         o += t - d
     m = _box_mean(buf, win)  # local means, valid region
-    mu, mxx, mxy = m[:t], m[t:2 * t], m[2 * t:]
+    mu, mxx, mxy = m[:t], m[t : 2 * t], m[2 * t :]
     cov_norm = win * win / (win * win - 1.0)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
@@ -110,13 +117,13 @@ def _ssim_maps(g: torch.Tensor, offsets: list[int], win: int, data_range: float)
     var_h = torch.addcmul(mxx, mu, mu, value=-1.0).mul_(cov_norm).add_(c2 / 2)  # (T, h', w')
     mu_abs = mu + 128.0
     sq_h = torch.addcmul(torch.tensor(c1 / 2), mu_abs, mu_abs)
-    mu_abs.mul_(2.0 ** 0.5)
+    mu_abs.mul_(2.0**0.5)
     mxy.mul_(2.0 * cov_norm).add_(c2)  # all pairs at once: 2 cov_norm E[xy] + c2
     out, o = [], 0
     for d in offsets:
         n = t - d
         num1 = torch.addcmul(torch.tensor(c1), mu_abs[:-d], mu_abs[d:])  # 2 ux uy + c1
-        num2 = torch.addcmul(mxy[o:o + n], mu[:-d], mu[d:], value=-2.0 * cov_norm)  # 2 cov_xy + c2
+        num2 = torch.addcmul(mxy[o : o + n], mu[:-d], mu[d:], value=-2.0 * cov_norm)  # 2 cov_xy + c2
         den = torch.add(sq_h[:-d], sq_h[d:]).mul_(torch.add(var_h[:-d], var_h[d:]))
         out.append(num1.mul_(num2).div_(den).mean((1, 2)).to(torch.float64))
         o += n
@@ -126,8 +133,9 @@ def _ssim_maps(g: torch.Tensor, offsets: list[int], win: int, data_range: float)
 _CHUNK = 8  # frames per block of _ssim_chunked: its ~1 MB working set stays in cache (1.7x faster than one block)
 
 
-def _ssim_chunked(g: torch.Tensor, offsets: list[int], win: int, data_range: float,
-                  chunk: int = _CHUNK) -> list[torch.Tensor]:
+def _ssim_chunked(
+    g: torch.Tensor, offsets: list[int], win: int, data_range: float, chunk: int = _CHUNK
+) -> list[torch.Tensor]:
     """:func:`_ssim_maps` over blocks of ``chunk`` first frames (each block reads ``max(offsets)`` frames more), so
     the temporaries stay in cache; same values, every pair still computed once. A loop over ~T / 8 blocks."""
     t = g.shape[0]
@@ -137,7 +145,7 @@ def _ssim_chunked(g: torch.Tensor, offsets: list[int], win: int, data_range: flo
         e = min(t, s + chunk + dmax)
         inner = [d for d in offsets if d < e - s]  # the last block may be shorter than an offset
         for d, r in zip(inner, _ssim_maps(g[s:e], inner, win, data_range)):
-            parts[offsets.index(d)].append(r[:min(chunk, t - d - s)])  # pairs whose first frame is in s..s+chunk
+            parts[offsets.index(d)].append(r[: min(chunk, t - d - s)])  # pairs whose first frame is in s..s+chunk
     return [torch.cat(p) for p in parts]
 
 

@@ -28,9 +28,14 @@ def motion_loss(v_temp: torch.Tensor, v_motion: torch.Tensor, centred: bool = Fa
     return (1.0 - F.cosine_similarity(a, b, dim=1, eps=1e-8)).mean()
 
 
-def kfgnet_loss(logits: torch.Tensor, target: torch.Tensor, v_temp: torch.Tensor | None,
-                v_motion: torch.Tensor | None, lambda_motion: float = 1.0,
-                centred: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+def kfgnet_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    v_temp: torch.Tensor | None,
+    v_motion: torch.Tensor | None,
+    lambda_motion: float = 1.0,
+    centred: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """L = L_cls + lambda * L_motion [P eq. 3]; L_cls is 2-logit cross-entropy [brief §10 #10].
 
     Args:

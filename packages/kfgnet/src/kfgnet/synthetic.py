@@ -76,8 +76,9 @@ def _procedural_background(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def _nodule_mask(size: int, cx: float, cy: float, ax: float, ay: float, harmonics: np.ndarray,
-                 rough: float) -> np.ndarray:
+def _nodule_mask(
+    size: int, cx: float, cy: float, ax: float, ay: float, harmonics: np.ndarray, rough: float
+) -> np.ndarray:
     """Soft-free binary mask of an (irregular) ellipse; ``harmonics`` (K, 2) = (amplitude, phase) for k = 3..K+2."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     dx, dy = (xx - cx) / max(ax, 1e-3), (yy - cy) / max(ay, 1e-3)
@@ -89,8 +90,14 @@ def _nodule_mask(size: int, cx: float, cy: float, ax: float, ay: float, harmonic
     return r <= edge
 
 
-def make_video(rng: np.random.Generator, malignant: bool, num_frames: int, size: int,
-               background: np.ndarray | None = None, nodule: dict | None = None) -> dict:
+def make_video(
+    rng: np.random.Generator,
+    malignant: bool,
+    num_frames: int,
+    size: int,
+    background: np.ndarray | None = None,
+    nodule: dict | None = None,
+) -> dict:
     """One synthetic sweep.
 
     Args:
@@ -119,11 +126,18 @@ def make_video(rng: np.random.Generator, malignant: bool, num_frames: int, size:
             echo = 0.75 + 0.15 * (rng.uniform() - 0.5)
             hetero = 0.05
             n_calc = 0
-        nodule = {"typicality": float(typ), "radius": float(base_r), "aspect": float(aspect), "rough": float(rough),
-                  "echo": float(echo), "hetero": float(hetero), "n_calc": n_calc,
-                  "harmonics": rng.uniform(0.3, 1.0, (5, 2)) * np.array([1.0, 2 * math.pi]),
-                  "calc": rng.uniform(-0.6, 0.6, (max(n_calc, 1), 2)),
-                  "halo": 0.0 if malignant else float(0.6 * typ)}
+        nodule = {
+            "typicality": float(typ),
+            "radius": float(base_r),
+            "aspect": float(aspect),
+            "rough": float(rough),
+            "echo": float(echo),
+            "hetero": float(hetero),
+            "n_calc": n_calc,
+            "harmonics": rng.uniform(0.3, 1.0, (5, 2)) * np.array([1.0, 2 * math.pi]),
+            "calc": rng.uniform(-0.6, 0.6, (max(n_calc, 1), 2)),
+            "halo": 0.0 if malignant else float(0.6 * typ),
+        }
     if background is None:
         background = _procedural_background(rng, size)
     bg = background.astype(np.float32)
@@ -132,7 +146,7 @@ def make_video(rng: np.random.Generator, malignant: bool, num_frames: int, size:
     # probe speed: fast, slows near the key frame (pixels of drift per frame)
     tt = np.arange(t, dtype=np.float32)
     width = rng.uniform(0.08, 0.14) * t
-    speed = rng.uniform(1.6, 2.6) * (0.1 + 0.9 * (1 - np.exp(-((tt - key) / width) ** 2)))
+    speed = rng.uniform(1.6, 2.6) * (0.1 + 0.9 * (1 - np.exp(-(((tt - key) / width) ** 2))))
     pos = np.cumsum(speed) - np.cumsum(speed)[key]  # probe position relative to the key frame
     half_len = rng.uniform(0.45, 0.65) * max(abs(pos[0]), abs(pos[-1]), 1.0)  # nodule extent along the sweep
     max_shift = bg.shape[1] - size
@@ -144,7 +158,7 @@ def make_video(rng: np.random.Generator, malignant: bool, num_frames: int, size:
     outlines: dict[int, np.ndarray] = {}
     for i in range(t):
         sx = int(np.clip(x0 + 0.35 * pos[i], 0, max_shift))
-        img = bg[y0:y0 + size, sx:sx + size].copy()
+        img = bg[y0 : y0 + size, sx : sx + size].copy()
         d = pos[i] / half_len
         scale = math.sqrt(max(0.0, 1.0 - d * d))
         if scale > 0.2:
@@ -167,7 +181,7 @@ def make_video(rng: np.random.Generator, malignant: bool, num_frames: int, size:
                     px = int(cx + nodule["calc"][k, 0] * ax * 0.8)
                     py = int(cy + nodule["calc"][k, 1] * ay * 0.8)
                     if 1 <= px < size - 1 and 1 <= py < size - 1 and mask[py, px]:
-                        img[py - 1:py + 1, px - 1:px + 1] = 240.0 * (1.2 - abs(d))
+                        img[py - 1 : py + 1, px - 1 : px + 1] = 240.0 * (1.2 - abs(d))
             ys, xs = np.nonzero(mask)
             if len(xs):
                 boxes[i] = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
@@ -201,8 +215,13 @@ def write_video(path: Path, frames: np.ndarray, fmt: str = "avi", fps: float = 1
     tmp.replace(path)
 
 
-def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None, data_dir: Path | None = None,
-                   layout: str = "manifest", progress: bool = False) -> Path:
+def make_synthetic(
+    out_dir: str | Path,
+    cfg: SyntheticConfig | None = None,
+    data_dir: Path | None = None,
+    layout: str = "manifest",
+    progress: bool = False,
+) -> Path:
     """Write a synthetic cohort and return the path of its ``manifest.json``.
 
     Args:
@@ -246,9 +265,14 @@ def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None, data
             ext = {"avi": ".avi", "mp4": ".mp4", "frames": ""}[cfg.fmt]
             rel = f"videos/{name}{ext}"
             write_video(out / rel, v["frames"], cfg.fmt)
-            rec = {"video": rel, "patient_id": f"p{p:03d}", "label": "malignant" if mal else "benign",
-                   "key_frame": v["key_frame"], "num_frames": t,
-                   "boxes": {str(k): [round(c, 1) for c in b] for k, b in v["boxes"].items()}}
+            rec = {
+                "video": rel,
+                "patient_id": f"p{p:03d}",
+                "label": "malignant" if mal else "benign",
+                "key_frame": v["key_frame"],
+                "num_frames": t,
+                "boxes": {str(k): [round(c, 1) for c in b] for k, b in v["boxes"].items()},
+            }
             records.append(rec)
             if layout == "release":
                 (out / "images").mkdir(exist_ok=True)
@@ -256,18 +280,29 @@ def make_synthetic(out_dir: str | Path, cfg: SyntheticConfig | None = None, data
                 img_name = f"{vid:04d}_{k:04d}_{side}_t_{'m' if mal else 'b'}_{k}"
                 cv2.imwrite(str(out / "images" / f"{img_name}.jpg"), v["frames"][k])
                 pts = v["outlines"].get(k)
-                shapes = [] if pts is None else [{"label": "nodule", "shape_type": "polygon",
-                                                  "points": pts.astype(float).tolist()}]
-                atomic_write_json(out / "images" / f"{img_name}.json",
-                                  {"shapes": shapes, "imagePath": f"{img_name}.jpg",
-                                   "imageHeight": cfg.size, "imageWidth": cfg.size})
+                shapes = (
+                    []
+                    if pts is None
+                    else [{"label": "nodule", "shape_type": "polygon", "points": pts.astype(float).tolist()}]
+                )
+                atomic_write_json(
+                    out / "images" / f"{img_name}.json",
+                    {"shapes": shapes, "imagePath": f"{img_name}.jpg", "imageHeight": cfg.size, "imageWidth": cfg.size},
+                )
             vid += 1
     atomic_write_json(out / "manifest.json", {"videos": records})
-    atomic_write_csv(out / "manifest.csv",
-                     [{**{k: r[k] for k in ("video", "patient_id", "label", "key_frame")},
-                       "boxes": json.dumps(r["boxes"])} for r in records],
-                     fieldnames=["video", "patient_id", "label", "key_frame", "boxes"])
+    atomic_write_csv(
+        out / "manifest.csv",
+        [
+            {**{k: r[k] for k in ("video", "patient_id", "label", "key_frame")}, "boxes": json.dumps(r["boxes"])}
+            for r in records
+        ],
+        fieldnames=["video", "patient_id", "label", "key_frame", "boxes"],
+    )
     if layout == "release":
-        atomic_write_csv(out / "avi.csv", [{"video": Path(r["video"]).stem, "key_frame_1": r["key_frame"]}
-                                           for r in records], fieldnames=["video", "key_frame_1"])
+        atomic_write_csv(
+            out / "avi.csv",
+            [{"video": Path(r["video"]).stem, "key_frame_1": r["key_frame"]} for r in records],
+            fieldnames=["video", "key_frame_1"],
+        )
     return out / "manifest.json"
