@@ -20,3 +20,17 @@ def arrays(syn_root):
     idx = scan_cholecseg8k(syn_root)
     sp = cholec_split(idx, {"train": ["video01", "video02"], "test": ["video03"]}, max_test_frames=4)
     return load_arrays(idx, sp["train"], 32, progress=False), load_arrays(idx, sp["test"], 32, progress=False)
+
+
+@pytest.fixture(scope="session")
+def simulate_argv():
+    """``alges simulate`` argv on the synthetic videos: pool videos 1-2, the first 4 frames of video 3 as test."""
+    return _simulate_argv
+
+
+def _simulate_argv(root, out, strategies: str, seeds: str, *extra: str) -> list[str]:
+    return [
+        "simulate", "--data", str(root), "--strategies", strategies, "--rounds", "2", "--seeds", seeds,
+        "--train-videos", "video01,video02", "--test-videos", "video03", "--max-test-frames", "4",
+        "--preset", "alges_tiny", "--out", str(out), "--device", "cpu", *extra,
+    ]  # fmt: skip

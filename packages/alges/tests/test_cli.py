@@ -164,33 +164,9 @@ def test_demo_quick_beats_chance(tmp_path):
         assert (tmp_path / "demo" / f).is_file()
 
 
-def test_simulate_cli_writes_curves_and_table(syn_root, tmp_path):
+def test_simulate_cli_writes_curves_and_table(syn_root, tmp_path, simulate_argv):
     out = tmp_path / "sim"
-    argv = [
-        "simulate",
-        "--data",
-        str(syn_root),
-        "--strategies",
-        "random,alges-sem",
-        "--rounds",
-        "2",
-        "--epochs",
-        "1",
-        "--seeds",
-        "0",
-        "--train-videos",
-        "video01,video02",
-        "--test-videos",
-        "video03",
-        "--max-test-frames",
-        "4",
-        "--preset",
-        "alges_tiny",
-        "--out",
-        str(out),
-        "--device",
-        "cpu",
-    ]
+    argv = simulate_argv(syn_root, out, "random,alges-sem", "0", "--epochs", "1")
     assert main(argv) == 0
     rows = list(csv.DictReader((out / "rounds.csv").open()))
     assert [(r["strategy"], r["round"], r["n_labeled"]) for r in rows] == [

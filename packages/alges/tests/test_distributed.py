@@ -104,7 +104,7 @@ def _sim_worker(ctx, root, out, cfg_dict):
     return res.get("rounds")
 
 
-def test_simulate_sharded_over_ranks_equals_unsharded(syn_root, tmp_path):
+def test_simulate_sharded_over_ranks_equals_unsharded(syn_root, tmp_path, simulate_argv):
     cfg = create_config("alges_tiny", seeds=(0, 1), n_rounds=2)
     idx = scan_cholecseg8k(syn_root)
     split = cholec_split(idx, {"train": ["video01", "video02"], "test": ["video03"]}, max_test_frames=4)
@@ -123,29 +123,7 @@ def test_simulate_sharded_over_ranks_equals_unsharded(syn_root, tmp_path):
     assert len(states) == 6 + 2  # one file per (strategy, seed) run and per Full seed
     # --shard i/n by hand: each shard writes its states, the plain rerun writes the report without recomputing
     out3 = tmp_path / "three"
-    argv = [
-        "simulate",
-        "--data",
-        str(syn_root),
-        "--strategies",
-        "random,alges-img",
-        "--rounds",
-        "2",
-        "--seeds",
-        "0,1",
-        "--train-videos",
-        "video01,video02",
-        "--test-videos",
-        "video03",
-        "--max-test-frames",
-        "4",
-        "--preset",
-        "alges_tiny",
-        "--out",
-        str(out3),
-        "--device",
-        "cpu",
-    ]
+    argv = simulate_argv(syn_root, out3, "random,alges-img", "0,1")
     assert main([*argv, "--shard", "0/2"]) == 0 and main([*argv, "--shard", "1/2"]) == 0
     assert not (out3 / "results.json").exists() and len(list((out3 / "state").glob("*.json"))) == 4
     mtimes = {p: p.stat().st_mtime_ns for p in (out3 / "state").glob("*.json")}
