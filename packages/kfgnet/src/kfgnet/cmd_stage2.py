@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -281,13 +282,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Both stages end to end on synthetic videos (see :mod:`kfgnet.demo`)."""
-    from medshared.runtime import resolve_device
+    from medshared.runtime import native_bf16, resolve_device
 
     from kfgnet.demo import DemoConfig, quick_demo_config, run_demo
 
-    bf16 = args.precision == "bf16"
-    cfg = quick_demo_config(bf16) if args.quick else DemoConfig(bf16=bf16, channels_last=bf16)
-    m = run_demo(args.out, resolve_device(args.device), args.seed, cfg, progress=not args.no_progress)
+    device = resolve_device(args.device)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
+    channels_last = args.precision != "fp32"
+    cfg = quick_demo_config(bf16) if args.quick else DemoConfig(bf16=bf16)
+    cfg = dataclasses.replace(cfg, channels_last=channels_last)
+    m = run_demo(args.out, device, args.seed, cfg, progress=not args.no_progress)
     print((args.out / "report.md").read_text())
     h = m["headline"]
     print(f"headline {h['metric']} = {h['value']:.3f} (chance {h['chance']:.3f}); outputs in {args.out}")

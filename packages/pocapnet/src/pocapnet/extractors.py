@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from medshared.runtime import native_bf16
 from torch import nn
 
 from pocapnet.config import FeatureConfig
@@ -91,23 +92,6 @@ class ChannelsLastFeatureEncoder(nn.Module):
             h = F.linear(p, getattr(self, f"w{i}"), layer.conv.bias).view(B, lo, -1)  # one GEMM -> (B, L_out, C_out)
             h = layer.activation(layer.layer_norm(h))
         return h.transpose(1, 2)  # (B, L, C) -> (B, C, L) view
-
-
-def native_bf16(device: torch.device | str = "cpu") -> bool:
-    """True where bf16 matmuls run natively: a CUDA device with bf16, or a CPU with AVX512-BF16 or AMX (Linux
-    ``/proc/cpuinfo`` flags; False where they cannot be read)."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
 
 
 def cast_wav2vec2_bf16(model: nn.Module) -> nn.Module:
