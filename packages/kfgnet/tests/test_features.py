@@ -38,16 +38,20 @@ def test_window_average() -> None:
     np.testing.assert_allclose(window_average(np.arange(8.0), 4), [0.5, 2.5, 4.5, 6.5])
 
 
-def test_motion_index_restores_torch_threads() -> None:
+def test_motion_index_restores_torch_and_opencv_threads() -> None:
+    import cv2
     import torch
 
-    n = torch.get_num_threads()
+    n, n_cv = torch.get_num_threads(), cv2.getNumThreads()
     torch.set_num_threads(2)
+    cv2.setNumThreads(3)
     try:
         frame_motion_index(np.zeros((4, 16, 16), np.uint8))
         assert torch.get_num_threads() == 2
+        assert cv2.getNumThreads() == 3
     finally:
         torch.set_num_threads(n)
+        cv2.setNumThreads(n_cv)
 
 
 def test_ssim_pairs_matches_skimage() -> None:
@@ -70,3 +74,15 @@ def test_blocks_and_offsets_match_reference(t: int, neighbours: tuple[int, ...])
     f = np.clip(rng.normal(120, 40, (1, 24, 28)) + rng.normal(0, 15, (t, 24, 28)), 0, 255).astype(np.uint8)
     cfg = MotionConfig(neighbours=neighbours)
     assert np.abs(frame_motion_index(f, cfg) - motion_index_reference(f, cfg)).max() < 1e-5
+
+
+@pytest.mark.parametrize("bins", [64, 50, 256])
+def test_uint8_histograms_equal_the_float_path(bins: int) -> None:
+    import torch
+    from kfgnet.features import _histograms, _histograms_u8
+
+    x = np.random.default_rng(3).integers(0, 256, (5, 17, 23)).astype(np.uint8)
+    x[0, 0, :4] = [0, 255, 4, 5]  # both ends of the range and a bin edge
+    hu8 = _histograms_u8(x, bins)
+    assert hu8.shape == (5, bins) and float(hu8.sum()) == x.size
+    assert torch.equal(hu8, _histograms(torch.from_numpy(x).float(), bins))

@@ -51,26 +51,26 @@ def to_gray(frames: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float6
     return x.to(dtype)
 
 
-def _box_mean(padded: torch.Tensor, win: int) -> torch.Tensor:
-    """Mean over every ``win x win`` window (valid region) of ``padded[:, 1:, :]``, whose row 0 must be zero.
+def _box_mean(maps: torch.Tensor, win: int) -> torch.Tensor:
+    """Mean over every ``win x win`` window (valid region) of each map, all maps in one OpenCV call.
 
-    Separable, by cumulative sums: a window sum is ``c[k + win] - c[k]`` once a zero leads the cumulative sum, so each
-    axis costs one ``cumsum`` and one subtraction (written straight into the next zero-led buffer). For uint8 frames
-    centred at 128 every partial sum is an integer below 2**24 up to ~1000 px, so float32 is exact.
+    The maps are stacked into one tall ``(N * H, W)`` image and filtered by ``cv2.blur`` (a running-sum box filter,
+    O(1) per pixel, accumulated in double for float32 input). A valid-region window of one map never reaches the next
+    map, so stacking changes nothing; only the valid region is returned. 3.8x faster than two cumulative-sum
+    differences in torch on the 125 maps of a 32-frame 112 px clip (2.2 against 8.4 ms, one thread).
 
     Args:
-        padded: ``(N, H + 1, W)`` float32, ``padded[:, 0] == 0``.
+        maps: ``(N, H, W)`` float32, contiguous.
 
     Returns:
-        ``(N, H - win + 1, W - win + 1)``.
+        ``(N, H - win + 1, W - win + 1)`` float32, a view into one new buffer.
     """
-    n, h1, w = padded.shape
-    c = padded.cumsum(1)  # (N, H + 1, W), c[:, 0] = 0
-    rows = torch.empty(n, h1 - win, w + 1, dtype=padded.dtype)  # column 0 = 0 leads the second cumsum
-    rows[:, :, 0] = 0
-    torch.sub(c[:, win:], c[:, :-win], out=rows[:, :, 1:])  # window sums along H
-    c = rows.cumsum(2)
-    return torch.sub(c[:, :, win:], c[:, :, :-win]).mul_(1.0 / (win * win))
+    import cv2
+
+    n, h, w = maps.shape
+    p = win // 2  # odd win (scikit-image requires it): a centred window
+    flat = cv2.blur(maps.numpy().reshape(n * h, w), (win, win), borderType=cv2.BORDER_REFLECT)
+    return torch.from_numpy(flat.reshape(n, h, w))[:, p : h - p, p : w - p]
 
 
 def ssim_pairs(a: torch.Tensor, b: torch.Tensor, win: int = 7, data_range: float = 255.0) -> torch.Tensor:
@@ -94,19 +94,17 @@ def _ssim_maps(g: torch.Tensor, offsets: list[int], win: int, data_range: float)
 
     Float32 throughout: the frames are centred at 128 (variances and covariances are shift-invariant), the local
     means of x and x^2 of every frame are filtered once and only the cross products x*y per pair; the
-    ``win x win`` uniform filter is separable and done as two cumulative-sum differences over all maps at once.
+    ``win x win`` uniform filter runs over all maps in one OpenCV call (:func:`_box_mean`).
     Pairs are strided views (``g[:-d]``, ``g[d:]``), never gathered copies.
     """
     t, h, w = g.shape
     npair = sum(t - d for d in offsets)
-    buf = torch.empty(2 * t + npair, h + 1, w, dtype=torch.float32)  # [x | x^2 | x*y per pair], no torch.cat
-    buf[:, 0] = 0  # the zero row that leads the cumulative sums of _box_mean
-    data = buf[:, 1:]
-    c = torch.sub(g, 128.0, out=data[:t])
-    torch.mul(c, c, out=data[t : 2 * t])
+    buf = torch.empty(2 * t + npair, h, w, dtype=torch.float32)  # [x | x^2 | x*y per pair], no torch.cat
+    c = torch.sub(g, 128.0, out=buf[:t])
+    torch.mul(c, c, out=buf[t : 2 * t])
     o = 2 * t
     for d in offsets:
-        torch.mul(c[:-d], c[d:], out=data[o : o + t - d])
+        torch.mul(c[:-d], c[d:], out=buf[o : o + t - d])
         o += t - d
     m = _box_mean(buf, win)  # local means, valid region
     mu, mxx, mxy = m[:t], m[t : 2 * t], m[2 * t :]
@@ -130,7 +128,7 @@ def _ssim_maps(g: torch.Tensor, offsets: list[int], win: int, data_range: float)
     return out
 
 
-_CHUNK = 8  # frames per block of _ssim_chunked: its ~1 MB working set stays in cache (1.7x faster than one block)
+_CHUNK = 16  # frames per block of _ssim_chunked: the working set stays in cache (8.4 ms against 8.9 for one block)
 
 
 def _ssim_chunked(
@@ -147,6 +145,15 @@ def _ssim_chunked(
         for d, r in zip(inner, _ssim_maps(g[s:e], inner, win, data_range)):
             parts[offsets.index(d)].append(r[: min(chunk, t - d - s)])  # pairs whose first frame is in s..s+chunk
     return [torch.cat(p) for p in parts]
+
+
+def _histograms_u8(frames: np.ndarray, bins: int) -> torch.Tensor:
+    """:func:`_histograms` of ``(T, H, W)`` uint8 gray frames: OpenCV's per-frame lookup-table histogram, 6x faster
+    than the float path on a 32-frame clip fresh from decoding (0.4 against 2.5 ms), the same counts."""
+    import cv2
+
+    h = np.stack([cv2.calcHist([np.ascontiguousarray(f)], [0], None, [bins], [0, 256]).ravel() for f in frames])
+    return torch.from_numpy(h.astype(np.float64))
 
 
 def _histograms(frames: torch.Tensor, bins: int) -> torch.Tensor:
@@ -171,19 +178,23 @@ def hist_correl_pairs(ha: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    """Run torch single-threaded inside the block (restored after).
+    """Run torch and OpenCV single-threaded inside the block (both restored after).
 
     The motion index is ~40 element-wise ops of ~1 M floats (a few ms each): with several OpenMP threads on a busy
     CPU every op waits at a barrier for a descheduled thread, which measured 10-15x slower than one thread here.
     """
-    n = torch.get_num_threads()
+    import cv2
+
+    n, n_cv = torch.get_num_threads(), cv2.getNumThreads()
     if n > 1:
         torch.set_num_threads(1)
+    cv2.setNumThreads(1)
     try:
         yield
     finally:
         if n > 1:
             torch.set_num_threads(n)
+        cv2.setNumThreads(n_cv)
 
 
 def frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig | None = None) -> np.ndarray:
@@ -191,7 +202,7 @@ def frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig | No
 
     Each unordered pair (i, i + d), d in ``cfg.neighbours``, is computed once (SSIM and histogram correlation are
     symmetric: about 2T pairs, not 4T), in float32 (agrees with the float64 scikit-image / OpenCV loop within 1e-6
-    on uint8 frames); no Python loop over pairs, SSIM in cache-sized 8-frame blocks. Runs on one torch thread
+    on uint8 frames); no Python loop over pairs, SSIM in cache-sized 16-frame blocks, box filter by OpenCV. Runs on one thread
     (see :func:`_one_thread`).
 
     Args:
@@ -215,7 +226,11 @@ def _frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig) ->
     if not offsets:  # no neighbour inside the clip: nothing moves, as in the reference loop
         return np.ones(t)
     ssim = _ssim_chunked(g, offsets, cfg.ssim_win, cfg.data_range)  # pairs (i, i + d), each computed once
-    hist = _histograms(g, cfg.hist_bins)  # (T, bins)
+    raw = frames.cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if raw.dtype == np.uint8 and raw.ndim == 3:  # gray uint8, the usual decoded clip: OpenCV's histogram
+        hist = _histograms_u8(raw, cfg.hist_bins)
+    else:
+        hist = _histograms(g, cfg.hist_bins)  # (T, bins)
     total = torch.zeros(t, dtype=torch.float64)
     count = torch.zeros(t, dtype=torch.float64)
     for d, s in zip(offsets, ssim):  # a loop over the offsets (1, 2), not over pairs
