@@ -202,8 +202,8 @@ def frame_motion_index(frames: np.ndarray | torch.Tensor, cfg: MotionConfig | No
 
     Each unordered pair (i, i + d), d in ``cfg.neighbours``, is computed once (SSIM and histogram correlation are
     symmetric: about 2T pairs, not 4T), in float32 (agrees with the float64 scikit-image / OpenCV loop within 1e-6
-    on uint8 frames); no Python loop over pairs, SSIM in cache-sized 16-frame blocks, box filter by OpenCV. Runs on one thread
-    (see :func:`_one_thread`).
+    on uint8 frames); no Python loop over pairs, SSIM in cache-sized 16-frame blocks, box filter by OpenCV. Runs on
+    one thread (see :func:`_one_thread`).
 
     Args:
         frames: ``(T, H, W)`` gray or ``(T, H, W, 3)`` RGB, 0..255.
