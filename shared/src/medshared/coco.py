@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medshared.metrics import _check_images, _image_arrays, box_iou
+from medshared.detection import box_iou, check_images, image_arrays
 
 __all__ = ["COCO_IOU_THRESHOLDS", "coco_map"]
 
@@ -68,12 +68,12 @@ def coco_map(
         ``{"map": AP@[thresholds], "map50", "map75", "ap_per_class": {class: AP@[thresholds]},
         "ap_per_threshold": {t: AP}}``; values are ``nan`` when no class has ground truth.
     """
-    _check_images(detections, ground_truths)
+    check_images(detections, ground_truths)
     thr = list(COCO_IOU_THRESHOLDS if iou_thresholds is None else iou_thresholds)
     if not thr or any(not 0.0 < t <= 1.0 for t in thr):
         raise ValueError(f"IoU thresholds must lie in (0, 1], got {thr}")
-    dets = [_image_arrays(d, True) for d in detections]
-    gts = [_image_arrays(g, False) for g in ground_truths]
+    dets = [image_arrays(d, True) for d in detections]
+    gts = [image_arrays(g, False) for g in ground_truths]
     if class_ids is None:
         class_ids = sorted({int(c) for _, gl, _ in gts for c in gl})
     classes = [int(c) for c in class_ids]

@@ -19,7 +19,8 @@ disabled context (rank 0 of 1) and every helper here becomes a no-op, so a ``tra
 Sharded work (feature extraction, simulations) needs no process group: :func:`resolve_shard` reads ``--shard i/n``
 or torchrun's rank and world size, and :func:`shard_items` gives each shard its items, every item exactly once.
 
-Tests run several CPU ranks with :func:`run_local` (forked processes, gloo on a free 127.0.0.1 port).
+Tests run several CPU ranks with :func:`run_local` (forked processes, gloo on a free 127.0.0.1 port), which lives in
+:mod:`medshared.launch` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -29,13 +30,10 @@ import dataclasses
 import functools
 import math
 import os
-import pickle
-import socket
-import tempfile
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
+
+from medshared.launch import run_local
 
 __all__ = [
     "DistContext",
@@ -386,94 +384,3 @@ def shard_items(items: Sequence[T], index: int, count: int, key: Callable[[T], A
         raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
     ordered = sorted(items, key=key)
     return [x for k, x in enumerate(ordered) if k % count == index]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# local multi-process runs (tests, CPU)
-# --------------------------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _local_worker(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple, out_dir: str) -> None:
-    import torch
-
-    os.environ.update(
-        {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "RANK": str(rank),
-            "WORLD_SIZE": str(world),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world),
-        }
-    )
-    torch.set_num_threads(1)
-    out = Path(out_dir) / f"rank{rank}.pt"
-    ctx = None
-    try:
-        ctx = init_distributed("cpu")
-        result = fn(ctx, *args)
-        torch.save({"ok": True, "result": result}, out)
-    except BaseException:
-        with open(out, "wb") as f:
-            pickle.dump({"ok": False, "error": traceback.format_exc()}, f)
-        raise
-    finally:
-        if ctx is not None:
-            ctx.close()
-
-
-def run_local(fn: Callable[..., T], world_size: int, *args: Any, timeout_s: float = 300.0) -> list[T]:
-    """Run ``fn(ctx, *args)`` in ``world_size`` CPU processes joined by gloo on 127.0.0.1; return their results.
-
-    The processes are forked (Linux), so ``fn`` may be any function, including one defined in a test module; each
-    process gets torchrun's environment variables and one torch thread. Results travel through ``torch.save``.
-
-    Raises:
-        RuntimeError: a rank failed (its traceback is in the message) or the run exceeded ``timeout_s``.
-    """
-    import multiprocessing as mp
-
-    import torch
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mctx = mp.get_context(method)
-    port = _free_port()
-    with tempfile.TemporaryDirectory(prefix="medshared-dist-") as tmp:
-        procs = [
-            mctx.Process(target=_local_worker, args=(fn, r, world_size, port, args, tmp), daemon=False)
-            for r in range(world_size)
-        ]
-        for p in procs:
-            p.start()
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        for p in procs:
-            p.join(max(0.0, deadline - time.monotonic()))
-        alive = [p for p in procs if p.is_alive()]
-        for p in alive:
-            p.kill()
-            p.join()
-        results: list[Any] = []
-        errors: list[str] = []
-        for r, p in enumerate(procs):
-            f = Path(tmp) / f"rank{r}.pt"
-            if not f.exists():
-                errors.append(f"rank {r}: exit code {p.exitcode}, no result" + (" (timed out)" if p in alive else ""))
-                continue
-            try:
-                payload = torch.load(f, weights_only=False)
-            except Exception:
-                with open(f, "rb") as fh:
-                    payload = pickle.load(fh)
-            if payload.get("ok"):
-                results.append(payload["result"])
-            else:
-                errors.append(f"rank {r} failed:\n{payload['error']}")
-        if errors:
-            raise RuntimeError("run_local: " + "\n".join(errors))
-        return results
