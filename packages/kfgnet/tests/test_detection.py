@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kfgnet.config import get_detector_config
 from kfgnet.data import DataError, read_manifest
 from kfgnet.detection_data import (
     DetectionDataset,
@@ -21,6 +20,7 @@ from kfgnet.detection_data import (
     read_image_folder,
     split_by_case,
 )
+from kfgnet.presets import get_detector_config
 
 
 def _ddti() -> Path:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from kfgnet.config import KeyFrameTrainConfig, get_detector_config, get_keyframe_config
+from kfgnet.config import KeyFrameTrainConfig
 from kfgnet.data import DataError
 from kfgnet.detector import FrameDetections, build_detector, detect_frames
 from kfgnet.keyframe import (
@@ -20,6 +20,7 @@ from kfgnet.keyframe import (
     subsample_entries,
     train_keyframe,
 )
+from kfgnet.presets import get_detector_config, get_keyframe_config
 
 
 def test_labels_one_at_key_and_hand_computation() -> None:
@@ -151,7 +152,7 @@ def test_keyframe_net_rejects_wrong_feature_width() -> None:
 
 
 def test_official_2023_optimisation_and_best_epoch_on_validation() -> None:
-    from kfgnet.config import get_keyframe_train_config
+    from kfgnet.presets import get_keyframe_train_config
 
     t = get_keyframe_train_config("official_2023", epochs=12)
     assert (t.lr, t.weight_decay, t.lr_milestones, t.lr_gamma, t.grad_clip, t.mask_padding) == (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kfgnet.config import get_classifier_config
 from kfgnet.model import LightC3D, SPP3d, build_classifier, create_model, list_models
+from kfgnet.presets import get_classifier_config
 
 NARROW = {"widths": (4, 8, 16, 16), "attention_widths": (8, 4), "hidden": 16}
 
@@ -92,3 +92,13 @@ def test_light_c3d_from_config() -> None:
 
     m = LightC3D(ClassifierConfig(widths=(4, 8, 8, 8), attention_widths=(4, 2), num_frames=32, size=112, hidden=8))
     assert m(torch.rand(1, 3, 32, 112, 112))[1].shape == (1, 8)
+
+
+def test_presets_stay_importable_from_config() -> None:
+    import kfgnet.config as config
+    import kfgnet.presets as presets
+
+    assert config.get_classifier_config is presets.get_classifier_config
+    assert config.DETECTOR_PRESETS is presets.DETECTOR_PRESETS
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        config.nope  # noqa: B018

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from kfgnet.config import ClassifierTrainConfig, ClipConfig, MotionConfig, get_classifier_config
+from kfgnet.config import ClassifierTrainConfig, ClipConfig, MotionConfig
 from kfgnet.data import ClipDataset, KeyFrame, read_manifest
+from kfgnet.presets import get_classifier_config
 from kfgnet.runstate import StaleRunError
 from kfgnet.train import classifier_run_hash, cross_validate, majority_chance, train_classifier
 

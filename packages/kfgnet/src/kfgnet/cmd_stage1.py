@@ -50,9 +50,9 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     from medshared.distributed import init_distributed
     from medshared.runtime import atomic_write_json
 
-    from kfgnet.config import get_detector_config
     from kfgnet.detection_data import make_detection_split
     from kfgnet.detector_train import detector_config_for_batch, train_detector
+    from kfgnet.presets import get_detector_config
 
     over = load_overrides(args)
     pre = {k: v for k, v in (("pretrained_backbone", args.pretrained_backbone), ("weights", args.weights)) if v}
@@ -197,11 +197,11 @@ def cmd_train_keyframe(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_json
     from medshared.splits import ratio_split
 
-    from kfgnet.config import get_keyframe_config, get_keyframe_train_config
     from kfgnet.data import DataError
     from kfgnet.detector import load_detector
     from kfgnet.keyframe import build_sequences, save_keyframe, train_keyframe
     from kfgnet.pipeline import Stage1, file_digest, locate_keyframes, write_keyframes_csv
+    from kfgnet.presets import get_keyframe_config, get_keyframe_train_config
     from kfgnet.video_io import parse_blackout
 
     over = load_overrides(args)

@@ -35,9 +35,10 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_csv, atomic_write_json
 
     from kfgnet.clips import ClipDataset
-    from kfgnet.config import TABLE1_ROWS, ClassifierTrainConfig, MotionConfig, get_classifier_config
+    from kfgnet.config import ClassifierTrainConfig, MotionConfig
     from kfgnet.evaluate import classification_summary, fmt_pm
     from kfgnet.pipeline import read_keyframes_csv
+    from kfgnet.presets import TABLE1_ROWS, get_classifier_config
     from kfgnet.train import classifier_run_hash, cross_validate, save_classifier, train_classifier
 
     over = load_overrides(args)

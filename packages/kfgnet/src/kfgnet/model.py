@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kfgnet.config import ClassifierConfig, get_classifier_config
+from kfgnet.config import ClassifierConfig
+from kfgnet.presets import get_classifier_config
 
 __all__ = [
     "LightC3D",
@@ -249,7 +250,7 @@ def build_classifier(cfg: ClassifierConfig, load_weights: bool = True, offline: 
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
-    from kfgnet.config import CLASSIFIER_PRESETS
+    from kfgnet.presets import CLASSIFIER_PRESETS
 
     return sorted(CLASSIFIER_PRESETS)
 
