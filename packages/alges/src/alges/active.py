@@ -29,8 +29,8 @@ from medshared.checkpoint import load_checkpoint, save_checkpoint
 from medshared.runtime import atomic_write_json, seed_everything
 from tqdm.auto import tqdm
 
+from alges.arrays import SegArrays
 from alges.config import AlgesConfig
-from alges.data import SegArrays
 from alges.evaluate import evaluate_model
 from alges.inference import infer
 from alges.model import build_model

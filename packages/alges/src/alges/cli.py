@@ -59,7 +59,8 @@ def _add_common(p: argparse.ArgumentParser, preset: str = "alges_paper") -> None
 
 
 def _split_lists(args: argparse.Namespace, index, cfg) -> dict[str, list[str]]:
-    from alges.data import cholec_split, read_id_list
+    from alges.cholec import cholec_split
+    from alges.index import read_id_list
     from alges.study import default_split
 
     if args.pool_list or args.test_list:
@@ -155,8 +156,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from alges.config import adapt_to_classes
-    from alges.data import open_dataset, read_id_list
+    from alges.data import open_dataset
     from alges.fit import fit
+    from alges.index import read_id_list
 
     cfg, explicit = _config(args, epochs=args.epochs, image_size=args.image_size, encoder_weights=args.encoder_weights)
     index = open_dataset(args.data)
@@ -216,7 +218,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_csv, atomic_write_text
 
-    from alges.data import read_id_list
+    from alges.index import read_id_list
     from alges.query import query_pool
     from alges.strategies import parse_strategies
 

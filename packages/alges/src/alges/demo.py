@@ -60,7 +60,8 @@ def run_demo(out: str | Path, device: str = "auto", seed: int = 0, quick: bool =
     from medshared.runtime import atomic_write_json, atomic_write_text, resolve_device
 
     from alges.active import simulate
-    from alges.data import cholec_split, load_arrays, scan_cholecseg8k
+    from alges.arrays import load_arrays
+    from alges.cholec import cholec_split, scan_cholecseg8k
     from alges.evaluate import majority_chance
     from alges.report import summarize, table_markdown, write_simulation_outputs
     from alges.synthetic import generate_cholecseg8k

@@ -30,8 +30,8 @@ import torch
 from medshared.boundary import hd95, max_distance
 from medshared.metrics import DiceAccumulator, dice_per_image_smoothed
 
+from alges.arrays import SegArrays
 from alges.config import IGNORE_INDEX, AlgesConfig
-from alges.data import SegArrays
 from alges.inference import infer
 
 __all__ = [
@@ -188,7 +188,9 @@ def evaluate_checkpoint(
     the same Dice of the checkpoint's prior mask, computed from its training masks) and ``out/per_class.csv``."""
     from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
 
-    from alges.data import load_arrays, open_dataset, read_id_list
+    from alges.arrays import load_arrays
+    from alges.data import open_dataset
+    from alges.index import read_id_list
     from alges.model import load_trained
 
     device = resolve_device(device) if isinstance(device, str) else device
@@ -251,7 +253,8 @@ def predict_folder(
     import cv2
     from medshared.runtime import atomic_path, resolve_device
 
-    from alges.data import read_image, scan_images
+    from alges.arrays import read_image
+    from alges.data import scan_images
     from alges.model import load_trained
     from alges.pool import FileSource
 

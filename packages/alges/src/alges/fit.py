@@ -19,9 +19,10 @@ import torch
 from medshared.checkpoint import save_checkpoint
 from medshared.runtime import atomic_write_json, atomic_write_text, seed_everything
 
+from alges.arrays import load_arrays
 from alges.config import AlgesConfig
-from alges.data import DatasetIndex, load_arrays
 from alges.evaluate import encode_map, evaluate_model, prior_mask
+from alges.index import DatasetIndex
 from alges.model import build_model
 from alges.splits import group_split
 from alges.train import make_optimizer, save_resume_state, train_model

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from alges.data import read_image, resize_image
+from alges.arrays import read_image, resize_image
 
 __all__ = ["ArraySource", "FileSource", "IterableSource", "as_source"]
 

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from alges.data import scan_folder
+from alges.index import scan_folder
 
 __all__ = ["case_of", "group_split", "split_folder"]
 

@@ -13,9 +13,11 @@ import torch
 from medshared.runtime import atomic_write_json
 
 from alges.active import run_full, simulate
+from alges.arrays import load_arrays
+from alges.cholec import check_cholec_split_counts, cholec_split
 from alges.config import AlgesConfig
-from alges.data import DatasetIndex, check_cholec_split_counts, cholec_split, load_arrays
 from alges.evaluate import majority_chance, prior_mask, prior_scores
+from alges.index import DatasetIndex
 from alges.report import PAPER_PERCENTAGES, write_simulation_outputs
 from alges.splits import group_split
 
