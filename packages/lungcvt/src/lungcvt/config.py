@@ -24,6 +24,7 @@ __all__ = [
     "get_config",
     "list_configs",
     "config_from_dict",
+    "with_overrides",
 ]
 
 #: ICBHI cycle classes in label order (annotation crackles/wheezes bits -> 0 normal, 1 crackle, 2 wheeze, 3 both).
@@ -356,3 +357,11 @@ register_config(
         train=TrainConfig(lr=1e-3, warmup_steps=60, lr_schedule="cosine", batch_size=16, epochs=30, mixup=False),
     )
 )
+
+
+def with_overrides(cfg: LungCVTConfig, overrides: dict) -> LungCVTConfig:
+    """Apply nested overrides (``{"train": {"lr": 1e-3}}``) through ``medshared.config.override_dataclass``."""
+    from medshared.config import override_dataclass
+
+    new = override_dataclass(cfg, overrides)
+    return dataclasses.replace(new)  # re-run __post_init__ checks

@@ -49,7 +49,7 @@ class ClassBalancedCE(nn.Module):
         """Weighted CE: sum_i w[y_i] CE_i / sum_i w[y_i]; with ``denom``, sum_i w[y_i] CE_i / denom instead.
 
         Under DDP each rank passes ``denom`` = (sum of w[y] over the global batch) / world size, so that the averaged
-        gradients equal those of one process with the whole batch (:func:`lungcvt.train.global_weight_denominator`).
+        gradients equal those of one process with the whole batch (:func:`lungcvt.step.global_weight_denominator`).
         """
         if denom is None:
             return F.cross_entropy(logits.float(), target, weight=self.weight)

@@ -8,15 +8,15 @@ Under ``torchrun`` (``medshared.distributed``) every rank trains on its part of 
 with ``train.batch_size`` per rank, gradients are averaged by DDP, the spatial gate's BatchNorm takes its statistics
 over the global batch and the class-weighted loss is normalised by the global batch's weight sum, so N ranks with
 batch B equal one process with batch N x B (``test_ddp_equivalence``). Rank 0 writes every file.
+
+This module holds the loop: data, model, the epochs, validation and the outputs. The optimiser step and lr schedule
+are in :mod:`lungcvt.step`, the DataLoader in :mod:`lungcvt.loaders`, the start state (``--init`` weights,
+``last_state.pt``) in :mod:`lungcvt.resume`; their public names stay importable from here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 from lungcvt import __version__
-from lungcvt.config import CLASSES, LungCVTConfig, TrainConfig, config_from_dict
-from lungcvt.dataset import CycleDataset, CycleSet, extract_cycles, make_loader, predict_logits
+from lungcvt.config import CLASSES, LungCVTConfig, with_overrides
+from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
 from lungcvt.features import check_cqt
-from lungcvt.images import batch_to_image
-from lungcvt.losses import ClassBalancedCE, mixup_batch
+from lungcvt.loaders import build_train_loader, resize_where, stratified_subset
+from lungcvt.losses import ClassBalancedCE
 from lungcvt.model import LungCVT
+from lungcvt.resume import load_init, resume_from, rng_state, run_key, save_state
 from lungcvt.splits import DataOptions, check_classes, class_counts, select_recordings, validation_split
+from lungcvt.step import global_weight_denominator, lr_at, train_step
 
 __all__ = [
     "CycleSet",
@@ -47,6 +49,7 @@ __all__ = [
     "build_train_loader",
     "resize_where",
     "load_init",
+    "with_overrides",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,182 +75,6 @@ def _scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
         v: icbhi_scores(list(y_true), list(y_pred), variant=v, labels=CLASSES)
         for v in ("icbhi", "macro_ovr", "two_class")
     }
-
-
-def lr_at(tc: TrainConfig, step: int, total_steps: int, base_lr: float | None = None) -> float:
-    """Learning rate at optimiser step ``step`` (0-based): linear warm-up, then constant or cosine to 0."""
-    lr0 = tc.lr if base_lr is None else base_lr
-    lr = lr0 * min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps > 0 else lr0
-    if tc.lr_schedule == "cosine":
-        lr *= 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    return lr
-
-
-def stratified_subset(labels: Sequence[int], fraction: float, seed: int) -> list[int]:
-    """Sorted indices of a class-stratified random ``fraction`` of the items (at least one per present class)."""
-    if fraction >= 1.0:
-        return list(range(len(labels)))
-    rng = np.random.default_rng(seed)
-    y = np.asarray(labels)
-    keep: list[int] = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        n = max(1, int(round(fraction * len(idx))))
-        keep += rng.choice(idx, size=n, replace=False).tolist()
-    return sorted(keep)
-
-
-def global_weight_denominator(crit: ClassBalancedCE, y: torch.Tensor, ctx: Any) -> torch.Tensor | None:
-    """Under DDP: (sum of the class weights of the global batch's labels) / world size, for
-    :meth:`ClassBalancedCE.forward`'s ``denom``; ``None`` (the plain weighted mean) in one process."""
-    if ctx is None or not ctx.enabled:
-        return None
-    from medshared.distributed import all_reduce_sum
-
-    return all_reduce_sum(crit.weight[y].sum().detach(), ctx) / ctx.world_size
-
-
-def train_step(
-    model: torch.nn.Module,
-    opt: torch.optim.Optimizer,
-    crit: ClassBalancedCE,
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    cfg: LungCVTConfig,
-    device: torch.device,
-    ctx: Any = None,
-    lr: float | None = None,
-    generator: torch.Generator | None = None,
-) -> float:
-    """One optimiser step on a collated batch (features [B, 3, F, T], lengths [B], labels [B]; or images
-    [B, 3, S, S], None, labels); returns the loss.
-
-    Features are resized on ``device`` (:func:`~lungcvt.images.batch_to_image`); mixup (``train.mixup``) draws its
-    lambda from torch's global RNG and its permutation from ``generator``.
-    """
-    from medshared.runtime import autocast_context
-
-    tc = cfg.train
-    x, lens, y = batch
-    x = x.to(device, non_blocking=True)
-    if lens is not None:  # features: resize on the device; else the workers resized them already
-        x = batch_to_image(x, lens, cfg.features)  # [B, 3, S, S]
-    y = y.to(device, non_blocking=True)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_context(device, tc.bf16):
-        if tc.mixup:
-            xm, ya, yb, lam = mixup_batch(x, y, tc.mixup_alpha, generator)
-            denoms = None
-            if ctx is not None and ctx.enabled:
-                denoms = (global_weight_denominator(crit, ya, ctx), global_weight_denominator(crit, yb, ctx))
-            loss = crit.mixed(model(xm), ya, yb, lam, denoms)
-        else:
-            loss = crit(model(x), y, global_weight_denominator(crit, y, ctx))
-    if lr is not None:
-        for group in opt.param_groups:
-            group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach())
-
-
-def resize_where(device: torch.device, num_workers: int) -> str:
-    """Where training resizes the feature maps: ``"device"`` (batched, :func:`~lungcvt.images.batch_to_image`) on a
-    GPU or without workers, ``"workers"`` (per item in the DataLoader workers) on a CPU with workers, where the
-    resize costs the same either way and the workers run it in parallel with the step (``bench/train_step.py``)."""
-    return "workers" if device.type != "cuda" and num_workers > 0 else "device"
-
-
-def build_train_loader(
-    cycles: CycleSet,
-    cfg: LungCVTConfig,
-    ctx: Any,
-    generator: torch.Generator,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
-) -> tuple[torch.utils.data.DataLoader, Any]:
-    """The training DataLoader and its ``DistributedSampler`` (``None`` in one process)."""
-    from medshared.distributed import make_sampler
-
-    tc = cfg.train
-    dev = torch.device(device)
-    image_cfg = cfg.features if resize_where(dev, num_workers) == "workers" else None
-    ds = CycleDataset(cycles, time_roll=tc.time_roll, image_cfg=image_cfg)
-    sampler = make_sampler(ds, ctx, shuffle=tc.shuffle, seed=tc.seed) if ctx is not None else None
-    per_rank = len(ds) if sampler is None else len(sampler)
-    dl = make_loader(
-        ds,
-        tc.batch_size,
-        shuffle=tc.shuffle,
-        sampler=sampler,
-        generator=generator,
-        num_workers=num_workers,
-        drop_last=per_rank > tc.batch_size,
-        pin_memory=dev.type == "cuda",
-    )
-    return dl, sampler
-
-
-def load_init(init: str | Path, cfg: LungCVTConfig) -> dict[str, torch.Tensor]:
-    """Weights of a lungcvt checkpoint to start from (``train --init``); its model config must match ``cfg.model``.
-
-    Raises:
-        ValueError: not a lungcvt checkpoint, or a model config that differs (naming the fields).
-    """
-    from medshared.checkpoint import load_checkpoint
-
-    sd, cfg_d, _ = load_checkpoint(init)
-    try:
-        ck = config_from_dict(cfg_d)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"--init {init}: not a lungcvt checkpoint ({e})") from None
-    a, b = dataclasses.asdict(ck.model), dataclasses.asdict(cfg.model)
-    diff = sorted(k for k in a if k != "pretrained" and a[k] != b[k])
-    if diff:
-        raise ValueError(
-            f"--init {init}: its model config differs in {diff} (checkpoint {[a[k] for k in diff]}, this run "
-            f"{[b[k] for k in diff]}); train with the checkpoint's preset/config (the default when --preset is not "
-            "given)"
-        )
-    return sd
-
-
-def _rng_state(g: torch.Generator, device: torch.device) -> dict:
-    st = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "generator": g.get_state(),
-    }
-    if device.type == "cuda":
-        st["cuda"] = torch.cuda.get_rng_state(device)
-    return st
-
-
-def _set_rng_state(st: dict, g: torch.Generator, device: torch.device) -> None:
-    random.setstate(st["python"])
-    np.random.set_state(st["numpy"])
-    torch.set_rng_state(st["torch"])
-    g.set_state(st["generator"])
-    if device.type == "cuda" and "cuda" in st:
-        torch.cuda.set_rng_state(st["cuda"], device)
-
-
-def _run_key(cfg_dict: dict, data: DataOptions, init: str | Path | None) -> dict:
-    """What must match for a resume: the config without ``train.epochs``, the data options and the init weights."""
-    key = json.loads(json.dumps({"config": cfg_dict, "data": data.to_dict(), "init": str(init) if init else None}))
-    key["config"]["train"].pop("epochs", None)
-    return key
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
 
 
 def _validate(model: torch.nn.Module, va: CycleSet, cfg: LungCVTConfig, dev: torch.device, ctx: Any) -> np.ndarray:
@@ -328,6 +155,87 @@ def train(
             ctx.close()
 
 
+def _training_cycles(
+    cfg: LungCVTConfig,
+    data_dir: str | Path,
+    data: DataOptions,
+    cache_dir: Path,
+    dev: torch.device,
+    ctx: Any,
+    show: bool,
+) -> tuple[CycleSet, CycleSet, dict, list[int]]:
+    """The protocol's training part split into training and validation cycles (``train.subset_fraction`` applied to
+    the training cycles). Returns ``(train, val, split_info, test_counts)``."""
+    from medshared.distributed import barrier, shard_items
+
+    tc = cfg.train
+    recs = select_recordings(data_dir, data, seed=tc.seed)
+    test_counts = class_counts([r for r in recs if r.split == "test"])
+    tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, tc.seed, data.allow_missing_class)
+    if ctx.enabled:  # fill the cache in parallel, each recording once, then everyone reads it
+        for part in (tr_recs, va_recs):
+            extract_cycles(shard_items(part, ctx.rank, ctx.world_size, key=lambda r: r.stem), cfg.features,
+                           cache_dir, dev, progress=False)  # fmt: skip
+        barrier(ctx)
+    tr = extract_cycles(tr_recs, cfg.features, cache_dir, dev, show)
+    va = extract_cycles(va_recs, cfg.features, cache_dir, dev, show)
+    if tc.subset_fraction < 1.0:
+        keep = stratified_subset(tr.labels, tc.subset_fraction, tc.seed)
+        log.info("train.subset_fraction=%g: %d of %d training cycles (stratified)", tc.subset_fraction, len(keep),
+                 len(tr))  # fmt: skip
+        tr = tr.subset(keep)
+    return tr, va, split_info, test_counts
+
+
+def _build_model(
+    cfg: LungCVTConfig, weights: str | Path | None, init_sd: dict | None, dev: torch.device
+) -> torch.nn.Module:
+    """LungCVT on ``dev`` (channels-last on CUDA), from ``init_sd`` when given, else ``weights`` / random init."""
+    model = LungCVT(cfg.model, weights=weights if init_sd is None else None)
+    if init_sd is not None:
+        model.load_state_dict(init_sd)
+    model = model.to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    crit: ClassBalancedCE,
+    dl: torch.utils.data.DataLoader,
+    sampler: Any,
+    cfg: LungCVTConfig,
+    dev: torch.device,
+    ctx: Any,
+    g: torch.Generator,
+    epoch: int,
+    step: int,
+    total: int,
+    lr: float,
+    show: bool,
+) -> tuple[float, int]:
+    """One pass over ``dl`` from optimiser step ``step`` of ``total``; returns (mean training loss over all ranks,
+    the next step). The lr follows :func:`lr_at` when ``train.warmup_steps`` or ``train.lr_schedule`` ask for it."""
+    from medshared.distributed import all_reduce_sum, set_sampler_epoch
+    from tqdm.auto import tqdm
+
+    tc = cfg.train
+    schedule = tc.warmup_steps > 0 or tc.lr_schedule != "constant"
+    set_sampler_epoch(sampler, epoch)
+    model.train()
+    tot, n = 0.0, 0
+    for batch in tqdm(dl, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False):
+        step_lr = lr_at(tc, step, total, lr) if schedule else None
+        loss = train_step(model, opt, crit, batch, cfg, dev, ctx, step_lr, g)
+        step += 1
+        tot += loss * len(batch[2])
+        n += len(batch[2])
+    tot, n = all_reduce_sum(tot, ctx), all_reduce_sum(float(n), ctx)
+    return tot / max(n, 1), step
+
+
 def _train(
     cfg: LungCVTConfig,
     data_dir: str | Path,
@@ -345,18 +253,14 @@ def _train(
     from medshared.checkpoint import save_checkpoint
     from medshared.distributed import (
         all_gather_object,
-        all_reduce_sum,
         barrier,
         effective_batch,
         rank_seed,
         scale_lr,
-        set_sampler_epoch,
-        shard_items,
         unwrap_model,
         wrap_model,
     )
-    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, seed_everything
-    from tqdm.auto import tqdm
+    from medshared.runtime import atomic_write_csv, atomic_write_json, seed_everything
 
     tc = cfg.train
     dev = torch.device(ctx.device)
@@ -369,30 +273,11 @@ def _train(
     check_cqt(cfg.features)
     init_sd = load_init(init, cfg) if init is not None else None
 
-    recs = select_recordings(data_dir, data, seed=tc.seed)
-    test_counts = class_counts([r for r in recs if r.split == "test"])
-    tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, tc.seed, data.allow_missing_class)
-    if ctx.enabled:  # fill the cache in parallel, each recording once, then everyone reads it
-        for part in (tr_recs, va_recs):
-            extract_cycles(shard_items(part, ctx.rank, ctx.world_size, key=lambda r: r.stem), cfg.features,
-                           cache_dir, dev, progress=False)  # fmt: skip
-        barrier(ctx)
-    tr = extract_cycles(tr_recs, cfg.features, cache_dir, dev, show)
-    va = extract_cycles(va_recs, cfg.features, cache_dir, dev, show)
-    if tc.subset_fraction < 1.0:
-        keep = stratified_subset(tr.labels, tc.subset_fraction, tc.seed)
-        log.info("train.subset_fraction=%g: %d of %d training cycles (stratified)", tc.subset_fraction, len(keep),
-                 len(tr))  # fmt: skip
-        tr = tr.subset(keep)
+    tr, va, split_info, test_counts = _training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show)
     counts = tr.counts(cfg.model.num_classes)
     check_classes(counts, "the training cycles", data.allow_missing_class)
 
-    model = LungCVT(cfg.model, weights=weights if init_sd is None else None)
-    if init_sd is not None:
-        model.load_state_dict(init_sd)
-    model = model.to(dev)
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = _build_model(cfg, weights, init_sd, dev)
     crit = ClassBalancedCE(counts, tc.cb_beta).to(dev)
     eff_batch = effective_batch(tc.batch_size, ctx)
     lr = scale_lr(tc.lr, tc.lr_base_batch, eff_batch, tc.lr_rule)
@@ -405,48 +290,24 @@ def _train(
     history: list[dict] = []
     start_epoch, best_score, best_epoch, best_val = 0, -1.0, -1, {}
     cfg_dict = cfg.to_dict()
-    run_key = _run_key(cfg_dict, data, init)
+    key = run_key(cfg_dict, data, init)
     barrier(ctx)
     if resume and state_path.is_file():
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        if st.get("run_key") != run_key:
-            diff = _diff_keys(st.get("run_key") or {}, run_key)
-            raise ValueError(
-                f"{state_path} was written by a run with different settings ({', '.join(diff[:6]) or 'older format'});"
-                " pass --no-resume to start over, or choose another --out"
-            )
-        unwrap_model(ddp_model).load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        rngs = st["rng"]
-        if len(rngs) == ctx.world_size:
-            _set_rng_state(rngs[ctx.rank], g, dev)
-        else:
-            log.warning("state saved by %d rank(s), resuming with %d: data order re-seeded", len(rngs), ctx.world_size)
-        start_epoch, best_score, best_epoch = st["epoch"] + 1, st["best_score"], st["best_epoch"]
-        best_val, history = st["best_val"], st["history"]
-        if main:
-            log.info("resumed from %s at epoch %d", state_path, start_epoch + 1)
+        start_epoch, best_score, best_epoch, best_val, history = resume_from(
+            state_path, key, ddp_model, opt, g, dev, ctx
+        )
 
     steps_per_epoch = len(dl)
     total = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
-    schedule = tc.warmup_steps > 0 or tc.lr_schedule != "constant"
     for epoch in range(start_epoch, tc.epochs):
-        set_sampler_epoch(sampler, epoch)
-        ddp_model.train()
-        tot, n = 0.0, 0
-        for batch in tqdm(dl, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False):
-            step_lr = lr_at(tc, step, total, lr) if schedule else None
-            loss = train_step(ddp_model, opt, crit, batch, cfg, dev, ctx, step_lr, g)
-            step += 1
-            tot += loss * len(batch[2])
-            n += len(batch[2])
-        tot, n = all_reduce_sum(tot, ctx), all_reduce_sum(float(n), ctx)
+        train_loss, step = _train_epoch(ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr,
+                                        show)  # fmt: skip
         pred = _validate(ddp_model, va, cfg, dev, ctx).argmax(1)
         sc = _scores(va.labels, pred.tolist())
         row = {
             "epoch": epoch + 1,
-            "train_loss": tot / max(n, 1),
+            "train_loss": train_loss,
             "val_icbhi_score": sc["icbhi"]["score"],
             "val_se": sc["icbhi"]["se"],
             "val_sp": sc["icbhi"]["sp"],
@@ -457,7 +318,7 @@ def _train(
         improved = sc["icbhi"]["score"] > best_score
         if improved:
             best_score, best_epoch, best_val = sc["icbhi"]["score"], epoch + 1, sc
-        rngs = all_gather_object(_rng_state(g, dev), ctx)
+        rngs = all_gather_object(rng_state(g, dev), ctx)
         if main:
             state_dict = unwrap_model(ddp_model).state_dict()
             if improved:
@@ -474,21 +335,18 @@ def _train(
                         "protocol": data.protocol,
                     },
                 )
-            with atomic_path(state_path) as tmp:
-                torch.save(
-                    {
-                        "model": state_dict,
-                        "optimizer": opt.state_dict(),
-                        "epoch": epoch,
-                        "best_score": best_score,
-                        "best_epoch": best_epoch,
-                        "best_val": best_val,
-                        "history": history,
-                        "run_key": run_key,
-                        "rng": rngs,
-                    },
-                    tmp,
-                )
+            save_state(
+                state_path,
+                model_state=state_dict,
+                optimizer=opt,
+                epoch=epoch,
+                best_score=best_score,
+                best_epoch=best_epoch,
+                best_val=best_val,
+                history=history,
+                key=key,
+                rngs=rngs,
+            )
         barrier(ctx)
         if show:
             print(
@@ -536,11 +394,3 @@ def _train(
         )
     barrier(ctx)
     return TrainResult(best_path, best_epoch, best_val, history, counts, len(va), split)
-
-
-def with_overrides(cfg: LungCVTConfig, overrides: dict) -> LungCVTConfig:
-    """Apply nested overrides (``{"train": {"lr": 1e-3}}``) through ``medshared.config.override_dataclass``."""
-    from medshared.config import override_dataclass
-
-    new = override_dataclass(cfg, overrides)
-    return dataclasses.replace(new)  # re-run __post_init__ checks
