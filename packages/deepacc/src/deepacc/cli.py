@@ -180,7 +180,7 @@ def _load_cfg(model: str, config_path: str | None) -> Any:
 
 
 def _load(args: argparse.Namespace, path: str, split: str | None = None) -> Any:
-    from deepacc.data import load_dataset
+    from deepacc.annotations import load_dataset
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr)

@@ -111,8 +111,9 @@ def run_demo(
     from medshared.runtime import atomic_write_json, atomic_write_text, resolve_device, seed_everything
     from medshared.testing import shared_data_dir
 
-    from deepacc.data import load_dataset, read_image
+    from deepacc.annotations import load_dataset
     from deepacc.evaluate import detections_from_raw, evaluate_detections, predict_raw
+    from deepacc.images import read_image
     from deepacc.postprocess import agnostic_top1
     from deepacc.predict import predict_image, write_prediction
     from deepacc.reporting import markdown_table, write_eval

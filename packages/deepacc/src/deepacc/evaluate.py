@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from deepacc.config import DeepACCConfig
-from deepacc.data import DetectionDataset, Sample
+from deepacc.data import DetectionDataset
 from deepacc.model import set_output_mode
 from deepacc.postprocess import agnostic_top1, postprocess_detections
+from deepacc.samples import Sample
 
 __all__ = [
     "apply_karyotype_prior",

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from deepacc.config import CLASS_NAMES, DeepACCConfig
-from deepacc.data import IMAGE_EXTS, DataError, read_image
+from deepacc.images import IMAGE_EXTS, read_image
+from deepacc.samples import DataError
 
 __all__ = ["list_images", "predict_image", "predict_paths", "write_prediction"]
 

@@ -29,8 +29,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from deepacc import __version__
 from deepacc.config import DeepACCConfig, TrainConfig, config_from_dict, config_to_dict
-from deepacc.data import DetectionDataset, Sample, collate, scan_images, validate_samples
+from deepacc.data import DetectionDataset, collate
+from deepacc.images import scan_images
 from deepacc.model import build_model
+from deepacc.samples import Sample, validate_samples
 
 __all__ = ["RESUMABLE_KEYS", "effective_lr", "load_model", "lr_factor", "save_model", "train"]
 
