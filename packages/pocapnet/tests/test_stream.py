@@ -59,15 +59,17 @@ def test_layer_forward_from_equals_forward_tail(tiny_cfg):
     ("causal", "T", "cosine"), [(False, 40, False), (False, 12, False), (True, 40, False), (False, 24, True)]
 )
 def test_incremental_mstcn_equals_full_chunk_forward(tiny_cfg, causal, T, cosine):
-    # 4 layers, reach 15 per stage: with 40-s chunks every layer input is cached; with 12-s chunks the last stage-1
-    # input and all of stage 2 change at every second (not cached)
+    # 4 layers, reach 15 per stage: with 40-s chunks every stage-1 layer input and the acausal stage 2's input are
+    # cached; with 12-s chunks the last stage-1 input and all of stage 2 change at every second (not cached); the
+    # acausal last stage is evaluated column-restricted, so its 4 layer inputs are never cached
     cfg = dataclasses.replace(tiny_cfg.model, causal_conv=causal, num_layers=4, cosine_classifier=cosine)
     model = PoCaPNet(cfg).eval()
     x = torch.randn(T, cfg.hidden_dim)
     inc = IncrementalMSTCN(model.tcn, T)
     skipped = sum(b is None for bufs in inc.buffers for b in bufs)
     # reach of the 10 layer inputs: stage 1: 0 1 3 7 15, stage 2: 15 16 18 22 30; stored when < T - 1
-    assert skipped == {(False, 40): 0, (False, 12): 6, (True, 40): 0, (False, 24): 1}[(causal, T)]
+    assert inc.last_only is not causal
+    assert skipped == {(False, 40): 4, (False, 12): 6, (True, 40): 0, (False, 24): 4}[(causal, T)]
     steps = torch.stack([inc.step(x[t]) for t in range(T)])
     with torch.no_grad():  # row t of the step-wise result = last row of the forward over the first t+1 seconds
         want = torch.stack([model.forward_temporal(x[: t + 1])[-1, -1] for t in range(T)])
@@ -76,6 +78,52 @@ def test_incremental_mstcn_equals_full_chunk_forward(tiny_cfg, causal, T, cosine
         inc.step(x[0])
     inc.reset()
     torch.testing.assert_close(inc.step(x[0]), want[0], rtol=1e-4, atol=1e-5)
+    other = IncrementalMSTCN(model.tcn, T, last_only=causal)  # the other way for the last stage: the same logits
+    assert other.last_only is causal
+    torch.testing.assert_close(torch.stack([other.step(x[t]) for t in range(T)]), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 3, 4])
+@pytest.mark.parametrize("T", [1, 2, 7, 8, 9, 16, 40])
+def test_stage_forward_last_equals_last_column(tiny_cfg, causal, num_layers, T):
+    # column-restricted evaluation of a stage: with T - 1 > reach (7 for 3 acausal layers, 14 causal) the columns
+    # before the receptive field are cut (cutting one more column fails this test)
+    cfg = dataclasses.replace(tiny_cfg.model, causal_conv=causal, num_layers=num_layers)
+    stage = PoCaPNet(cfg).eval().tcn.stages[-1]
+    x = torch.randn(2, cfg.num_classes, T)
+    with torch.no_grad():
+        got = stage.forward_last(stage.conv_1x1(x))
+        want = stage(x)[..., -1]
+        for layer in stage.layers:  # one layer at every other column of its dilation's subsequence
+            h = torch.randn(1, cfg.num_f_maps, T)
+            d = layer.dilation
+            for c0, first in ((c0, f) for c0 in range(min(d, T)) for f in (0, 1) if c0 + f * d < T):
+                sub = layer.forward_subsampled(h[..., c0::d], first)
+                want_sub = layer(h)[..., c0 + first * d :: 2 * d]
+                torch.testing.assert_close(sub, want_sub, rtol=1e-5, atol=1e-6)
+    assert got.shape == (2, cfg.num_classes)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fast_streaming_equals_reference_past_the_receptive_field(syn_feats, tiny_cfg, causal):
+    # the paper's and the causal preset's layout (2 stages, delayed estimation on) with 4 layers (reach 15 acausal)
+    # and 20-s chunks: the acausal last stage is column-restricted and cut before its receptive field late in a
+    # chunk; the causal one keeps its cached one-column update; the memory carries predictions across chunks
+    model = _perturb_batchnorm(_model(tiny_cfg, syn_feats, causal_conv=causal, num_layers=4))
+    assert model.cfg.delayed_estimation and model.cfg.num_stages == 2
+    fop = load_feature_operation(syn_feats, "OP_002")
+    fast, ref = StreamingPredictor(model, 20), StreamingPredictor(model, 20, fast=False)
+    assert fast.tcn.last_only is not causal
+    for t in range(len(fop)):
+        img = torch.as_tensor(np.array(fop.xray[t], dtype=np.float32))
+        _, aud = fop.chunk(t, t + 1)
+        (pa, qa), (pb, qb) = fast.step(img, aud[0]), ref.step(img, aud[0])
+        assert pa == pb, t
+        np.testing.assert_allclose(qa, qb, rtol=1e-4, atol=1e-5)
+    assert len(fop) > 20 and fast.memory.vector.abs().sum() > 0
+    torch.testing.assert_close(fast.memory.vector, ref.memory.vector)
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ run also sees the rest of the chunk (the future), and streaming accuracy is lowe
 There is one definition of the network, :class:`~pocapnet.model.PoCaPNet`. The fast path is derived from it:
 :func:`~pocapnet.model.fold_batchnorm` folds each eval-mode BatchNorm into its convolution (a copy of the same
 module, same ``forward``), and :class:`IncrementalMSTCN` evaluates the module's own MS-TCN layers
-(``forward_from``) only on the columns a new second changes.
+(``forward_from``) only on the columns a new second changes, and the acausal last stage only on the columns its
+newest output reads (``forward_last``).
 """
 
 from __future__ import annotations
@@ -84,17 +85,25 @@ class IncrementalMSTCN:
     own layers: a dilated layer's output at position ``p`` reads inputs ``p - left .. p + right``, so when its inputs
     changed from position ``c`` on, its outputs change from ``c - right`` on (``right = d`` for the paper's acausal
     layers: the chunk end's zero padding became data; 0 for causal layers, which recompute one column per layer).
-    Stage-1 layer ``l`` of the acausal TCN thus redoes about ``3 * 2**l`` columns; stage 2 sees stage 1's last layer
-    changed everywhere (receptive field 1023 > 512 s) and is redone whole, so its inputs are not cached.
+    Stage-1 layer ``l`` of the acausal TCN thus redoes about ``3 * 2**l`` columns. An acausal last stage sees its
+    input changed almost everywhere (stage 1's receptive field 1023 > 512 s), but the estimate reads only its last
+    column: it is evaluated column-restricted (:meth:`~pocapnet.tcn._SingleStage.forward_last`: layer ``l`` on
+    about ``T / 2**(l + 1)`` columns, about ``T`` in all instead of ``10 T``), and its layers' inputs are not
+    cached. A causal last stage changes only at the new column and keeps the cached one-column-per-layer update.
 
     Args:
         tcn: the (eval-mode) MS-TCN.
         capacity: the chunk length in seconds.
+        last_only: evaluate the last stage column-restricted; None (default): when it is acausal. False gives the
+            incremental update of every changed column (``bench/stream.py`` measures what the restriction saves).
     """
 
-    def __init__(self, tcn: MultiStageTCN, capacity: int) -> None:
+    def __init__(self, tcn: MultiStageTCN, capacity: int, last_only: bool | None = None) -> None:
         self.stages = [tcn.stage1, *tcn.stages]
         self.capacity = capacity
+        # an acausal last stage changes at (nearly) every column: evaluate only what its last column reads
+        acausal = any(layer.pad[1] > 0 for layer in self.stages[-1].layers)
+        self.last_only = acausal if last_only is None else last_only
         self.reset()
 
     def reset(self) -> None:
@@ -104,7 +113,8 @@ class IncrementalMSTCN:
         for st in self.stages:
             bufs: list[torch.Tensor | None] = []
             for i in range(len(st.layers) + 1):
-                keep = reach < self.capacity - 1  # an input whose columns always all change is not stored
+                # not stored: an input whose columns always all change, or a column-restricted last stage's layers
+                keep = reach < self.capacity - 1 and not (i > 0 and st is self.stages[-1] and self.last_only)
                 bufs.append(ref.new_zeros(1, st.conv_1x1.out_channels, self.capacity) if keep else None)
                 if i < len(st.layers):
                     reach += st.layers[i].pad[1]
@@ -131,6 +141,9 @@ class IncrementalMSTCN:
         for s, (stage, bufs) in enumerate(zip(self.stages, self.buffers, strict=True)):
             inp = out if s == 0 else torch.softmax(out, dim=1)  # columns [c, T)
             cur = self._put(bufs[0], stage.conv_1x1(inp), c, T)  # (1, f, T); the 1x1 conv is pointwise in time
+            if self.last_only and s == len(self.stages) - 1:
+                out = stage.forward_last(cur)[..., None]  # (1, C, 1): only the newest column
+                break
             for i, layer in enumerate(stage.layers):
                 c = max(0, c - layer.pad[1])  # first output that changes
                 cur = self._put(bufs[i + 1], layer.forward_from(cur, c), c, T)

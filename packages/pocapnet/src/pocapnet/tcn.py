@@ -3,8 +3,10 @@ CVPR 2019), acausal inside each chunk as the official code or causal (TeCNO's op
 cosine classifier per stage.
 
 Every dilated layer can compute a tail of its output from the inputs that tail depends on
-(:meth:`_DilatedResidualLayer.forward_from`), which the streaming path uses to recompute only what a new second
-changes (:class:`pocapnet.stream.IncrementalMSTCN`).
+(:meth:`_DilatedResidualLayer.forward_from`), or every other column of a subsequence whose step is its dilation
+(:meth:`_DilatedResidualLayer.forward_subsampled`); a stage can compute its last column alone
+(:meth:`_SingleStage.forward_last`). The streaming path uses them to recompute only what a new second changes and
+what its estimate reads (:class:`pocapnet.stream.IncrementalMSTCN`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,22 @@ class _DilatedResidualLayer(nn.Module):
         lo = max(0, start - left)
         out = F.relu(self.conv_dilated(F.pad(x[..., lo:], (left - (start - lo), right))))
         return x[..., start:] + self.dropout(self.conv_1x1(out))
+
+    def forward_subsampled(self, u: torch.Tensor, first: int) -> torch.Tensor:
+        """:meth:`forward` at every second column of a subsequence whose step is the dilation.
+
+        ``u`` ``(N, C, n)`` is this layer's input at the columns ``c0, c0 + d, ..., c0 + (n - 1) d`` (``d`` = the
+        dilation), where the taps of an output column are neighbours in ``u``. Returns the outputs at
+        ``u[..., first::2]``'s columns (step ``2 d``), ``(N, C, ceil((n - first) / 2))``: the layer's own weights as
+        a dilation-1, stride-2 convolution. Exact where the sequence's true ends lie within one step of ``u``'s
+        ends (``c0 < d``, the last column ``> T - 1 - d``): the zero padding then stands where the module pads;
+        otherwise the outputs whose taps leave ``u`` read zeros instead of data, and the caller drops them.
+        """
+        d = self.dilation
+        left, right = self.pad[0] // d, self.pad[1] // d  # (1, 1) acausal, (2, 0) causal, in steps of u
+        conv = self.conv_dilated
+        out = F.relu(F.conv1d(F.pad(u, (left, right))[..., first:], conv.weight, conv.bias, stride=2))
+        return u[..., first::2] + self.dropout(self.conv_1x1(out))
 
 
 class CosineClassifier(nn.Module):
@@ -79,10 +97,30 @@ class _SingleStage(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, dim, T)`` -> ``(N, classes, T)``."""
         out = self.conv_1x1(x)
         for layer in self.layers:
             out = layer(out)
         return self.conv_out(out)
+
+    def forward_last(self, h: torch.Tensor) -> torch.Tensor:
+        """The last column of :meth:`forward`, ``(N, classes)``, from ``h = conv_1x1(x)`` ``(N, f_maps, T)``.
+
+        Each layer is evaluated only at the columns the last output can read: layer ``l`` (dilation ``2**l``) at
+        the columns ``T - 1 - k * 2**(l + 1)``, from the first column of the stage's receptive field on
+        (``T - 1 - reach``, ``reach`` = the sum of the layers' left padding), so it computes about
+        ``min(T, reach) / 2**(l + 1)`` columns instead of ``T``.
+        """
+        T = h.shape[-1]
+        col = max(0, T - 1 - sum(layer.pad[0] for layer in self.layers))  # first column the output reads
+        # Cutting there makes the lowest outputs of a layer read zeros for the cut columns, but those outputs lie
+        # left of what the layers above read (the receptive field shrinks by each layer's left padding).
+        u = h[..., col:]  # layer input at the columns col, col + d, ..., T - 1 (d = 1 here)
+        for layer in self.layers:
+            d = layer.dilation
+            first = ((T - 1 - col) // d) % 2  # index in u of the first column == T - 1 (mod 2 d)
+            u, col = layer.forward_subsampled(u, first), col + first * d  # columns col, col + 2 d, ..., T - 1
+        return self.conv_out(u[..., -1:])[..., 0]
 
 
 class MultiStageTCN(nn.Module):
