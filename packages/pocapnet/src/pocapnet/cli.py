@@ -1,7 +1,8 @@
 """Command-line interface of ``pocapnet``: demo, make-synthetic, ingest, extract, train, evaluate, predict.
 
 A thin layer over the library: :mod:`pocapnet.ingest`, :func:`pocapnet.features.extract_dataset`,
-:func:`pocapnet.train.fit`, :func:`pocapnet.evaluate.evaluate_operations` and :mod:`pocapnet.predict`.
+:func:`pocapnet.train.fit`, :func:`pocapnet.evaluate.evaluate_operations` and :mod:`pocapnet.predict`; the parser
+is built in :mod:`pocapnet.cli_args` (``build_parser`` stays importable here).
 """
 
 from __future__ import annotations
@@ -16,170 +17,9 @@ from typing import Any
 
 from medshared.cli import run_cli
 
-from pocapnet import __version__
+from pocapnet.cli_args import build_parser
 
 __all__ = ["build_parser", "main", "resolve_config"]
-
-
-def _add_config_args(p: argparse.ArgumentParser, default_preset: str = "pocapnet") -> None:
-    p.add_argument(
-        "--preset",
-        default=default_preset,
-        help="registered config: pocapnet (LDAM + delayed estimation), pocapnet_tcn / pocapnet_pe / "
-        "pocapnet_de (Table 1 rows), pocapnet_ce / pocapnet_focal (Table 2), pocapnet_causal "
-        "(recommended for streaming), pocapnet_tiny, pocapnet_demo, pocapnet_demo_causal "
-        "(default: %(default)s)",
-    )
-    p.add_argument("--config", type=Path, help="YAML/JSON overrides {model: {...}, features: {...}, train: {...}}")
-
-
-def _add_policy_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("input changes (each one logged; without the flag the mismatch is an error)")
-    g.add_argument("--mix-to-mono", action="store_true", help="average the channels of a multi-channel Channel_k.wav")
-    g.add_argument("--dicom-first-frame", action="store_true", help="use the first frame of a multi-frame DICOM frame")
-    g.add_argument("--trim", action="store_true", help="cut channels, frames and labels to the shortest")
-
-
-def _add_weights_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wav2vec2", help="local folder / Hugging Face name / tiny-random / random-xlsr53")
-    p.add_argument("--xray-weights", help="densenet121-res224-all / a .pt file / random / tiny-random")
-    p.add_argument(
-        "--offline",
-        action="store_true",
-        help="never download weights (also HF_HUB_OFFLINE=1 / TRANSFORMERS_OFFLINE=1 / MEDREPRO_OFFLINE=1)",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Build the ``pocapnet`` argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="pocapnet",
-        description="PoCaPNet (Interspeech 2023): surgical phase recognition from speech and X-ray with MS-TCN.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="synthetic data -> features -> train -> evaluate -> report (~2 min on CPU)")
-    p.add_argument("--out", type=Path, default=Path("pocapnet_demo"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (for tests)")
-
-    p = sub.add_parser("make-synthetic", help="write synthetic operations in the PoCaP layout")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--n-ops", type=int, default=10)
-    p.add_argument("--seconds", type=int, nargs=2, default=(90, 120), metavar=("MIN", "MAX"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frame-format", choices=("jpg", "png"), default="jpg")
-    p.add_argument("--labels", choices=("json", "csv"), default="json")
-
-    p = sub.add_parser(
-        "ingest",
-        help="raw recordings of one operation (audio files, monitor video / DICOM, "
-        "annotations) -> the layout extract reads",
-    )
-    p.add_argument("--out", type=Path, required=True, help="data folder (OP_xxx/ is written inside)")
-    p.add_argument("--op", required=True, help="operation name, e.g. OP_041")
-    p.add_argument(
-        "--channel",
-        action="append",
-        default=[],
-        metavar="NAME=FILE[:INDEX]",
-        help="one microphone per option, in Channel_1, Channel_2, ... order (paper: physician, assistant, "
-        "ambient); INDEX picks a channel of a multi-channel file (from 0)",
-    )
-    p.add_argument(
-        "--xray", type=Path, help="monitor video (anything OpenCV reads), DICOM series folder or multi-frame DICOM"
-    )
-    p.add_argument("--labels", type=Path, help="annotations.json (corpus format) or CSV second,phase / start,end,phase")
-    p.add_argument("--labels-op", help="the annotations.json entry to use (default: --op)")
-    p.add_argument("--physician", help="swap the two headsets when annotations say this wearer had headset 2")
-    p.add_argument("--peak-normalize", action="store_true", help="official preprocessing: peak to -0.1 dBFS")
-    p.add_argument(
-        "--mic-off-threshold",
-        type=float,
-        metavar="X",
-        help="official preprocessing: zero STFT frames whose summed |STFT| (int16 scale, Hann 2048, hop 512) "
-        "exceeds X; calibrate X on a known mic-off stretch (the code's 1e5 has no stated scale)",
-    )
-    p.add_argument(
-        "--align-to",
-        metavar="NAME",
-        help="official preprocessing: cross-correlation alignment of the channels of other files onto this "
-        "channel's clock (code: the ambient GoPro track)",
-    )
-    p.add_argument("--xray-offset", type=float, default=0.0, help="audio time (s) at which the X-ray clock starts")
-    p.add_argument("--xray-fps", type=float, help="frame rate of DICOM images without timing")
-    p.add_argument("--crop", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="X-ray region of the monitor")
-    p.add_argument("--fill-before-xray", action="store_true", help="black frames before the X-ray source starts")
-    p.add_argument("--mix-to-mono", action="store_true", help="average a multi-channel file given without :INDEX")
-    p.add_argument("--trim", action="store_true", help="cut audio, frames and labels to the shortest")
-    p.add_argument("--overwrite", action="store_true")
-
-    p = sub.add_parser("extract", help="wav2vec2 + DenseNet features, one .npy per operation and modality")
-    p.add_argument("--data", type=Path, required=True, help="folder with OP_xxx/ operations")
-    p.add_argument("--out", type=Path, required=True, help="feature folder (resumable inside an operation)")
-    _add_config_args(p)
-    _add_weights_args(p)
-    p.add_argument("--pooled", action="store_true", help="mean-pool the 349 wav2vec2 frames (349x smaller)")
-    p.add_argument("--fp16", action="store_true", help="store float16 arrays")
-    prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--fp32", action="store_true", help="run wav2vec2 in float32")
-    prec.add_argument(
-        "--bf16",
-        action="store_true",
-        help="run wav2vec2 on a bf16 copy (default: only where the hardware has native bf16)",
-    )
-    p.add_argument("--channels", type=int, nargs="+", help="Channel_k.wav files to use (default 1 2 3)")
-    p.add_argument("--ops", nargs="*", help="only these operations")
-    p.add_argument("--shard", help="i/n: this process extracts shard i of n (default: torchrun's rank/world size)")
-    _add_policy_args(p)
-    p.add_argument("--device", default="auto")
-
-    p = sub.add_parser("train", help="train on extracted features (early stopping, resumable; torchrun for DDP)")
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    _add_config_args(p)
-    p.add_argument(
-        "--split",
-        type=Path,
-        help="split manifest (medshared save_split JSON) or 'official' (the code's "
-        "16/6/5 operations); default: seeded 60/20/20 by operation",
-    )
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--device", default="auto")
-
-    p = sub.add_parser("evaluate", help="per-operation and per-phase metrics, Edit, F1@k, ribbons, confusion")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--features", type=Path, required=True)
-    p.add_argument("--ops", nargs="*", help="operations (default: the checkpoint's test split)")
-    p.add_argument("--stream", action="store_true", help="score the online (second by second, past only) predictions")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
-
-    p = sub.add_parser("predict", help="phase per second for one operation (whole, --stream, or --stream --follow)")
-    p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--op", type=Path, required=True, help="operation folder OP_xxx/ (raw wav + frames)")
-    p.add_argument("--features", type=Path, help="precomputed feature folder of this operation (whole-op mode)")
-    p.add_argument("--stream", action="store_true", help="causal, one estimate per second")
-    p.add_argument(
-        "--follow",
-        action="store_true",
-        help="with --stream: read the files while a recorder appends to them (stops at OP/END or after --idle-timeout)",
-    )
-    p.add_argument("--idle-timeout", type=float, default=10.0, help="--follow: seconds without a new second")
-    p.add_argument("--bf16", action="store_true", help="--stream: audio branches in bf16 (CPUs with native bf16)")
-    p.add_argument(
-        "--fp32",
-        action="store_true",
-        help="run wav2vec2 in float32 (default: as the checkpoint's features.bf16; auto = native bf16 only)",
-    )
-    _add_weights_args(p)
-    _add_policy_args(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder (predictions.csv)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--device", default="auto")
-    return parser
 
 
 def resolve_config(preset: str, config_file: Path | None, **features: Any) -> Any:
