@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medshared.runtime import _json_default, _nan_to_none, atomic_path
+from medshared.runtime import atomic_path, json_default, nan_to_none
 
 __all__ = ["load_checkpoint", "save_checkpoint"]
 
@@ -39,8 +39,8 @@ def save_checkpoint(
             seen[ptr] = k
         tensors[k] = t.contiguous()
     meta = {
-        _CONFIG_KEY: json.dumps(_nan_to_none(dict(config)), default=_json_default),
-        _EXTRA_KEY: json.dumps(_nan_to_none(dict(extra or {})), default=_json_default),
+        _CONFIG_KEY: json.dumps(nan_to_none(dict(config)), default=json_default),
+        _EXTRA_KEY: json.dumps(nan_to_none(dict(extra or {})), default=json_default),
     }
     path = Path(path)
     with atomic_path(path) as tmp:

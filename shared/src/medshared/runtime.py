@@ -24,6 +24,8 @@ __all__ = [
     "atomic_write_text",
     "autocast_context",
     "current_umask",
+    "json_default",
+    "nan_to_none",
     "native_bf16",
     "resolve_device",
     "seed_everything",
@@ -170,7 +172,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=...)``: NumPy scalars and arrays, torch tensors and paths as plain JSON values."""
     if isinstance(o, np.integer):
         return int(o)
     if isinstance(o, np.floating):
@@ -186,21 +189,22 @@ def _json_default(o: Any) -> Any:
 
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     """Write JSON atomically; NumPy scalars/arrays, tensors and paths are converted; NaN is written as null."""
-    text = json.dumps(_nan_to_none(obj), indent=indent, default=_json_default, allow_nan=False)
+    text = json.dumps(nan_to_none(obj), indent=indent, default=json_default, allow_nan=False)
     atomic_write_text(path, text + "\n")
 
 
-def _nan_to_none(o: Any) -> Any:
+def nan_to_none(o: Any) -> Any:
+    """``o`` with every NaN / infinity (also nested in mappings, sequences and arrays) replaced by ``None``."""
     if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))):
         return None
     if isinstance(o, np.floating) and not np.isfinite(o):
         return None
     if isinstance(o, Mapping):
-        return {k: _nan_to_none(v) for k, v in o.items()}
+        return {k: nan_to_none(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_nan_to_none(v) for v in o]
+        return [nan_to_none(v) for v in o]
     if isinstance(o, np.ndarray):
-        return _nan_to_none(o.tolist())
+        return nan_to_none(o.tolist())
     return o
 
 
@@ -214,5 +218,5 @@ def atomic_write_csv(
     w = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="raise")
     w.writeheader()
     for r in rows:
-        w.writerow({k: _json_default(v) if isinstance(v, (np.generic, np.ndarray)) else v for k, v in r.items()})
+        w.writerow({k: json_default(v) if isinstance(v, (np.generic, np.ndarray)) else v for k, v in r.items()})
     atomic_write_text(path, buf.getvalue())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocapnet.synthetic import _ranges, make_schedule, synth_audio, synth_frame
+from pocapnet.synthetic import label_ranges, make_schedule, synth_audio, synth_frame
 
 __all__ = ["make_raw_operation", "second_code"]
 
@@ -90,7 +90,7 @@ def make_raw_operation(
         paths["xray"] = write_dicom(out / "xray.dcm", stack, frame_time_ms=1000.0 / dicom_fps)
     else:
         raise ValueError(f"xray must be video or dicom, got {xray!r}")
-    ranges, phases = _ranges(y)
+    ranges, phases = label_ranges(y)
     paths["annotations"] = out / "annotations.json"
     paths["annotations"].write_text(json.dumps([[op, "Dr Phys", "Dr Assist", ranges, phases]]))
     np.save(out / "labels.npy", y)

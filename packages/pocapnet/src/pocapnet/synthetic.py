@@ -162,7 +162,8 @@ def _fmt(t: int) -> str:
     return f"{t // 60:02d}:{t % 60:02d}" if t < 3600 else f"{t // 3600:02d}:{t % 3600 // 60:02d}:{t % 60:02d}"
 
 
-def _ranges(labels: np.ndarray) -> tuple[list[str], list[str]]:
+def label_ranges(labels: np.ndarray) -> tuple[list[str], list[str]]:
+    """Per-second phase indices -> the annotation's ``"start-end"`` time ranges and their phase names."""
     change = np.flatnonzero(np.diff(labels)) + 1
     bounds = np.concatenate([[0], change, [len(labels)]])
     ranges = [f"{_fmt(int(a))}-{_fmt(int(b) - 1)}" for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
@@ -211,7 +212,7 @@ def make_synthetic_dataset(
             sf.write(str(op_dir / fname), audio[ch], sample_rate, subtype="PCM_16")
         for t in range(total):
             Image.fromarray(synth_frame(rng, int(y[t]), frame_size)).save(op_dir / f"frame_{t + 1:05d}.{frame_format}")
-        ranges, phases = _ranges(y)
+        ranges, phases = label_ranges(y)
         entries.append([name, "physician", "assistant", ranges, phases])
         if labels_format == "csv":
             with (op_dir / "labels.csv").open("w") as f:
