@@ -99,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
         "channel's clock (code: the ambient GoPro track)",
     )
     p.add_argument("--xray-offset", type=float, default=0.0, help="audio time (s) at which the X-ray clock starts")
-    p.add_argument("--xray-fps", type=float, help="frame rate of DICOM images without timing")
+    p.add_argument(
+        "--xray-fps",
+        type=float,
+        help="frame rate of DICOM images without timing and of videos without frame timestamps",
+    )
     p.add_argument("--crop", type=int, nargs=4, metavar=("X", "Y", "W", "H"), help="X-ray region of the monitor")
     p.add_argument("--fill-before-xray", action="store_true", help="black frames before the X-ray source starts")
     p.add_argument("--mix-to-mono", action="store_true", help="average a multi-channel file given without :INDEX")

@@ -83,7 +83,7 @@ class IngestOptions:
     align_max_s: float = 1800.0  # code: first 30 min
     align_max_lag_s: float = 60.0
     xray_offset_s: float = 0.0  # audio time at which the X-ray source's clock starts
-    xray_fps: float | None = None  # frame rate of DICOMs without timing
+    xray_fps: float | None = None  # frame rate of DICOMs without timing and of videos without frame timestamps
     crop: tuple[int, int, int, int] | None = None  # x, y, width, height of the X-ray region on the monitor
     fill_before_xray: bool = False  # black frames for seconds before the X-ray source starts
     trim: bool = False  # cut audio, frames and labels to the shortest
@@ -259,6 +259,8 @@ def ingest_operation(
             "offset_s": opt.xray_offset_s,
             "hold": "last image until the next",
         }
+        if src.timing is not None:
+            rec["xray"]["timing"] = src.timing
         if before:
             if not opt.fill_before_xray:
                 raise DataError(

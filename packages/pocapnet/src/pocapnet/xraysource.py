@@ -7,8 +7,12 @@ Every source is a list of images with their times (seconds from the source's sta
 showing the last image (last-image hold), so a DICOM series and a multi-frame DICOM cover the recording up to its
 end; a video covers its duration only.
 
-- Video (anything OpenCV reads): frame ``k`` at ``k / fps`` (the container's frame rate; convert a
-  variable-frame-rate recording to constant frame rate first, e.g. ``ffmpeg -i in.mkv -vsync cfr out.mp4``).
+- Video (anything OpenCV's FFmpeg backend reads): each frame at its own presentation time, so a variable-frame-rate
+  screen recording (a frame only when the screen changes) is placed right; whether the rate was constant or
+  variable, and the times' range, go to ``XraySource.timing`` (:mod:`pocapnet.screenvideo`). A stream without any
+  frame timestamp: frame ``k`` at ``k / fps`` (``--xray-fps``, else the stream's rate) with a warning; only some
+  frames with timestamps: an error naming the file and the fix. The video covers up to its last frame's time plus
+  the median frame interval.
 - DICOM series (a folder of files): each image's time from ``AcquisitionDateTime``, ``AcquisitionTime`` or
   ``ContentTime`` relative to the first image; without times, ``InstanceNumber`` order at ``--xray-fps``.
 - Multi-frame DICOM: ``FrameTimeVector``, ``FrameTime`` (ms), ``CineRate`` or ``RecommendedDisplayFrameRate``; else
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from pocapnet.data import DataError, dicom_frame_count, dicom_grey
+from pocapnet.screenvideo import VideoFrames, frame_timing, video_frame_times
 
 __all__ = ["XraySource", "open_xray_source", "sample_seconds"]
 
@@ -39,6 +44,7 @@ class XraySource:
     Attributes:
         kind: ``video``, ``dicom-series`` or ``dicom-multiframe``.
         end_s: the last time the source covers (None: last-image hold to the end of the recording).
+        timing: how a video's frame times were found (:func:`pocapnet.screenvideo.frame_timing`); None otherwise.
     """
 
     kind: str
@@ -47,39 +53,14 @@ class XraySource:
     get: Callable[[int], np.ndarray]
     end_s: float | None
     fps: float | None = None
+    timing: dict | None = None
 
 
-def _video(path: Path) -> XraySource:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DataError(f"{path}: OpenCV cannot open this video; re-encode it (e.g. ffmpeg -i {path.name} out.mp4)")
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    if fps <= 0 or n <= 0:
-        cap.release()
-        raise DataError(f"{path}: no frame rate / frame count in the container; re-encode at a constant frame rate")
-    state = {"pos": 0, "last": None}
-
-    def get(k: int) -> np.ndarray:  # forward reads (grab() skips decoding); a backward request seeks
-        if k == state["pos"] - 1:
-            return state["last"]
-        if k < state["pos"]:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, k)
-            state["pos"] = k
-        while state["pos"] < k:
-            if not cap.grab():
-                raise DataError(f"{path}: video ended at frame {state['pos']} of {n} (container says {n})")
-            state["pos"] += 1
-        ok, frame = cap.read()
-        if not ok:
-            raise DataError(f"{path}: cannot decode frame {k}")
-        state["pos"] += 1
-        state["last"] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        return state["last"]
-
-    return XraySource("video", path, np.arange(n) / fps, get, n / fps, fps)
+def _video(path: Path, fps_flag: float | None) -> XraySource:
+    ms, fps, _ = video_frame_times(path)
+    times, timing = frame_timing(ms, fps, path, fps_flag)
+    frames = VideoFrames(path, times, check_times=timing["source"] == "timestamps")
+    return XraySource("video", path, times, frames, timing["end_s"], timing.get("fps", fps) or None, timing)
 
 
 def _dicom_times(ds: object) -> float | None:
@@ -175,7 +156,7 @@ def open_xray_source(path: str | Path, fps: float | None = None) -> XraySource:
         raise FileNotFoundError(f"X-ray source not found: {path}")
     if path.suffix.lower() in (".dcm", ".dicom"):
         return _multiframe(path, fps)
-    return _video(path)
+    return _video(path, fps)
 
 
 def sample_seconds(src: XraySource, seconds: int, offset_s: float = 0.0) -> tuple[np.ndarray, int, int]:
