@@ -174,15 +174,21 @@ def _training_cycles(
     tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, tc.seed, data.allow_missing_class)
     if ctx.enabled:  # fill the cache in parallel, each recording once, then everyone reads it
         for part in (tr_recs, va_recs):
-            extract_cycles(shard_items(part, ctx.rank, ctx.world_size, key=lambda r: r.stem), cfg.features,
-                           cache_dir, dev, progress=False)  # fmt: skip
+            extract_cycles(
+                shard_items(part, ctx.rank, ctx.world_size, key=lambda r: r.stem),
+                cfg.features,
+                cache_dir,
+                dev,
+                progress=False,
+            )
         barrier(ctx)
     tr = extract_cycles(tr_recs, cfg.features, cache_dir, dev, show)
     va = extract_cycles(va_recs, cfg.features, cache_dir, dev, show)
     if tc.subset_fraction < 1.0:
         keep = stratified_subset(tr.labels, tc.subset_fraction, tc.seed)
-        log.info("train.subset_fraction=%g: %d of %d training cycles (stratified)", tc.subset_fraction, len(keep),
-                 len(tr))  # fmt: skip
+        log.info(
+            "train.subset_fraction=%g: %d of %d training cycles (stratified)", tc.subset_fraction, len(keep), len(tr)
+        )
         tr = tr.subset(keep)
     return tr, va, split_info, test_counts
 
@@ -301,8 +307,9 @@ def _train(
     total = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, tc.epochs):
-        train_loss, step = _train_epoch(ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr,
-                                        show)  # fmt: skip
+        train_loss, step = _train_epoch(
+            ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show
+        )
         pred = _validate(ddp_model, va, cfg, dev, ctx).argmax(1)
         sc = _scores(va.labels, pred.tolist())
         row = {
