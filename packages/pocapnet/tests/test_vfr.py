@@ -15,7 +15,7 @@ from PIL import Image
 from pocapnet.data import DataError
 from pocapnet.ingest import IngestOptions, ingest_operation, parse_channel
 from pocapnet.rawsynth import make_raw_operation, second_code
-from pocapnet.screenvideo import frame_timing
+from pocapnet.screenvideo import VideoFrames, frame_timing
 from pocapnet.xraysource import open_xray_source
 
 av = pytest.importorskip("av", reason="PyAV (dev dependency) writes the test videos")
@@ -94,6 +94,12 @@ def test_ingest_vfr_screen_recording_puts_each_second_on_the_frame_on_screen(vfr
     want = [_frame_code(_on_screen(TIMES, t + 0.5)) for t in range(rec["seconds"])]
     assert rec["seconds"] == 12  # second 11 is video time 11.5 s: covered (last frame 11.9 s + median interval 0.3 s)
     np.testing.assert_allclose(_codes(tmp_path / "out" / "OP_902", 12), want, atol=3)
+
+
+def test_a_frame_decoding_at_another_time_than_its_packet_is_an_error(vfr_mp4):
+    frames = VideoFrames(vfr_mp4, np.asarray(TIMES) + 0.25, check_times=True)  # as if the decoder dropped frames
+    with pytest.raises(DataError, match=r"screen.mp4: frame 2 decodes at 0.150 s but its packet is at 0.400 s"):
+        frames(2)
 
 
 def test_cfr_recording_is_recorded_as_constant(tmp_path):

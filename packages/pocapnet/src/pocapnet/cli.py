@@ -77,6 +77,7 @@ def _cmd_ingest(a: argparse.Namespace) -> int:
     print(
         f"{a.out / a.op}: {rec['seconds']} s, {len(rec['channels'])} channels"
         + (f", X-ray from {rec['xray']['kind']}" if "xray" in rec else "")
+        + (f" ({rec['xray']['timing']['frame_rate']} frame rate)" if "timing" in rec.get("xray", {}) else "")
         + (f"; changes: {'; '.join(rec['changes'])}" if rec["changes"] else "")
     )
     return 0
