@@ -47,6 +47,14 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
     assert main(["dataset-stats", "--data", str(tmp_path / "nope")]) == 2
     assert "data folder not found" in _err(capsys)
 
+    # a wrong --data fails before the pretrained DeiT is looked up (offline: that error would come first) and
+    # before the output folder exists
+    out = tmp_path / "out_missing_data"
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(out), "--offline"]) == 2
+    err = _err(capsys)
+    assert "data folder not found" in err and "weights" not in err
+    assert not out.exists()
+
     bad = tmp_path / "bad"
     shutil.copytree(syn_dir, bad)
     txt = sorted(p for p in bad.glob("*.txt") if p.with_suffix(".wav").is_file())[0]

@@ -27,6 +27,7 @@ import torch
 
 from lungcvt import __version__
 from lungcvt.config import CLASSES, LungCVTConfig, with_overrides
+from lungcvt.data import find_recordings
 from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
 from lungcvt.features import check_cqt
 from lungcvt.loaders import build_train_loader, resize_where, stratified_subset
@@ -138,6 +139,7 @@ def train(
     if own_ctx:
         ctx = init_distributed(device)
     try:
+        find_recordings(data_dir)  # a wrong --data fails here: before any download and before OUT is created
         if cfg.model.pretrained and init is None:  # rank 0 downloads (if needed), then every rank reads the cache
             from medshared.distributed import barrier
 
