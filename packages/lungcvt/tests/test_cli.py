@@ -54,6 +54,9 @@ def test_bad_inputs(tmp_path, syn_dir, capsys):
     err = _err(capsys)
     assert "data folder not found" in err and "weights" not in err
     assert not out.exists()
+    assert main(["cv", "--data", str(tmp_path / "nope"), "--out", str(out), "--folds", "0-1", "--offline"]) == 2
+    assert "data folder not found" in _err(capsys)
+    assert not out.exists()
 
     bad = tmp_path / "bad"
     shutil.copytree(syn_dir, bad)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lungcvt.config import LungCVTConfig
+from lungcvt.data import find_recordings
 from lungcvt.splits import PROTOCOLS, DataOptions, parse_protocol
 
 __all__ = ["parse_folds", "parse_seeds", "run_cv", "summarise", "cv_table"]
@@ -164,6 +165,7 @@ def _run_cv(
     for p in folds:
         if p not in PROTOCOLS and parse_protocol(p)[0] != "fold":
             raise ValueError(f"unknown protocol {p!r}")
+    find_recordings(data_dir)  # a wrong --data fails before OUT is created
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "feature_cache"
