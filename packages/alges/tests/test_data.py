@@ -149,3 +149,11 @@ def test_every_bad_file_is_named(tmp_path):
     cv2.imwrite(str(tmp_path / "masks" / "im3.png"), np.full((20, 30), 7, np.uint8))
     with pytest.raises(ValueError, match=r"2 images or masks .*\n.*im1.png.*\n.*im3.png has values \[7\]"):
         load_arrays(open_dataset(tmp_path), None, 16, progress=False)
+
+
+def test_open_dataset_on_a_folder_of_neither_layout_names_both(tmp_path):
+    (tmp_path / "random.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"no dataset found under .*images/.*CholecSeg8k layout"):
+        open_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="dataset folder not found"):
+        open_dataset(tmp_path / "nope")

@@ -63,11 +63,19 @@ __all__ = [
 
 
 def open_dataset(root: str | Path) -> DatasetIndex:
-    """A folder dataset when ``root/images`` (or ``root/image``) exists, else the CholecSeg8k layout."""
+    """A folder dataset when ``root/images`` (or ``root/image``) exists, else the CholecSeg8k layout (``video*``
+    folders); neither is a ``ValueError`` naming both layouts."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    return scan_folder(root) if find_dir(root, IMAGE_DIRS) else scan_cholecseg8k(root)
+    if find_dir(root, IMAGE_DIRS):
+        return scan_folder(root)
+    if not any(p.is_dir() for p in root.glob("video*")):
+        raise ValueError(
+            f"no dataset found under {root}: expected a folder dataset ({root}/images/ with masks in "
+            f"{root}/masks/, same file names) or the CholecSeg8k layout (videoXX/videoXX_NNNNN/frame_N_endo.png)"
+        )
+    return scan_cholecseg8k(root)
 
 
 def scan_images(root: str | Path) -> list[tuple[str, Path]]:
