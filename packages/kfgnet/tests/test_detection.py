@@ -286,3 +286,21 @@ def test_evaluate_detector_headline_with_fixed_box_chance(tmp_path: Path) -> Non
     assert m["n_images"] == split["n_images"]["test"]
     assert set(m["detector"]) >= {"ap", "ap50", "ap75", "hit50"} and m["fixed_box"]["hit50"] > 0.5
     assert (tmp_path / "eval" / "detections.png").is_file() and (tmp_path / "eval" / "detections.csv").is_file()
+
+
+def test_read_image_rgb_channels(tmp_path: Path) -> None:
+    import cv2
+    from kfgnet.detection_data import read_image_rgb
+
+    bgra = np.zeros((6, 5, 4), np.uint8)
+    bgra[..., 0], bgra[..., 2], bgra[..., 3] = 10, 200, 255  # blue 10, red 200, opaque
+    cv2.imwrite(str(tmp_path / "opaque.png"), bgra)
+    rgb = read_image_rgb(tmp_path / "opaque.png")
+    assert rgb.shape == (6, 5, 3) and rgb[0, 0].tolist() == [200, 0, 10]
+    bgra[2, 3, 3] = 128
+    cv2.imwrite(str(tmp_path / "translucent.png"), bgra)
+    with pytest.raises(DataError, match="translucent.png has a translucent alpha"):
+        read_image_rgb(tmp_path / "translucent.png")
+    cv2.imwrite(str(tmp_path / "grey16.png"), np.full((4, 4), 1000, np.uint16))
+    with pytest.raises(DataError, match="grey16.png is uint16"):
+        read_image_rgb(tmp_path / "grey16.png")

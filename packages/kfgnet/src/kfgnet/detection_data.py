@@ -279,7 +279,8 @@ def extract_annotated_frames(
 
 
 def read_image_rgb(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB; grey images are repeated over the three channels (the detector's input)."""
+    """``(H, W, 3)`` uint8 RGB; grey images are repeated over the three channels (the detector's input); an opaque
+    alpha channel is dropped, a translucent one is an error naming the file."""
     import cv2
 
     im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -290,7 +291,11 @@ def read_image_rgb(path: Path) -> np.ndarray:
     if im.ndim == 2:
         return np.repeat(im[..., None], 3, axis=2)
     if im.shape[2] == 4:
-        im = im[..., :3]
+        if (im[..., 3] != 255).any():
+            raise DataError(f"image {path} has a translucent alpha channel; save it without alpha (RGB or grey)")
+        im = im[..., :3]  # an opaque alpha carries nothing
+    if im.shape[2] != 3:
+        raise DataError(f"image {path} has {im.shape[2]} channels; expected grey or RGB")
     return np.ascontiguousarray(im[..., ::-1])
 
 
