@@ -71,6 +71,28 @@ def test_evaluate_and_predict(run: dict) -> None:
     assert (pr / f"{img.stem}_overlay.png").is_file() and (pr / f"{img.stem}_karyogram.png").is_file()
 
 
+def test_evaluate_16bit_data_needs_the_flag(run: dict, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    data = tmp_path / "data16"
+    shutil.copytree(run["data"], data)
+    img = sorted((data / "images").glob("*.png"))[0]
+    Image.fromarray(np.asarray(Image.open(img).convert("L"), np.uint16) * 100).save(img)  # 16-bit PNG, same name
+    ckpt = str(run["out"] / "model.safetensors")
+    args = ["evaluate", "--checkpoint", ckpt, "--data", str(data), "--out", str(tmp_path / "ev"), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 images cannot be used" in err and f"{img}: is 16-bit (uint16), not 8-bit" in err
+    assert "--rescale-16bit" in err and not (tmp_path / "ev").exists()
+    assert main([*args, "--rescale-16bit"]) == 0
+    err = capsys.readouterr().err
+    assert f"--rescale-16bit: rescaled 1 of 2 images (uint16) to 0-255, each by its own maximum: {img}" in err
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+
+
 def test_predict_real_metaphase(run: dict) -> None:
     from medshared.testing import shared_data_dir
 

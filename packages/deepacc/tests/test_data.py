@@ -267,15 +267,6 @@ def test_make_synthetic_real_source_missing_folder(tmp_path: Path) -> None:
         write_synthetic(tmp_path / "x", 1, source="real", crop_dir=tmp_path / "nope")
 
 
-def test_image_with_16bit_and_rgba(tmp_path: Path) -> None:
-    a16 = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 10
-    Image.fromarray(a16).save(tmp_path / "a.tif")
-    a = read_image(tmp_path / "a.tif")
-    assert a.shape == (64, 64, 3) and a.dtype == np.uint8 and a.max() == 255
-    Image.fromarray(np.zeros((8, 9, 4), np.uint8)).save(tmp_path / "b.png")
-    assert read_image(tmp_path / "b.png").shape == (8, 9, 3)
-
-
 # ------------------------------------------------------------------------------------- invalid boxes, label map
 def test_on_invalid_error_lists_every_bad_box_at_once(tmp_path: Path, coco_dir: Path) -> None:
     def mutate(data, d) -> None:  # noqa: ANN001

@@ -119,3 +119,29 @@ def test_predict_reports_every_unreadable_image_before_writing(trained: dict, tm
     assert not out.exists()
     assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(trained["ckpt"]), "--out",
                  str(out)]) == 1  # fmt: skip
+
+
+def test_predict_16bit_needs_the_flag(trained: dict, tmp_path: Path, capsys) -> None:
+    from deepacc.cli import main
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, p in enumerate(sorted(trained["images"].glob("*.png"))[:2]):
+        a = np.asarray(Image.open(p).convert("L"), np.uint16) * 40
+        Image.fromarray(a).save(folder / f"m{i}{'.tif' if i else '.png'}")
+    out = tmp_path / "pred"
+    args = ["predict", str(folder), "--checkpoint", str(trained["ckpt"]), "--out", str(out), "--quiet"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "2 of 2 images cannot be read" in err and "--rescale-16bit" in err
+    assert f"{folder / 'm0.png'} is 16-bit (uint16)" in err and f"{folder / 'm1.tif'} is 16-bit (uint16)" in err
+    assert not out.exists()
+    assert main([*args, "--rescale-16bit"]) == 0
+    cap = capsys.readouterr()
+    assert (
+        f"--rescale-16bit: rescaled 2 of 2 images (uint16) to 0-255, each by its own maximum: {folder / 'm0.png'}"
+        in cap.out
+    )
+    assert "trained without --rescale-16bit" in cap.err  # the checkpoint's setting differs: a note, not followed
+    assert json.loads((out / "m1_detections.json").read_text())["rescaled_from"] == "uint16"

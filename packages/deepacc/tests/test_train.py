@@ -102,3 +102,39 @@ def test_lr_rules() -> None:
     linear = dataclasses.replace(paper, lr_scaling="linear")
     assert effective_lr(linear) == pytest.approx(0.02 / 16)  # mmdet's reading: 0.02 per 16 images
     assert effective_lr(linear, world_size=8) == pytest.approx(0.02 * 8 / 16)
+
+
+def _as_16bit(samples: list, folder: Path) -> list:
+    """The samples with their images saved as 16-bit grey TIFFs (value x 200)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    out = []
+    for s in samples:
+        p = folder / f"{s.image_path.stem}.tif"
+        Image.fromarray(np.asarray(Image.open(s.image_path).convert("L"), np.uint16) * 200).save(p)
+        out.append(dataclasses.replace(s, image_path=p))
+    return out
+
+
+def test_16bit_images_need_the_flag_which_is_logged_and_recorded(samples, tmp_path: Path) -> None:
+    from deepacc.data import DataError
+
+    s16 = _as_16bit(samples, tmp_path / "img16")
+    with pytest.raises(DataError, match=r"(?s)^6 of 6 images cannot be used.*img16/.*16-bit.*--rescale-16bit"):
+        train(tiny_cfg(epochs=1), s16, tmp_path / "r", progress=False, log=lambda m: None)
+    assert not (tmp_path / "r").exists()  # refused before anything is written
+    msgs: list[str] = []
+    train(tiny_cfg(epochs=1), s16, tmp_path / "r", progress=False, log=msgs.append, rescale_16bit=True)
+    assert any(m.startswith("--rescale-16bit: rescaled 6 of 6 images (uint16)") for m in msgs)
+    info = json.loads((tmp_path / "r" / "train.json").read_text())
+    assert info["rescale_16bit"] is True and info["rescaled_images"] == 6
+    assert load_model(tmp_path / "r" / "model.safetensors")[2]["rescale_16bit"] is True
+
+
+def test_resume_refused_with_another_rescale_setting(samples, tmp_path: Path) -> None:
+    train(tiny_cfg(epochs=1), samples, tmp_path / "r", progress=False, log=lambda m: None, rescale_16bit=True)
+    assert json.loads((tmp_path / "r" / "train.json").read_text())["rescaled_images"] == 0  # 8-bit: none rescaled
+    with pytest.raises(ValueError, match=r"run with --rescale-16bit.*resume with it, or use --no-resume"):
+        train(tiny_cfg(epochs=2), samples, tmp_path / "r", progress=False, log=lambda m: None)

@@ -42,6 +42,27 @@ def _add_loading(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_rescale(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rescale-16bit",
+        action="store_true",
+        help="read images deeper than 8 bits (16-bit TIFF/PNG) by dividing each by its own maximum and scaling to "
+        "0-255 (logged: which files); without it they are an error. train records it in train.json and the "
+        "checkpoint",
+    )
+
+
+def _note_rescale(extra: dict[str, Any], flag: bool) -> None:
+    """A note when --rescale-16bit differs from the checkpoint's training run (not followed automatically)."""
+    trained = bool(extra.get("rescale_16bit", False))
+    if trained and not flag:
+        _stderr("note: this checkpoint was trained with --rescale-16bit (images deeper than 8 bits divided by their "
+                "own maximum); pass it here too to read such images the same way")  # fmt: skip
+    elif flag and not trained:
+        _stderr("note: this checkpoint was trained without --rescale-16bit (8-bit images read as stored); images "
+                "rescaled by their own maximum may differ in contrast from its training images")  # fmt: skip
+
+
 #: --amp of evaluate / predict (bench/inference.py measured both ways on the demo model).
 _AMP_HELP = (
     "bf16 weights cast once (backbone, RPN head, RoI FC layers; boxes and the margin/inference branches stay fp32): "
@@ -134,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between mid-epoch resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a train_state.pt")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (margin branch stays fp32)")
+    _add_rescale(p)
     p.add_argument("--quiet", action="store_true")
     _add_common(p)
 
@@ -145,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coco", action="store_true", help="also COCO mAP@[.5:.95], AP50, AP75")
     p.add_argument("--karyotype-prior", action="store_true", help="also Acc/AER after the karyotype prior")
     p.add_argument("--amp", action="store_true", help=_AMP_HELP)
+    _add_rescale(p)
     p.add_argument("--quiet", action="store_true")
     _add_common(p)
 
@@ -162,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--karyotype-prior", action="store_true", help=_PRIOR_HELP)
     p.add_argument("--amp", action="store_true", help=_AMP_HELP)
+    _add_rescale(p)
     p.add_argument("--quiet", action="store_true")
     _add_common(p)
     return parser
@@ -179,13 +203,14 @@ def _load_cfg(model: str, config_path: str | None) -> Any:
     return cfg
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def _load(args: argparse.Namespace, path: str, split: str | None = None) -> Any:
     from deepacc.annotations import load_dataset
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr)
-
-    return load_dataset(path, args.format, split, on_invalid=args.on_invalid, label_map=args.label_map, log=log)
+    return load_dataset(path, args.format, split, on_invalid=args.on_invalid, label_map=args.label_map, log=_stderr)
 
 
 def _cmd_make_synthetic(args: argparse.Namespace) -> int:
@@ -252,9 +277,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         model, history = train(cfg, samples, args.out, ctx.device, pretrained, resume=not args.no_resume,
                                seed=args.seed, amp=args.amp, progress=not args.quiet, val_samples=val, ctx=ctx,
-                               offline=args.offline)  # fmt: skip
+                               offline=args.offline, rescale_16bit=args.rescale_16bit)  # fmt: skip
         if val is not None and ctx.is_main:
-            res = evaluate_detections(predict_raw(model, val, ctx.device, args.amp, not args.quiet), val, cfg)
+            raws = predict_raw(model, val, ctx.device, args.amp, not args.quiet, args.rescale_16bit)
+            res = evaluate_detections(raws, val, cfg)
             res.pop("matched_pairs", None)
             atomic_write_json(Path(args.out) / "val_metrics.json", res)
             print(f"validation (last epoch): mAP@0.5 {res['map50']:.4f}  mAP_max {res['map50_max']:.4f}  "
@@ -270,17 +296,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medshared.runtime import resolve_device
 
     from deepacc.evaluate import evaluate_detections, predict_raw
+    from deepacc.images import scan_images
     from deepacc.precision import cast_bf16
     from deepacc.reporting import markdown_table, write_eval
     from deepacc.train import load_model
 
     device = resolve_device(args.device)
-    model, cfg, _ = load_model(args.checkpoint, device)
+    model, cfg, extra = load_model(args.checkpoint, device)
+    _note_rescale(extra, args.rescale_16bit)
     if args.amp:  # bf16 weights once (bench/inference.py: faster and closer to fp32 than autocast)
         model = cast_bf16(model)
     samples = _load(args, args.data, args.split)
-    res = evaluate_detections(predict_raw(model, samples, device, False, not args.quiet), samples, cfg,
-                              coco=args.coco, karyotype_prior=args.karyotype_prior)  # fmt: skip
+    scan_images(samples, not args.quiet, args.rescale_16bit, log=_stderr)  # every bad image at once, before predicting
+    raws = predict_raw(model, samples, device, False, not args.quiet, args.rescale_16bit)
+    res = evaluate_detections(raws, samples, cfg, coco=args.coco, karyotype_prior=args.karyotype_prior)
     write_eval(Path(args.out), res)
     rows = [("mAP@0.5", res["map50"]), ("mAP_max", res["map50_max"]), ("Acc", res.get("acc")),
             ("AER", res.get("aer")), ("WCR", res["wcr"])]  # fmt: skip
@@ -301,11 +330,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     list_images(args.inputs)  # missing inputs fail before the model is loaded
-    model, cfg, _ = load_model(args.checkpoint, device)  # once for every image
+    model, cfg, extra = load_model(args.checkpoint, device)  # once for every image
+    _note_rescale(extra, args.rescale_16bit)
     if args.amp:  # bf16 weights once (bench/inference.py: faster and closer to fp32 than autocast)
         model = cast_bf16(model)
     results = predict_paths(model, cfg, args.inputs, args.out, device, args.score_thresh, args.short_side,
-                            args.karyotype_prior, progress=not args.quiet, log=print)  # fmt: skip
+                            args.karyotype_prior, progress=not args.quiet, log=print,
+                            rescale_16bit=args.rescale_16bit)  # fmt: skip
     n = sum(r["n_detections"] for r in results)
     print(f"{len(results)} image(s), {n} chromosomes; wrote <stem>_detections.json, _overlay.png, _karyogram.png "
           f"to {args.out}")  # fmt: skip

@@ -49,19 +49,24 @@ class DetectionDataset(Dataset):
 
     In training mode images are flipped horizontally with probability ``hflip_prob`` (Sec. 3.1), drawn from torch's
     global RNG (never from a generator held by the dataset, which every DataLoader worker would copy).
+    ``rescale_16bit``: see :func:`deepacc.images.read_image` (callers log the rescaled files, e.g. through
+    :func:`deepacc.images.scan_images`).
     """
 
-    def __init__(self, samples: list[Sample], train: bool = False, hflip_prob: float = 0.5) -> None:
+    def __init__(
+        self, samples: list[Sample], train: bool = False, hflip_prob: float = 0.5, rescale_16bit: bool = False
+    ) -> None:
         self.samples = samples
         self.train = train
         self.hflip_prob = hflip_prob
+        self.rescale_16bit = rescale_16bit  # images deeper than 8 bits: divided by their max (read_image)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, idx: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.samples[idx]
-        img = read_image(s.image_path)  # [H, W, 3] uint8
+        img = read_image(s.image_path, self.rescale_16bit)  # [H, W, 3] uint8
         h, w = img.shape[:2]
         if s.width is not None and (s.width, s.height) != (w, h):
             raise DataError(f"{s.image_path}: image is {w}x{h} but annotations say {s.width}x{s.height}")

@@ -43,14 +43,15 @@ def predict_raw(
     device: torch.device | str = "cpu",
     amp: bool = False,
     progress: bool = False,
+    rescale_16bit: bool = False,
 ) -> list[Any]:
     """Run the model once per image. DeepACC models return raw ``(boxes [R,K,4], scores [R,K])``; RetinaNet returns
     its standard detection dict plus the top-1-class-per-anchor detections under ``max_boxes`` / ``max_scores`` /
-    ``max_labels``."""
+    ``max_labels``. ``rescale_16bit``: see :func:`deepacc.images.read_image`."""
     from medshared.runtime import autocast_context
     from tqdm.auto import tqdm
 
-    ds = samples if isinstance(samples, DetectionDataset) else DetectionDataset(samples, train=False)
+    ds = samples if isinstance(samples, DetectionDataset) else DetectionDataset(samples, rescale_16bit=rescale_16bit)
     device = torch.device(device)
     model.eval()
     set_output_mode(model, "raw")

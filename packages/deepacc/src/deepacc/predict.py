@@ -8,6 +8,7 @@ for every image of a list of files and folders, all images checked before the fi
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from deepacc.config import CLASS_NAMES, DeepACCConfig
-from deepacc.images import IMAGE_EXTS, read_image
+from deepacc.images import IMAGE_EXTS, read_image_and_depth, rescale_summary
 from deepacc.samples import DataError
 
 __all__ = ["list_images", "predict_image", "predict_paths", "write_prediction"]
@@ -56,6 +57,7 @@ def predict_image(
     score_thresh: float | None = None,
     short_side: int | None = None,
     karyotype_prior: bool = False,
+    rescale_16bit: bool = False,
 ) -> dict[str, Any]:
     """Detect and classify the chromosomes of one metaphase.
 
@@ -65,6 +67,8 @@ def predict_image(
         score_thresh: top-1 score threshold (default: ``cfg.eval.acc_score_thresh`` = 0.5).
         short_side: resize the short side to this many pixels inside the model (default: the config's ``min_size``).
         karyotype_prior: relabel under "two of each autosome, XX or XY" (:mod:`deepacc.karyotype`).
+        rescale_16bit: a path to an image deeper than 8 bits is divided by its own maximum to 0-255
+            (:func:`deepacc.images.read_image`); the result then says ``rescaled_from`` (the stored dtype).
 
     Returns:
         JSON-able dict: ``detections`` (box, class, score, RoI index), ``count_per_class``, image size, and
@@ -74,11 +78,12 @@ def predict_image(
     from deepacc.model import set_output_mode
     from deepacc.postprocess import agnostic_top1, postprocess_detections
 
+    stored = "uint8"
     if isinstance(image, np.ndarray):
         img = np.repeat(image[..., None], 3, 2) if image.ndim == 2 else image
         name = "<array>"
     else:
-        img = read_image(image)  # [H, W, 3]
+        img, stored = read_image_and_depth(image, rescale_16bit)  # [H, W, 3]
         name = str(image)
     thr = cfg.eval.acc_score_thresh if score_thresh is None else score_thresh
     if short_side is not None and short_side < 32:
@@ -120,9 +125,12 @@ def predict_image(
             item["prior_assigned"] = bool(det_np["prior_assigned"][i])
         items.append(item)
     counts = {CLASS_NAMES[c]: sum(1 for it in items if it["class_id"] == c) for c in range(1, 25)}
-    return {"image": name, "height": int(img.shape[0]), "width": int(img.shape[1]), "score_thresh": thr,
-            "karyotype_prior": karyotype_prior, "n_detections": len(items), "count_per_class": counts,
-            "detections": items, "image_array": img}  # fmt: skip
+    res = {"image": name, "height": int(img.shape[0]), "width": int(img.shape[1]), "score_thresh": thr,
+           "karyotype_prior": karyotype_prior, "n_detections": len(items), "count_per_class": counts,
+           "detections": items, "image_array": img}  # fmt: skip
+    if stored != "uint8":
+        res["rescaled_from"] = stored  # --rescale-16bit: divided by its own maximum to 0-255
+    return res
 
 
 def write_prediction(result: dict[str, Any], out_dir: str | Path, stem: str) -> list[Path]:
@@ -155,10 +163,13 @@ def predict_paths(
     karyotype_prior: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    rescale_16bit: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict every image of ``inputs`` (files and folders) with one loaded ``model`` and write its outputs.
 
-    Every image is decoded first; unreadable ones are all reported together before any output is written.
+    Every image is decoded first; unreadable ones (and, without ``rescale_16bit``, those deeper than 8 bits) are all
+    reported together before any output is written. Rescaled images are summarised in one ``log`` line (stderr when
+    ``log`` is None).
 
     Returns:
         the per-image result dicts (without the image arrays).
@@ -166,20 +177,29 @@ def predict_paths(
     from tqdm.auto import tqdm
 
     paths = list_images(inputs)
-    bad = []
+    bad, rescaled = [], []
     for p in paths:
         try:
-            read_image(p)
+            stored = read_image_and_depth(p, rescale_16bit)[1]
         except (DataError, FileNotFoundError) as exc:
             bad.append(str(exc))
+            continue
+        if stored != "uint8":
+            rescaled.append((p, stored))
     if bad:
         raise DataError(f"{len(bad)} of {len(paths)} images cannot be read:\n  " + "\n  ".join(bad[:20]))
+    if rescaled:
+        (log or _stderr)(rescale_summary(rescaled, len(paths)))
     results = []
     for p in tqdm(paths, desc="predict", disable=not progress, leave=False):
-        res = predict_image(model, cfg, p, device, score_thresh, short_side, karyotype_prior)
+        res = predict_image(model, cfg, p, device, score_thresh, short_side, karyotype_prior, rescale_16bit)
         write_prediction(res, out_dir, p.stem)
         res.pop("image_array")
         results.append(res)
         if log is not None:
             log(f"{p.name}: {res['n_detections']} chromosomes")
     return results
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)

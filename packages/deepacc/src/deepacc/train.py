@@ -11,7 +11,8 @@ fails early leaves nothing behind):
 * ``best.safetensors``: the weights with the best validation mAP@0.5 (validation every ``train.val_every`` epochs);
 * ``train_state.pt``: model, optimizer, position (epoch, batch, iteration), every rank's RNG state: rewritten at
   every epoch end and every ``train.checkpoint_every`` iterations, so an interrupted run resumes mid-epoch;
-* ``history.csv``, ``config.json``, ``train.json`` (world size, per-rank and effective batch, lr rule, BatchNorm).
+* ``history.csv``, ``config.json``, ``train.json`` (world size, per-rank and effective batch, lr rule, BatchNorm,
+  ``rescale_16bit`` and how many images it rescaled; the checkpoints record ``rescale_16bit`` too).
 A run resumes only under the same config (``train.epochs`` and bookkeeping keys may change) and world size.
 """
 
@@ -100,7 +101,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _check_resume(saved: dict[str, Any], cfg: DeepACCConfig, world_size: int, state_path: Path) -> None:
+def _check_resume(
+    saved: dict[str, Any], cfg: DeepACCConfig, world_size: int, state_path: Path, rescale_16bit: bool = False
+) -> None:
     old, new = _flat(saved["config"]), _flat(config_to_dict(cfg))
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
     if changed:
@@ -113,6 +116,12 @@ def _check_resume(saved: dict[str, Any], cfg: DeepACCConfig, world_size: int, st
         raise ValueError(
             f"{state_path} was written by {saved.get('world_size', 1)} process(es), this run has {world_size}; the "
             "effective batch and data order would change: resume with the same number, or use --no-resume"
+        )
+    if saved.get("rescale_16bit", False) != rescale_16bit:
+        was = "with" if saved.get("rescale_16bit", False) else "without"
+        raise ValueError(
+            f"{state_path} was written by a run {was} --rescale-16bit; the images would be read differently: resume "
+            f"{was} it, or use --no-resume"
         )
 
 
@@ -153,6 +162,7 @@ def train(
     stop_after_iters: int | None = None,
     ctx: Any = None,
     offline: bool = False,
+    rescale_16bit: bool = False,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Train ``cfg`` on ``train_samples``; returns the (unwrapped) model in eval mode and the per-epoch history.
 
@@ -169,6 +179,9 @@ def train(
         ctx: a :class:`medshared.distributed.DistContext` (default: ``init_distributed(device)``: DDP under
             torchrun, one process otherwise).
         offline: never download backbone weights.
+        rescale_16bit: images deeper than 8 bits are divided by their own maximum to 0-255
+            (:func:`deepacc.images.read_image`; the scan logs which); without it they are an error. Recorded in
+            ``train.json`` and the checkpoints; a resume must use the same setting.
     """
     from medshared.distributed import (
         all_gather_object,
@@ -196,8 +209,13 @@ def train(
     validate_samples(train_samples, tcfg.empty_images, "training")
     if val_samples is not None:
         validate_samples(val_samples, "keep", "validation")
+    n_rescaled: int | None = None  # unknown without the scan
     if tcfg.scan_images:
-        scan_images(train_samples + list(val_samples or []), progress=progress and ctx.is_main)
+        n_rescaled = len(scan_images(train_samples + list(val_samples or []), progress=progress and ctx.is_main,
+                                     rescale_16bit=rescale_16bit, log=log if ctx.is_main else None))  # fmt: skip
+    elif rescale_16bit and ctx.is_main:
+        log("--rescale-16bit: images deeper than 8 bits are rescaled to 0-255 by their own maximum as they are read "
+            "(train.scan_images is off: not counted)")  # fmt: skip
     seed_all(seed)  # same initial weights on every rank
     model = build_model(cfg, pretrained=pretrained, offline=offline).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,7 +231,7 @@ def train(
     )
     if resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        _check_resume(st, cfg, ctx.world_size, state_path)
+        _check_resume(st, cfg, ctx.world_size, state_path, rescale_16bit)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, start_batch, iteration = st["epoch"], st["batch"], st["iteration"]
@@ -233,8 +251,9 @@ def train(
     run_info = {"world_size": ctx.world_size, "backend": ctx.backend, "per_rank_batch": tcfg.batch_size,
                 "effective_batch": effective_batch(tcfg.batch_size, ctx), "lr_rule": tcfg.lr_scaling,
                 "lr_config": tcfg.lr, "base_batch": tcfg.base_batch_size, "lr": base_lr, "batchnorm": bn,
-                "seed": seed, "version": __version__}  # fmt: skip
-    ds = DetectionDataset(train_samples, train=True, hflip_prob=tcfg.hflip_prob)
+                "seed": seed, "version": __version__, "rescale_16bit": rescale_16bit,
+                "rescaled_images": n_rescaled}  # fmt: skip
+    ds = DetectionDataset(train_samples, train=True, hflip_prob=tcfg.hflip_prob, rescale_16bit=rescale_16bit)
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     n_batches = math.ceil(len(sampler) / tcfg.batch_size)
     show = progress and ctx.is_main
@@ -245,7 +264,8 @@ def train(
             with atomic_path(state_path) as tmp:
                 torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                             "batch": batch, "iteration": iteration, "history": history, "best": best, "rng": rng,
-                            "config": config_to_dict(cfg), "world_size": ctx.world_size}, tmp)  # fmt: skip
+                            "config": config_to_dict(cfg), "world_size": ctx.world_size,
+                            "rescale_16bit": rescale_16bit}, tmp)  # fmt: skip
             atomic_write_json(out_dir / "config.json", config_to_dict(cfg))
             atomic_write_json(out_dir / "train.json", {**run_info, "iteration": iteration, "epoch": epoch})
         barrier(ctx)
@@ -304,19 +324,20 @@ def train(
             row.update({k: all_reduce_mean(v / max(n, 1), ctx) for k, v in sorted(sums.items())})
             if val_samples is not None and ((epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs):
                 if ctx.is_main:
-                    row.update(validate(model, val_samples, cfg, device))
+                    row.update(validate(model, val_samples, cfg, device, rescale_16bit))
                 row = broadcast_object(row, ctx)
                 if row["val_map50"] > best:
                     best = row["val_map50"]
                     if ctx.is_main:
-                        save_model(best_path, model, cfg, {"epoch": epoch + 1, "val_map50": best})
+                        save_model(best_path, model, cfg, {"epoch": epoch + 1, "val_map50": best,
+                                                           "rescale_16bit": rescale_16bit})  # fmt: skip
                 model.train()
             history.append(row)
             if ctx.is_main:
                 log("epoch {epoch}/{total}  loss {loss:.4f}{val}  ({sec:.1f}s)".format(
                     epoch=epoch + 1, total=tcfg.epochs, loss=row.get("loss", math.nan), sec=row["seconds"],
                     val=f"  val mAP@0.5 {row['val_map50']:.4f}" if "val_map50" in row else ""))  # fmt: skip
-                save_model(ckpt_path, model, cfg, {"epoch": epoch + 1})
+                save_model(ckpt_path, model, cfg, {"epoch": epoch + 1, "rescale_16bit": rescale_16bit})
                 atomic_write_csv(out_dir / "history.csv", history)
             write_state(epoch + 1, 0)
     except BaseException:
@@ -327,10 +348,13 @@ def train(
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, samples: list[Sample], cfg: DeepACCConfig, device: Any) -> dict[str, float]:
+def validate(
+    model: torch.nn.Module, samples: list[Sample], cfg: DeepACCConfig, device: Any, rescale_16bit: bool = False
+) -> dict[str, float]:
     """mAP@0.5, mAP_max and Acc / AER of ``model`` on ``samples`` (``val_*`` keys)."""
     from deepacc.evaluate import evaluate_detections, predict_raw
 
-    res = evaluate_detections(predict_raw(model, samples, device), samples, cfg, with_chance=False)
+    raws = predict_raw(model, samples, device, rescale_16bit=rescale_16bit)
+    res = evaluate_detections(raws, samples, cfg, with_chance=False)
     return {"val_map50": res["map50"], "val_map50_max": res["map50_max"], "val_acc": res.get("acc", float("nan")),
             "val_aer": res.get("aer", float("nan"))}  # fmt: skip
