@@ -141,3 +141,30 @@ def test_real_8bit_data_loads_without_the_flag() -> None:
     for p in [*paths, root / "chromosome" / "A.tif"]:
         img, stored = read_image_and_depth(p)
         assert stored == "uint8" and img.dtype == np.uint8 and img.ndim == 3
+
+
+def test_read_crop_reads_grey_as_stored_and_refuses_colour(tmp_path):
+    from deepacc.samples import DataError
+    from deepacc.synthetic import read_crop
+    from PIL import Image
+
+    grey = (np.arange(35, dtype=np.uint8).reshape(5, 7) * 7).astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "1_01a.bmp")
+    assert np.array_equal(read_crop(tmp_path / "1_01a.bmp"), grey)
+    Image.fromarray(np.repeat(grey[..., None], 3, 2)).save(tmp_path / "1_01b.bmp")  # grey saved as RGB: accepted
+    assert np.array_equal(read_crop(tmp_path / "1_01b.bmp"), grey)
+    colour = np.repeat(grey[..., None], 3, 2)
+    colour[2, 3, 0] += 1
+    Image.fromarray(colour).save(tmp_path / "1_01c.bmp")
+    with pytest.raises(DataError, match="1_01c.bmp is a colour image"):
+        read_crop(tmp_path / "1_01c.bmp")
+    rgba = np.dstack([np.repeat(grey[..., None], 3, 2), np.full((5, 7), 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "1_01d.png")
+    assert np.array_equal(read_crop(tmp_path / "1_01d.png"), grey)  # opaque alpha dropped
+    rgba[0, 0, 3] = 10
+    Image.fromarray(rgba).save(tmp_path / "1_01e.png")
+    with pytest.raises(DataError, match="1_01e.png has a translucent alpha"):
+        read_crop(tmp_path / "1_01e.png")
+    Image.fromarray(np.full((4, 4), 3000, np.uint16)).save(tmp_path / "1_01f.png")
+    with pytest.raises(DataError, match="1_01f.png has image mode"):
+        read_crop(tmp_path / "1_01f.png")

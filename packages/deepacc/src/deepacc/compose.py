@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from deepacc.config import CLASS_NAMES
-from deepacc.synthetic import SynthConfig, place_chromosomes
+from deepacc.synthetic import SynthConfig, place_chromosomes, read_crop
 
 __all__ = [
     "CELL_SPREAD",
@@ -95,14 +95,6 @@ def index_cells(crops_dir: str | Path) -> dict[str, list[CellCrop]]:
     if not cells:
         raise FileNotFoundError(f"no chromosome crops (<cell>_<class><copy>.bmp) found under {root}")
     return dict(sorted(cells.items(), key=lambda kv: int(kv[0])))
-
-
-def read_crop(path: Path) -> np.ndarray:
-    """A crop as bright-on-dark ``uint8 [h, w]``."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L"), dtype=np.uint8)
 
 
 def parse_split(text: str) -> dict[str, float]:

@@ -31,6 +31,7 @@ __all__ = [
     "default_crop_dir",
     "place_chromosomes",
     "load_real_crops",
+    "read_crop",
     "procedural_crops",
     "write_synthetic",
 ]
@@ -81,10 +82,44 @@ def default_crop_dir() -> Path | None:
     return d if d.is_dir() else None
 
 
-def load_real_crops(folder: str | Path) -> dict[int, list[np.ndarray]]:
-    """Read ``<cell>/<cell>_<class><copy>.bmp`` crops as bright-on-dark ``uint8 [h, w]`` arrays keyed by class."""
+def read_crop(path: str | Path) -> np.ndarray:
+    """A chromosome crop file as bright-on-dark ``uint8 [h, w]``, read as stored.
+
+    Grey (``L``) files are returned as they are. A colour file (RGB, RGBA, palette, grey + alpha) is accepted only
+    when it is a grey image saved as colour: its channels are equal everywhere and any alpha is fully opaque. Anything
+    else (channels that differ, a translucent alpha, 16-bit or other modes) is a ``DataError`` naming the file: mixing
+    colour channels into grey would change the banding silently.
+    """
     from PIL import Image
 
+    from deepacc.samples import DataError
+
+    path = Path(path)
+    with Image.open(path) as im:
+        im.load()
+        mode = im.mode
+        if mode == "L":
+            return np.asarray(im, dtype=np.uint8).copy()
+        if mode not in ("RGB", "RGBA", "P", "LA", "PA"):
+            raise DataError(f"crop {path} has image mode {mode!r}; save it as 8-bit grey (or RGB with equal channels)")
+        a = np.asarray(im.convert("RGBA") if mode in ("P", "PA") else im, dtype=np.uint8)
+    if a.ndim == 3 and a.shape[2] in (2, 4):  # grey + alpha, RGBA
+        if (a[..., -1] != 255).any():
+            raise DataError(f"crop {path} has a translucent alpha channel; save it without alpha (8-bit grey)")
+        a = a[..., :-1]
+    if a.ndim == 3 and a.shape[2] == 3:
+        if not ((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()):
+            raise DataError(
+                f"crop {path} is a colour image (its channels differ); Q-banded crops are grey: save it as 8-bit grey "
+                "with the conversion you want"
+            )
+        a = a[..., 0]
+    return np.ascontiguousarray(a.reshape(a.shape[0], a.shape[1]))
+
+
+def load_real_crops(folder: str | Path) -> dict[int, list[np.ndarray]]:
+    """Read ``<cell>/<cell>_<class><copy>.bmp`` crops (:func:`read_crop`) as bright-on-dark ``uint8 [h, w]`` arrays
+    keyed by class."""
     folder = Path(folder)
     crops: dict[int, list[np.ndarray]] = {}
     for f in sorted(folder.rglob("*.bmp")):
@@ -94,9 +129,7 @@ def load_real_crops(folder: str | Path) -> dict[int, list[np.ndarray]]:
         cls = int(m.group(2))
         if not 1 <= cls <= 24:
             continue
-        with Image.open(f) as im:
-            a = np.asarray(im.convert("L"), dtype=np.uint8)
-        crops.setdefault(cls, []).append(a)
+        crops.setdefault(cls, []).append(read_crop(f))
     if not crops:
         raise FileNotFoundError(f"no chromosome crops (<cell>_<class><copy>.bmp) found under {folder}")
     return crops
