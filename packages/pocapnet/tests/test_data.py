@@ -227,3 +227,20 @@ def test_labels_past_the_recording_are_an_error_unless_trimmed(tmp_path):
     csv_path.write_text("second,phase\n0,Preparation\n1,Preparation\n2,Puncture\n")
     with pytest.raises(DataError, match="labels run to 2 s but the recording has 2 s"):
         read_label_csv(csv_path, 2)
+
+
+def test_read_frame_palette_and_alpha(tmp_path):
+    from PIL import Image
+
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    pal = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4), "P")  # index k shows the grey 20 k
+    pal.putpalette([int(v) for k in range(256) for v in [min(20 * k, 255)] * 3])
+    pal.save(tmp_path / "frame_00001.png")
+    assert np.allclose(read_frame(tmp_path / "frame_00001.png"), grey)  # the palette's colours, not the indices
+    la = np.dstack([grey, np.full_like(grey, 255)])
+    Image.fromarray(la, "LA").save(tmp_path / "frame_00002.png")
+    assert np.allclose(read_frame(tmp_path / "frame_00002.png"), grey)  # opaque alpha dropped, not averaged in
+    la[0, 0, 1] = 7
+    Image.fromarray(la, "LA").save(tmp_path / "frame_00003.png")
+    with pytest.raises(DataError, match="frame_00003.png has a translucent alpha"):
+        read_frame(tmp_path / "frame_00003.png")

@@ -185,11 +185,13 @@ def dicom_frame_count(ds: object) -> int:
 def read_frame(path: str | Path, *, dicom_first_frame: bool = False) -> np.ndarray:
     """Read an X-ray frame (PNG/JPEG/DICOM) as a float32 grey image in [0, 255], ``(H, W)``.
 
-    RGB frames are averaged over channels (code: mean over RGB); 16-bit PNGs are scaled by 255/65535; DICOMs are
-    min-max scaled to [0, 255] (MONOCHROME1 inverted).
+    RGB frames are averaged over channels (code: mean over RGB); palette frames are read by their palette's colours;
+    an opaque alpha channel is dropped; 16-bit PNGs are scaled by 255/65535; DICOMs are min-max scaled to [0, 255]
+    (MONOCHROME1 inverted).
 
     Raises:
-        DataError: unreadable file, or a multi-frame DICOM without ``dicom_first_frame`` (one file is one second).
+        DataError: unreadable file, a translucent alpha channel, or a multi-frame DICOM without
+            ``dicom_first_frame`` (one file is one second).
     """
     path = Path(path)
     if not path.is_file():
@@ -215,12 +217,18 @@ def read_frame(path: str | Path, *, dicom_first_frame: bool = False) -> np.ndarr
 
         with Image.open(path) as im:
             im.load()
+            if im.mode in ("P", "PA"):  # a palette image shows its palette's colours, not its indices
+                im = im.convert("RGBA")
             arr = np.asarray(im)
+        if arr.ndim == 3 and arr.shape[-1] in (2, 4):  # grey + alpha, RGBA
+            if (arr[..., -1] != 255).any():
+                raise DataError(f"X-ray frame {path} has a translucent alpha channel; save it without alpha")
+            arr = arr[..., :-1]
         if arr.dtype == np.uint16 or arr.dtype == np.int32:
             arr = arr.astype(np.float32) * (255.0 / 65535.0)
         arr = arr.astype(np.float32)
         if arr.ndim == 3:
-            arr = arr[..., :3].mean(axis=-1)  # (H, W, 3) -> (H, W)
+            arr = arr.mean(axis=-1)  # (H, W, 3) -> (H, W), as the code (mean over RGB)
         return arr
     except (FileNotFoundError, DataError):
         raise
