@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from medshared.arrays import rgb8
 from tqdm.auto import tqdm
 
 from alges.config import IGNORE_INDEX
@@ -36,17 +37,7 @@ def read_image(path: str | Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ValueError(f"cannot read image {path} (corrupt or not an image); fix or remove the file")
-    if img.dtype != np.uint8:
-        raise ValueError(f"image {path} is {img.dtype}, not 8-bit; convert it to 8-bit (the model reads 0-255 pixels)")
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        if (img[..., 3] != 255).any():
-            raise ValueError(f"image {path} has a translucent alpha channel; save it without alpha")
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.shape[2] != 3:
-        raise ValueError(f"image {path} has {img.shape[2]} channels; expected grey or RGB")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return rgb8(img, path)
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:

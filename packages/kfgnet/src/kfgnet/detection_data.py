@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from medshared.arrays import rgb8
 from torch.utils.data import Dataset
 
 from kfgnet.data import IMAGE_EXTS, DataError, VideoRecord
@@ -286,17 +287,7 @@ def read_image_rgb(path: Path) -> np.ndarray:
     im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if im is None:
         raise DataError(f"cannot read image {path} (corrupt or not an image)")
-    if im.dtype != np.uint8:
-        raise DataError(f"image {path} is {im.dtype}; expected 8-bit images (convert it to 8-bit PNG)")
-    if im.ndim == 2:
-        return np.repeat(im[..., None], 3, axis=2)
-    if im.shape[2] == 4:
-        if (im[..., 3] != 255).any():
-            raise DataError(f"image {path} has a translucent alpha channel; save it without alpha (RGB or grey)")
-        im = im[..., :3]  # an opaque alpha carries nothing
-    if im.shape[2] != 3:
-        raise DataError(f"image {path} has {im.shape[2]} channels; expected grey or RGB")
-    return np.ascontiguousarray(im[..., ::-1])
+    return rgb8(im, path, error=DataError)
 
 
 class DetectionDataset(Dataset):
