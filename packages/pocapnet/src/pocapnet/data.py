@@ -101,15 +101,17 @@ def channel_file(k: int) -> str:
 # ----------------------------------------------------------------------------------------------------------- audio
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """Read an audio file as it is stored: ``(channels, samples)`` float32 in [-1, 1] and its sample rate."""
-    import soundfile as sf
+    from medshared.audio import TruncatedWavError, read_wav
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"missing audio file: {path}")
     try:
-        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError
-        raise DataError(f"cannot read audio file {path}: {e}; re-export it as PCM WAV") from e
+        x, sr = read_wav(path)  # soundfile's decoding; a WAV shorter than its header declares is refused
+    except TruncatedWavError as e:
+        raise DataError(str(e)) from None
+    except ValueError as e:
+        raise DataError(f"cannot read audio file {path}: {e.__cause__ or e}; re-export it as PCM WAV") from e
     return np.ascontiguousarray(x.T), int(sr)  # (N, C) -> (C, N)
 
 
