@@ -5,11 +5,14 @@
   measured). A test that measures threading carries ``@pytest.mark.threads`` and is left alone.
 - Tests never reach the network: a socket connecting anywhere but loopback (127.0.0.0/8, ::1) or a Unix socket
   raises, naming the address. Download paths are tested against ``medshared.testing.serve_files`` on 127.0.0.1.
+- Tests never touch the user's precision cache: ``MEDREPRO_CACHE_DIR`` points at a session temp folder (one CPU
+  measurement per key per session; a test that checks measuring sets its own) and ``MEDREPRO_PRECISION`` is unset.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from collections.abc import Iterator
 
@@ -55,6 +58,22 @@ def _loopback_only() -> Iterator[None]:
         yield
     finally:
         socket.socket.connect, socket.socket.connect_ex = orig_connect, orig_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """``medshared.precision`` caches in a session temp folder, with no env override (subprocesses inherit it)."""
+    saved = {k: os.environ.get(k) for k in ("MEDREPRO_CACHE_DIR", "MEDREPRO_PRECISION")}
+    os.environ["MEDREPRO_CACHE_DIR"] = str(tmp_path_factory.mktemp("medrepro-cache"))
+    os.environ.pop("MEDREPRO_PRECISION", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(autouse=True, scope="session")

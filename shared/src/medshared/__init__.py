@@ -6,6 +6,7 @@ Submodules:
 - :mod:`medshared.coco`: COCO box AP@[.5:.95] / AP50 / AP75 (pycocotools' protocol, no pycocotools needed).
 - :mod:`medshared.splits`: patient/video-aware splits and split files.
 - :mod:`medshared.runtime`: seeding, devices, bf16 autocast, atomic writes with the umask's mode, worker RNG.
+- :mod:`medshared.precision`: ``auto | fp32 | tf32 | bf16`` resolved per device (CPU auto by a cached measurement).
 - :mod:`medshared.distributed`: torchrun / DDP (gloo on CPU, nccl on CUDA), sharded work.
 - :mod:`medshared.launch`: ``run_local``, N forked CPU ranks joined by gloo (tests).
 - :mod:`medshared.weights`: pretrained weights through torch.hub / huggingface_hub caches, the offline error.
