@@ -4,16 +4,20 @@ A package builds its ``argparse`` parser with subcommands (``dest="command"``) a
 together with a ``{command: handler}`` mapping (or handlers stored as ``set_defaults(func=...)``). Expected errors
 (a missing file, a bad value, an unknown class) become one line on stderr, ``"<prog> <command>: error: <message>"``,
 and a non-zero exit code; anything else is a bug and keeps its traceback.
+
+:func:`add_runtime_args` defines the flags every package's commands share (``--device``, ``--precision``,
+``--workers``, ``--seed``, ``--config``) once, with one spelling, default and help text.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["EXPECTED_ERRORS", "error_message", "run_cli"]
+__all__ = ["EXPECTED_ERRORS", "add_runtime_args", "device_arg", "error_message", "non_negative_int", "run_cli"]
 
 #: Errors that mean "bad input" rather than "bug" (``NotADirectoryError`` and ``PermissionError`` are ``OSError``s
 #: that are not ``FileNotFoundError``; ``json.JSONDecodeError`` is a ``ValueError``).
@@ -80,3 +84,87 @@ def _rank_tag() -> str:
     if world.isdigit() and int(world) > 1:
         return f"[rank {os.environ.get('RANK', '?')}] "
     return ""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# shared runtime flags
+# --------------------------------------------------------------------------------------------------------------------
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def device_arg(value: str) -> str:
+    """argparse ``type`` for ``--device``: ``auto | cpu | cuda | cuda:N`` (lower-cased); anything else is a usage
+    error naming the value. Whether CUDA is present is checked later, by ``medshared.runtime.resolve_device``."""
+    v = str(value).strip().lower()
+    if not _DEVICE_RE.match(v):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    return v
+
+
+def non_negative_int(value: str) -> int:
+    """argparse ``type`` for counts such as ``--workers``: an integer >= 0."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return n
+
+
+def add_runtime_args(
+    parser: argparse.ArgumentParser,
+    *,
+    device: bool = True,
+    precision: bool = True,
+    workers: int | None = None,
+    seed: int | None = 0,
+    config: bool = False,
+    precision_help: str | None = None,
+) -> None:
+    """Add the flags every medrepro command shares to ``parser`` (a subcommand's parser).
+
+    Args:
+        device: add ``--device auto|cpu|cuda|cuda:N`` (default ``auto``; the string lands in ``args.device``).
+        precision: add ``--precision auto|fp32|tf32|bf16`` (default ``auto``; resolve it with
+            ``medshared.precision.resolve_precision``).
+        workers: add ``--workers N`` (DataLoader worker processes) with this default; None: no flag. A package that
+            had ``--num-workers`` adds it as an alias itself: ``parser.add_argument("--num-workers", dest="workers",
+            type=non_negative_int, help=argparse.SUPPRESS)``.
+        seed: add ``--seed N`` with this default; None: no flag.
+        config: add ``--config PATH`` (a string, default None) for a YAML/JSON overrides file.
+        precision_help: extra text appended to ``--precision``'s help (e.g. what the package keeps in fp32, or an
+            old flag that is now an alias).
+    """
+    if device:
+        parser.add_argument(
+            "--device",
+            type=device_arg,
+            default="auto",
+            help="auto | cpu | cuda | cuda:N (default auto: CUDA if present)",
+        )
+    if precision:
+        from medshared.precision import PRECISIONS
+
+        text = (
+            "auto | fp32 | tf32 | bf16 (default auto: on CUDA bf16 autocast + TF32 where supported; on a CPU bf16 "
+            "only where a short cached measurement finds it faster, override with MEDREPRO_PRECISION; "
+            "tf32 on a CPU runs fp32)"
+        )
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="auto",
+            help=f"{text}. {precision_help}" if precision_help else text,
+        )
+    if workers is not None:
+        parser.add_argument(
+            "--workers",
+            type=non_negative_int,
+            default=int(workers),
+            help=f"DataLoader worker processes (default {int(workers)}; 0 loads in the main process)",
+        )
+    if seed is not None:
+        parser.add_argument("--seed", type=int, default=int(seed), help=f"random seed (default {int(seed)})")
+    if config:
+        parser.add_argument("--config", default=None, metavar="PATH", help="YAML/JSON file of config overrides")
