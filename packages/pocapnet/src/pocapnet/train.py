@@ -32,6 +32,7 @@ from pocapnet.features import FeatureOperation, check_compatible, feature_signat
 from pocapnet.loop import load_chunk, make_streams, prefetch, run_operation, train_step
 from pocapnet.losses import LDAMLoss, build_criterion, class_counts
 from pocapnet.model import DelayedMemory, PoCaPNet
+from pocapnet.resume import load_resume, restore_resume, resume_key, rng_state
 from pocapnet.splits import OFFICIAL_SPLIT, split_operations
 
 __all__ = [
@@ -95,13 +96,6 @@ def _acc(y: np.ndarray, p: np.ndarray) -> float:
 
     keep = np.asarray(y) != TRANSITION
     return float(np.mean(np.asarray(y)[keep] == p[keep])) if keep.any() else float("nan")
-
-
-def _resume_key(d: dict[str, Any], world: int) -> dict[str, Any]:
-    """Config fields that must match to resume (max_epochs/patience/prefetch may change between runs)."""
-    skip = ("max_epochs", "patience", "prefetch")
-    train = {k: v for k, v in d.get("train", {}).items() if k not in skip}
-    return {"model": d.get("model"), "features": d.get("features"), "train": train, "world_size": world}
 
 
 def fit(
@@ -174,14 +168,11 @@ def fit(
         out_dir.mkdir(parents=True, exist_ok=True)
     barrier(ctx)
     if resume and last_path.is_file():
-        st = torch.load(last_path, map_location=device, weights_only=False)
-        if _resume_key(st.get("config") or {}, st.get("world_size", 1)) == _resume_key(cfg.to_dict(), ctx.world_size):
-            net.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
+        st = load_resume(last_path)  # on the CPU: the RNG states must stay CPU ByteTensors
+        if resume_key(st.get("config") or {}, st.get("world_size", 1)) == resume_key(cfg.to_dict(), ctx.world_size):
+            restore_resume(st, net, opt, ctx.rank, device)
             start_epoch, best, bad, best_epoch = st["epoch"] + 1, st["best"], st["bad"], st["best_epoch"]
             history = st["history"]
-            rngs = st.get("rng_per_rank") or [st["rng"]]
-            torch.set_rng_state(rngs[ctx.rank % len(rngs)])
             if progress and ctx.is_main:
                 print(f"resuming from {last_path} at epoch {start_epoch}")
         elif progress and ctx.is_main:
@@ -292,7 +283,7 @@ def fit(
                 )
         else:
             bad += 1
-        rngs = all_gather_object(torch.get_rng_state(), ctx)
+        rngs = all_gather_object(rng_state(device), ctx)
         if ctx.is_main:
             with atomic_path(last_path) as tmp:
                 torch.save(
@@ -304,7 +295,7 @@ def fit(
                         "bad": bad,
                         "best_epoch": best_epoch,
                         "history": history,
-                        "rng": rngs[0],
+                        "rng": rngs[0]["cpu"],
                         "rng_per_rank": rngs,
                         "config": cfg.to_dict(),
                         "world_size": ctx.world_size,
