@@ -14,3 +14,69 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("kfgnet_synth")
     return make_synthetic(out, SyntheticConfig(n_patients=6, num_frames=24, size=64, seed=1), None, layout="release")
+
+
+class DeviceGuard:
+    """A CUDA stand-in check for runs on ``device="meta"`` (a ``TorchFunctionMode``; ``medshared.testing`` may
+    offer ``strict_devices`` for the first half).
+
+    - An op whose tensor arguments live on two devices raises (a CPU 0-dim tensor is allowed, as CUDA allows it;
+      copies, and packed sequences' lengths / batch sizes, which must be on the CPU, are allowed).
+    - Host syncs on non-CPU tensors (``item``, ``tolist``, ``float()``, ``int()``, ``bool()``, ``.cpu()``,
+      ``.numpy()``) are counted in ``syncs`` (name per call) and, on meta tensors, answered with placeholders (meta
+      has no data), so a training loop runs to its end and the test can count its syncs per epoch.
+    """
+
+    ALLOWED = frozenset(
+        {"to", "copy_", "_has_compatible_shallow_copy_type", "set_", "__set__", "__get__"}
+        | {"_pack_padded_sequence", "_pad_packed_sequence", "lstm", "gru"}  # CPU batch sizes by design
+    )
+    SYNCS = frozenset({"item", "tolist", "__float__", "__int__", "__bool__", "__index__", "cpu", "numpy"})
+
+    def __init__(self) -> None:
+        import torch
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._pytree import tree_flatten
+
+        guard = self
+        self.syncs: list[str] = []
+
+        class _Mode(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+                kwargs = kwargs or {}
+                name = getattr(func, "__name__", str(func))
+                if name in guard.SYNCS and args and isinstance(args[0], torch.Tensor) and args[0].device.type != "cpu":
+                    guard.syncs.append(name)
+                    t = args[0]
+                    if t.device.type == "meta":
+                        if name == "tolist":
+                            return torch.zeros(t.shape).tolist()
+                        if name in ("cpu", "numpy"):
+                            z = torch.zeros(t.shape, dtype=t.dtype)
+                            return z.numpy() if name == "numpy" else z
+                        return {"__bool__": True, "__int__": 1, "__index__": 1}.get(name, 1.0)
+                if name not in guard.ALLOWED:
+                    flat, _ = tree_flatten((args, kwargs))
+                    devs = {
+                        a.device
+                        for a in flat
+                        if isinstance(a, torch.Tensor) and not (a.device.type == "cpu" and a.dim() == 0)
+                    }
+                    if len(devs) > 1:
+                        raise RuntimeError(f"{name} mixes tensors on {sorted(map(str, devs))}")
+                return func(*args, **kwargs)
+
+        self.mode = _Mode()
+
+    def __enter__(self) -> DeviceGuard:
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.mode.__exit__(*exc)
+
+
+@pytest.fixture
+def device_guard() -> type[DeviceGuard]:
+    """:class:`DeviceGuard` (use ``with device_guard() as g: ...``; ``g.syncs`` lists the host syncs)."""
+    return DeviceGuard

@@ -88,6 +88,8 @@ def train_detector(
     )
     from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, seed_everything
 
+    from kfgnet.devices import loader_kwargs
+
     ctx = ctx or DistContext()
     device = torch.device(ctx.device)
     out_dir = Path(out_dir)
@@ -113,7 +115,8 @@ def train_detector(
     state_path = out_dir / "detector.state.pt"
     start, best, log = 0, (-1.0, -1.0), []
     if state_path.is_file():
-        st = torch.load(state_path, map_location=device, weights_only=False)
+        # on the CPU: SGD's buffers move to the parameters' device in load_state_dict; the log and best stay Python
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
         if check_resumable(state_path, st.get("config_hash"), run_hash, restart):
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
@@ -129,9 +132,9 @@ def train_detector(
         shuffle=sampler is None,
         sampler=sampler,
         generator=gen,
-        num_workers=num_workers,
         collate_fn=collate_detection,
         drop_last=False,
+        **{**loader_kwargs(device, num_workers), "persistent_workers": False},  # workers re-seeded per epoch (resume)
     )
     steps_per_epoch = len(loader)
     total, warm = cfg.epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -163,7 +166,8 @@ def train_detector(
         gen.manual_seed(rank_seed(seed, ctx) * 1000 + epoch)
         set_sampler_epoch(sampler, epoch)
         model.train()
-        t0, tot, nb = time.perf_counter(), 0.0, 0
+        t0, nb = time.perf_counter(), 0
+        tot = torch.zeros((), device=device)  # summed on the device: no host sync per step
         it: Any = loader
         if progress and ctx.is_main:
             from tqdm import tqdm
@@ -173,16 +177,18 @@ def train_detector(
             lr = lr_at(epoch * steps_per_epoch + b, total, warm, cfg.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            losses = model([im.to(device) for im in imgs], [{k: v.to(device) for k, v in t.items()} for t in tgts])
+            imgs = [im.to(device, non_blocking=True) for im in imgs]
+            tgts = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in tgts]
+            losses = model(imgs, tgts)
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss.detach())
+            tot += loss.detach().float()
             nb += 1
         rec: dict[str, Any] = {
             "epoch": epoch + 1,
-            "loss": tot / max(nb, 1),
+            "loss": float(tot) / max(nb, 1),  # the epoch's one host sync
             "lr_end": lr,
             "seconds": time.perf_counter() - t0,
         }

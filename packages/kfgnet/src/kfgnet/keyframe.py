@@ -178,8 +178,14 @@ class KeyFrameNet(nn.Module):
         x = torch.cat([self.feat_fc(feat), self.geo_fc(geo)], dim=-1)  # (B, L, 512)
         if self.non_local is not None:
             x = self.non_local(x)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        # sorted by length on the CPU here (torch's enforce_sorted=False copies its indices back from the device:
+        # a host sync per forward)
+        lengths = lengths.cpu()
+        order = torch.argsort(lengths, descending=True, stable=True)
+        inverse = torch.argsort(order)
+        packed = pack_padded_sequence(x[order.to(x.device)], lengths[order], batch_first=True)
         y, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.shape[1])  # (B, L, H)
+        y = y[inverse.to(y.device)]
         s = self.head(y).squeeze(-1)  # (B, L)
         return torch.sigmoid(s) if self.sigmoid else s
 
@@ -231,7 +237,17 @@ def _batch(seqs: list[dict[str, np.ndarray]], device: torch.device) -> tuple[tor
         if "label" in s:
             lab[i, :n] = torch.from_numpy(s["label"])
         mask[i, :n] = True
-    return feat.to(device), geo.to(device), lengths, lab.to(device), mask.to(device)
+    # lengths stay on the CPU (pack_padded_sequence wants them there)
+    dev = torch.device(device)
+    pin = dev.type == "cuda"
+    feat, geo, lab, mask = (t.pin_memory() if pin else t for t in (feat, geo, lab, mask))
+    return (
+        feat.to(dev, non_blocking=pin),
+        geo.to(dev, non_blocking=pin),
+        lengths,
+        lab.to(dev, non_blocking=pin),
+        mask.to(dev, non_blocking=pin),
+    )
 
 
 def _loss(
@@ -245,9 +261,13 @@ def _loss(
     pred = model(feat, geo, lengths)
     err = (pred.float() - lab) ** 2
     m = mask.to(err.dtype) if mask_padding else torch.ones_like(err)
-    local_sum, local_n = (err * m).sum(), float(m.sum())
-    n = all_reduce_sum(local_n, ctx) if ctx.enabled else local_n
-    return local_sum * ctx.world_size / max(n, 1.0)
+    # the count of positions comes from the CPU lengths (no host sync); all-reduced as a device tensor
+    local_n = float(lengths.sum()) if mask_padding else float(err.numel())
+    local_sum = (err * m).sum()
+    if not ctx.enabled:
+        return local_sum / max(local_n, 1.0)
+    n = all_reduce_sum(torch.tensor(local_n, device=err.device), ctx)
+    return local_sum * ctx.world_size / n.clamp_min(1.0)
 
 
 def train_keyframe(
@@ -298,7 +318,7 @@ def train_keyframe(
     for ep in it:
         ddp.train()
         order = rng.permutation(len(seqs))
-        tot, nb = 0.0, 0
+        tot, nb = torch.zeros((), device=dev), 0  # summed on the device: no host sync per step
         for s in range(0, len(seqs), tcfg.batch_size):
             glob = order[s : s + tcfg.batch_size]
             mine = glob[ctx.rank :: ctx.world_size] if ctx.enabled else glob
@@ -310,9 +330,9 @@ def train_keyframe(
             if tcfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
             opt.step()
-            tot += float(loss.detach()) / ctx.world_size
+            tot += loss.detach() / ctx.world_size
             nb += 1
-        rec: dict[str, Any] = {"epoch": ep + 1, "mse": tot / max(nb, 1), "lr": opt.param_groups[0]["lr"]}
+        rec: dict[str, Any] = {"epoch": ep + 1, "mse": float(tot) / max(nb, 1), "lr": opt.param_groups[0]["lr"]}
         sched.step()
         if val_seqs and val_true is not None and ((ep + 1) % tcfg.val_every == 0 or ep + 1 == tcfg.epochs):
             from medshared.metrics import keyframe_tolerance_accuracy

@@ -35,7 +35,7 @@ def kfgnet_loss(
     v_motion: torch.Tensor | None,
     lambda_motion: float = 1.0,
     centred: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = L_cls + lambda * L_motion [P eq. 3]; L_cls is 2-logit cross-entropy [brief §10 #10].
 
     Args:
@@ -43,13 +43,14 @@ def kfgnet_loss(
         v_temp, v_motion: ``(B, T')`` or None (no motion attention -> L = L_cls).
 
     Returns:
-        (total loss, {"cls": float, "motion": float}).
+        (total loss, {"cls": 0-dim tensor, "motion": 0-dim tensor}): the parts detached, on the logits' device (no
+        host sync per step; ``float()`` them when needed).
     """
     cls = F.cross_entropy(logits.float(), target)
     if v_temp is None or v_motion is None or lambda_motion == 0:
-        return cls, {"cls": float(cls.detach()), "motion": 0.0}
+        return cls, {"cls": cls.detach(), "motion": torch.zeros((), device=cls.device)}
     mot = motion_loss(v_temp, v_motion, centred)
-    return cls + lambda_motion * mot, {"cls": float(cls.detach()), "motion": float(mot.detach())}
+    return cls + lambda_motion * mot, {"cls": cls.detach(), "motion": mot.detach()}
 
 
 def keyframe_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -104,6 +104,8 @@ def train_classifier(
     )
     from medshared.runtime import atomic_path, autocast_context, seed_everything
 
+    from kfgnet.devices import loader_kwargs
+
     ctx = _context(device)
     dev = torch.device(ctx.device)
     if tcfg.batch_size % ctx.world_size:
@@ -120,7 +122,9 @@ def train_classifier(
     total = tcfg.epochs + tcfg.epochs2
     start = 0
     if state_path is not None and Path(state_path).is_file():
-        st = torch.load(state_path, map_location=dev, weights_only=False)
+        # on the CPU: Adam's "step" counters must stay CPU tensors (load_state_dict moves the moments to the
+        # parameters' device); loaded onto a GPU they cost one host sync per parameter per step
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
         if check_resumable(Path(state_path), st.get("config_hash"), run_hash, restart):
             model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
@@ -138,8 +142,7 @@ def train_classifier(
         sampler=sampler,
         generator=gen,
         drop_last=False,
-        num_workers=tcfg.num_workers,
-        persistent_workers=False,
+        **{**loader_kwargs(dev, tcfg.num_workers), "persistent_workers": False},  # workers re-seeded per epoch (resume)
     )
     bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     it: Any = range(start, total)
@@ -156,11 +159,13 @@ def train_classifier(
         for g in opt.param_groups:
             g["lr"] = lr
         ddp.train()
-        t0, sums, n = time.perf_counter(), {"loss": 0.0, "cls": 0.0, "motion": 0.0}, 0
+        t0, n = time.perf_counter(), 0
+        sums = torch.zeros(3, device=dev)  # loss, cls, motion summed over clips, on the device: no per-step sync
         for x, y, vm in loader:
             if len(y) < 2 and bn and n > 0 and not ctx.enabled:
                 continue  # BatchNorm cannot train on a last batch of one clip
-            x, y, vm = _to_device(x, dev, tcfg.channels_last), y.to(dev), vm.to(dev)
+            x = _to_device(x, dev, tcfg.channels_last)
+            y, vm = y.to(dev, non_blocking=True), vm.to(dev, non_blocking=True)
             with autocast_context(dev, tcfg.bf16):
                 logits, v_temp = ddp(x)
             loss, parts = kfgnet_loss(logits, y, v_temp, vm, tcfg.lambda_motion, motion.centred)
@@ -168,14 +173,13 @@ def train_classifier(
             loss.backward()
             opt.step()
             b = len(y)
-            sums["loss"] += float(loss.detach()) * b
-            sums["cls"] += parts["cls"] * b
-            sums["motion"] += parts["motion"] * b
+            sums += torch.stack([loss.detach(), parts["cls"], parts["motion"]]).float() * b
             n += b
+        mean = (sums / max(n, 1)).tolist()  # the epoch's one host sync
         rec = {
             "epoch": epoch + 1,
             "lr": lr,
-            **{k: v / max(n, 1) for k, v in sums.items()},
+            **dict(zip(("loss", "cls", "motion"), mean)),
             "seconds": time.perf_counter() - t0,
         }
         history.append(rec)
