@@ -25,7 +25,7 @@ from alges.evaluate import encode_map, evaluate_model, prior_mask
 from alges.index import DatasetIndex
 from alges.model import build_model
 from alges.splits import group_split
-from alges.train import make_optimizer, save_resume_state, train_model
+from alges.train import load_resume_state, make_optimizer, save_resume_state, train_model
 
 __all__ = ["fit"]
 
@@ -85,7 +85,7 @@ def fit(
     }
     barrier(ctx)  # every rank sees the same resume state
     if resume and resume_path.is_file():
-        st = torch.load(resume_path, map_location=device, weights_only=False)
+        st = load_resume_state(resume_path)
         if st.get("key") != key:
             raise ValueError(f"{resume_path} was written for another config, image list or seed; drop --resume")
         model.load_state_dict(st["model"])
