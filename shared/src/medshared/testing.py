@@ -1,4 +1,5 @@
-"""Test helpers: where the real data samples live, and a file server on 127.0.0.1 for download tests."""
+"""Test helpers: where the real data samples live, a file server on 127.0.0.1 for download tests, and
+:func:`strict_devices`, which catches a tensor created on the wrong device without a GPU."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import hashlib
 import http.server
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ServedURL", "hub_headers", "serve_files", "shared_data_dir"]
+__all__ = ["ServedURL", "hub_headers", "serve_files", "shared_data_dir", "strict_devices"]
 
 
 def shared_data_dir() -> Path | None:
@@ -108,3 +110,70 @@ def serve_files(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# device mixing
+# --------------------------------------------------------------------------------------------------------------------
+def _tensor_leaves(obj: Any, out: list) -> list:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _tensor_leaves(v, out)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _tensor_leaves(v, out)
+    return out
+
+
+def _cross_device_ok() -> frozenset:
+    """Ops that legally take tensors on two devices: copies, moves, indexing (CUDA accepts CPU indices) and what
+    ``Module.to`` calls to swap parameters."""
+    import torch
+
+    T = torch.Tensor
+    ops = {T.to, T.copy_, T.cpu, T.cuda, T.type_as, T.new_tensor, T.__getitem__, T.__setitem__, T.set_, torch.as_tensor}
+    ops |= {f for f in (getattr(torch, "_has_compatible_shallow_copy_type", None),) if f is not None}
+    return frozenset(ops)
+
+
+@contextlib.contextmanager
+def strict_devices(allow: Iterable[Callable] = ()) -> Iterator[None]:
+    """Within the block, an op whose tensor inputs sit on two devices raises ``RuntimeError`` naming the op and both.
+
+    CUDA refuses such ops, but a CPU-only test never sees it; run the path with ``device="meta"`` (or any non-CPU
+    device) inside this block and a tensor built on the CPU beside it (``torch.ones(n)`` without ``device=``) is
+    caught. As on CUDA, a 0-dim CPU tensor beside another device is allowed, and so are copies and moves (``to``,
+    ``copy_``, ``cpu``, ``type_as``, ...) and CPU index tensors in ``x[idx]`` / ``x[idx] = v``.
+
+    Args:
+        allow: further torch functions / methods allowed to mix devices.
+
+    Example:
+        >>> import torch
+        >>> with strict_devices():  # doctest: +SKIP
+        ...     torch.zeros(3, device="meta") + torch.ones(3)  # RuntimeError: ... devices cpu and meta
+    """
+    from torch.overrides import TorchFunctionMode
+
+    ok = _cross_device_ok() | frozenset(allow)
+
+    class _StrictDevices(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+            kwargs = kwargs or {}
+            if func not in ok:
+                devices = {t.device for t in _tensor_leaves((args, kwargs), []) if not (t.dim() == 0 and t.is_cpu)}
+                if len(devices) > 1:
+                    names = " and ".join(sorted(str(d) for d in devices))
+                    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+                    raise RuntimeError(
+                        f"strict_devices: {name} got tensors on devices {names} (CUDA would refuse this op); "
+                        "create the tensor on the other one's device (device=x.device) or move it with .to()"
+                    )
+            return func(*args, **kwargs)
+
+    with _StrictDevices():
+        yield
