@@ -44,7 +44,7 @@ def _k_steps(ctx: DistContext, per_rank_batch: int, mixup: bool = False) -> dict
     dl, sampler = build_train_loader(cs, cfg, ctx if ctx.enabled else None, torch.Generator().manual_seed(0))
     losses = []
     for _, batch in zip(range(K_STEPS), dl):
-        losses.append(train_step(ddp, opt, crit, batch, cfg, torch.device("cpu"), ctx))
+        losses.append(float(train_step(ddp, opt, crit, batch, cfg, torch.device("cpu"), ctx)))
     sd = unwrap_model(ddp).state_dict()
     return {"state": {k: v.detach().clone() for k, v in sd.items()}, "losses": losses}
 

@@ -169,17 +169,21 @@ def load_audio(
         (audio float32 [N] in [-1, 1], rate in Hz).
 
     Raises:
-        DataError: missing, unreadable or (with ``channels="mono"``) multi-channel file.
+        DataError: missing, unreadable, truncated (data chunk shorter than the header declares; both byte counts
+            named) or (with ``channels="mono"``) multi-channel file.
     """
-    import soundfile as sf
+    from medshared.audio import TruncatedWavError, read_wav
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"audio file not found: {path}")
     try:
-        audio, sr = sf.read(str(path), dtype="float32", always_2d=True)  # [N, channels]
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError with varying types
-        raise DataError(f"{path}: unreadable WAV ({e}); re-download or re-export it as PCM WAV") from None
+        audio, sr = read_wav(path)  # [N, channels]; a data chunk shorter than its header declares is refused
+    except TruncatedWavError as e:
+        raise DataError(str(e)) from None
+    except ValueError as e:
+        why = e.__cause__ or e
+        raise DataError(f"{path}: unreadable WAV ({why}); re-download or re-export it as PCM WAV") from None
     if audio.shape[0] == 0:
         raise DataError(f"{path}: WAV has no samples")
     if audio.shape[1] > 1:

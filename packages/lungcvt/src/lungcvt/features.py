@@ -282,8 +282,8 @@ class BatchedFeaturizer:
         sq = torch.view_as_real(spec).square()  # [B, T, F, 2] (re^2, im^2)
         power = sq[..., 0] + sq[..., 1]  # |X|^2 [B, T, F] (faster than abs() or a sum over the last axis)
         lap("stft")
-        valid = torch.arange(t_max, device=x.device) < torch.tensor([1 + n // cfg.hop_length for n in lens])[:, None]
-        valid = valid.to(x.device)[:, :, None]  # [B, T, 1]
+        own = torch.tensor([1 + n // cfg.hop_length for n in lens], device=x.device)  # frames per item, on x's device
+        valid = (torch.arange(t_max, device=x.device) < own[:, None])[:, :, None]  # [B, T, 1]
         bands = power.new_zeros(*power.shape[:2], self.fb_t.shape[1])  # [B, T, n_mels + mfcc_n_mels]
         for f0, f1, m0, m1 in self.fb_blocks:  # block-sparse power @ fb_t: each mel filter spans a few FFT bins
             bands[..., m0:m1] += power[..., f0:f1] @ self.fb_t[f0:f1, m0:m1]  # [B, T, f] @ [f, m] -> [B, T, m]

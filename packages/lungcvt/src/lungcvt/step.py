@@ -45,9 +45,10 @@ def train_step(
     ctx: Any = None,
     lr: float | None = None,
     generator: torch.Generator | None = None,
-) -> float:
+) -> torch.Tensor:
     """One optimiser step on a collated batch (features [B, 3, F, T], lengths [B], labels [B]; or images
-    [B, 3, S, S], None, labels); returns the loss.
+    [B, 3, S, S], None, labels); returns the loss as a detached 0-dim tensor on ``device`` (no host sync per step:
+    the caller sums it on the device and reads it once per epoch).
 
     Features are resized on ``device`` (:func:`~lungcvt.images.batch_to_image`); mixup (``train.mixup``) draws its
     lambda from torch's global RNG and its permutation from ``generator``.
@@ -77,4 +78,4 @@ def train_step(
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    return loss.detach()

@@ -233,14 +233,14 @@ def _train_epoch(
     schedule = tc.warmup_steps > 0 or tc.lr_schedule != "constant"
     set_sampler_epoch(sampler, epoch)
     model.train()
-    tot, n = 0.0, 0
+    tot, n = torch.zeros((), device=dev), 0  # summed on the device: one host sync per epoch, not per step
     for batch in tqdm(dl, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False):
         step_lr = lr_at(tc, step, total, lr) if schedule else None
         loss = train_step(model, opt, crit, batch, cfg, dev, ctx, step_lr, g)
         step += 1
-        tot += loss * len(batch[2])
+        tot += loss.float() * len(batch[2])
         n += len(batch[2])
-    tot, n = all_reduce_sum(tot, ctx), all_reduce_sum(float(n), ctx)
+    tot, n = all_reduce_sum(float(tot), ctx), all_reduce_sum(float(n), ctx)
     return tot / max(n, 1), step
 
 
