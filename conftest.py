@@ -6,7 +6,8 @@
 - Tests never reach the network: a socket connecting anywhere but loopback (127.0.0.0/8, ::1) or a Unix socket
   raises, naming the address. Download paths are tested against ``medshared.testing.serve_files`` on 127.0.0.1.
 - Tests never touch the user's precision cache: ``MEDREPRO_CACHE_DIR`` points at a session temp folder (one CPU
-  measurement per key per session; a test that checks measuring sets its own) and ``MEDREPRO_PRECISION`` is unset.
+  measurement per key per session; a test that checks measuring sets its own); ``MEDREPRO_PRECISION`` and
+  ``MEDREPRO_FORCE_DDP`` are unset (a test that wants them sets them).
 """
 
 from __future__ import annotations
@@ -62,10 +63,11 @@ def _loopback_only() -> Iterator[None]:
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_precision_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """``medshared.precision`` caches in a session temp folder, with no env override (subprocesses inherit it)."""
-    saved = {k: os.environ.get(k) for k in ("MEDREPRO_CACHE_DIR", "MEDREPRO_PRECISION")}
+    """``medshared.precision`` caches in a session temp folder, with no env overrides (subprocesses inherit it)."""
+    saved = {k: os.environ.get(k) for k in ("MEDREPRO_CACHE_DIR", "MEDREPRO_PRECISION", "MEDREPRO_FORCE_DDP")}
     os.environ["MEDREPRO_CACHE_DIR"] = str(tmp_path_factory.mktemp("medrepro-cache"))
     os.environ.pop("MEDREPRO_PRECISION", None)
+    os.environ.pop("MEDREPRO_FORCE_DDP", None)
     try:
         yield
     finally:

@@ -120,3 +120,95 @@ def test_sync_batchnorm_refused_on_cpu():
     ctx = D.DistContext(rank=0, world_size=2, device=torch.device("cpu"), enabled=True)
     with pytest.raises(ValueError, match="SyncBatchNorm needs CUDA"):
         D.wrap_model(torch.nn.BatchNorm1d(3), ctx, sync_batchnorm=True)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MEDREPRO_FORCE_DDP, timeout, device_id
+# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def plain_launch(monkeypatch):
+    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "MEDREPRO_DIST_TIMEOUT_MIN"):
+        monkeypatch.delenv(v, raising=False)
+    return monkeypatch
+
+
+def test_force_ddp_one_process_gloo_group_trains_a_step(plain_launch):
+    import torch.distributed as dist
+
+    plain_launch.setenv("MEDREPRO_FORCE_DDP", "1")
+    plain_launch.setenv("MEDREPRO_DIST_TIMEOUT_MIN", "7")
+    calls = []
+    real = dist.init_process_group
+    plain_launch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw) or real(**kw))
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(8, 4, generator=g), torch.randn(8, 1, generator=g)
+    ctx = D.init_distributed("cpu")
+    try:
+        assert dist.is_initialized() and dist.get_world_size() == 1 and dist.get_backend() == "gloo"
+        assert (ctx.enabled, ctx.world_size, ctx.rank, ctx.backend) == (True, 1, 0, "gloo")
+        (kw,) = calls
+        assert kw["timeout"].total_seconds() == 7 * 60 and "device_id" not in kw
+        assert kw["init_method"].startswith("tcp://127.0.0.1:")
+        ddp = _train(ctx, x, y, 1)  # wrap_model gives a real DDP module: one SGD step through it
+        model = D.wrap_model(torch.nn.Linear(2, 2), ctx)
+        assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        assert D.all_reduce_sum(2.5, ctx) == 2.5 and D.make_sampler(list(range(4)), ctx) is not None
+    finally:
+        ctx.close()
+    assert not dist.is_initialized()  # the group is cleaned up
+    plain = _train(D.DistContext(), x, y, 1)
+    for k in plain:
+        torch.testing.assert_close(ddp[k], plain[k], rtol=1e-6, atol=1e-7)
+    torch.manual_seed(0)
+    init = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).state_dict()
+    assert (ddp["0.weight"] - init["0.weight"]).abs().max() > 1e-4  # the step moved the weights
+
+
+def test_force_ddp_values_and_timeout_errors(plain_launch):
+    plain_launch.setenv("MEDREPRO_FORCE_DDP", "0")
+    assert not D.force_ddp() and not D.init_distributed("cpu").enabled
+    plain_launch.setenv("MEDREPRO_FORCE_DDP", "maybe")
+    with pytest.raises(ValueError, match="MEDREPRO_FORCE_DDP='maybe'"):
+        D.init_distributed("cpu")
+    plain_launch.delenv("MEDREPRO_FORCE_DDP")
+    assert D.dist_timeout_s() == 180 * 60
+    for bad in ("0", "-3", "soon", "inf"):
+        plain_launch.setenv("MEDREPRO_DIST_TIMEOUT_MIN", bad)
+        with pytest.raises(ValueError, match="MEDREPRO_DIST_TIMEOUT_MIN"):
+            D.dist_timeout_s()
+    plain_launch.setenv("MEDREPRO_DIST_TIMEOUT_MIN", "2.5")
+    assert D.dist_timeout_s() == 150.0
+
+
+def _fake_cuda(monkeypatch, n_gpus: int) -> list[dict]:
+    """CUDA present as far as init_distributed can tell; init_process_group records its arguments."""
+    import torch.distributed as dist
+
+    calls: list[dict] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: n_gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(kw))
+    return calls
+
+
+def test_cuda_group_gets_device_id_nccl_and_long_timeout(plain_launch):
+    calls = _fake_cuda(plain_launch, 4)
+    for k, v in {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "2"}.items():
+        plain_launch.setenv(k, v)
+    ctx = D.init_distributed("cuda")
+    (kw,) = calls
+    assert kw["backend"] == "nccl" and kw["device_id"] == torch.device("cuda", 2) and ctx.device == kw["device_id"]
+    assert kw["timeout"].total_seconds() == 180 * 60 and "init_method" not in kw  # torchrun's env:// rendezvous
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.enabled) == (3, 4, 2, True)
+
+
+def test_forced_cuda_group_at_world_size_one(plain_launch):
+    calls = _fake_cuda(plain_launch, 2)
+    plain_launch.setenv("MEDREPRO_FORCE_DDP", "1")
+    ctx = D.init_distributed("cuda:1", timeout_s=60)
+    (kw,) = calls
+    assert (kw["backend"], kw["world_size"], kw["rank"]) == ("nccl", 1, 0)
+    assert kw["device_id"] == torch.device("cuda", 1) and kw["timeout"].total_seconds() == 60
+    assert ctx.enabled and ctx.world_size == 1 and ctx.device == torch.device("cuda", 1)

@@ -1,8 +1,10 @@
 """The one place for process groups: torchrun / DDP training and sharded work for every medrepro package.
 
 Launched by ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` in the environment), :func:`init_distributed` joins
-the process group (gloo on CPU, nccl on CUDA) and pins the local rank's CUDA device; launched plainly it returns a
-disabled context (rank 0 of 1) and every helper here becomes a no-op, so a ``train`` function is written once:
+the process group (gloo on CPU, nccl on CUDA; ``device_id`` set on CUDA; timeout ``$MEDREPRO_DIST_TIMEOUT_MIN``,
+default 180 min) and pins the local rank's CUDA device; launched plainly it returns a disabled context (rank 0 of 1)
+and every helper here becomes a no-op, so a ``train`` function is written once. ``MEDREPRO_FORCE_DDP=1`` makes one
+process join a real group of world size 1, so one GPU (nccl) or a CPU (gloo) runs the DDP path:
 
     ctx = init_distributed(args.device)
     model = wrap_model(model.to(ctx.device), ctx)
@@ -17,7 +19,8 @@ disabled context (rank 0 of 1) and every helper here becomes a no-op, so a ``tra
     ctx.close()
 
 Sharded work (feature extraction, simulations) needs no process group: :func:`resolve_shard` reads ``--shard i/n``
-or torchrun's rank and world size, and :func:`shard_items` gives each shard its items, every item exactly once.
+or torchrun's rank and world size, and :func:`shard_items` gives each shard its items, every item exactly once (they
+live in :mod:`medshared.shard` and are re-exported here).
 
 Tests run several CPU ranks with :func:`run_local` (forked processes, gloo on a free 127.0.0.1 port), which lives in
 :mod:`medshared.launch` and is re-exported here.
@@ -30,10 +33,11 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from medshared.launch import run_local
+from medshared.shard import _env_int, launched_by_torchrun, parse_shard, resolve_shard, shard_items
 
 __all__ = [
     "DistContext",
@@ -43,7 +47,9 @@ __all__ = [
     "barrier",
     "broadcast_object",
     "distributed_session",
+    "dist_timeout_s",
     "effective_batch",
+    "force_ddp",
     "init_distributed",
     "launched_by_torchrun",
     "main_only",
@@ -72,7 +78,8 @@ class DistContext:
         world_size: number of processes (1 when not distributed).
         local_rank: rank on this node; picks the CUDA device.
         device: the ``torch.device`` this rank computes on.
-        enabled: True when a process group with more than one rank is active.
+        enabled: True when a process group is active: more than one rank, or one rank forced by
+            ``MEDREPRO_FORCE_DDP=1``.
         backend: ``"gloo"`` / ``"nccl"`` when enabled, else None.
     """
 
@@ -94,60 +101,116 @@ class DistContext:
             shutdown()
 
 
-def launched_by_torchrun() -> bool:
-    """True when torchrun's (or torch.distributed.launch's) environment is present."""
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+#: Default collective timeout (minutes) when ``$MEDREPRO_DIST_TIMEOUT_MIN`` is unset: ranks that wait in a collective
+#: while rank 0 validates or writes must not be killed by the NCCL watchdog (torch's default is 10 / 30 minutes).
+DEFAULT_TIMEOUT_MIN = 180.0
+ENV_TIMEOUT_MIN = "MEDREPRO_DIST_TIMEOUT_MIN"
+ENV_FORCE_DDP = "MEDREPRO_FORCE_DDP"
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as e:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer (set by torchrun?)") from e
-
-
-def init_distributed(device: str = "auto", backend: str | None = None, timeout_s: float = 1800.0) -> DistContext:
-    """Join torchrun's process group, or return a disabled context when not launched by torchrun.
-
-    Args:
-        device: ``auto | cpu | cuda`` (``--device``). Under torchrun with CUDA each rank takes ``cuda:LOCAL_RANK``.
-        backend: override the backend (default: nccl on CUDA, gloo on CPU).
-        timeout_s: collective timeout.
-
-    Returns:
-        The :class:`DistContext`. With ``WORLD_SIZE=1`` no group is created (``enabled=False``).
+def dist_timeout_s() -> float:
+    """The process-group timeout in seconds: ``$MEDREPRO_DIST_TIMEOUT_MIN`` minutes (default 180).
 
     Raises:
-        ValueError: CUDA asked for but absent, or fewer visible GPUs than local ranks.
+        ValueError: the variable is not a positive number.
+    """
+    raw = os.environ.get(ENV_TIMEOUT_MIN, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_MIN * 60.0
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0 or math.isinf(minutes):
+        raise ValueError(f"{ENV_TIMEOUT_MIN}={raw!r} is not a positive number of minutes (e.g. 180)")
+    return minutes * 60.0
+
+
+def force_ddp() -> bool:
+    """True when ``$MEDREPRO_FORCE_DDP`` asks for a real process group even with one process (1 / true / yes / on).
+
+    Raises:
+        ValueError: a value that is neither on (1, true, yes, on) nor off (0, false, no, off, empty).
+    """
+    raw = os.environ.get(ENV_FORCE_DDP, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{ENV_FORCE_DDP}={raw!r}: use 1 to force a one-process DDP group, 0 or unset for none")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(device: str = "auto", backend: str | None = None, timeout_s: float | None = None) -> DistContext:
+    """Join torchrun's process group, or return a disabled context when not launched by torchrun.
+
+    With ``MEDREPRO_FORCE_DDP=1`` a single process (plain launch, or torchrun with one process) joins a real process
+    group of world size 1 (127.0.0.1 on a free port unless torchrun set ``MASTER_ADDR`` / ``MASTER_PORT``; gloo on
+    CPU, nccl on CUDA), so one GPU or a CPU runs the DDP path: DDP wrapping, samplers, collectives.
+
+    Args:
+        device: ``auto | cpu | cuda | cuda:N`` (``--device``). Under torchrun with CUDA each rank takes
+            ``cuda:LOCAL_RANK``; a forced one-process group keeps the device asked for (``cuda`` = ``cuda:0``).
+        backend: override the backend (default: nccl on CUDA, gloo on CPU).
+        timeout_s: collective timeout; default :func:`dist_timeout_s` (``$MEDREPRO_DIST_TIMEOUT_MIN``, 180 min), long
+            enough for ranks that wait while rank 0 validates.
+
+    Returns:
+        The :class:`DistContext`. With ``WORLD_SIZE=1`` and no forcing, no group is created (``enabled=False``).
+
+    Raises:
+        ValueError: CUDA asked for but absent, fewer visible GPUs than local ranks, or a bad environment variable.
     """
     import torch
 
     from medshared.runtime import resolve_device
 
     dev = resolve_device(device)
-    if not launched_by_torchrun():
+    forced = force_ddp()
+    torchrun = launched_by_torchrun()
+    if not torchrun and not forced:
         return DistContext(device=dev)
-    rank, world, local = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)
+    rank, world, local = (
+        (_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0)) if torchrun else (0, 1, 0)
+    )
     if dev.type == "cuda":
         n = torch.cuda.device_count()
-        if local >= n:
-            raise ValueError(
-                f"LOCAL_RANK {local} but only {n} CUDA device(s) visible; launch torchrun with --nproc_per_node <= {n}"
-            )
-        dev = torch.device("cuda", local)
+        if torchrun:
+            if local >= n:
+                raise ValueError(
+                    f"LOCAL_RANK {local} but only {n} CUDA device(s) visible; "
+                    f"launch torchrun with --nproc_per_node <= {n}"
+                )
+            dev = torch.device("cuda", local)
+        else:
+            dev = torch.device("cuda", dev.index if dev.index is not None else 0)
         torch.cuda.set_device(dev)
-    if world <= 1:
+    if world <= 1 and not forced:
         return DistContext(rank=rank, world_size=1, local_rank=local, device=dev)
+    import datetime
+
     import torch.distributed as dist
 
     be = backend or ("nccl" if dev.type == "cuda" else "gloo")
     if not dist.is_initialized():
-        import datetime
-
-        dist.init_process_group(backend=be, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+        kwargs: dict[str, Any] = {
+            "backend": be,
+            "rank": rank,
+            "world_size": world,
+            "timeout": datetime.timedelta(seconds=dist_timeout_s() if timeout_s is None else float(timeout_s)),
+        }
+        if dev.type == "cuda":
+            kwargs["device_id"] = dev  # binds the rank to its GPU: NCCL's communicator is created eagerly on it
+        if not torchrun:  # forced group, plain launch: no MASTER_ADDR / MASTER_PORT from torchrun
+            kwargs["init_method"] = f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(**kwargs)
     return DistContext(rank=rank, world_size=world, local_rank=local, device=dev, enabled=True, backend=be)
 
 
@@ -343,44 +406,3 @@ def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# sharded work
-# --------------------------------------------------------------------------------------------------------------------
-def parse_shard(spec: str) -> tuple[int, int]:
-    """``"i/n"`` (zero-based ``i``, ``0 <= i < n``) -> ``(i, n)``.
-
-    Raises:
-        ValueError: anything else, with the expected form.
-    """
-    try:
-        a, b = str(spec).split("/")
-        i, n = int(a), int(b)
-    except ValueError as e:
-        raise ValueError(f"--shard {spec!r}: expected i/n with integers, e.g. 0/4 (shards are numbered from 0)") from e
-    if n < 1 or not 0 <= i < n:
-        raise ValueError(f"--shard {spec!r}: need 0 <= i < n (shards are numbered 0..n-1)")
-    return i, n
-
-
-def resolve_shard(spec: str | None = None) -> tuple[int, int]:
-    """This process's shard: ``--shard i/n`` when given, else torchrun's ``(RANK, WORLD_SIZE)``, else ``(0, 1)``."""
-    if spec:
-        return parse_shard(spec)
-    if launched_by_torchrun():
-        world = _env_int("WORLD_SIZE", 1)
-        return (_env_int("RANK", 0), world) if world > 1 else (0, 1)
-    return 0, 1
-
-
-def shard_items(items: Sequence[T], index: int, count: int, key: Callable[[T], Any] = str) -> list[T]:
-    """The items of shard ``index`` of ``count``: round-robin over ``items`` sorted by ``key``.
-
-    Every item lands in exactly one shard whatever order the caller listed them in, so ``n`` processes that list the
-    same folder agree without talking to each other.
-    """
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard {index}/{count}: need 0 <= index < count")
-    ordered = sorted(items, key=key)
-    return [x for k, x in enumerate(ordered) if k % count == index]
