@@ -5,6 +5,7 @@
   measured). A test that measures threading carries ``@pytest.mark.threads`` and is left alone.
 - Tests never reach the network: a socket connecting anywhere but loopback (127.0.0.0/8, ::1) or a Unix socket
   raises, naming the address. Download paths are tested against ``medshared.testing.serve_files`` on 127.0.0.1.
+- ``@pytest.mark.gpu`` tests are skipped, with the reason, when ``torch.cuda.is_available()`` is False.
 - Tests never touch the user's precision cache: ``MEDREPRO_CACHE_DIR`` points at a session temp folder (one CPU
   measurement per key per session; a test that checks measuring sets its own); ``MEDREPRO_PRECISION`` and
   ``MEDREPRO_FORCE_DDP`` are unset (a test that wants them sets them).
@@ -18,6 +19,22 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+
+GPU_SKIP_REASON = "gpu test: no CUDA device (torch.cuda.is_available() is False); run it on a machine with a GPU"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu``-marked tests without CUDA (torch is imported only when such a test was collected)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 def _loopback(address: object) -> bool:
