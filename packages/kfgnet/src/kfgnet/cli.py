@@ -19,7 +19,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from medshared.cli import EXPECTED_ERRORS, run_cli
+from medshared.cli import EXPECTED_ERRORS, add_runtime_args, non_negative_int, run_cli
 
 from kfgnet import __version__
 from kfgnet.cmd_stage1 import cmd_evaluate_detector, cmd_evaluate_keyframe, cmd_train_detector, cmd_train_keyframe
@@ -30,18 +30,34 @@ __all__ = ["build_parser", "main", "COMMANDS"]
 EXIT_ERROR = 1
 
 
-def _add_common(p: argparse.ArgumentParser, data: bool = True) -> None:
+PRECISION_HELP = (
+    "kfgnet: bf16 = autocast over the classifier and the detector's backbone (losses, box coding and the key-frame "
+    "LSTM stay fp32); every precision but fp32 also runs the classifier in channels_last_3d; CPU auto measures a "
+    "light C3D step (classifier) or the detector backbone (detector). train.bf16: true in --config is an alias of "
+    "--precision bf16"
+)
+
+
+def _add_runtime(p: argparse.ArgumentParser, seed: bool = True, config: bool = True, workers: bool = False) -> None:
+    """The flags shared by every medrepro CLI (``medshared.cli.add_runtime_args``), plus kfgnet's worker default."""
+    add_runtime_args(p, seed=0 if seed else None, config=config, precision_help=PRECISION_HELP)
+    if workers:
+        p.add_argument(
+            "--workers",
+            type=non_negative_int,
+            default=None,
+            help="DataLoader worker processes (default: 0 on a CPU, up to 4 per process on CUDA); "
+            "pinned memory on CUDA",
+        )
+        p.add_argument("--num-workers", dest="workers", type=non_negative_int, help=argparse.SUPPRESS)  # old name
+
+
+def _add_common(p: argparse.ArgumentParser, data: bool = True, workers: bool = False) -> None:
     if data:
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("--manifest", type=Path, help="manifest .json/.csv (video, patient_id, label, key_frame, boxes)")
         g.add_argument("--release", type=Path, help="authors' release folder (videos/*.avi + avi.xlsx|avi.csv)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--config",
-        type=Path,
-        help="YAML/JSON overrides; sections: model, train, clip, motion, detector, keyframe, keyframe_train",
-    )
+    _add_runtime(p, workers=workers)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -93,17 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="both stages end to end on synthetic videos (~2 min on CPU)")
     p.add_argument("--out", type=Path, default=Path("kfgnet_demo"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    _add_runtime(p, config=False)
     p.add_argument("--quick", action="store_true", help="smaller cohort and fewer epochs (tests)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="classifier training/inference: auto (default) = bf16 autocast + channels_last_3d where the device has "
-        "native bf16 (CUDA, AVX512-BF16/AMX CPUs), else fp32 + channels_last_3d (emulated bf16 is ~2x slower); "
-        "bf16 = bf16 + channels_last_3d; fp32 = plain fp32",
-    )
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("make-synthetic", help="write synthetic ultrasound videos + manifest")
@@ -119,14 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="release also writes the authors' avi.csv key-frame table and LabelMe images/*.json",
     )
     p.add_argument("--no-real-backgrounds", action="store_true", help="procedural tissue instead of ../shared/data")
-    p.add_argument("--seed", type=int, default=0)
+    add_runtime_args(p, device=False, precision=False, seed=0)
 
     p = sub.add_parser(
         "train-detector",
         help="train the Faster R-CNN nodule detector (AP50 on held-out cases every epoch, best checkpoint, resumable)",
     )
     _add_detection_data(p)
-    _add_common(p, data=False)
+    _add_common(p, data=False, workers=True)
     p.add_argument(
         "--out", type=Path, required=True, help="output folder (detector_best.safetensors, train.json, split.json)"
     )
@@ -158,8 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--offline", action="store_true", help="never download weights")
     p.add_argument("--restart", action="store_true", help="ignore a saved state made under another config")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under torchrun (trainable-BN backbones)")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="SyncBatchNorm under torchrun on CUDA (the kfgnet_ddti / tiny backbones' BatchNorm over the "
+        "effective batch, not each rank's images); no effect on FrozenBatchNorm (pretrained recipe)",
+    )
 
     p = sub.add_parser(
         "evaluate-detector",
@@ -171,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--part", default="test", help="part of --split to evaluate (default test)")
     p.add_argument("--images-per-video", type=int, default=16)
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, detections.csv, detections.png")
-    p.add_argument("--device", default="auto")
+    _add_runtime(p, seed=False, config=False, workers=True)
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser(
@@ -206,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for keyframes.csv, metrics.json, tolerance.png")
 
     p = sub.add_parser("train-classifier", help="k-fold CV (grouped by patient) of the stage-2 classifier")
-    _add_common(p)
+    _add_common(p, workers=True)
     _add_blackout(p)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
@@ -226,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs2", type=int)
     p.add_argument("--batch-size", type=int, help="effective batch (split over torchrun processes)")
-    p.add_argument("--num-workers", type=int, help="DataLoader workers")
+    p.add_argument(
+        "--sync-bn",
+        action="store_true",
+        help="SyncBatchNorm under torchrun on CUDA (train.sync_bn): BatchNorm3d statistics over the effective "
+        "batch; use it with several GPUs (16 clips over 8 ranks leave 2 clips per statistic)",
+    )
     p.add_argument("--sampling", choices=("keyframe", "uniform"))
     p.add_argument(
         "--pretrained",
@@ -247,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         help="evaluate a classifier on a labelled manifest (stage-1 key frames with --detector and --keyframe)",
     )
-    _add_common(p)
+    _add_common(p, workers=True)
     p.add_argument("--classifier", type=Path, required=True, help="classifier .safetensors")
     _add_stage1_models(p, required=False)
     p.add_argument("--no-pad-short", action="store_true")
@@ -263,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage1_models(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="folder for prediction.json / predictions.csv and PNGs")
     p.add_argument("--no-pad-short", action="store_true")
-    p.add_argument("--device", default="auto")
+    _add_runtime(p, seed=False, config=False)
     return parser
 
 

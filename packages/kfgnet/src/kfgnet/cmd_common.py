@@ -6,7 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["records_from_args", "load_overrides", "apply_section", "CONFIG_SECTIONS", "clip_from_args"]
+__all__ = [
+    "records_from_args",
+    "load_overrides",
+    "apply_section",
+    "CONFIG_SECTIONS",
+    "clip_from_args",
+    "classifier_precision_from_args",
+    "detector_precision_from_args",
+    "report_precision",
+    "workers_from_args",
+]
 
 CONFIG_SECTIONS = ("model", "train", "clip", "motion", "keyframe", "keyframe_train", "detector")
 
@@ -57,3 +67,49 @@ def clip_from_args(args: argparse.Namespace, over: dict[str, Any]) -> Any:
 
 def out_path(args: argparse.Namespace, name: str) -> Path:
     return Path(args.out) / name
+
+
+def classifier_precision_from_args(
+    args: argparse.Namespace, tcfg: Any, over: dict[str, Any], device: Any, ctx: Any = None
+) -> tuple[Any, Any]:
+    """``--precision`` (or its alias ``train.bf16: true``) resolved for the classifier on ``device``, its TF32
+    switches applied, and ``tcfg`` with ``bf16`` / ``channels_last`` set from it (``train.channels_last`` in the
+    config wins over the precision's default: channels_last_3d for every precision but an explicit fp32).
+
+    Returns:
+        (the training config, the ``medshared.precision.Precision``).
+    """
+    from dataclasses import replace
+
+    from kfgnet.precision import classifier_precision, spec_from_alias
+
+    train = over.get("train", {}) or {}
+    spec = spec_from_alias(args.precision, train.get("bf16"), f"train.bf16 in {getattr(args, 'config', None)}")
+    prec = classifier_precision(spec, device, ctx)
+    prec.apply()
+    channels_last = bool(train.get("channels_last", prec.requested != "fp32"))
+    report_precision("classifier", prec, ctx)
+    return replace(tcfg, bf16=prec.name == "bf16", channels_last=channels_last), prec
+
+
+def detector_precision_from_args(args: argparse.Namespace, device: Any, ctx: Any = None) -> Any:
+    """``--precision`` resolved for the detector (bf16 = backbone autocast), TF32 switches applied."""
+    from kfgnet.precision import detector_precision
+
+    prec = detector_precision(args.precision, device, ctx)
+    prec.apply()
+    report_precision("detector", prec, ctx)
+    return prec
+
+
+def report_precision(what: str, prec: Any, ctx: Any = None) -> None:
+    """One line on stdout (rank 0): the precision ``what`` runs in and why."""
+    if ctx is None or getattr(ctx, "is_main", True):
+        print(f"{what} precision: {prec.name} ({prec.reason})", flush=True)
+
+
+def workers_from_args(args: argparse.Namespace, device: Any, ctx: Any = None) -> int:
+    """``--workers`` (alias ``--num-workers``), or the device's default (``kfgnet.devices.default_workers``)."""
+    from kfgnet.devices import resolve_workers
+
+    return resolve_workers(getattr(args, "workers", None), device, getattr(ctx, "world_size", 1))

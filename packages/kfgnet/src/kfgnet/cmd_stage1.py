@@ -8,7 +8,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from kfgnet.cmd_common import apply_section, load_overrides, records_from_args
+from kfgnet.cmd_common import (
+    apply_section,
+    detector_precision_from_args,
+    load_overrides,
+    records_from_args,
+    workers_from_args,
+)
 from kfgnet.pipeline import TOLERANCE_TABLE_D, tolerance_report
 
 __all__ = [
@@ -60,6 +66,7 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     cfg = detector_config_for_batch(cfg, args.batch_size, args.epochs)
     ctx = init_distributed(args.device)
     try:
+        prec = detector_precision_from_args(args, ctx.device, ctx)
         items = detection_items(args, args.out / "frames")
         if args.val_data or args.val_manifest:
             val = detection_items(args, args.out / "frames", args.val_manifest, args.val_data)
@@ -85,9 +92,10 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
             args.restart,
             not args.no_progress,
             args.offline,
-            args.num_workers,
+            workers_from_args(args, ctx.device, ctx),
             args.sync_bn,
             meta={"split_file": "split.json", "data": split["data"]},
+            precision=prec,
         )
     finally:
         ctx.close()
@@ -110,12 +118,21 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     from kfgnet.detector_eval import evaluate_detector, plot_detections
 
     device = resolve_device(args.device)
+    prec = detector_precision_from_args(args, device)
     model, cfg, extra = load_detector(args.checkpoint, device, with_extra=True)
     items = detection_items(args, args.out / "frames")
     if args.split:
         items = select_split_part(items, args.split, args.part)
     fixed = np.asarray(extra["median_box"], np.float32) if "median_box" in extra else None
-    m, dets = evaluate_detector(model, items, device, fixed, progress=not args.no_progress)
+    m, dets = evaluate_detector(
+        model,
+        items,
+        device,
+        fixed,
+        num_workers=workers_from_args(args, device),
+        progress=not args.no_progress,
+        precision=prec,
+    )
     m.update(
         {
             "checkpoint": str(args.checkpoint),
@@ -124,6 +141,7 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
             "part": args.part if args.split else None,
             "empty_masks": args.empty_masks,
             "checkpoint_epoch": extra.get("epoch"),
+            "precision": prec.as_dict(),
         }
     )
     atomic_write_json(args.out / "metrics.json", m)
@@ -171,6 +189,7 @@ def _detections_for(
             stage1.tag,
             progress and ctx.is_main,
             blackout,
+            stage1.precision,
         )
 
     dets = run() if ctx.is_main else None
@@ -221,8 +240,10 @@ def cmd_train_keyframe(args: argparse.Namespace) -> int:
         tcfg = replace(tcfg, val_fraction=args.val_fraction)
     ctx = init_distributed(args.device)
     try:
+        prec = detector_precision_from_args(args, ctx.device, ctx)
         det = det.to(ctx.device)
-        stage1 = Stage1(det, dcfg, None, cfg, ctx.device, file_digest(args.detector))  # key-frame model: below
+        # key-frame model: below
+        stage1 = Stage1(det, dcfg, None, cfg, ctx.device, file_digest(args.detector), prec)
         blackout = parse_blackout(args.blackout)
         videos = [r.path for r in records]
         dets = _detections_for(ctx, stage1, videos, args.out / "cache", not args.no_progress, blackout)
@@ -271,6 +292,8 @@ def cmd_train_keyframe(args: argparse.Namespace) -> int:
         "world_size": ctx.world_size,
         "effective_batch": effective_batch(tcfg.batch_size // ctx.world_size, ctx),
         "lr_rule": "none: keyframe_train.batch_size is the effective batch, split over ranks",
+        "detector_precision": prec.as_dict(),
+        "lstm_precision": "fp32",
     }
     if parts["val"]:
         val_recs = [records[i] for i in parts["val"]]
@@ -294,7 +317,7 @@ def cmd_evaluate_keyframe(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     records = records_from_args(args)
-    stage1 = Stage1.load(args.detector, args.keyframe, device)
+    stage1 = Stage1.load(args.detector, args.keyframe, device, detector_precision_from_args(args, device))
     preds = stage1.locate(
         [r.path for r in records], args.out / "cache", not args.no_progress, parse_blackout(args.blackout)
     )
@@ -309,6 +332,7 @@ def cmd_evaluate_keyframe(args: argparse.Namespace) -> int:
             "detector": str(args.detector),
             "keyframe": str(args.keyframe),
             "n_fallback_all": sum(p.source != "stage1" for p in preds),
+            "detector_precision": stage1.precision.as_dict(),
             "fallback": "middle frame, whole-frame crop",
         }
     )

@@ -8,7 +8,15 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from kfgnet.cmd_common import apply_section, clip_from_args, load_overrides, records_from_args
+from kfgnet.cmd_common import (
+    apply_section,
+    classifier_precision_from_args,
+    clip_from_args,
+    detector_precision_from_args,
+    load_overrides,
+    records_from_args,
+    workers_from_args,
+)
 
 __all__ = ["cmd_train_classifier", "cmd_evaluate", "cmd_predict", "cmd_demo", "cmd_make_synthetic", "list_videos"]
 
@@ -44,9 +52,11 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     over = load_overrides(args)
     records = records_from_args(args)
     tcfg = apply_section(ClassifierTrainConfig(seed=args.seed), over, "train")
-    for name in ("folds", "epochs", "epochs2", "batch_size", "num_workers"):
+    for name in ("folds", "epochs", "epochs2", "batch_size"):
         if getattr(args, name, None) is not None:
             tcfg = replace(tcfg, **{name: getattr(args, name)})
+    if args.sync_bn:
+        tcfg = replace(tcfg, sync_bn=True)
     clip = clip_from_args(args, over)
     motion = apply_section(MotionConfig(), over, "motion")
     keys = read_keyframes_csv(args.keyframes, records) if args.keyframes else None
@@ -54,6 +64,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     ctx = init_distributed(args.device)
     results = []
     try:
+        if args.workers is not None or "num_workers" not in (over.get("train") or {}):
+            tcfg = replace(tcfg, num_workers=workers_from_args(args, ctx.device, ctx))
+        tcfg, prec = classifier_precision_from_args(args, tcfg, over, ctx.device, ctx)
         for name, preset, sampling, row_over in rows:
             extra = {"pretrained": args.pretrained} if args.pretrained and preset in ("r3d_18", "r2plus1d_18") else {}
             cfg = apply_section(get_classifier_config(preset, **row_over, **extra), over, "model")
@@ -97,6 +110,10 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
                         "key_frames": str(args.keyframes) if args.keyframes else "annotation",
                         "n_fallback": sum(k.source == "fallback_middle" for k in keys) if keys else 0,
                         "crop": c.crop,
+                        "precision": prec.as_dict(),
+                        "channels_last": tcfg.channels_last,
+                        "sync_bn": tcfg.sync_bn and ctx.device.type == "cuda",
+                        "num_workers": tcfg.num_workers,
                         "world_size": ctx.world_size,
                         "effective_batch": effective_batch(tcfg.batch_size // ctx.world_size, ctx),
                         "lr_rule": "none: train.batch_size is the effective batch, split over ranks",
@@ -132,7 +149,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage1_keys(args: argparse.Namespace, records: list[Any], device: Any, blackout: Any) -> tuple[list[Any], Any]:
+def _stage1_keys(
+    args: argparse.Namespace, records: list[Any], device: Any, blackout: Any, precision: Any = None
+) -> tuple[list[Any], Any]:
     from kfgnet.pipeline import Stage1
 
     if bool(args.detector) != bool(args.keyframe):
@@ -142,7 +161,7 @@ def _stage1_keys(args: argparse.Namespace, records: list[Any], device: Any, blac
         )
     if not args.detector:
         return None, None
-    stage1 = Stage1.load(args.detector, args.keyframe, device)
+    stage1 = Stage1.load(args.detector, args.keyframe, device, precision)
     preds = stage1.locate([r.path for r in records], args.out / "cache", not args.no_progress, blackout)
     return [p.as_keyframe() for p in preds], preds
 
@@ -155,15 +174,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
 
     from kfgnet.clips import ClipDataset
-    from kfgnet.config import LABELS
+    from kfgnet.config import LABELS, ClassifierTrainConfig
     from kfgnet.pipeline import write_keyframes_csv
     from kfgnet.train import load_classifier, predict_clips
 
     device = resolve_device(args.device)
     records = records_from_args(args)
     model, cfg, clip, motion = load_classifier(args.classifier, device)
-    keys, preds = _stage1_keys(args, records, device, clip.blackout)
-    out: dict[str, Any] = {"key_frames": "stage1" if keys else "annotation"}
+    tcfg, prec = classifier_precision_from_args(args, ClassifierTrainConfig(), load_overrides(args), device)
+    dprec = detector_precision_from_args(args, device) if args.detector else None
+    keys, preds = _stage1_keys(args, records, device, clip.blackout, dprec)
+    out: dict[str, Any] = {
+        "key_frames": "stage1" if keys else "annotation",
+        "precision": prec.as_dict(),
+        "detector_precision": dprec.as_dict() if dprec else None,
+    }
     if preds is not None:
         from kfgnet.cmd_stage1 import print_tolerance
         from kfgnet.pipeline import tolerance_report
@@ -171,7 +196,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         out["keyframe"] = tolerance_report(preds, records)
         print_tolerance(out["keyframe"], "key-frame localisation")
     ds = ClipDataset(records, clip, cfg.attention_steps, motion, keys=keys, allow_pad=not args.no_pad_short)
-    p = predict_clips(model, ds, device)
+    p = predict_clips(model, ds, device, bf16=tcfg.bf16, num_workers=workers_from_args(args, device), precision=prec)
     y = ds.labels
     out["classification"] = binary_metrics(y, (p >= 0.5).astype(int), positive=1)
     out["classification_ci"] = binary_metrics_ci(
@@ -231,13 +256,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Key frame, nodule box and P(malignant) of one video or of every video in a folder (one CSV)."""
     from medshared.runtime import atomic_write_csv, atomic_write_json, resolve_device
 
+    from kfgnet.config import ClassifierTrainConfig
     from kfgnet.data import DataError
     from kfgnet.evaluate import plot_video_prediction
     from kfgnet.pipeline import Pipeline
 
     device = resolve_device(args.device)
     videos = list_videos(args.video)
-    pipe = Pipeline.load(args.classifier, args.detector, args.keyframe, device)
+    _, prec = classifier_precision_from_args(args, ClassifierTrainConfig(), {}, device)
+    dprec = detector_precision_from_args(args, device)
+    pipe = Pipeline.load(args.classifier, args.detector, args.keyframe, device, prec, dprec)
     rows, failed = [], []
     for v in videos:
         try:
@@ -283,15 +311,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Both stages end to end on synthetic videos (see :mod:`kfgnet.demo`)."""
-    from medshared.runtime import native_bf16, resolve_device
+    from medshared.runtime import resolve_device
 
+    from kfgnet.config import ClassifierTrainConfig
     from kfgnet.demo import DemoConfig, quick_demo_config, run_demo
 
     device = resolve_device(args.device)
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(device))
-    channels_last = args.precision != "fp32"
-    cfg = quick_demo_config(bf16) if args.quick else DemoConfig(bf16=bf16)
-    cfg = dataclasses.replace(cfg, channels_last=channels_last)
+    tcfg, prec = classifier_precision_from_args(args, ClassifierTrainConfig(), {}, device)
+    dprec = detector_precision_from_args(args, device)
+    cfg = quick_demo_config(tcfg.bf16) if args.quick else DemoConfig(bf16=tcfg.bf16)
+    cfg = dataclasses.replace(cfg, channels_last=tcfg.channels_last, detector_bf16=dprec.name == "bf16")
     m = run_demo(args.out, device, args.seed, cfg, progress=not args.no_progress)
     print((args.out / "report.md").read_text())
     h = m["headline"]

@@ -63,6 +63,7 @@ class DemoConfig:
     kf_score_norm: str = "minmax"  # the score stretched per video (see KeyFrameConfig.score_norm)
     bf16: bool = True
     channels_last: bool = True
+    detector_bf16: bool = False  # the detector's backbone under bf16 autocast (kfgnet.precision.backbone_autocast)
     annotated_cv: bool = True  # also cross-validate on the annotated key frames (the comparison row)
 
 
@@ -94,6 +95,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and write ``metrics.json``, ``report.md``, ``tolerance.png``, ``confusion.png``,
     ``prediction.png``, ``keyframes.csv`` under ``out``. Returns the metrics dict."""
+    from medshared.distributed import DistContext
     from medshared.metrics import confusion_matrix
     from medshared.plots import plot_confusion_matrix
     from medshared.runtime import atomic_write_csv, atomic_write_json, atomic_write_text, seed_everything
@@ -108,10 +110,12 @@ def run_demo(
     from kfgnet.evaluate import classification_summary, fmt_ci, plot_tolerance, plot_video_prediction
     from kfgnet.keyframe import build_sequences, train_keyframe
     from kfgnet.pipeline import Pipeline, Stage1, extract_detections, tolerance_report, write_keyframes_csv
+    from kfgnet.precision import fixed_precision
     from kfgnet.synthetic import SyntheticConfig, make_synthetic
     from kfgnet.train import cross_validate, load_classifier
 
     cfg = cfg or DemoConfig()
+    dprec = fixed_precision("bf16" if cfg.detector_bf16 else "fp32", device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
@@ -136,7 +140,16 @@ def run_demo(
     items = extract_annotated_frames(
         rec_a, out / "detector" / "frames", max_per_video=cfg.det_images_per_video, seed=seed
     )
-    det_log = train_detector(items, None, dcfg, out / "detector", seed=seed, progress=progress)["log"]
+    det_log = train_detector(
+        items,
+        None,
+        dcfg,
+        out / "detector",
+        DistContext(device=torch.device(device)),  # on the demo's device (it trained on the CPU before)
+        seed=seed,
+        progress=progress,
+        precision=dprec,
+    )["log"]
     detector, _ = load_detector(out / "detector" / "detector_best.safetensors", device)
     timings["detector_train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -144,7 +157,14 @@ def run_demo(
         "kfgnet_keyframe_tiny", feature_dim=dcfg.representation, geo_dim=cfg.kf_geo_dim, score_norm=cfg.kf_score_norm
     )
     dets_a = extract_detections(
-        [r.path for r in rec_a], detector, device, out / "cache", dcfg.score_threshold, "demo", progress
+        [r.path for r in rec_a],
+        detector,
+        device,
+        out / "cache",
+        dcfg.score_threshold,
+        "demo",
+        progress,
+        precision=dprec,
     )
     parts = ratio_split(
         list(range(len(rec_a))), (0.8, 0.2), seed=seed, groups=[r.patient_id for r in rec_a], names=("train", "val")
@@ -164,7 +184,7 @@ def run_demo(
         seq_va,
         [rec_a[i].key_frame for i in va] if va else None,
     )
-    stage1 = Stage1(detector, dcfg, kf_model, kcfg, device, tag="demo")
+    stage1 = Stage1(detector, dcfg, kf_model, kcfg, device, tag="demo", precision=dprec)
     preds = stage1.locate([r.path for r in records], out / "cache", progress)
     write_keyframes_csv(preds, out / "keyframes.csv", [{"true_key_frame": r.key_frame} for r in records])
     tol = tolerance_report(preds, records)

@@ -271,7 +271,12 @@ class _Capture:
 
 @torch.no_grad()
 def detect_frames(
-    model: nn.Module, frames: np.ndarray, device: torch.device, batch_size: int = 16, score_threshold: float = 0.05
+    model: nn.Module,
+    frames: np.ndarray,
+    device: torch.device,
+    batch_size: int = 16,
+    score_threshold: float = 0.05,
+    precision: Any = None,
 ) -> FrameDetections:
     """Run the detector on every frame and keep each frame's top detection with its FC7 feature.
 
@@ -281,17 +286,22 @@ def detect_frames(
 
     Args:
         frames: ``(T, H, W, 3)`` uint8 RGB.
+        precision: a ``medshared.precision.Precision``; bf16 runs the backbone under autocast
+            (:func:`kfgnet.precision.backbone_autocast`), the heads and the FC7 features stay fp32. None: fp32.
 
     Returns:
         :class:`FrameDetections` (possibly empty: the caller decides how to handle a video without detections).
     """
     model.eval()
     fn, bx, sc, ft = [], [], [], []
+    from kfgnet.precision import backbone_autocast
+
     cap = _Capture(model)
     try:
         for s in range(0, len(frames), batch_size):
             imgs = [_to_tensor(f).to(device) for f in frames[s : s + batch_size]]
-            dets = model(imgs)  # boxes in the original frame's pixels
+            with backbone_autocast(model, precision):
+                dets = model(imgs)  # boxes in the original frame's pixels
             top: list[torch.Tensor] = []
             for j, d in enumerate(dets):
                 keep = d["scores"] >= score_threshold
@@ -307,7 +317,7 @@ def detect_frames(
                 bx.append(d["boxes"][k].cpu().numpy())
                 sc.append(float(d["scores"][k]))
             if any(len(t) for t in top):
-                pooled = model.roi_heads.box_roi_pool(cap.feats, top, cap.image_sizes)  # (n, C, 7, 7)
+                pooled = model.roi_heads.box_roi_pool(cap.feats, top, cap.image_sizes)  # (n, C, 7, 7), fp32 maps
                 ft.extend(model.roi_heads.box_head(pooled).float().cpu().numpy())  # (n, D)
     finally:
         cap.close()

@@ -41,15 +41,20 @@ def predict_items(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = False,
+    precision: Any = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Detections per image (``boxes`` (N, 4) xyxy pixels, ``scores``, ``labels``), through ``model(images)``."""
+    """Detections per image (``boxes`` (N, 4) xyxy pixels, ``scores``, ``labels``), through ``model(images)``
+    (``precision`` bf16: the backbone under autocast, see :func:`kfgnet.precision.backbone_autocast`)."""
+    from kfgnet.devices import loader_kwargs
+    from kfgnet.precision import backbone_autocast
+
     model.eval()
     loader = DataLoader(
         DetectionDataset(items),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=num_workers,
         collate_fn=collate_detection,
+        **loader_kwargs(device, num_workers),
     )
     out: list[dict[str, np.ndarray]] = []
     it: Any = loader
@@ -58,7 +63,9 @@ def predict_items(
 
         it = tqdm(loader, desc="detect", unit="batch", leave=False)
     for imgs, _ in it:
-        for d in model([im.to(device) for im in imgs]):
+        with backbone_autocast(model, precision):
+            dets = model([im.to(device, non_blocking=True) for im in imgs])
+        for d in dets:
             out.append(
                 {
                     k: d[k].float().cpu().numpy() if k != "labels" else d[k].cpu().numpy()
@@ -120,13 +127,14 @@ def evaluate_detector(
     batch_size: int = 8,
     num_workers: int = 0,
     progress: bool = False,
+    precision: Any = None,
 ) -> tuple[dict[str, Any], list[dict[str, np.ndarray]]]:
     """COCO AP / AP50 / AP75 and top-box hit rates of the detector and of the fixed box on ``items``.
 
     Returns:
         (metrics with a ``headline`` = COCO AP with the fixed box's COCO AP as chance, the detections).
     """
-    dets = predict_items(model, items, device, batch_size, num_workers, progress)
+    dets = predict_items(model, items, device, batch_size, num_workers, progress, precision)
     gts = ground_truths(items)
     out: dict[str, Any] = {
         "detector": {**coco_summary(dets, gts), **hit_rates(dets, gts)},

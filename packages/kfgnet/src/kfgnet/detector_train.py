@@ -61,6 +61,7 @@ def train_detector(
     num_workers: int = 0,
     sync_bn: bool = False,
     meta: dict[str, Any] | None = None,
+    precision: Any = None,
 ) -> dict[str, Any]:
     """Train the detector and write the outputs listed in the module docstring.
 
@@ -71,6 +72,11 @@ def train_detector(
         ctx: ``medshared.distributed.DistContext`` (None: one process on CPU).
         restart: ignore a saved state made under another config instead of refusing it.
         meta: extra JSON saved in the checkpoints and ``train.json`` (e.g. the data split).
+        sync_bn: SyncBatchNorm for trainable BatchNorm under torchrun (``wrap_model``; CUDA).
+        precision: a ``medshared.precision.Precision`` (None: fp32). bf16 runs the backbone under autocast
+            (:func:`kfgnet.precision.backbone_autocast`); RPN, RoI heads and the losses stay fp32. Its TF32 switches
+            are the caller's (``precision.apply()``). bf16 is part of the config hash (a state made in fp32 is not
+            resumed in bf16).
 
     Returns:
         the ``train.json`` content.
@@ -89,6 +95,7 @@ def train_detector(
     from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, seed_everything
 
     from kfgnet.devices import loader_kwargs
+    from kfgnet.precision import backbone_autocast
 
     ctx = ctx or DistContext()
     device = torch.device(ctx.device)
@@ -106,6 +113,8 @@ def train_detector(
             "seed": seed,
             "train": items_digest(train_items),
             "val": items_digest(val_items or []),
+            # only bf16 enters the hash, so fp32 states of earlier versions still resume
+            **({"precision": "bf16"} if getattr(precision, "name", "fp32") == "bf16" else {}),
         }
     )
     seed_everything(seed)  # the same initial weights on every rank
@@ -155,6 +164,7 @@ def train_detector(
             if sync_bn and ctx.enabled
             else "BatchNorm2d per rank"
         ),
+        "precision": precision.as_dict() if precision is not None else {"name": "fp32", "reason": "default"},
         "n_train_images": len(train_items),
         "n_val_images": len(val_items or []),
         "median_box": fixed.tolist(),
@@ -179,8 +189,9 @@ def train_detector(
                 g["lr"] = lr
             imgs = [im.to(device, non_blocking=True) for im in imgs]
             tgts = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in tgts]
-            losses = model(imgs, tgts)
-            loss = sum(losses.values())
+            with backbone_autocast(model, precision):
+                losses = model(imgs, tgts)
+            loss = sum(v.float() for v in losses.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -200,7 +211,7 @@ def train_detector(
                     {
                         f"val_{k}": v
                         for k, v in coco_summary(
-                            predict_items(inner, val_items, device), ground_truths(val_items)
+                            predict_items(inner, val_items, device, precision=precision), ground_truths(val_items)
                         ).items()
                     }
                 )

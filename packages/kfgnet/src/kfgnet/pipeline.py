@@ -9,6 +9,7 @@ videos took it.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
@@ -61,9 +62,12 @@ def extract_detections(
     tag: str = "",
     progress: bool = True,
     blackout: tuple[int, int, int, int] | None = None,
+    precision: Any = None,
 ) -> list[FrameDetections]:
     """Detector outputs (top box + FC7 feature per frame) for each video, cached as ``.npz`` under ``cache_dir``
-    keyed by video path, ``tag`` (the detector checkpoint's digest), threshold and blackout."""
+    keyed by video path, ``tag`` (the detector checkpoint's digest), threshold, blackout and (when not fp32) the
+    precision the detector ran in."""
+    prec = getattr(precision, "name", "fp32")
     out = []
     it: Any = videos
     if progress:
@@ -74,12 +78,15 @@ def extract_detections(
         v = Path(v)
         cp = None
         if cache_dir is not None:
-            h = hashlib.sha1(f"{v.resolve()}|{tag}|{score_threshold}|{blackout}".encode()).hexdigest()[:12]
+            key = f"{v.resolve()}|{tag}|{score_threshold}|{blackout}" + ("" if prec == "fp32" else f"|{prec}")
+            h = hashlib.sha1(key.encode()).hexdigest()[:12]
             cp = Path(cache_dir) / f"{v.stem if v.suffix else v.name}-{h}.npz"
             if cp.is_file():
                 out.append(FrameDetections.load(cp))
                 continue
-        d = detect_frames(detector, read_video(v, blackout=blackout), device, score_threshold=score_threshold)
+        d = detect_frames(
+            detector, read_video(v, blackout=blackout), device, score_threshold=score_threshold, precision=precision
+        )
         if cp is not None:
             d.save(cp)
         out.append(d)
@@ -115,6 +122,7 @@ class Stage1:
         kcfg: Any,
         device: torch.device,
         tag: str = "",
+        precision: Any = None,
     ):
         self.detector, self.dcfg, self.keyframe, self.kcfg, self.device, self.tag = (
             detector,
@@ -124,6 +132,7 @@ class Stage1:
             device,
             tag,
         )
+        self.precision = precision  # the detector's (bf16: backbone autocast); the LSTM runs in fp32
         if kcfg.feature_dim != dcfg.representation:
             raise ValueError(
                 f"the key-frame model expects {kcfg.feature_dim}-d detector features but the detector "
@@ -131,10 +140,10 @@ class Stage1:
             )
 
     @classmethod
-    def load(cls, detector_path: Path, keyframe_path: Path, device: torch.device) -> Stage1:
+    def load(cls, detector_path: Path, keyframe_path: Path, device: torch.device, precision: Any = None) -> Stage1:
         det, dcfg = load_detector(detector_path, device)
         km, kcfg = load_keyframe(keyframe_path, device)
-        return cls(det, dcfg, km, kcfg, device, file_digest(detector_path))
+        return cls(det, dcfg, km, kcfg, device, file_digest(detector_path), precision)
 
     def locate(
         self,
@@ -149,7 +158,15 @@ class Stage1:
             detections
             if detections is not None
             else extract_detections(
-                videos, self.detector, self.device, cache_dir, self.dcfg.score_threshold, self.tag, progress, blackout
+                videos,
+                self.detector,
+                self.device,
+                cache_dir,
+                self.dcfg.score_threshold,
+                self.tag,
+                progress,
+                blackout,
+                self.precision,
             )
         )
         return locate_keyframes(videos, dets, self.keyframe, self.kcfg, self.device)
@@ -280,15 +297,27 @@ def read_keyframes_csv(path: Path, records: list[VideoRecord]) -> list[KeyFrame]
 class Pipeline:
     """Both stages loaded: :meth:`predict_video` gives key frame, box and P(malignant) for one video."""
 
-    def __init__(self, stage1: Stage1, classifier: torch.nn.Module, ccfg: Any, clip: Any, motion: Any):
+    def __init__(
+        self, stage1: Stage1, classifier: torch.nn.Module, ccfg: Any, clip: Any, motion: Any, precision: Any = None
+    ):
         self.stage1, self.classifier, self.ccfg, self.clip, self.motion = stage1, classifier, ccfg, clip, motion
+        self.precision = precision  # the classifier's (bf16: autocast over its forward); None: fp32
 
     @classmethod
-    def load(cls, classifier_path: Path, detector_path: Path, keyframe_path: Path, device: torch.device) -> Pipeline:
+    def load(
+        cls,
+        classifier_path: Path,
+        detector_path: Path,
+        keyframe_path: Path,
+        device: torch.device,
+        precision: Any = None,
+        detector_precision: Any = None,
+    ) -> Pipeline:
         from kfgnet.train import load_classifier
 
         cls_model, ccfg, clip, motion = load_classifier(classifier_path, device)
-        return cls(Stage1.load(detector_path, keyframe_path, device), cls_model, ccfg, clip, motion)
+        stage1 = Stage1.load(detector_path, keyframe_path, device, detector_precision)
+        return cls(stage1, cls_model, ccfg, clip, motion, precision)
 
     @torch.no_grad()
     def predict_video(self, video: str | Path, allow_pad: bool = True, cache_dir: Path | None = None) -> dict[str, Any]:
@@ -301,7 +330,11 @@ class Pipeline:
         video = Path(video)
         frames = read_video(video, blackout=self.clip.blackout)
         det = detect_frames(
-            self.stage1.detector, frames, self.stage1.device, score_threshold=self.stage1.dcfg.score_threshold
+            self.stage1.detector,
+            frames,
+            self.stage1.device,
+            score_threshold=self.stage1.dcfg.score_threshold,
+            precision=self.stage1.precision,
         )
         kp = locate_keyframes([video], [det], self.stage1.keyframe, self.stage1.kcfg, self.stage1.device)[0]
         rec = VideoRecord(video, video.name, 0, kp.key_frame)
@@ -309,7 +342,8 @@ class Pipeline:
             rec, kp.as_keyframe(), self.clip, self.ccfg.attention_steps, self.motion, allow_pad, frames=frames
         )
         x = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div(255.0)[None]  # (1, 3, T, S, S)
-        logits, _ = self.classifier(x.to(self.stage1.device))
+        with self.precision.autocast() if self.precision is not None else contextlib.nullcontext():
+            logits, _ = self.classifier(x.to(self.stage1.device))
         p = float(torch.softmax(logits.float(), 1)[0, 1])
         return {
             "video": str(video),

@@ -203,18 +203,32 @@ def train_classifier(
 
 @torch.no_grad()
 def predict_clips(
-    model: torch.nn.Module, ds: Any, device: torch.device, batch_size: int = 8, bf16: bool = False
+    model: torch.nn.Module,
+    ds: Any,
+    device: torch.device,
+    batch_size: int = 8,
+    bf16: bool = False,
+    num_workers: int = 0,
+    precision: Any = None,
 ) -> np.ndarray:
-    """P(malignant) per clip, ``(N,)`` float."""
+    """P(malignant) per clip, ``(N,)`` float.
+
+    ``precision`` (a ``medshared.precision.Precision``) sets the autocast when given, else ``bf16`` does. The
+    probabilities stay on the device until the end (one copy back, not one per batch).
+    """
     from medshared.runtime import autocast_context
 
+    from kfgnet.devices import loader_kwargs
+
+    dev = torch.device(device)
     model.eval()
     out = []
-    for x, _, _ in DataLoader(ds, batch_size=batch_size, shuffle=False):
-        with autocast_context(device, bf16):
-            logits, _ = model(x.to(device))
-        out.append(torch.softmax(logits.float(), 1)[:, 1].cpu())
-    return torch.cat(out).numpy()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, **loader_kwargs(dev, num_workers))
+    for x, _, _ in loader:
+        with precision.autocast() if precision is not None else autocast_context(dev, bf16):
+            logits, _ = model(x.to(dev, non_blocking=True))
+        out.append(torch.softmax(logits.float(), 1)[:, 1])
+    return torch.cat(out).cpu().numpy() if out else np.zeros(0, np.float32)
 
 
 def save_classifier(
