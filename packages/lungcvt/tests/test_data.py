@@ -80,9 +80,23 @@ def test_load_audio_stereo_24bit_resample(tmp_path):
 
 def test_unreadable_wav(tmp_path):
     p = tmp_path / "101_1b1_Al_sc_Meditron.wav"
-    p.write_bytes(b"RIFF0000WAVEjunkjunk")
+    p.write_bytes(b"RIFF0000WAVEjunkjunk")  # a RIFF header that ends before any data chunk
+    with pytest.raises(DataError, match="truncated WAV: the file ends after 20 bytes, before its data chunk"):
+        load_audio(p, 22050)
+    p.write_bytes(b"not a riff file at all")
     with pytest.raises(DataError, match="unreadable WAV"):
         load_audio(p, 22050)
+
+
+def test_truncated_real_wav_is_an_error_naming_both_lengths(icbhi_real, tmp_path):
+    """Issue 21: a held-out recording cut to 30 KB went through predict as a 0.23 s recording."""
+    src = icbhi_real / "104_1b1_Ar_sc_Litt3200.wav"
+    cut = tmp_path / src.name
+    cut.write_bytes(src.read_bytes()[:30_000])
+    declared = src.stat().st_size - 44
+    with pytest.raises(DataError, match=rf"{cut.name}: truncated WAV: its header declares {declared:,} data bytes, "
+                       r"the file holds 29,956"):  # fmt: skip
+        load_audio(cut, 22050)
 
 
 def test_synthetic_layout_and_loader(syn_dir):

@@ -123,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from lungcvt.cv import cv_table, parse_folds, parse_seeds, run_cv
+    from lungcvt.cv import cv_table, device_table, parse_folds, parse_seeds, run_cv
 
     if args.protocol:
         raise ValueError("lungcvt cv takes --folds (e.g. 0-4, official or random80-20), not --protocol")
@@ -142,7 +142,29 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         offline=args.offline,
     )
     print(cv_table(res["summary"], len(res["runs"])))
+    print(device_table(res))
     print(f"results in {Path(args.out) / 'cv.json'}, cv.csv, cv.md")
+    return 0
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from lungcvt.baseline import run_baseline
+    from lungcvt.cv import cv_table, device_table, parse_folds, parse_seeds
+
+    if args.protocol:
+        raise ValueError("lungcvt baseline takes --folds (e.g. 0-4, official or random80-20), not --protocol")
+    res = run_baseline(
+        args.data,
+        args.out,
+        parse_folds(args.folds),
+        parse_seeds(args.seeds),
+        data=data_options(args),
+        cache_dir=args.cache,
+        n_estimators=args.trees,
+    )
+    print(cv_table(res["summary"], len(res["runs"])))
+    print(device_table(res))
+    print(f"results in {Path(args.out) / 'cv.json'}, cv.csv, cv.md (features {res['feature_seconds']} s)")
     return 0
 
 
@@ -162,10 +184,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{'variant':10s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
     for v in ("icbhi", "macro_ovr", "two_class"):
         print(f"{v:10s} {m[v]['se']:7.4f} {m[v]['sp']:7.4f} {m[v]['score']:7.4f}")
-    print(f"{'device':10s} {'n':>5s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
-    for d, v in m["by_device"].items():
-        cells = " ".join(f"{x:7.4f}" if x is not None else f"{'n/a':>7s}" for x in (v["se"], v["sp"], v["score"]))
+    print(f"{'device':10s} {'n':>5s} {'Se':>7s} {'Sp':>7s} {'Score':>7s} {'AUCabn':>7s} {'AUCovr':>7s}")
+    for d, v in [("all", {**m["icbhi"], "n": m["n"], **m}), *m["by_device"].items()]:
+        vals = (v["se"], v["sp"], v["score"], v.get("auroc_abnormal"), v.get("auroc_macro_ovr"))
+        cells = " ".join(f"{x:7.4f}" if x is not None else f"{'n/a':>7s}" for x in vals)
         print(f"{d:10s} {v['n']:5d} {cells}")
+    for note in m.get("device_notes", []):
+        print(f"note: {note}")
     print(f"accuracy {m['icbhi']['accuracy']:.4f} on {m['n']} cycles ({m['protocol']}); results in {args.out}")
     return 0
 
@@ -217,6 +242,7 @@ _COMMANDS = {
     "features": _cmd_features,
     "train": _cmd_train,
     "cv": _cmd_cv,
+    "baseline": _cmd_baseline,
     "evaluate": _cmd_evaluate,
     "predict": _cmd_predict,
 }

@@ -118,6 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", default="0-4", help="0-4 (patient-wise folds), 0,2, official or random80-20")
     p.add_argument("--seeds", default="0", help="0,1,2 or 0-2")
 
+    p = sub.add_parser(
+        "baseline",
+        help="random forest on per-cycle log-mel statistics (4 kHz, 64 bands) under the cv protocols, mean ± std",
+    )
+    _add_common(p, protocol=True)
+    p.add_argument("--out", required=True, help="output folder (OUT/<fold>/seed<S>/metrics.json, cv.json, cv.md)")
+    p.add_argument("--folds", default="0-4", help="0-4 (patient-wise folds), 0,2, official or random80-20")
+    p.add_argument("--seeds", default="0", help="0,1,2 or 0-2 (forest seed; the split for random80-20)")
+    p.add_argument("--trees", type=int, default=300, help="number of trees (default 300)")
+    p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
+
     p = sub.add_parser("evaluate", help="ICBHI / macro-OvR / 2-class scores of a checkpoint, by device and patient")
     _add_common(p, protocol=True)
     p.add_argument("--checkpoint", required=True, help="best.safetensors from train")

@@ -20,11 +20,12 @@ from lungcvt.config import LungCVTConfig
 from lungcvt.data import find_recordings
 from lungcvt.splits import PROTOCOLS, DataOptions, parse_protocol
 
-__all__ = ["parse_folds", "parse_seeds", "run_cv", "summarise", "cv_table"]
+__all__ = ["parse_folds", "parse_seeds", "run_cv", "run_row", "summarise", "cv_table", "device_table", "write_summary"]
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("icbhi", "macro_ovr", "two_class")
+AUROCS = ("auroc_macro_ovr", "auroc_abnormal")
 _NAMES = {"icbhi": "ICBHI (official)", "macro_ovr": "macro one-vs-rest (paper code)", "two_class": "2-class"}
 
 
@@ -60,12 +61,14 @@ def parse_seeds(spec: str) -> list[int]:
     return _int_list(spec, "--seeds")
 
 
-def _run_row(protocol: str, seed: int, metrics: dict, best_epoch: int) -> dict:
+def run_row(protocol: str, seed: int, metrics: dict, best_epoch: int) -> dict:
     row: dict[str, Any] = {"protocol": protocol, "seed": seed}
     for v in VARIANTS:
         for m in ("se", "sp", "score"):
             row[f"{v}_{m}"] = metrics[v][m]
     row["accuracy"] = metrics["icbhi"]["accuracy"]
+    for k in AUROCS:
+        row[k] = metrics.get(k)  # None in runs evaluated before the AUROCs existed, or for a one-class test part
     row["n_test"] = metrics["n"]
     row["best_epoch"] = best_epoch
     return row
@@ -73,10 +76,16 @@ def _run_row(protocol: str, seed: int, metrics: dict, best_epoch: int) -> dict:
 
 def summarise(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
     """Mean and std (ddof 0) of every score column over the runs."""
+    import numpy as np
     from medshared.metrics import aggregate
 
     keys = [f"{v}_{m}" for v in VARIANTS for m in ("se", "sp", "score")] + ["accuracy"]
-    return aggregate([{k: r[k] for k in keys} for r in rows])
+    out = aggregate([{k: r[k] for k in keys} for r in rows])
+    for k in AUROCS:  # over the runs where it is defined
+        vals = [r[k] for r in rows if r.get(k) is not None]
+        if vals:
+            out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "runs": len(vals)}
+    return out
 
 
 def cv_table(summary: dict[str, dict[str, float]], n_runs: int, percent: bool = True) -> str:
@@ -90,19 +99,83 @@ def cv_table(summary: dict[str, dict[str, float]], n_runs: int, percent: bool = 
             for m in ("se", "sp", "score")
         ]
         lines.append(f"| {_NAMES[v]} | " + " | ".join(cells) + " |")
+    for k, name in (("auroc_abnormal", "AUROC abnormal vs normal"), ("auroc_macro_ovr", "AUROC macro one-vs-rest")):
+        if k in summary:
+            lines.append(f"| {name} | | | {f * summary[k]['mean']:.2f} ± {f * summary[k]['std']:.2f} |")
     return "\n".join(lines)
 
 
-def _device_summary(per_run: Sequence[dict]) -> dict[str, dict]:
-    """Mean ± std of each device's ICBHI Score over the runs where it is defined."""
+def _device_summary(per_run: Sequence[dict], key: str = "score") -> dict[str, dict]:
+    """Mean ± std of each device's ``key`` (ICBHI ``score``, ``se``, ``sp``, ``auroc_abnormal``...) over the runs
+    where it is defined."""
     import numpy as np
 
     scores: dict[str, list[float]] = {}
     for by in per_run:
         for dev, d in by.items():
-            if d.get("score") is not None:
-                scores.setdefault(dev, []).append(d["score"])
+            if d.get(key) is not None:
+                scores.setdefault(dev, []).append(d[key])
     return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "runs": len(v)} for k, v in sorted(scores.items())}
+
+
+def device_table(result: dict) -> str:
+    """Markdown table: per device, mean ± std over the runs (count) of Se, Sp, Score and the two AUROCs."""
+    keys = ("se", "sp", "score", "auroc_abnormal", "auroc_macro_ovr")
+    by = result.get("by_device", {})
+    devices = sorted({d for k in keys for d in by.get(k, {})})
+    lines = ["| device | Se | Sp | Score | AUROC abnormal | AUROC macro OvR |", "|---|---|---|---|---|---|"]
+    for d in devices:
+        cells = []
+        for k in keys:
+            v = by.get(k, {}).get(d)
+            cells.append(f"{v['mean']:.3f} ± {v['std']:.3f} ({v['runs']})" if v else "n/a")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(
+    out: Path,
+    folds: Sequence[str],
+    seeds: Sequence[int],
+    rows: Sequence[dict],
+    by_device: Sequence[dict],
+    config: dict,
+    write: bool = True,
+) -> dict:
+    """The ``cv.json`` content of the runs so far (every run, mean ± std, per device); with ``write``, writes
+    ``cv.json``, ``cv.csv`` (runs, then mean and std rows) and ``cv.md`` (the tables) into ``out``."""
+    from medshared.runtime import atomic_write_csv, atomic_write_json, atomic_write_text
+
+    summary = summarise(rows)
+    result = {
+        "folds": list(folds),
+        "seeds": [int(s) for s in seeds],
+        "runs": list(rows),
+        "summary": summary,
+        "by_device_score": _device_summary(by_device),
+        "by_device": {
+            k: _device_summary(by_device, k) for k in ("se", "sp", "score", "auroc_abnormal", "auroc_macro_ovr")
+        },
+        "std": "population (ddof 0)",
+        "config": config,
+        "complete": len(rows) == len(folds) * len(seeds),
+    }
+    if not write:
+        return result
+    atomic_write_json(out / "cv.json", result)
+    keys = [k for k in summary if k in rows[0]]
+    summary_rows = [{"protocol": stat, "seed": "", **{k: summary[k][stat] for k in keys}} for stat in ("mean", "std")]
+    atomic_write_csv(out / "cv.csv", list(rows) + summary_rows)
+    atomic_write_text(
+        out / "cv.md",
+        cv_table(summary, len(rows))
+        + "\n\n"
+        + device_table(result)
+        + f"\n\nFolds {', '.join(folds)}; seeds {', '.join(map(str, seeds))}; {len(rows)} runs"
+        + ("" if result["complete"] else " so far")
+        + ".\n",
+    )
+    return result
 
 
 def run_cv(
@@ -157,7 +230,7 @@ def _run_cv(
     """The body of :func:`run_cv` inside its process group (under torchrun every rank trains, rank 0 evaluates and
     writes)."""
     from medshared.distributed import barrier, broadcast_object
-    from medshared.runtime import atomic_write_csv, atomic_write_json, atomic_write_text
+    from medshared.runtime import atomic_write_json
 
     from lungcvt.evaluate import evaluate
     from lungcvt.train import train
@@ -211,31 +284,7 @@ def _run_cv(
                                        str(ctx.device), cache, progress=progress)  # fmt: skip
                 metrics = broadcast_object(metrics, ctx)
                 tj = json.loads(tpath.read_text())
-            rows.append(_run_row(protocol, int(seed), metrics, tj["best_epoch"]))
+            rows.append(run_row(protocol, int(seed), metrics, tj["best_epoch"]))
             by_device.append(metrics.get("by_device", {}))
-            summary = summarise(rows)
-            result = {
-                "folds": list(folds),
-                "seeds": [int(s) for s in seeds],
-                "runs": rows,
-                "summary": summary,
-                "by_device_score": _device_summary(by_device),
-                "std": "population (ddof 0)",
-                "config": cfg.to_dict(),
-                "complete": len(rows) == len(folds) * len(seeds),
-            }
-            if not ctx.is_main:
-                continue
-            atomic_write_json(out / "cv.json", result)
-            summary_rows = [
-                {"protocol": stat, "seed": "", **{k: v[stat] for k, v in summary.items()}} for stat in ("mean", "std")
-            ]
-            atomic_write_csv(out / "cv.csv", rows + summary_rows)
-            atomic_write_text(
-                out / "cv.md",
-                cv_table(summary, len(rows))
-                + f"\n\nFolds {', '.join(folds)}; seeds {', '.join(map(str, seeds))}; {len(rows)} runs"
-                + ("" if result["complete"] else " so far")
-                + ".\n",
-            )
+            result = write_summary(out, folds, seeds, rows, by_device, cfg.to_dict(), write=ctx.is_main)
     return result

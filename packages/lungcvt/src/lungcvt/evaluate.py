@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from lungcvt.config import CLASSES, LungCVTConfig, config_from_dict
-from lungcvt.data import DataError
+from lungcvt.data import DataError, audio_summary, device_notes
 from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
 from lungcvt.model import LungCVT
+from lungcvt.scoring import apply_normal_bias, auroc_scores
 from lungcvt.splits import DataOptions, select_recordings
 
 __all__ = [
@@ -72,14 +73,18 @@ def majority_chance(train_labels, test_labels) -> dict:
     return {"majority_class": CLASSES[maj], **score_predictions(test_labels, [maj] * len(test_labels))}
 
 
-def group_scores(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence) -> dict[str, dict]:
-    """ICBHI Se / Sp / Score and accuracy per group (device, patient, ...).
+def group_scores(
+    y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence, probs: np.ndarray | None = None
+) -> dict[str, dict]:
+    """ICBHI Se / Sp / Score and accuracy per group (device, patient, ...), and with ``probs`` [N, C] the AUROCs of
+    :func:`lungcvt.scoring.auroc_scores`.
 
     Se (exact-class hits over abnormal cycles) is ``None`` for a group without abnormal cycles, Sp for one without
-    normal cycles, and Score then as well: nothing is filled in for an undefined rate.
+    normal cycles, and Score then as well (an AUROC likewise): nothing is filled in for an undefined rate.
 
     Returns:
-        {str(group): {"n", "counts" (true cycles per class), "se", "sp", "score", "accuracy", "confusion_matrix"}}.
+        {str(group): {"n", "counts" (true cycles per class), "se", "sp", "score", "accuracy", "confusion_matrix"
+        [, "auroc_macro_ovr", "auroc_abnormal", "auroc_per_class", "auroc_classes_used"]}}.
     """
     t, p, g = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int), np.asarray([str(x) for x in groups])
     out: dict[str, dict] = {}
@@ -100,6 +105,8 @@ def group_scores(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence)
             "accuracy": float((tt == pp).mean()),
             "confusion_matrix": cm.tolist(),
         }
+        if probs is not None:
+            out[key].update(auroc_scores(tt, np.asarray(probs)[m], CLASSES))
     return out
 
 
@@ -153,7 +160,7 @@ def _flat_rows(by: dict[str, dict], name: str) -> list[dict]:
             name: k,
             "n": v["n"],
             **dict(zip(CLASSES, v["counts"])),
-            **{m: v[m] for m in ("se", "sp", "score", "accuracy")},
+            **{m: v.get(m) for m in ("se", "sp", "score", "accuracy", "auroc_macro_ovr", "auroc_abnormal")},
         }
         for k, v in by.items()
     ]
@@ -209,12 +216,22 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     cycles = extract_cycles(chosen, cfg.features, cache_dir, dev, progress)
     logits = predict_logits(model, cycles, cfg.features, dev, bf16=cfg.train.bf16, progress=progress)
+    bias = float(extra.get("normal_bias", 0.0))
+    logits = apply_normal_bias(logits, bias)  # the validation-chosen decision bias (0 when not tuned)
+    probs = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
     pred = logits.argmax(1)
     metrics = score_predictions(cycles.labels, pred)
-    by_device = group_scores(cycles.labels, pred, cycles.devices)
+    metrics.update(auroc_scores(cycles.labels, probs, CLASSES))
+    by_device = group_scores(cycles.labels, pred, cycles.devices, probs)
     by_patient = group_scores(cycles.labels, pred, cycles.patients)
+    notes = device_notes(chosen)
+    for note in notes:
+        log.info("%s", note)
     metrics.update(
         {
+            "normal_bias": bias,
+            "device_notes": notes,
+            "audio_by_device": audio_summary(chosen),
             "split": split,
             "protocol": data.protocol,
             "devices_filter": list(data.devices) if data.devices else None,

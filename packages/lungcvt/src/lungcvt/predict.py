@@ -26,6 +26,7 @@ from lungcvt.data import Cycle, DataError, Recording, check_cycles_within, parse
 from lungcvt.dataset import CycleSet, cut_cycles, load_recording_audio, predict_logits
 from lungcvt.evaluate import load_model, prediction_rows
 from lungcvt.features import compute_features
+from lungcvt.scoring import apply_normal_bias
 
 __all__ = ["window_spans", "aggregate_recording", "predict_recording", "predict_files", "AGGREGATES"]
 
@@ -91,8 +92,10 @@ def predict_recording(
     hop_s: float | None = None,
     device: torch.device | str = "cpu",
     aggregate: str = "any",
+    normal_bias: float = 0.0,
 ) -> tuple[list[dict], dict]:
-    """Classify one recording: per annotated cycle, or on windows covering the whole file.
+    """Classify one recording: per annotated cycle, or on windows covering the whole file (``normal_bias``: the
+    checkpoint's validation-chosen offset of the normal logit, :mod:`lungcvt.scoring`).
 
     Returns:
         (rows: one dict per cycle/window with start, end, pred, p_<class> (and ``true`` when annotated),
@@ -120,7 +123,8 @@ def predict_recording(
         starts=[round(c.start, 4) for c in cyc],
         ends=[round(c.end, 4) for c in cyc],
     )
-    rows = prediction_rows(cs, predict_logits(model, cs, cfg.features, dev), with_truth=annotated)
+    logits = apply_normal_bias(predict_logits(model, cs, cfg.features, dev), normal_bias)
+    rows = prediction_rows(cs, logits, with_truth=annotated)
     rec = {"recording": wav.stem, "duration_s": round(dur, 4), **aggregate_recording(rows, aggregate)}
     rec.update({"window_s": None if annotated else window_s, "hop_s": None if annotated else (hop_s or window_s / 2)})
     return rows, rec
@@ -144,7 +148,8 @@ def predict_files(
     if aggregate not in AGGREGATES:
         raise ValueError(f"--aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     dev = resolve_device(device)
-    model, cfg, _ = load_model(checkpoint, dev)
+    model, cfg, extra = load_model(checkpoint, dev)
+    bias = float(extra.get("normal_bias", 0.0))
     if mix_channels:
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, channels="mix"))
     anns = list(annotations) if annotations is not None else [None] * len(wavs)
@@ -152,8 +157,9 @@ def predict_files(
         raise ValueError(f"{len(wavs)} recordings but {len(anns)} annotation files")
     results = []
     for wav, ann in zip(wavs, anns):
-        rows, rec = predict_recording(model, cfg, wav, ann, window_s, hop_s, dev, aggregate)
+        rows, rec = predict_recording(model, cfg, wav, ann, window_s, hop_s, dev, aggregate, bias)
         rec["checkpoint"] = str(checkpoint)
+        rec["normal_bias"] = bias
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)

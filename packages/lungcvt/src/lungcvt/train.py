@@ -27,13 +27,14 @@ import torch
 
 from lungcvt import __version__
 from lungcvt.config import CLASSES, LungCVTConfig, with_overrides
-from lungcvt.data import find_recordings
+from lungcvt.data import audio_summary, device_notes, find_recordings
 from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
 from lungcvt.features import check_cqt
 from lungcvt.loaders import build_train_loader, resize_where, stratified_subset
 from lungcvt.losses import ClassBalancedCE
 from lungcvt.model import LungCVT
 from lungcvt.resume import load_init, resume_from, rng_state, run_key, save_state
+from lungcvt.scoring import apply_normal_bias, tune_normal_bias
 from lungcvt.splits import DataOptions, check_classes, class_counts, select_recordings, validation_split
 from lungcvt.step import global_weight_denominator, lr_at, train_step
 
@@ -174,6 +175,11 @@ def _training_cycles(
     recs = select_recordings(data_dir, data, seed=tc.seed)
     test_counts = class_counts([r for r in recs if r.split == "test"])
     tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, tc.seed, data.allow_missing_class)
+    used = [r for r in recs if r.split != "test"]
+    split_info["device_notes"] = device_notes(used)
+    for note in split_info["device_notes"]:
+        log.info("%s", note)
+    split_info["audio_by_device"] = audio_summary(used)
     if ctx.enabled:  # fill the cache in parallel, each recording once, then everyone reads it
         for part in (tr_recs, va_recs):
             extract_cycles(
@@ -312,8 +318,11 @@ def _train(
         train_loss, step = _train_epoch(
             ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show
         )
-        pred = _validate(ddp_model, va, cfg, dev, ctx).argmax(1)
+        val_logits = _validate(ddp_model, va, cfg, dev, ctx)
+        bias = tune_normal_bias(va.labels, val_logits)[0] if tc.tune_normal_bias else 0.0
+        pred = apply_normal_bias(val_logits, bias).argmax(1)
         sc = _scores(va.labels, pred.tolist())
+        sc["normal_bias"] = bias
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -322,6 +331,7 @@ def _train(
             "val_sp": sc["icbhi"]["sp"],
             "val_macro_ovr_score": sc["macro_ovr"]["score"],
             "val_accuracy": sc["icbhi"]["accuracy"],
+            "normal_bias": bias,
         }
         history.append(row)
         improved = sc["icbhi"]["score"] > best_score
@@ -342,6 +352,7 @@ def _train(
                         "classes": list(CLASSES),
                         "lungcvt_version": __version__,
                         "protocol": data.protocol,
+                        "normal_bias": bias,
                     },
                 )
             save_state(
@@ -360,7 +371,8 @@ def _train(
         if show:
             print(
                 f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val ICBHI score {row['val_icbhi_score']:.4f}"
-                f"  (Se {row['val_se']:.3f} Sp {row['val_sp']:.3f})",
+                f"  (Se {row['val_se']:.3f} Sp {row['val_sp']:.3f})"
+                + (f"  normal bias {bias:+.1f}" if tc.tune_normal_bias else ""),
                 flush=True,
             )
     split = {
