@@ -81,7 +81,9 @@ def _one(out: Path, feats: Path, split: dict, name: str, seed: int, stream: bool
         if not stream or "stream" in res:
             return res
     t0 = time.perf_counter()
-    fitted = fit(feats, path.parent / f"seed{seed}", _cfg(RUNS[name], seed), split, "cpu", progress=False)
+    fitted = fit(
+        feats, path.parent / f"seed{seed}", _cfg(RUNS[name], seed), split, "cpu", progress=False, precision="fp32"
+    )
     model, cfg, extra = load_model(fitted["checkpoint"])
     res: dict[str, Any] = {
         "name": name,

@@ -88,7 +88,6 @@ def _cmd_extract(a: argparse.Namespace) -> int:
 
     from pocapnet.features import extract_dataset
 
-    bf16 = False if a.fp32 else (True if a.bf16 else None)
     cfg = resolve_config(
         a.preset,
         a.config,
@@ -98,8 +97,10 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         fp16=a.fp16,
         channels=tuple(a.channels) if a.channels else None,
     )
-    if bf16 is not None:
-        cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, bf16=bf16))
+    from pocapnet.precision import spec_from_aliases
+
+    # --precision, else the old --fp32 / --bf16 flags, else (in extract_dataset) the config's features.bf16
+    spec = spec_from_aliases(a.precision, True if a.bf16 else None, a.fp32)
     shard = resolve_shard(a.shard)
     ops = extract_dataset(
         a.data,
@@ -110,6 +111,8 @@ def _cmd_extract(a: argparse.Namespace) -> int:
         policy=_policy(a),
         shard=shard,
         offline=a.offline,
+        precision=spec,
+        workers=a.workers,
     )
     print(f"features of {len(ops)} operations in {a.out}" + (f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""))
     return 0
@@ -129,7 +132,17 @@ def _cmd_train(a: argparse.Namespace) -> int:
     split = split_operations(ops, cfg, a.split)
     ctx = init_distributed(a.device)
     try:
-        res = fit(a.features, a.out, cfg, split, ctx.device, resume=not a.no_resume, ctx=ctx)
+        res = fit(
+            a.features,
+            a.out,
+            cfg,
+            split,
+            ctx.device,
+            resume=not a.no_resume,
+            ctx=ctx,
+            precision=a.precision,
+            workers=a.workers,
+        )
     finally:
         ctx.close()
     if ctx.is_main:
@@ -150,19 +163,32 @@ def _summary_table(summary: dict[str, dict[str, float]]) -> str:
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
     from pocapnet.evaluate import evaluate_operations, write_results
+    from pocapnet.precision import resolve
     from pocapnet.predict import causal_warning
     from pocapnet.train import load_model
 
     dev = _device(a.device)
     model, cfg, extra = load_model(a.checkpoint, dev)
+    prec = resolve(a.precision, dev, "pocapnet.infer", cfg.model)
+    logging.getLogger("pocapnet").info("precision %s: %s", prec.name, prec.reason)
     ops = a.ops or extra.get("split", {}).get("test")
     if not ops:
         raise ValueError("no operations to evaluate: pass --ops (the checkpoint holds no test split)")
     if a.stream and causal_warning(cfg):
         logging.getLogger("pocapnet").warning(causal_warning(cfg))
     res = evaluate_operations(
-        model, a.features, ops, cfg.train.batch_size, dev, stream=a.stream, checkpoint_extra=extra, cfg=cfg
+        model,
+        a.features,
+        ops,
+        cfg.train.batch_size,
+        dev,
+        stream=a.stream,
+        checkpoint_extra=extra,
+        cfg=cfg,
+        precision=prec,
+        workers=a.workers,
     )
+    res["precision"] = prec.as_dict()
     write_results(res, a.out, prefix="stream" if a.stream else "test")
     print(("online (streaming)" if a.stream else "offline") + f" metrics over {len(ops)} operations")
     print(_summary_table(res["summary"]))
@@ -181,11 +207,20 @@ def _cmd_predict(a: argparse.Namespace) -> int:
 
     if a.follow and not a.stream:
         raise ValueError("--follow reads a recording while it is written, one second at a time: add --stream")
+    from pocapnet.precision import resolve, spec_from_aliases
+
     dev = _device(a.device)
     model, cfg, extra = load_model(a.checkpoint, dev)
-    if a.fp32:
-        cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, bf16=False))
     fx = cfg.features
+    # the old flags are aliases; without them and --precision, the checkpoint's features.bf16 decides the extractors
+    spec = spec_from_aliases(a.precision, True if a.bf16 else None, a.fp32)
+    prec_x = resolve(spec_from_aliases(spec, fx.bf16), dev, "pocapnet.extract")
+    prec_m = resolve(spec, dev, "pocapnet.infer", cfg.model)
+    log = logging.getLogger("pocapnet")
+    log.info(
+        "extractors' precision %s: %s; model's precision %s: %s", prec_x.name, prec_x.reason, prec_m.name, prec_m.reason
+    )
+    bf16_x = prec_x.name == "bf16"
     need_audio, need_xray = "audio" in cfg.model.modalities, "xray" in cfg.model.modalities
     op = None
     if not a.follow:  # a finished recording (its labels, when present, are scored)
@@ -202,13 +237,13 @@ def _cmd_predict(a: argparse.Namespace) -> int:
             )
 
     if a.stream:
-        ex = load_extractors(cfg, extra, dev, a.wav2vec2, a.xray_weights, a.offline)
+        ex = load_extractors(cfg, extra, dev, a.wav2vec2, a.xray_weights, a.offline, bf16=bf16_x)
         src = (
             follow_seconds(a.op, fx.channels, fx.sample_rate, need_audio, need_xray, idle_timeout_s=a.idle_timeout)
             if a.follow
             else operation_seconds(op, need_audio, need_xray)
         )
-        r = predict_stream(model, cfg, src, ex, dev, bf16=a.bf16, on_second=show)
+        r = predict_stream(model, cfg, src, ex, dev, bf16=prec_m.name == "bf16", on_second=show)
         print(
             f"streamed {len(r['pred'])} s, mean latency {1000 * np.mean(r['latency_s']):.1f} ms per second "
             "(incl. extraction)"
@@ -224,9 +259,10 @@ def _cmd_predict(a: argparse.Namespace) -> int:
                 a.wav2vec2,
                 a.xray_weights,
                 a.offline,
+                bf16=bf16_x,
             )
         )
-        r = predict_offline(model, cfg, extra, op, a.features, dev, ex, progress=not a.quiet)
+        r = predict_offline(model, cfg, extra, op, a.features, dev, ex, progress=not a.quiet, autocast=prec_m.autocast)
     rows = prediction_rows(r["pred"], r["prob"])
     if op is not None and op.labels is not None:
         from pocapnet.evaluate import operation_metrics

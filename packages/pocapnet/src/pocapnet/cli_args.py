@@ -6,7 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medshared.cli import add_runtime_args
+
 from pocapnet import __version__
+
+_WORKERS_HELP = "threads loading the next feature chunks while the model runs (default %(default)s; 0: none)"
+
+
+def _workers_help(p: argparse.ArgumentParser, text: str = _WORKERS_HELP) -> None:
+    """pocapnet's loaders are threads, not DataLoader processes: say so in ``--workers``' help."""
+    for action in p._actions:  # argparse has no public way to edit an added option's help
+        if action.dest == "workers":
+            action.help = text
+
 
 __all__ = ["build_parser"]
 
@@ -51,15 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data -> features -> train -> evaluate -> report (~2 min on CPU)")
     p.add_argument("--out", type=Path, default=Path("pocapnet_demo"))
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_runtime_args(p, precision=False, seed=0)
     p.add_argument("--quick", action="store_true", help="smaller data and fewer epochs (for tests)")
 
     p = sub.add_parser("make-synthetic", help="write synthetic operations in the PoCaP layout")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-ops", type=int, default=10)
     p.add_argument("--seconds", type=int, nargs=2, default=(90, 120), metavar=("MIN", "MAX"))
-    p.add_argument("--seed", type=int, default=0)
+    add_runtime_args(p, device=False, precision=False, seed=0)
     p.add_argument("--frame-format", choices=("jpg", "png"), default="jpg")
     p.add_argument("--labels", choices=("json", "csv"), default="json")
 
@@ -118,17 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooled", action="store_true", help="mean-pool the 349 wav2vec2 frames (349x smaller)")
     p.add_argument("--fp16", action="store_true", help="store float16 arrays")
     prec = p.add_mutually_exclusive_group()
-    prec.add_argument("--fp32", action="store_true", help="run wav2vec2 in float32")
-    prec.add_argument(
-        "--bf16",
-        action="store_true",
-        help="run wav2vec2 on a bf16 copy (default: only where the hardware has native bf16)",
-    )
+    prec.add_argument("--fp32", action="store_true", help="old alias of --precision fp32")
+    prec.add_argument("--bf16", action="store_true", help="old alias of --precision bf16")
     p.add_argument("--channels", type=int, nargs="+", help="Channel_k.wav files to use (default 1 2 3)")
     p.add_argument("--ops", nargs="*", help="only these operations")
     p.add_argument("--shard", help="i/n: this process extracts shard i of n (default: torchrun's rank/world size)")
     _add_policy_args(p)
-    p.add_argument("--device", default="auto")
+    add_runtime_args(
+        p,
+        workers=1,
+        seed=None,
+        precision_help="bf16: wav2vec2 and DenseNet on copies cast once to bf16 (auto on a CPU: measured on the "
+        "extraction op mix). Old aliases: --fp32, --bf16, config features.bf16 true/false",
+    )
+    _workers_help(p, "threads decoding frames and windowing audio ahead of the extractors (default %(default)s)")
 
     p = sub.add_parser("train", help="train on extracted features (early stopping, resumable; torchrun for DDP)")
     p.add_argument("--features", type=Path, required=True)
@@ -141,7 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         "16/6/5 operations); default: seeded 60/20/20 by operation",
     )
     p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--device", default="auto")
+    add_runtime_args(
+        p,
+        workers=1,
+        seed=None,
+        precision_help="bf16: the model's forward under bf16 autocast, the losses from float64 logits outside it "
+        "(auto on a CPU: measured on a paper-size training step)",
+    )
+    _workers_help(p)
 
     p = sub.add_parser("evaluate", help="per-operation and per-phase metrics, Edit, F1@k, ribbons, confusion")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -149,7 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops", nargs="*", help="operations (default: the checkpoint's test split)")
     p.add_argument("--stream", action="store_true", help="score the online (second by second, past only) predictions")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--device", default="auto")
+    add_runtime_args(
+        p,
+        workers=1,
+        seed=None,
+        precision_help="bf16: the offline forward under bf16 autocast; with --stream the microphone branches in "
+        "bf16 (auto on a CPU: measured on a paper-size forward)",
+    )
+    _workers_help(p)
 
     p = sub.add_parser("predict", help="phase per second for one operation (whole, --stream, or --stream --follow)")
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -162,15 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --stream: read the files while a recorder appends to them (stops at OP/END or after --idle-timeout)",
     )
     p.add_argument("--idle-timeout", type=float, default=10.0, help="--follow: seconds without a new second")
-    p.add_argument("--bf16", action="store_true", help="--stream: audio branches in bf16 (CPUs with native bf16)")
-    p.add_argument(
-        "--fp32",
-        action="store_true",
-        help="run wav2vec2 in float32 (default: as the checkpoint's features.bf16; auto = native bf16 only)",
-    )
+    p.add_argument("--bf16", action="store_true", help="old alias of --precision bf16")
+    p.add_argument("--fp32", action="store_true", help="old alias of --precision fp32")
     _add_weights_args(p)
     _add_policy_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder (predictions.csv)")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--device", default="auto")
+    add_runtime_args(
+        p,
+        seed=None,
+        precision_help="resolved twice: for the extractors (as extract) and for the model (as evaluate); without "
+        "--precision or the old aliases the checkpoint's features.bf16, when set, decides the extractors'",
+    )
     return parser

@@ -85,9 +85,9 @@ class FeatureConfig:
     pooled: bool = False  # code: all 349 frames kept; True = mean over frames (349x smaller, a deviation)
     fp16: bool = False  # store features as float16 (halves the disk; a package option)
     batch_windows: int = 8  # windows per wav2vec2 forward
-    bf16: bool | None = None  # wav2vec2 on a copy cast once to bf16 (package option): None = auto, on where the
-    # hardware computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 / AMX; XLSR-53 size cosine >= 0.9998 to
-    # fp32, 4x faster there; 3.7x SLOWER than fp32 on a CPU without them, bench/extract.py); `extract --fp32` / --bf16
+    bf16: bool | None = None  # old alias of --precision for extraction: true = bf16 (wav2vec2 and DenseNet on copies
+    # cast once to bf16), false = fp32, null = --precision decides (auto: measured, pocapnet.precision); an explicit
+    # --precision other than auto wins
     xray_size: int = 224  # code: frames resized to 224 x 224
     xray_batch: int = 32  # frames per DenseNet forward
     wav2vec2: str = "facebook/wav2vec2-large-xlsr-53"  # paper §2.2: XLSR-53 (a local folder or the HF cache name)

@@ -129,15 +129,11 @@ class PermutedOperation:
         return len(self.xray)
 
     def chunk(
-        self, start: int, stop: int, num_images: int = 7, audio: bool = True
+        self, start: int, stop: int, num_images: int = 7, audio: bool = True, pin: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from pocapnet.extractors import image_windows
+        from pocapnet.features import chunk_arrays
 
-        imgs = image_windows(self.xray, np.arange(start, stop), num_images)
-        if not audio:
-            return imgs, None
-        aud = torch.stack([torch.from_numpy(np.array(a[start:stop], dtype=np.float32)) for a in self.audio], 1)
-        return imgs, aud
+        return chunk_arrays(self.xray, self.audio, start, stop, num_images, audio, pin)
 
 
 def stream_operation(
@@ -173,6 +169,8 @@ def evaluate_operations(
     stream: bool = False,
     checkpoint_extra: dict[str, Any] | None = None,
     cfg: Any = None,
+    precision: Any = None,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Predict and score each operation; returns per-op rows, mean ± std, pooled per-phase and segmental metrics,
     predictions and a confusion matrix.
@@ -182,6 +180,9 @@ def evaluate_operations(
         stream: online predictions (:func:`stream_operation`) instead of the offline chunk forward.
         checkpoint_extra, cfg: the checkpoint's metadata and config; when given, features made with other settings
             or weights are refused (:func:`pocapnet.train.check_checkpoint_features`).
+        precision: a resolved :class:`medshared.precision.Precision` (None: fp32): bf16 runs the offline forward
+            under bf16 autocast, and the streaming predictor's microphone branches in bf16.
+        workers: threads loading the feature chunks ahead (offline).
     """
     from medshared.metrics import aggregate, confusion_matrix
 
@@ -198,10 +199,18 @@ def evaluate_operations(
                 fop = PermutedOperation(fop, permute_seed)
             if fop.labels is None:
                 raise ValueError(f"{o}: no labels stored with the features; cannot evaluate (use predict)")
+            bf16 = precision is not None and precision.name == "bf16"
             r = (
-                stream_operation(model, fop, batch_size, device)
+                stream_operation(model, fop, batch_size, device, bf16=bf16)
                 if stream
-                else run_operation(model, fop, batch_size, device)
+                else run_operation(
+                    model,
+                    fop,
+                    batch_size,
+                    device,
+                    autocast=precision.autocast if precision is not None else None,
+                    workers=workers,
+                )
             )
             rows.append({"op": o, **operation_metrics(fop.labels, r["pred"])})
             preds[o], trues[o] = r["pred"], np.asarray(fop.labels)
@@ -297,6 +306,7 @@ def write_results(res: dict[str, Any], out_dir: str | Path, prefix: str = "test"
             **res["pooled"],
             "confusion": np.asarray(res["confusion"]).tolist(),
             "labels": list(PHASES),
+            **({"precision": res["precision"]} if "precision" in res else {}),
         },
     )
     atomic_write_csv(files["per_operation"], res["per_operation"])

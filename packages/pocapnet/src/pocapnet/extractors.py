@@ -26,6 +26,7 @@ __all__ = [
     "audio_windows",
     "ChannelsLastFeatureEncoder",
     "cast_wav2vec2_bf16",
+    "cast_densenet_bf16",
     "native_bf16",
     "AudioExtractor",
     "XrayExtractor",
@@ -134,18 +135,33 @@ def cast_wav2vec2_bf16(model: nn.Module) -> nn.Module:
     return m
 
 
+def cast_densenet_bf16(model: nn.Module) -> nn.Module:
+    """A bf16 copy of the X-ray DenseNet for inference, weights cast once, channels-last (oneDNN's bf16 convolutions
+    want NHWC: under bf16 autocast in the default layout DenseNet121 was no faster than fp32 on an AMX CPU, channels
+    last with bf16 weights about 2x at a batch of 8; ``bench/extract.py`` measures it)."""
+    import copy
+
+    m = copy.deepcopy(model).eval().requires_grad_(False)
+    return m.to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+
+
 class AudioExtractor:
     """wav2vec2 features of batched 7 s windows, last transformer layer via a forward hook.
 
-    Two precisions: fp32 (the given model, the reference) and bf16 (``cfg.bf16``; None = :func:`native_bf16`: a copy
-    cast once by :func:`cast_wav2vec2_bf16`, built on first use and kept; features are returned as float32 either
-    way).
+    Two precisions: fp32 (the given model, the reference) and bf16 (a copy cast once by :func:`cast_wav2vec2_bf16`,
+    built on first use and kept); features are returned as float32 either way. Which one: the ``bf16`` argument
+    (what ``--precision`` resolved to, :mod:`pocapnet.precision`), else ``cfg.bf16`` (the old config field), else
+    fp32. There is no flag rule any more: ``auto`` is decided by measurement (AVX512-BF16 without AMX was slower
+    than fp32).
     """
 
-    def __init__(self, model: nn.Module, cfg: FeatureConfig, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, model: nn.Module, cfg: FeatureConfig, device: torch.device | str = "cpu", bf16: bool | None = None
+    ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = torch.device(device)
+        self.bf16 = bool(cfg.bf16) if bf16 is None else bool(bf16)
         self._out: torch.Tensor | None = None
         self._bf16_model: nn.Module | None = None
         self.model.encoder.layers[-1].register_forward_hook(self._hook)
@@ -178,15 +194,14 @@ class AudioExtractor:
 
         Args:
             windows: Hann-windowed 7 s segments at 16 kHz.
-            bf16: override ``cfg.bf16`` (True: the bf16 copy; False: the fp32 model).
+            bf16: override the extractor's precision (True: the bf16 copy; False: the fp32 model).
         """
-        x = torch.as_tensor(windows, dtype=torch.float32, device=self.device)
+        x = torch.as_tensor(windows, dtype=torch.float32)
+        x = x.pin_memory() if self.device.type == "cuda" else x
+        x = x.to(self.device, non_blocking=True)
         if self.cfg.normalize_waveform:
             x = (x - x.mean(1, keepdim=True)) / torch.sqrt(x.var(1, keepdim=True) + 1e-7)
-        use_bf16 = self.cfg.bf16 if bf16 is None else bf16
-        if use_bf16 is None:
-            use_bf16 = native_bf16(self.device)
-        if use_bf16:
+        if self.bf16 if bf16 is None else bf16:
             self.bf16_model()(x.to(torch.bfloat16))
         else:
             self.model(x)
@@ -198,12 +213,26 @@ class AudioExtractor:
 
 
 class XrayExtractor:
-    """DenseNet ``features2`` (ReLU + global average pool) of single frames."""
+    """DenseNet ``features2`` (ReLU + global average pool) of single frames.
 
-    def __init__(self, model: nn.Module, cfg: FeatureConfig, device: torch.device | str = "cpu") -> None:
+    Two precisions, as :class:`AudioExtractor`: fp32 (the given model) and bf16 (``bf16=True``: a channels-last copy
+    cast once by :func:`cast_densenet_bf16`, built on first use and kept); features are float32 either way.
+    """
+
+    def __init__(
+        self, model: nn.Module, cfg: FeatureConfig, device: torch.device | str = "cpu", bf16: bool = False
+    ) -> None:
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = torch.device(device)
+        self.bf16 = bf16
+        self._bf16_model: nn.Module | None = None
+
+    def bf16_model(self) -> nn.Module:
+        """The bf16 channels-last copy (built on first call)."""
+        if self._bf16_model is None:
+            self._bf16_model = cast_densenet_bf16(self.model)
+        return self._bf16_model
 
     @property
     def dim(self) -> int:
@@ -220,9 +249,12 @@ class XrayExtractor:
         return torch.cat(out)  # (N, 1, S, S)
 
     @torch.no_grad()
-    def __call__(self, frames: list[np.ndarray]) -> torch.Tensor:
-        """List of N grey frames -> ``(N, Di)`` float32."""
-        x = self.preprocess(frames).to(self.device)
+    def __call__(self, frames: list[np.ndarray], bf16: bool | None = None) -> torch.Tensor:
+        """List of N grey frames -> ``(N, Di)`` float32 (``bf16`` overrides the extractor's setting)."""
+        x = self.preprocess(frames).to(self.device, non_blocking=True)
+        if self.bf16 if bf16 is None else bf16:
+            x = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            return self.bf16_model().features2(x).float()
         return self.model.features2(x).float()
 
 

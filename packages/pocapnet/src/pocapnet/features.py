@@ -39,6 +39,7 @@ __all__ = [
     "extract_dataset",
     "check_compatible",
     "FeatureOperation",
+    "chunk_arrays",
     "load_feature_operation",
 ]
 
@@ -69,15 +70,23 @@ def extract_operation(
     cfg: FeatureConfig,
     identity: dict[str, Any] | None = None,
     progress: bool = True,
+    workers: int = 1,
+    precision: dict[str, Any] | None = None,
 ) -> Path:
     """Extract and store one operation's features chunk by chunk (resumable); ``meta.json`` is written last.
 
     Args:
         identity: the extractors' weights identity (``{"wav2vec2": ..., "xray": ...}``, see
             :func:`pocapnet.weights.weights_identity`), recorded in ``meta.json``.
+        workers: threads preparing the next batches (frames decoded, audio windowed) while the extractors run
+            (0: in this thread).
+        precision: the resolved precision (``Precision.as_dict()``), recorded in ``meta.json`` (not part of the
+            features' identity).
     """
     from medshared.runtime import atomic_path, atomic_write_json
     from tqdm import tqdm
+
+    from pocapnet.loop import prefetch_map
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,25 +125,36 @@ def extract_operation(
     bar = tqdm(
         total=T * (1 + len(op.channels)), desc=f"{op.name} features", unit="s", disable=not progress, leave=False
     )
-    for k, a in enumerate(range(0, T, cfg.chunk_s)):
-        b = min(a + cfg.chunk_s, T)
+    chunks = [(k, a, min(a + cfg.chunk_s, T)) for k, a in enumerate(range(0, T, cfg.chunk_s))]
+    for k, a, b in chunks:
         if k in done:
             bar.update((b - a) * (1 + len(op.channels)))
-            continue
-        for i in range(a, b, cfg.xray_batch):  # X-ray: once per frame
-            j = min(i + cfg.xray_batch, b)
-            frames = [read_frame(p, dicom_first_frame=op.policy.dicom_first_frame) for p in op.frames[i:j]]
-            arrays["xray"][i:j] = xray(frames).cpu().numpy()
-            bar.update(j - i)
-        for m, ch in enumerate(op.channels):
-            for i in range(a, b, cfg.batch_windows):
-                j = min(i + cfg.batch_windows, b)
-                arrays[f"ch{ch}"][i:j] = audio(audio_windows(op.audio[m], np.arange(i, j), cfg)).cpu().numpy()
-                bar.update(j - i)
-        for arr in arrays.values():
-            arr.flush()
-        done.add(k)
-        atomic_write_json(prog_path, {"plan": plan, "done": sorted(done)})
+    # the inputs of every batch, in order: X-ray once per frame, then each channel's windows
+    batches = [
+        (k, name, i, min(i + step, b), m)
+        for k, a, b in chunks
+        if k not in done
+        for name, step, m in [("xray", cfg.xray_batch, -1)]
+        + [(f"ch{ch}", cfg.batch_windows, m) for m, ch in enumerate(op.channels)]
+        for i in range(a, b, step)
+    ]
+
+    def load(item: tuple) -> tuple:
+        k, name, i, j, m = item
+        if m < 0:
+            return item, [read_frame(p, dicom_first_frame=op.policy.dicom_first_frame) for p in op.frames[i:j]]
+        return item, audio_windows(op.audio[m], np.arange(i, j), cfg)
+
+    todo = {k: sum(1 for x in batches if x[0] == k) for k, _, _ in chunks if k not in done}
+    for (k, name, i, j, _), inputs in prefetch_map(load, batches, workers, depth=2):
+        arrays[name][i:j] = (xray(inputs) if name == "xray" else audio(inputs)).cpu().numpy()
+        bar.update(j - i)
+        todo[k] -= 1
+        if todo[k] == 0:  # chunk k complete
+            for arr in arrays.values():
+                arr.flush()
+            done.add(k)
+            atomic_write_json(prog_path, {"plan": plan, "done": sorted(done)})
     bar.close()
     del arrays
     if op.labels is not None:
@@ -157,6 +177,7 @@ def extract_operation(
         "wearers": list(op.wearers),
         "input_changes": op.changes,
         "extract_seconds": round(time.perf_counter() - t0, 2),
+        "precision": precision,
     }
     atomic_write_json(out_dir / "meta.json", meta)
     prog_path.unlink(missing_ok=True)
@@ -183,11 +204,19 @@ def extract_dataset(
     policy: InputPolicy | None = None,
     shard: tuple[int, int] = (0, 1),
     offline: bool = False,
+    precision: str = "auto",
+    workers: int = 1,
 ) -> list[str]:
     """Extract the operations of shard ``shard = (i, n)`` under ``data_root`` into ``feat_root`` (resumable).
 
     Finished operations with the same settings and weights are skipped, unfinished ones resume at their last
     finished chunk. Returns the operations of this shard.
+
+    Args:
+        precision: ``auto | fp32 | tf32 | bf16`` (:mod:`pocapnet.precision`, key ``pocapnet.extract``); with
+            ``auto`` the old config field ``cfg.bf16`` (true / false) decides when set. bf16 runs wav2vec2 and
+            DenseNet on copies cast once to bf16.
+        workers: threads preparing the extractors' inputs ahead (0: none).
     """
     from medshared.distributed import shard_items
     from tqdm import tqdm
@@ -204,7 +233,12 @@ def extract_dataset(
     if todo:
         ann_path = Path(data_root) / "annotations.json"
         ann = read_annotations(ann_path) if ann_path.is_file() else None
-        audio, xray = AudioExtractor(w2v, cfg, device), XrayExtractor(dn, cfg, device)
+        from pocapnet.precision import resolve, spec_from_aliases
+
+        prec = resolve(spec_from_aliases(precision, cfg.bf16), device, "pocapnet.extract")
+        log.info("extraction precision %s: %s", prec.name, prec.reason)
+        bf16 = prec.name == "bf16"
+        audio, xray = AudioExtractor(w2v, cfg, device, bf16=bf16), XrayExtractor(dn, cfg, device, bf16=bf16)
         for o in tqdm(todo, desc="extract", unit="op", disable=not progress):
             op = load_operation(
                 data_root,
@@ -215,7 +249,9 @@ def extract_dataset(
                 annotations=ann,
                 policy=policy,
             )
-            extract_operation(op, feat_root / o, audio, xray, cfg, identity, progress=progress)
+            extract_operation(
+                op, feat_root / o, audio, xray, cfg, identity, progress, workers=workers, precision=prec.as_dict()
+            )
     return mine
 
 
@@ -273,15 +309,39 @@ class FeatureOperation:
         return len(self.xray)
 
     def chunk(
-        self, start: int, stop: int, num_images: int = 7, audio: bool = True
+        self, start: int, stop: int, num_images: int = 7, audio: bool = True, pin: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Seconds ``[start, stop)``: images ``(B, 7, Di)`` and audio ``(B, M, F, Da)`` float32 tensors (audio None
-        when not asked for, e.g. for an X-ray-only model)."""
-        imgs = image_windows(self.xray, np.arange(start, stop), num_images)
-        if not audio:
-            return imgs, None
-        aud = torch.stack([torch.from_numpy(np.array(a[start:stop], dtype=np.float32)) for a in self.audio], 1)
-        return imgs, aud  # (B, 7, Di), (B, M, F, Da)
+        when not asked for, e.g. for an X-ray-only model); see :func:`chunk_arrays`."""
+        return chunk_arrays(self.xray, self.audio, start, stop, num_images, audio, pin)
+
+
+def chunk_arrays(
+    xray: np.ndarray,
+    audio_arrays: list[np.ndarray],
+    start: int,
+    stop: int,
+    num_images: int = 7,
+    audio: bool = True,
+    pin: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Seconds ``[start, stop)`` of per-frame X-ray features ``(T, Di)`` and per-channel audio features
+    ``M x (T, F, Da)`` as ``(B, 7, Di)`` and ``(B, M, F, Da)`` float32 tensors.
+
+    The audio is copied once, from the (memory-mapped, maybe float16) arrays straight into the output tensor, which
+    is allocated in pinned (page-locked) host memory with ``pin`` (for a ``non_blocking`` copy to a GPU).
+    """
+    imgs = image_windows(xray, np.arange(start, stop), num_images)
+    if pin:
+        imgs = imgs.pin_memory()
+    if not audio:
+        return imgs, None
+    first = audio_arrays[0]
+    aud = torch.empty((stop - start, len(audio_arrays), *first.shape[1:]), dtype=torch.float32, pin_memory=pin)
+    view = aud.numpy()
+    for m, a in enumerate(audio_arrays):
+        np.copyto(view[:, m], a[start:stop], casting="same_kind")  # fp16 -> fp32 on the fly
+    return imgs, aud  # (B, 7, Di), (B, M, F, Da)
 
 
 def load_feature_operation(feat_root: str | Path, op: str) -> FeatureOperation:

@@ -79,16 +79,17 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", weight if weight is not None else None, persistent=False)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64."""
+        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64. 0 when every frame is ignored.
+
+        Masked rather than indexed (``logits[valid]``, ``valid.any()``): no host synchronisation per step."""
         valid = target != self.ignore_index
-        if not valid.any():
-            return logits.sum() * 0.0
-        lg, t = logits[valid], target[valid]
-        logp = F.log_softmax(lg.float(), dim=1).gather(1, t[:, None])[:, 0]  # (N,)
+        t = torch.where(valid, target, torch.zeros_like(target))
+        logp = F.log_softmax(logits.float(), dim=1).gather(1, t[:, None])[:, 0]  # (N,)
         loss = -((1.0 - logp.exp()) ** self.gamma) * logp
         if self.weight is not None:
             loss = loss * self.weight.to(loss)[t]
-        return loss.mean()
+        v = valid.to(loss)
+        return (loss * v).sum() / v.sum().clamp_min(1.0)
 
 
 class LDAMLoss(nn.Module):
@@ -139,15 +140,20 @@ class LDAMLoss(nn.Module):
         return self.class_weight if self.reweight else None
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64."""
+        """``logits``: ``(N, C)``; ``target``: ``(N,)`` int64. 0 when every frame is ignored.
+
+        The weighted mean ``sum_i w_{y_i} l_i / sum_i w_{y_i}`` over the frames that count (what ``cross_entropy``
+        with ``weight`` computes), masked rather than indexed: no host synchronisation per step."""
         valid = target != self.ignore_index
-        if not valid.any():
-            return logits.sum() * 0.0
-        lg, t = logits[valid].float() / self.input_scale, target[valid]
+        t = torch.where(valid, target, torch.zeros_like(target))
+        lg = logits.float() / self.input_scale
         margin = self.margins.to(lg)[t]  # (N,)
         adjusted = lg - F.one_hot(t, lg.shape[1]).to(lg) * margin[:, None]  # subtract m_y from the true logit
         w = self.weight
-        return F.cross_entropy(self.s * adjusted, t, weight=None if w is None else w.to(lg))
+        w = None if w is None else w.to(lg)
+        nll = F.cross_entropy(self.s * adjusted, target, weight=w, ignore_index=self.ignore_index, reduction="none")
+        den = (w[t] if w is not None else torch.ones_like(nll)) * valid.to(lg)
+        return nll.sum() / den.sum().clamp_min(torch.finfo(lg.dtype).tiny)
 
 
 class WeightedCrossEntropy(nn.Module):

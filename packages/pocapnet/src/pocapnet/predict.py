@@ -55,10 +55,13 @@ def load_extractors(
     wav2vec2: str | None = None,
     xray_weights: str | None = None,
     offline: bool = False,
+    bf16: bool | None = None,
 ) -> tuple[AudioExtractor | None, XrayExtractor | None]:
     """The checkpoint's extractors (only the modalities the model reads), checked against its recorded weights.
 
     Args:
+        bf16: run them on bf16 copies (what ``--precision`` resolved to for ``pocapnet.extract``); None: the
+            config's ``features.bf16`` (the old field), else fp32.
         wav2vec2, xray_weights: where to load the weights from instead of the recorded source (e.g. a local copy);
             they must be the same weights (SHA-256).
 
@@ -74,12 +77,12 @@ def load_extractors(
         src = wav2vec2 or fx.wav2vec2
         m = load_wav2vec2(src, offline=offline)
         _same(weights_identity(m, src), recorded.get("wav2vec2"), "wav2vec2", "--wav2vec2")
-        audio = AudioExtractor(m, fx, device)
+        audio = AudioExtractor(m, fx, device, bf16=bf16)
     if "xray" in cfg.model.modalities:
         src = xray_weights or fx.xray_weights
         m = load_densenet(src, offline=offline)
         _same(weights_identity(m, src), recorded.get("xray"), "X-ray", "--xray-weights")
-        xray = XrayExtractor(m, fx, device)
+        xray = XrayExtractor(m, fx, device, bf16=bool(fx.bf16) if bf16 is None else bf16)
     return audio, xray
 
 
@@ -112,9 +115,12 @@ def predict_offline(
     device: str | torch.device = "cpu",
     extractors: tuple[AudioExtractor | None, XrayExtractor | None] | None = None,
     progress: bool = False,
+    autocast: Callable[[], Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Whole-operation prediction (the paper's offline setting): from a feature folder, or from the raw operation
-    (features extracted with the checkpoint's settings into a temporary folder). Returns ``{"pred", "prob"}``."""
+    (features extracted with the checkpoint's settings into a temporary folder). Returns ``{"pred", "prob"}``.
+
+    ``autocast``: a context factory for the model's forward (``Precision.autocast``)."""
     import tempfile
 
     from pocapnet.features import extract_operation, load_feature_operation
@@ -139,7 +145,7 @@ def predict_offline(
                 op, Path(tmp) / op.name, audio, xray, cfg.features, extra.get("weights"), progress=progress
             )
             fop = load_feature_operation(tmp, op.name)
-        r = run_operation(model, fop, cfg.train.batch_size, device)
+        r = run_operation(model, fop, cfg.train.batch_size, device, autocast=autocast)
         del fop
     return {"pred": r["pred"], "prob": r["prob"]}
 

@@ -195,7 +195,17 @@ class StreamingPredictor:
     @torch.no_grad()
     def step(self, image_feat: torch.Tensor | None, audio_feat: torch.Tensor | None) -> tuple[int, np.ndarray]:
         """Add second ``t``: image ``(Di,)`` and audio ``(M, F, Da)`` features (None for an absent modality)
-        -> (phase index, probabilities ``(C,)``)."""
+        -> (phase index, probabilities ``(C,)``). The one host read per second is the estimate itself."""
+        logits = self.logits(image_feat, audio_feat)
+        prob = torch.softmax(logits.float(), 0).cpu().numpy()  # the per-second output (one device -> host copy)
+        pred = int(prob.argmax())
+        self.advance(pred)
+        return pred, prob
+
+    @torch.no_grad()
+    def logits(self, image_feat: torch.Tensor | None, audio_feat: torch.Tensor | None) -> torch.Tensor:
+        """The last stage's logits ``(C,)`` of second ``t`` on the device (no host synchronisation); call
+        :meth:`advance` with the estimate afterwards."""
         images = None
         if image_feat is not None and "xray" in self.cfg.modalities:
             img = image_feat.to(self.device).float()
@@ -213,12 +223,14 @@ class StreamingPredictor:
                 x = x + positional_encoding(torch.tensor([self.t], device=self.device), x.numel())[0]
             if hist is not None:
                 x = x + hist
-            logits = self.tcn.step(x)
-        else:  # reference: re-run the MS-TCN over the chunk so far
-            self.chunk.append(fused)
-            pos = torch.arange(self.t - len(self.chunk) + 1, self.t + 1, device=self.device)
-            logits = self.model.forward_temporal(torch.stack(self.chunk), pos, hist)[-1, -1]  # (S, n, C) -> (C,)
-        pred = int(logits.argmax())
+            return self.tcn.step(x)
+        # reference: re-run the MS-TCN over the chunk so far
+        self.chunk.append(fused)
+        pos = torch.arange(self.t - len(self.chunk) + 1, self.t + 1, device=self.device)
+        return self.model.forward_temporal(torch.stack(self.chunk), pos, hist)[-1, -1]  # (S, n, C) -> (C,)
+
+    def advance(self, pred: int) -> None:
+        """Record second ``t``'s estimate; at a chunk's end push the chunk's estimates into the memory."""
         self.chunk_preds.append(pred)
         self.t += 1
         if len(self.chunk_preds) == self.batch_size:  # chunk complete: push its predictions into the memory
@@ -226,4 +238,3 @@ class StreamingPredictor:
             self.chunk, self.chunk_preds = [], []
             if self.tcn is not None:
                 self.tcn.reset()
-        return pred, torch.softmax(logits.float(), 0).cpu().numpy()

@@ -29,7 +29,7 @@ from torch import nn
 
 from pocapnet.config import FeatureConfig, PocapConfig
 from pocapnet.features import FeatureOperation, check_compatible, feature_signature, load_feature_operation
-from pocapnet.loop import load_chunk, make_streams, prefetch, run_operation, train_step
+from pocapnet.loop import load_chunk, make_streams, prefetch, prefetch_map, run_operation, train_step
 from pocapnet.losses import LDAMLoss, build_criterion, class_counts
 from pocapnet.model import DelayedMemory, PoCaPNet
 from pocapnet.resume import load_resume, restore_resume, resume_key, rng_state
@@ -107,12 +107,18 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     ctx: Any = None,
+    precision: str = "auto",
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train with early stopping; rank 0 writes ``best.safetensors``, ``last.pt`` (resume state),
     ``history.{json,csv}``, ``config.json`` and ``train.json`` (world size, streams, effective batch, lr rule).
 
     Args:
         ctx: a :class:`medshared.distributed.DistContext` (None: one process on ``device``).
+        precision: ``auto | fp32 | tf32 | bf16`` (:mod:`pocapnet.precision`, key ``pocapnet.train``): bf16 runs the
+            model's forward under bf16 autocast; the losses are computed outside it from float64 logits. Recorded
+            in ``train.json``; resuming under another precision is allowed (it is not part of the config).
+        workers: threads loading feature chunks ahead (0: in the training thread); ``train.prefetch`` chunks ahead.
 
     Returns:
         ``{"history": [...], "best_epoch": int, "best_val_loss": float, "checkpoint": path, "config": cfg}``.
@@ -131,8 +137,12 @@ def fit(
     from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, seed_everything
     from tqdm import tqdm
 
+    from pocapnet.precision import resolve as resolve_precision
+
     ctx = ctx or DistContext(device=torch.device(device))
     device = torch.device(ctx.device)
+    if workers < 0:
+        raise ValueError(f"workers must be 0 or more, got {workers} (--workers)")
     out_dir = Path(out_dir)
     if not split.get("train") or not split.get("val"):
         sizes = {k: len(v) for k, v in split.items()}
@@ -147,6 +157,9 @@ def fit(
     tc = cfg.train
     if tc.accumulate < 1:
         raise ValueError(f"train.accumulate must be >= 1, got {tc.accumulate}")
+    prec = resolve_precision(precision, device, "pocapnet.train", cfg.model)
+    if progress and ctx.is_main:
+        print(f"precision {prec.name}: {prec.reason}")
     seed_everything(tc.seed)  # the same model init on every rank
     counts = class_counts([f.labels for f in train_ops])
     criterion = build_criterion(tc, counts, cfg.model).to(device)
@@ -197,12 +210,19 @@ def fit(
         "lr_rule": tc.lr_rule,
         "lr": lr,
         "sync_batchnorm": False,
+        "precision": prec.as_dict(),
+        "workers": workers,
     }
     streams = make_streams(train_ops, n_streams, tc.batch_size)
     mine = list(range(ctx.rank * tc.accumulate, (ctx.rank + 1) * tc.accumulate))
     n_steps = max(len(s) for s in streams)
     val_mine = shard_items(val_ops, ctx.rank, ctx.world_size, key=lambda f: f.name)
     use_audio = "audio" in cfg.model.modalities
+    pin = device.type == "cuda"  # chunks loaded into pinned host memory: non_blocking copies to the GPU
+
+    def load_step(step: list) -> list:
+        return [None if c is None else load_chunk(c, cfg.model.num_images, use_audio, pin) for c in step]
+
     bar = tqdm(
         range(start_epoch, tc.max_epochs),
         desc="train",
@@ -222,12 +242,9 @@ def fit(
         model.train()
         memories = [DelayedMemory(cfg.model.hidden_dim, device) for _ in mine]
         plan = ([streams[j][s] if s < len(streams[j]) else None for j in mine] for s in range(n_steps))
-        loaded = (
-            [None if c is None else load_chunk(c, cfg.model.num_images, use_audio) for c in step] for step in plan
-        )
-        tr: list[float] = []
+        tr: list[torch.Tensor] = []  # losses stay on the device: one host sync per epoch
         dummy = None
-        for chunks in prefetch(loaded, tc.prefetch):
+        for chunks in prefetch_map(load_step, plan, workers if tc.prefetch > 0 else 0, tc.prefetch):
             for i, c in enumerate(chunks):
                 if c is not None and c[1] == 0:
                     memories[i].reset()  # a new operation starts in this stream
@@ -235,7 +252,15 @@ def fit(
                     dummy = c
             opt.zero_grad(set_to_none=True)
             tr += train_step(
-                model, chunks, memories, criterion, n_streams, device, (tc.smooth_weight, tc.smooth_tau), dummy
+                model,
+                chunks,
+                memories,
+                criterion,
+                n_streams,
+                device,
+                (tc.smooth_weight, tc.smooth_tau),
+                dummy,
+                autocast=prec.autocast,
             )
             if tc.grad_clip > 0:
                 nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
@@ -254,12 +279,15 @@ def fit(
                         prefetch_depth=tc.prefetch,
                         smooth_weight=tc.smooth_weight,
                         smooth_tau=tc.smooth_tau,
+                        autocast=prec.autocast,
+                        workers=workers,
                     ),
                     f.labels,
                 )
                 for f in val_mine
             ]
-        gathered = all_gather_object(([(n, r["loss"], _acc(y, r["pred"])) for n, r, y in vr], tr), ctx)
+        tr_host = torch.stack(tr).cpu().tolist() if tr else []  # the epoch's one host sync of the train losses
+        gathered = all_gather_object(([(n, r["loss"], _acc(y, r["pred"])) for n, r, y in vr], tr_host), ctx)
         vals = sorted((v for g in gathered for v in g[0]), key=lambda v: v[0])
         tr_all = [x for g in gathered for x in g[1]]
         val_loss = float(np.mean([v[1] for v in vals]))
