@@ -7,6 +7,16 @@ from alges.data import cholec_split, load_arrays, scan_cholecseg8k
 from alges.synthetic import generate_cholecseg8k
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_unless_asked():
+    """``--precision auto`` resolves to fp32 in these tests (the same numbers on every CPU, no probe timing),
+    module fixtures included; the precision tests that measure clear it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEDREPRO_PRECISION", "fp32")
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def syn_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cholec")

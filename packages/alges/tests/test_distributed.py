@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,22 +86,52 @@ def test_ddp_round_training_matches_its_single_process_equivalent():
     assert diff > 1e-4
 
 
-def _sim_worker(ctx, root, out, cfg_dict):
+def _no_collectives(ctx):
+    """Leave the process group and make every collective raise: the ranked simulation must not use one."""
+    import torch.distributed as dist
+
+    ctx.close()
+
+    def refuse(*a, **kw):
+        raise AssertionError("a collective was called")
+
+    for name in ("all_gather_object", "all_reduce", "barrier", "broadcast_object_list", "init_process_group"):
+        setattr(dist, name, refuse)
+
+
+def _sim_worker(ctx, root, out, cfg_dict, strategies, late_rank=None, late_s=0.0, fail_rank=None, die_rank=None):
+    import os
+    import time
+
+    import alges.active
+
+    _no_collectives(ctx)
     idx = scan_cholecseg8k(root)
     split = cholec_split(idx, {"train": ["video01", "video02"], "test": ["video03"]}, max_test_frames=4)
     cfg = config_from_dict(cfg_dict)
-    res = run_simulation(
-        idx,
-        split,
-        cfg,
-        ["random", "alges-img", "entropy"],
-        CPU,
-        out,
-        full=True,
-        ctx=ctx,
-        shard=(ctx.rank, ctx.world_size),
-        progress=False,
-    )
+    orig = alges.active.run_strategy
+    slept = []
+
+    def patched(*a, **kw):
+        if ctx.rank == fail_rank:
+            raise ValueError("disk full (a test failure)")
+        if ctx.rank == die_rank:
+            os._exit(3)  # killed: no status update, no exception
+        st = orig(*a, **kw)
+        if ctx.rank == late_rank and not slept:
+            time.sleep(late_s)  # this rank finishes long after the others
+            slept.append(1)
+        return st
+
+    alges.active.run_strategy = patched
+    try:
+        res = run_simulation(
+            idx, split, cfg, strategies, CPU, out, full=True, ranked=True, shard=(ctx.rank, ctx.world_size),
+            progress=False,
+        )  # fmt: skip
+    except (RuntimeError, ValueError) as e:
+        (Path(out) / f"rank{ctx.rank}_error.txt").write_text(str(e))
+        return f"error: {e}"
     return res.get("rounds")
 
 
@@ -111,8 +142,21 @@ def test_simulate_sharded_over_ranks_equals_unsharded(syn_root, tmp_path, simula
     one = run_simulation(
         idx, split, cfg, ["random", "alges-img", "entropy"], CPU, tmp_path / "one", full=True, progress=False
     )
-    ranks = run_local(_sim_worker, 2, str(syn_root), str(tmp_path / "two"), cfg.to_dict())
+    # no process group, no collective: rank 1 finishes its share 4 s after rank 0 (the heartbeat every 0.2 s, a
+    # rank counted dead after 3 s without one: rank 0 keeps waiting for a late rank that is alive)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ALGES_RANK_HEARTBEAT_S", "0.2")
+    mp.setenv("ALGES_RANK_STALE_S", "3")
+    try:
+        strategies = ["random", "alges-img", "entropy"]
+        ranks = run_local(_sim_worker, 2, str(syn_root), str(tmp_path / "two"), cfg.to_dict(), strategies, 1, 4.0)
+    finally:
+        mp.undo()
     assert ranks[1] is None  # rank 1 only ran its share
+    status = {r: json.loads((tmp_path / "two" / "ranks" / f"rank{r}.json").read_text()) for r in (0, 1)}
+    assert status[0]["status"] == status[1]["status"] == "done"
+    # rank 1 finished more than the 3 s "dead" limit after rank 0's share: rank 0 kept waiting (heartbeats came)
+    assert status[1]["heartbeat"] - status[0]["heartbeat"] > 3
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     key = ("strategy", "seed", "round", "n_labeled", "selected", "dice_macro", "hd95")
     assert [tuple(r.get(k) for k in key) for r in two["rounds"]] == [
@@ -129,6 +173,50 @@ def test_simulate_sharded_over_ranks_equals_unsharded(syn_root, tmp_path, simula
     mtimes = {p: p.stat().st_mtime_ns for p in (out3 / "state").glob("*.json")}
     assert main(argv) == 0 and (out3 / "results.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # nothing was recomputed
+
+
+@pytest.mark.parametrize("how", ["fails", "dies"])
+def test_rank_0_names_a_rank_that_failed_or_died(syn_root, tmp_path, monkeypatch, how):
+    monkeypatch.setenv("ALGES_RANK_HEARTBEAT_S", "0.2")
+    monkeypatch.setenv("ALGES_RANK_STALE_S", "2")
+    cfg = create_config("alges_tiny", seeds=(0, 1), n_rounds=1, epochs=1)
+    args = (str(syn_root), str(tmp_path / how), cfg.to_dict(), ["random"], None, 0.0)
+    if how == "fails":
+        msg, own = run_local(_sim_worker, 2, *args, 1, None)
+        assert own == "error: disk full (a test failure)"
+        assert msg.startswith("error: rank 1 of 2 failed") and "disk full (a test failure)" in msg
+        assert "rerun the same command" in msg
+    else:
+        with pytest.raises(RuntimeError) as e:  # run_local reports rank 1's exit; rank 0 gave up by itself
+            run_local(_sim_worker, 2, *args, None, 1)
+        assert "rank 1: exit code 3" in str(e.value)
+        rank0 = json.loads((tmp_path / how / "ranks" / "rank0.json").read_text())
+        assert rank0["status"] == "done"  # rank 0's own share finished; then it stopped waiting by itself:
+        err = (tmp_path / how / "rank0_error.txt").read_text()
+        assert err.startswith("rank 1 of 2 stopped: no heartbeat") and "killed or out of memory?" in err
+        st1 = json.loads((tmp_path / how / "ranks" / "rank1.json").read_text())
+        assert st1["status"] == "running"  # killed without a word: only the heartbeat tells
+
+
+def test_waiting_rank_0_stops_on_a_silent_rank(tmp_path, monkeypatch):
+    import time
+
+    from alges.ranks import RankStatus, launch_id, wait_for_ranks
+
+    monkeypatch.setenv("ALGES_RANK_STALE_S", "0.5")
+    t0 = time.time()
+    (tmp_path / "ranks").mkdir()
+    rec = {"launch": launch_id(), "started": t0, "heartbeat": t0 - 5, "status": "running", "host": "h", "pid": 7}
+    (tmp_path / "ranks" / "rank1.json").write_text(json.dumps(rec))
+    with pytest.raises(RuntimeError, match=r"rank 1 of 3 stopped: no heartbeat .* pid 7"):
+        wait_for_ranks(tmp_path, 3, since=t0, poll_s=0.05, progress=False)
+    old = {**rec, "status": "failed", "started": t0 - 3600, "error": "old"}  # an earlier launch's file: ignored
+    (tmp_path / "ranks" / "rank1.json").write_text(json.dumps(old))
+    with pytest.raises(RuntimeError, match="rank 1 of 2 never reported"):
+        wait_for_ranks(tmp_path, 2, since=t0, poll_s=0.05, progress=False)
+    with RankStatus(tmp_path, 1, 2):
+        pass
+    wait_for_ranks(tmp_path, 2, since=t0, poll_s=0.05, progress=False)  # done: returns
 
 
 def _train_cli_worker(ctx, argv):

@@ -35,6 +35,7 @@ from alges.evaluate import evaluate_model
 from alges.inference import infer
 from alges.model import build_model
 from alges.pool import ArraySource
+from alges.precision import phase
 from alges.selection import check_budget, random_select
 from alges.strategies import get_strategy, parse_strategies
 from alges.train import train_model
@@ -65,12 +66,14 @@ def select_batch(
     seed: int = 0,
     workdir: str | Path | None = None,
     progress: bool = False,
+    precision: Any = None,
 ) -> QueryResult:
     """Choose ``n`` of the ``unlabeled`` positions of ``source`` (an array of images or a pool source) with
     ``strategy``; the pool is streamed through the model once (plus the labelled images for core-set).
 
     Unreadable files (a :class:`~alges.pool.FileSource`) are left out and returned in ``failures``; the caller
-    decides whether that is an error.
+    decides whether that is an error. ``precision``: :class:`alges.precision.AlgesPrecision` (its ``select`` part
+    runs the pool forward); None: fp32 (or the config's old ``amp`` flag).
     """
     s = get_strategy(strategy)
     src = ArraySource(source) if isinstance(source, np.ndarray) else source
@@ -87,28 +90,32 @@ def select_batch(
     if frac < 1.0:  # e.g. DEAL scores a seeded random subset of the pool
         k = min(len(unlabeled), max(n, math.ceil(frac * len(unlabeled))))
         cand = np.sort(np.random.default_rng([seed, 17]).choice(unlabeled, size=k, replace=False))
-    res = infer(model, src, cfg, device, (s,), positions=cand, workdir=workdir, progress=progress)
+    sel = precision.select if precision is not None else None
+    res = infer(model, src, cfg, device, (s,), positions=cand, workdir=workdir, progress=progress, precision=sel)
     failures = list(res.failures)
     if len(res.positions) < n:
         raise ValueError(f"only {len(res.positions)} pool images could be read; budget {n} cannot be met")
     lab_values = None
     if s.needs_labeled and len(labeled):
-        lab = infer(model, src, cfg, device, (s,), positions=labeled, progress=progress)
+        lab = infer(model, src, cfg, device, (s,), positions=labeled, progress=progress, precision=sel)
         lab_values = lab.values[s.name]
         failures += lab.failures
     pos, scores = s.choose(res.values[s.name], n, seed=seed, cfg=cfg, labeled_values=lab_values)
     return QueryResult(res.positions[pos], np.asarray(scores, dtype=np.float64), failures)
 
 
-def _config_key(cfg: AlgesConfig, pool_ids: Sequence[str], test_ids: Sequence[str]) -> str:
-    blob = json.dumps(
-        {
-            "cfg": {k: v for k, v in cfg.to_dict().items() if k not in ("name", "seeds", "n_rounds")},
-            "pool": list(pool_ids),
-            "test": list(test_ids),
-        },
-        sort_keys=True,
-    )
+def run_key(cfg: AlgesConfig, pool_ids: Sequence[str], test_ids: Sequence[str], precision: Any = None) -> str:
+    """The resume key of a run: config, pool and test ids, and the precision names that are not fp32 (so runs
+    trained in fp32 keep the keys they had before ``--precision``; a run resumed under another precision is
+    refused)."""
+    d = {
+        "cfg": {k: v for k, v in cfg.to_dict().items() if k not in ("name", "seeds", "n_rounds")},
+        "pool": list(pool_ids),
+        "test": list(test_ids),
+    }
+    if precision is not None and precision.key():
+        d["precision"] = precision.key()
+    blob = json.dumps(d, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -134,15 +141,20 @@ def run_strategy(
     max_rounds_this_call: int | None = None,
     save_model: bool = True,
     progress: bool = False,
+    precision: Any = None,
 ) -> dict[str, Any]:
     """Run (or resume) one strategy for one seed; returns its state dict (with ``rounds``).
+
+    ``precision``: :class:`alges.precision.AlgesPrecision` (training + evaluation in its ``train`` part, the
+    selection forward in its ``select`` part); None: fp32.
 
     With ``save_model`` the last round's model is written to ``out/models/<strategy>_seed<k>.safetensors`` (a
     checkpoint ``alges evaluate`` / ``query`` / ``predict`` accept)."""
     s = get_strategy(strategy)
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / f"{strategy}_seed{seed}.json"
-    key = _config_key(cfg, pool.ids, test.ids)
+    key = run_key(cfg, pool.ids, test.ids, precision)
+    tp = precision.train if precision is not None else None
     m = len(pool)
     if cfg.n_init > m:
         raise ValueError(f"n_init {cfg.n_init} is larger than the pool ({m} images)")
@@ -193,19 +205,21 @@ def run_strategy(
             if cfg.retrain_from_init or r == 0:
                 model.load_state_dict(init_sd)
             seed_everything(_round_seed(seed, r))
-            train_model(
-                model,
-                pool.images[labeled],
-                pool.masks[labeled],
-                cfg,
-                device,
-                seed=_round_seed(seed, r),
-                progress=progress,
-            )
+            with phase(tp):
+                train_model(
+                    model,
+                    pool.images[labeled],
+                    pool.masks[labeled],
+                    cfg,
+                    device,
+                    seed=_round_seed(seed, r),
+                    progress=progress,
+                    precision=tp,
+                )
             if r == 0:
                 save_checkpoint(cache, model.state_dict(), cfg.to_dict(), {"seed": seed})
         t_train = time.perf_counter() - t0
-        metrics = evaluate_model(model, test, cfg, device)
+        metrics = evaluate_model(model, test, cfg, device, precision=tp)
         rec: dict[str, Any] = {"round": r, "n_labeled": len(labeled), "frac_labeled": len(labeled) / m, **metrics}
         t1 = time.perf_counter()
         if r < cfg.n_rounds - 1:
@@ -220,6 +234,7 @@ def run_strategy(
                 cfg,
                 device,
                 seed=_round_seed(seed, r),
+                precision=precision,
             )
             rec["selected"] = [pool.ids[i] for i in chosen]
             state["labeled"] = sorted(set(state["labeled"]) | {int(i) for i in chosen})
@@ -251,12 +266,19 @@ def run_strategy(
 
 
 def run_full(
-    seed: int, pool: SegArrays, test: SegArrays, cfg: AlgesConfig, device: torch.device, out_dir: str | Path
+    seed: int,
+    pool: SegArrays,
+    test: SegArrays,
+    cfg: AlgesConfig,
+    device: torch.device,
+    out_dir: str | Path,
+    precision: Any = None,
 ) -> dict[str, Any]:
     """The "Full" line: train on every pool image (same recipe as a round), evaluate; cached in ``out/state``."""
     out_dir = Path(out_dir)
     path = out_dir / "state" / f"full_seed{seed}.json"
-    key = _config_key(cfg, pool.ids, test.ids)
+    key = run_key(cfg, pool.ids, test.ids, precision)
+    tp = precision.train if precision is not None else None
     if path.is_file():
         rec = json.loads(path.read_text())
         if rec.get("key") == key:
@@ -265,14 +287,15 @@ def run_full(
     seed_everything(seed)
     model = build_model(cfg).to(device)
     seed_everything(_round_seed(seed, 0))
-    train_model(model, pool.images, pool.masks, cfg, device, seed=_round_seed(seed, 0))
+    with phase(tp):
+        train_model(model, pool.images, pool.masks, cfg, device, seed=_round_seed(seed, 0), precision=tp)
     rec = {
         "strategy": "full",
         "seed": seed,
         "key": key,
         "n_labeled": len(pool),
         "frac_labeled": 1.0,
-        **evaluate_model(model, test, cfg, device),
+        **evaluate_model(model, test, cfg, device, precision=tp),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     atomic_write_json(path, rec)
@@ -292,12 +315,16 @@ def simulate(
     class_names: Sequence[str] | None = None,
     progress: bool = True,
     jobs: Sequence[tuple[str, int]] | None = None,
+    precision: Any = None,
 ) -> list[dict[str, Any]]:
     """Run every (strategy, seed) (or the given ``jobs``) and return the flat list of per-round records."""
     rows: list[dict[str, Any]] = []
     jobs = list(jobs) if jobs is not None else [(s, k) for k in seeds for s in strategies]
     for strategy, seed in tqdm(jobs, desc="simulate", disable=not progress):
-        st = run_strategy(strategy, seed, pool, test, cfg, device, out_dir, resume=resume, class_names=class_names)
+        st = run_strategy(
+            strategy, seed, pool, test, cfg, device, out_dir, resume=resume, class_names=class_names,
+            precision=precision,
+        )  # fmt: skip
         for rec in st["rounds"]:
             rows.append({"strategy": strategy, "seed": seed, **rec})
     return rows

@@ -7,6 +7,7 @@ boundary metrics.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,11 +84,13 @@ def load_arrays(
     with_masks: bool = True,
     empty_masks: str = "keep",
     progress: bool = True,
+    workers: int = 0,
 ) -> SegArrays:
     """Load and resize (image bilinear, mask nearest) the given ids (default: every labelled image).
 
     ``empty_masks``: "keep" (an empty mask is a valid all-background label, the default), "drop" (images whose mask
     has no foreground are left out, and listed in a warning) or "error". Image/mask size mismatch raises.
+    ``workers`` > 0: decode in that many threads (``--workers``); the result is the same.
     """
     if empty_masks not in ("keep", "drop", "error"):
         raise ValueError(f"empty_masks must be keep|drop|error, got {empty_masks!r}")
@@ -97,7 +100,9 @@ def load_arrays(
     masks = np.empty((len(ids), size, size), dtype=np.uint8) if with_masks else None
     orig = np.empty((len(ids), 2), dtype=np.int64)
     errors: list[str] = []
-    for j, i in enumerate(tqdm(ids, desc="loading", disable=not progress or len(ids) < 50, leave=False)):
+
+    def load_one(j: int) -> None:
+        i = ids[j]
         try:
             img = read_image(index.image_path(i))
             orig[j] = img.shape[:2]
@@ -111,7 +116,19 @@ def load_arrays(
                     )
                 masks[j] = cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
         except (OSError, ValueError) as e:  # collect them all: one error naming every bad file
-            errors.append(str(e))
+            errors.append((j, str(e)))
+
+    bar = tqdm(total=len(ids), desc="loading", disable=not progress or len(ids) < 50, leave=False)
+    if workers > 0:  # decoding (OpenCV / PIL) releases the GIL: threads, no copies between processes
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as ex:
+            for _ in ex.map(load_one, range(len(ids))):
+                bar.update()
+    else:
+        for j in range(len(ids)):
+            load_one(j)
+            bar.update()
+    bar.close()
+    errors = [e for _, e in sorted(errors)]  # file order, whatever thread finished first
     if len(errors) == 1:
         raise ValueError(errors[0])
     if errors:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medshared.cli import run_cli
+from medshared.cli import add_runtime_args, run_cli
 
 from alges import __version__
 
@@ -48,14 +48,26 @@ def _device(spec: str):
     return resolve_device(spec)
 
 
+PRECISION_HELP = (
+    "alges: training (and evaluation) use bf16 autocast under auto where it pays; selection (the pool forward "
+    "feeding the gradient embeddings, k-means++ and core-set distances) stays fp32 under auto, TF32 off on CUDA, "
+    "because the selection maths needs it (README 'Precision'); the config key amp: true is the old alias for a "
+    "bf16 selection forward"
+)
+WORKERS_HELP = "image-decoding threads (default 0: the main thread)"
+
+
 def _add_common(p: argparse.ArgumentParser, preset: str = "alges_paper") -> None:
     p.add_argument(
         "--offline", action="store_true", help="never download weights (as HF_HUB_OFFLINE=1); missing ones are an error"
     )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--preset", default=preset, help=f"registered config (default {preset}; see alges.config)")
-    p.add_argument("--config", help="YAML/JSON file of config overrides (keys of alges.config.AlgesConfig)")
+    add_runtime_args(p, workers=0, seed=0, config=True, precision_help=PRECISION_HELP)
+
+
+def _print_precision(prec) -> None:
+    for line in prec.lines() if hasattr(prec, "lines") else [f"precision: {prec.name}: {prec.reason}"]:
+        print(line)
 
 
 def _split_lists(args: argparse.Namespace, index, cfg) -> dict[str, list[str]]:
@@ -121,31 +133,39 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 else tuple(float(v) for v in args.percentages.split(","))
             )
         )
-    from medshared.distributed import init_distributed, launched_by_torchrun, resolve_shard
+    from medshared.distributed import launched_by_torchrun, resolve_shard
 
-    ctx = init_distributed(args.device) if launched_by_torchrun() and not args.shard else None
-    try:
-        res = run_simulation(
-            index,
-            split,
-            cfg,
-            strategies,
-            ctx.device if ctx is not None else _device(args.device),
-            Path(args.out),
-            resume=not args.no_resume,
-            full=args.full,
-            full_steps=args.full_steps,
-            percentages=pct,
-            shard=resolve_shard(args.shard),
-            ctx=ctx,
-            progress=ctx is None or ctx.is_main,
-        )
-    finally:
-        if ctx is not None:
-            ctx.close()
+    from alges.precision import resolve_alges_precision
+    from alges.ranks import rank_device
+
+    shard = resolve_shard(args.shard)
+    # torchrun: the ranks share the runs and never meet in a collective (no process group; see alges.ranks)
+    ranked = launched_by_torchrun() and not args.shard and shard[1] > 1
+    device = rank_device(args.device) if ranked else _device(args.device)
+    prec = resolve_alges_precision(args.precision, device, amp=cfg.amp)
+    main_rank = not ranked or shard[0] == 0
+    if main_rank:
+        _print_precision(prec)
+    res = run_simulation(
+        index,
+        split,
+        cfg,
+        strategies,
+        device,
+        Path(args.out),
+        resume=not args.no_resume,
+        full=args.full,
+        full_steps=args.full_steps,
+        percentages=pct,
+        shard=shard,
+        ranked=ranked,
+        progress=main_rank,
+        precision=prec,
+        workers=args.workers,
+    )
     if "shard" in res:
         i, n = res["shard"]
-        if ctx is None:
+        if not ranked:
             print(f"shard {i}/{n} done ({len(res['jobs'])} runs); rerun without --shard to write the report")
         return 0
     _headline_print(res)
@@ -169,7 +189,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"no labelled images in {args.data} (a labelled image has a mask of the same name)")
     from medshared.distributed import distributed_session
 
+    from alges.precision import resolve_alges_precision
+
     with distributed_session(args.device) as ctx:
+        prec = resolve_alges_precision(args.precision, ctx.device).train
+        if ctx.is_main:
+            _print_precision(prec)
         log = fit(
             index,
             ids,
@@ -180,6 +205,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             deal_head=args.deal_head,
             resume=args.resume,
             ctx=ctx,
+            precision=prec,
+            workers=args.workers,
         )
     if not ctx.is_main:
         return 0
@@ -193,9 +220,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alges.evaluate import evaluate_checkpoint
+    from alges.precision import resolve_infer_precision
 
+    device = _device(args.device)
+    prec = resolve_infer_precision(args.precision, device)
+    _print_precision(prec)
     res = evaluate_checkpoint(
-        args.checkpoint, args.data, Path(args.out), id_list=args.list, device=_device(args.device)
+        args.checkpoint,
+        args.data,
+        Path(args.out),
+        id_list=args.list,
+        device=device,
+        precision=prec,
+        workers=args.workers,
     )
     h = res["headline"]
     print(
@@ -207,9 +244,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from alges.evaluate import predict_folder
+    from alges.precision import resolve_infer_precision
 
+    device = _device(args.device)
+    prec = resolve_infer_precision(args.precision, device)
+    _print_precision(prec)
     n = predict_folder(
-        args.checkpoint, args.images, Path(args.out), original_size=args.original_size, device=_device(args.device)
+        args.checkpoint,
+        args.images,
+        Path(args.out),
+        original_size=args.original_size,
+        device=device,
+        precision=prec,
+        workers=args.workers,
     )
     print(f"wrote {n} class-id masks to {args.out}")
     return 0
@@ -219,10 +266,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_csv, atomic_write_text
 
     from alges.index import read_id_list
+    from alges.precision import resolve_alges_precision
     from alges.query import query_pool
     from alges.strategies import parse_strategies
 
     (strategy,) = parse_strategies(args.strategy)
+    device = _device(args.device)
+    prec = resolve_alges_precision(args.precision, device)
+    print(prec.lines()[1])
     res = query_pool(
         args.checkpoint,
         args.pool,
@@ -231,9 +282,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         labeled_ids=read_id_list(args.labeled) if args.labeled else (),
         exclude_checkpoint_labeled=not args.keep_checkpoint_labeled,
         skip_unreadable=args.skip_unreadable,
-        device=_device(args.device),
+        device=device,
         seed=args.seed,
         workdir_near=args.out,
+        precision=prec,
+        workers=args.workers,
     )
     rows = res["rows"]
     atomic_write_csv(args.out, rows, ["rank", "image", "path", "score"])
@@ -286,8 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="whole pipeline on synthetic CholecSeg8k-layout videos (~2 min on 2 cores)")
     p.add_argument("--out", default="alges_demo", help="output folder (default ./alges_demo)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_runtime_args(p, precision=False, seed=0)  # the demo runs fp32 (its README numbers)
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for tests)")
     p.set_defaults(func=cmd_demo)
 
@@ -340,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--list", help="file of image ids to evaluate (default: every image that has a mask)")
     p.add_argument("--out", required=True, help="output folder: metrics.json (with headline), per_class.csv")
-    p.add_argument("--device", default="auto")
+    add_runtime_args(p, workers=0, seed=None, precision_help="alges: the forward pass only (evaluation)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class-id masks for a folder of images")
@@ -348,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of images (searched recursively, or a dataset root)")
     p.add_argument("--out", required=True)
     p.add_argument("--original-size", action="store_true", help="resize masks back to each image's size")
-    p.add_argument("--device", default="auto")
+    add_runtime_args(p, workers=0, seed=None, precision_help="alges: the forward pass only")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("query", help="rank the unlabeled images to annotate next")
@@ -366,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-unreadable", action="store_true", help="leave unreadable images out (listed) instead of failing"
     )
     p.add_argument("--out", default="query.csv", help="ranked CSV (default query.csv)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    add_runtime_args(p, workers=0, seed=0, precision_help=PRECISION_HELP)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("split", help="case-disjoint split of a folder dataset into OUT/train and OUT/test folders")
@@ -375,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--case-pattern", default=r"^(\d+)_", help="regex with one group: an image's case (default DDTI's)")
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    add_runtime_args(p, device=False, precision=False, seed=0)
     p.add_argument("--copy", action="store_true", help="copy files instead of symlinking them")
     p.set_defaults(func=cmd_split)
     return parser

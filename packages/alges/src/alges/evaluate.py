@@ -101,19 +101,27 @@ def _f(v: float) -> float | None:
     return None if np.isnan(v) else float(v)
 
 
-def predict_arrays(model: torch.nn.Module, images: np.ndarray, cfg: AlgesConfig, device, progress=False) -> np.ndarray:
-    """Argmax class maps uint8 [M, S, S] of in-memory images [M, 3, S, S]."""
-    res = infer(model, images, cfg, device, (), pred=True, progress=progress)
+def predict_arrays(
+    model: torch.nn.Module, images: np.ndarray, cfg: AlgesConfig, device, progress=False, precision=None
+) -> np.ndarray:
+    """Argmax class maps uint8 [M, S, S] of in-memory images [M, 3, S, S] (``precision``: see ``infer``)."""
+    res = infer(model, images, cfg, device, (), pred=True, progress=progress, precision=precision)
     return res.pred if res.pred is not None else np.empty((0, *images.shape[-2:]), np.uint8)
 
 
 def evaluate_model(
-    model: torch.nn.Module, data: SegArrays, cfg: AlgesConfig, device, progress: bool = False, boundary: bool = True
+    model: torch.nn.Module,
+    data: SegArrays,
+    cfg: AlgesConfig,
+    device,
+    progress: bool = False,
+    boundary: bool = True,
+    precision=None,
 ) -> dict[str, Any]:
     """Predict ``data.images`` and score against ``data.masks`` (see :func:`segmentation_scores`)."""
     if data.masks is None:
         raise ValueError("evaluation needs masks")
-    pred = predict_arrays(model, data.images, cfg, device, progress)
+    pred = predict_arrays(model, data.images, cfg, device, progress, precision)
     return segmentation_scores(pred, data.masks, cfg, data.orig_hw, boundary=boundary)
 
 
@@ -182,6 +190,8 @@ def evaluate_checkpoint(
     id_list: str | Path | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    precision: Any = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """``alges evaluate``: score a checkpoint on a dataset's labelled images (or ``id_list``) and write
     ``out/metrics.json`` (with ``headline`` = {metric, value, chance}: the per-image Dice of the scored class, and
@@ -204,8 +214,10 @@ def evaluate_checkpoint(
     ids = read_id_list(id_list, index) if id_list else list(index.labeled_ids)
     if not ids:
         raise ValueError(f"no labelled images (with masks) in {data}")
-    arr = load_arrays(index, ids, cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
-    res = evaluate_model(model, arr, cfg, device, progress=progress)
+    arr = load_arrays(index, ids, cfg.image_size, empty_masks=cfg.empty_masks, progress=progress, workers=workers)
+    res = evaluate_model(model, arr, cfg, device, progress=progress, precision=precision)
+    if precision is not None:
+        res["precision"] = precision.as_dict()
     names = list(extra.get("class_names") or index.class_names)
     scored = cfg.scored_classes
     chance = None
@@ -248,6 +260,8 @@ def predict_folder(
     original_size: bool = False,
     device: torch.device | str = "cpu",
     chunk: int = 256,
+    precision: Any = None,
+    workers: int = 0,
 ) -> int:
     """``alges predict``: class-id PNG masks for every image under ``images``, streamed in chunks."""
     import cv2
@@ -261,10 +275,11 @@ def predict_folder(
     device = resolve_device(device) if isinstance(device, str) else device
     model, cfg, _ = load_trained(checkpoint)
     items = scan_images(images)
-    src = FileSource([p for _, p in items], cfg.image_size, [i for i, _ in items])
+    src = FileSource([p for _, p in items], cfg.image_size, [i for i, _ in items], workers=workers)
     out = Path(out)
     for s in range(0, len(items), chunk):
-        res = infer(model, src, cfg, device, (), pred=True, positions=np.arange(s, min(s + chunk, len(items))))
+        pos = np.arange(s, min(s + chunk, len(items)))
+        res = infer(model, src, cfg, device, (), pred=True, positions=pos, precision=precision)
         for pos, m in zip(res.positions, res.pred):
             i, p = items[pos]
             if original_size:

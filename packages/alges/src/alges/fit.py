@@ -42,13 +42,19 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     ctx: Any = None,
+    precision: Any = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Train ``cfg`` on ``ids`` of ``index`` into ``out``; returns the ``train.json`` dict.
 
     Under torchrun pass ``ctx`` (``medshared.distributed``): DDP over the ranks (see :mod:`alges.train`); rank 0
     alone validates and writes checkpoints, ``train.json`` and the resume state; every rank resumes from it.
+    ``precision``: a ``medshared.precision.Precision`` for training and validation (None: fp32); a precision other
+    than fp32 is part of the resume key. ``workers``: image-decoding threads.
     """
     from medshared.distributed import DistContext, barrier
+
+    from alges.precision import phase
 
     ctx = ctx or DistContext()
     main = ctx.is_main
@@ -62,9 +68,13 @@ def fit(
             raise ValueError("val_fraction > 0 needs case_pattern (a regex giving each image's case) for a case split")
         sp = group_split(ids, cfg.case_pattern, cfg.val_fraction, seed=seed)
         split = {"train": sp["train"], "val": sp["test"]}
-    train = load_arrays(index, split["train"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+    train = load_arrays(
+        index, split["train"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress, workers=workers
+    )
     val = (
-        load_arrays(index, split["val"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress)
+        load_arrays(
+            index, split["val"], cfg.image_size, empty_masks=cfg.empty_masks, progress=progress, workers=workers
+        )  # fmt: skip
         if split["val"]
         else None
     )
@@ -83,6 +93,8 @@ def fit(
         "val": list(val.ids) if val else [],
         "seed": seed,
     }
+    if precision is not None and precision.name != "fp32":  # fp32 runs keep their old keys
+        key["precision"] = precision.name
     barrier(ctx)  # every rank sees the same resume state
     if resume and resume_path.is_file():
         st = load_resume_state(resume_path)
@@ -111,7 +123,7 @@ def fit(
             barrier(ctx)
             return
         if val is not None and len(val):
-            res = evaluate_model(model, val, cfg, device, boundary=False)
+            res = evaluate_model(model, val, cfg, device, boundary=False, precision=precision)
             rec["val_dice"] = res["dice_image"]
             model.train()
             if rec["val_dice"] > best["score"]:
@@ -124,19 +136,21 @@ def fit(
         barrier(ctx)
 
     t0 = time.perf_counter()
-    train_model(
-        model,
-        train.images,
-        train.masks,
-        cfg,
-        device,
-        seed=seed,
-        start_epoch=start,
-        optimizer=opt,
-        on_epoch_end=on_epoch_end,
-        progress=progress and main,
-        ctx=ctx,
-    )
+    with phase(precision):
+        train_model(
+            model,
+            train.images,
+            train.masks,
+            cfg,
+            device,
+            seed=seed,
+            start_epoch=start,
+            optimizer=opt,
+            on_epoch_end=on_epoch_end,
+            progress=progress and main,
+            ctx=ctx,
+            precision=precision,
+        )
     if not main:
         return {"rank": ctx.rank}
     save_checkpoint(out / "model.safetensors", model.state_dict(), cfg.to_dict(), {**extra, "epoch": cfg.epochs - 1})
@@ -166,6 +180,7 @@ def fit(
         else (
             "SyncBatchNorm" if torch.device(device).type == "cuda" else "per-rank statistics (no SyncBatchNorm on CPU)"
         ),
+        "precision": precision.as_dict() if precision is not None else "fp32 (library default)",
         "config": cfg.to_dict(),
     }
     atomic_write_json(out / "train.json", log)

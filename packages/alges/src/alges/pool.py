@@ -12,6 +12,7 @@ Every source yields ``(positions, batch)`` with the positions (into the source) 
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -47,7 +48,10 @@ class ArraySource:
 class FileSource:
     """Image files read and resized (bilinear, to ``size`` x ``size``) batch by batch; uint8 [B, 3, S, S]."""
 
-    def __init__(self, paths: Sequence[str | Path], size: int, ids: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[str | Path], size: int, ids: Sequence[str] | None = None, workers: int = 0
+    ) -> None:
+        self.workers = int(workers)  # > 0: decode a batch in that many threads (decoding releases the GIL)
         self.paths = [Path(p) for p in paths]
         self.size = int(size)
         self.ids = list(ids) if ids is not None else [p.stem for p in self.paths]
@@ -58,18 +62,30 @@ class FileSource:
 
     def batches(self, positions: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         positions = np.asarray(positions, dtype=np.int64)
-        for s in range(0, len(positions), batch_size):
-            ok: list[int] = []
-            buf = np.empty((min(batch_size, len(positions) - s), 3, self.size, self.size), dtype=np.uint8)
-            for p in positions[s : s + batch_size]:
-                try:
-                    buf[len(ok)] = resize_image(read_image(self.paths[p]), self.size)
-                except (OSError, ValueError) as e:
-                    self.failures.append((int(p), str(self.paths[p]), str(e)))
-                    continue
-                ok.append(int(p))
-            if ok:
-                yield np.asarray(ok, dtype=np.int64), buf[: len(ok)]
+
+        def read(p: int) -> np.ndarray | Exception:
+            try:
+                return resize_image(read_image(self.paths[p]), self.size)
+            except (OSError, ValueError) as e:
+                return e
+
+        ex = concurrent.futures.ThreadPoolExecutor(max_workers=self.workers) if self.workers > 0 else None
+        try:
+            for s in range(0, len(positions), batch_size):
+                ok: list[int] = []
+                part = [int(p) for p in positions[s : s + batch_size]]
+                buf = np.empty((len(part), 3, self.size, self.size), dtype=np.uint8)
+                for p, img in zip(part, ex.map(read, part) if ex is not None else map(read, part)):
+                    if isinstance(img, Exception):
+                        self.failures.append((p, str(self.paths[p]), str(img)))
+                        continue
+                    buf[len(ok)] = img
+                    ok.append(p)
+                if ok:
+                    yield np.asarray(ok, dtype=np.int64), buf[: len(ok)]
+        finally:
+            if ex is not None:
+                ex.shutdown()
 
     def failure_report(self) -> str:
         return "\n".join(f"  {path}: {why}" for _, path, why in self.failures)

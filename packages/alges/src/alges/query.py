@@ -40,11 +40,15 @@ def query_pool(
     seed: int = 0,
     workdir_near: str | Path = ".",
     progress: bool = True,
+    precision: Any = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Rank ``budget`` images of ``pool`` to annotate next.
 
     Returns ``{"rows": [{"rank", "image", "path", "score"}], "excluded_checkpoint", "excluded_list",
-    "skipped": [(path, reason)], "pool_size", "strategy"}``.
+    "skipped": [(path, reason)], "pool_size", "strategy"}``. ``precision``: an
+    :class:`alges.precision.AlgesPrecision` (its ``select`` part runs the pool forward; None: fp32, or the
+    checkpoint config's old ``amp`` flag); ``workers``: image-decoding threads.
     """
     s = get_strategy(strategy)
     model, cfg, extra = load_trained(checkpoint)
@@ -65,7 +69,7 @@ def query_pool(
         raise ValueError(f"the unlabeled pool is empty: all {len(ids)} images of {pool} are labelled")
     if budget < 1 or budget > len(unlabeled):
         raise ValueError(f"budget {budget} must be between 1 and the unlabeled pool size ({len(unlabeled)})")
-    source = FileSource([p for _, p in items], cfg.image_size, ids)
+    source = FileSource([p for _, p in items], cfg.image_size, ids, workers=workers)
     with temp_workdir(workdir_near) as wd:
         chosen, scores, failures = select_batch(
             s.name,
@@ -79,6 +83,7 @@ def query_pool(
             seed=seed,
             workdir=wd,
             progress=progress,
+            precision=precision,
         )
     if failures and not skip_unreadable:
         listing = "\n".join(f"  {path}: {why}" for _, path, why in failures)
