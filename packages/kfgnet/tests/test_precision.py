@@ -105,6 +105,10 @@ def test_cpu_auto_measures_kfgnet_probes_once_then_reads_the_cache(
     p1 = detector_precision("auto", "cpu")
     assert p1.name in ("fp32", "bf16") and "measured" in p1.reason and DETECTOR_KEY in p1.reason
     assert "cached" in detector_precision("auto", "cpu").reason
+    from kfgnet.presets import get_detector_config
+
+    p2 = detector_precision("auto", "cpu", cfg=get_detector_config("tiny"))  # another backbone: its own measurement
+    assert f"{DETECTOR_KEY}.tiny" in p2.reason and "measured" in p2.reason and f"{DETECTOR_KEY}.small" in p1.reason
     monkeypatch.setenv("MEDREPRO_PRECISION", "fp32")
     p = classifier_precision("auto", "cpu")
     assert p.name == "fp32" and "MEDREPRO_PRECISION" in p.reason

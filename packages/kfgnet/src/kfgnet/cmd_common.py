@@ -92,11 +92,12 @@ def classifier_precision_from_args(
     return replace(tcfg, bf16=prec.name == "bf16", channels_last=channels_last), prec
 
 
-def detector_precision_from_args(args: argparse.Namespace, device: Any, ctx: Any = None) -> Any:
-    """``--precision`` resolved for the detector (bf16 = backbone autocast), TF32 switches applied."""
+def detector_precision_from_args(args: argparse.Namespace, device: Any, ctx: Any = None, cfg: Any = None) -> Any:
+    """``--precision`` resolved for the detector of config ``cfg`` (bf16 = backbone autocast), TF32 switches
+    applied."""
     from kfgnet.precision import detector_precision
 
-    prec = detector_precision(args.precision, device, ctx)
+    prec = detector_precision(args.precision, device, ctx, cfg)
     prec.apply()
     report_precision("detector", prec, ctx)
     return prec

@@ -66,7 +66,7 @@ def cmd_train_detector(args: argparse.Namespace) -> int:
     cfg = detector_config_for_batch(cfg, args.batch_size, args.epochs)
     ctx = init_distributed(args.device)
     try:
-        prec = detector_precision_from_args(args, ctx.device, ctx)
+        prec = detector_precision_from_args(args, ctx.device, ctx, cfg)
         items = detection_items(args, args.out / "frames")
         if args.val_data or args.val_manifest:
             val = detection_items(args, args.out / "frames", args.val_manifest, args.val_data)
@@ -118,8 +118,8 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     from kfgnet.detector_eval import evaluate_detector, plot_detections
 
     device = resolve_device(args.device)
-    prec = detector_precision_from_args(args, device)
     model, cfg, extra = load_detector(args.checkpoint, device, with_extra=True)
+    prec = detector_precision_from_args(args, device, cfg=cfg)
     items = detection_items(args, args.out / "frames")
     if args.split:
         items = select_split_part(items, args.split, args.part)
@@ -240,7 +240,7 @@ def cmd_train_keyframe(args: argparse.Namespace) -> int:
         tcfg = replace(tcfg, val_fraction=args.val_fraction)
     ctx = init_distributed(args.device)
     try:
-        prec = detector_precision_from_args(args, ctx.device, ctx)
+        prec = detector_precision_from_args(args, ctx.device, ctx, dcfg)
         det = det.to(ctx.device)
         # key-frame model: below
         stage1 = Stage1(det, dcfg, None, cfg, ctx.device, file_digest(args.detector), prec)
@@ -317,7 +317,8 @@ def cmd_evaluate_keyframe(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     records = records_from_args(args)
-    stage1 = Stage1.load(args.detector, args.keyframe, device, detector_precision_from_args(args, device))
+    stage1 = Stage1.load(args.detector, args.keyframe, device)
+    stage1.precision = detector_precision_from_args(args, device, cfg=stage1.dcfg)
     preds = stage1.locate(
         [r.path for r in records], args.out / "cache", not args.no_progress, parse_blackout(args.blackout)
     )

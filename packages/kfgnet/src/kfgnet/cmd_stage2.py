@@ -149,9 +149,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage1_keys(
-    args: argparse.Namespace, records: list[Any], device: Any, blackout: Any, precision: Any = None
-) -> tuple[list[Any], Any]:
+def _stage1_keys(args: argparse.Namespace, records: list[Any], device: Any, blackout: Any) -> tuple[Any, Any, Any]:
+    """Stage 1's key frames (``--detector`` + ``--keyframe``): (keys, predictions, detector precision), or Nones."""
     from kfgnet.pipeline import Stage1
 
     if bool(args.detector) != bool(args.keyframe):
@@ -160,10 +159,11 @@ def _stage1_keys(
             "the annotated key frames)"
         )
     if not args.detector:
-        return None, None
-    stage1 = Stage1.load(args.detector, args.keyframe, device, precision)
+        return None, None, None
+    stage1 = Stage1.load(args.detector, args.keyframe, device)
+    stage1.precision = detector_precision_from_args(args, device, cfg=stage1.dcfg)
     preds = stage1.locate([r.path for r in records], args.out / "cache", not args.no_progress, blackout)
-    return [p.as_keyframe() for p in preds], preds
+    return [p.as_keyframe() for p in preds], preds, stage1.precision
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -182,8 +182,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     records = records_from_args(args)
     model, cfg, clip, motion = load_classifier(args.classifier, device)
     tcfg, prec = classifier_precision_from_args(args, ClassifierTrainConfig(), load_overrides(args), device)
-    dprec = detector_precision_from_args(args, device) if args.detector else None
-    keys, preds = _stage1_keys(args, records, device, clip.blackout, dprec)
+    keys, preds, dprec = _stage1_keys(args, records, device, clip.blackout)
     out: dict[str, Any] = {
         "key_frames": "stage1" if keys else "annotation",
         "precision": prec.as_dict(),
@@ -264,8 +263,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     videos = list_videos(args.video)
     _, prec = classifier_precision_from_args(args, ClassifierTrainConfig(), {}, device)
-    dprec = detector_precision_from_args(args, device)
-    pipe = Pipeline.load(args.classifier, args.detector, args.keyframe, device, prec, dprec)
+    pipe = Pipeline.load(args.classifier, args.detector, args.keyframe, device, prec)
+    pipe.stage1.precision = detector_precision_from_args(args, device, cfg=pipe.stage1.dcfg)
     rows, failed = [], []
     for v in videos:
         try:
@@ -318,7 +317,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     tcfg, prec = classifier_precision_from_args(args, ClassifierTrainConfig(), {}, device)
-    dprec = detector_precision_from_args(args, device)
+    from kfgnet.presets import get_detector_config
+
+    dprec = detector_precision_from_args(args, device, cfg=get_detector_config("tiny"))  # the demo's detector
     cfg = quick_demo_config(tcfg.bf16) if args.quick else DemoConfig(bf16=tcfg.bf16)
     cfg = dataclasses.replace(cfg, channels_last=tcfg.channels_last, detector_bf16=dprec.name == "bf16")
     m = run_demo(args.out, device, args.seed, cfg, progress=not args.no_progress)

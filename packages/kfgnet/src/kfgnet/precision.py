@@ -8,8 +8,10 @@ op mixes as the CPU probes, and where bf16 autocast applies in each model.
   (0.38 there, ``bench/train_step.py``).
 - **Detector** (Faster R-CNN): bf16 autocast on the backbone only (most of the FLOPs); its feature maps come back
   as fp32, so the RPN, box coding, RoI heads and losses stay fp32 (box coordinates in bf16 would round to 4 px at
-  600 px). Probe (key ``kfgnet.detector_backbone``): forward + backward of the ``kfgnet_ddti`` backbone on one
-  160-px image.
+  600 px). Probe (key ``kfgnet.detector_backbone.<backbone>``): forward + backward of the detector's own backbone
+  (random init) on one 128-px image. Per backbone because the answer differs: on this session's AMX CPU bf16 took
+  0.69-0.78x fp32's time for ``small`` (kfgnet_ddti), 0.87x for ``tiny``, 0.90x for ``resnet50_fpn`` and **1.45x**
+  for ``mobilenet_v3_fpn`` (depthwise convolutions).
 - **Key-frame LSTM**: fp32 always (256 units on a few hundred steps; nothing to gain, and its MSE targets are
   differences of scores); the precision still sets the TF32 switches and the detector's autocast in stage 1.
 - **Memory format**: every precision but an explicit ``fp32`` also runs the classifier in channels_last_3d (faster
@@ -41,7 +43,7 @@ __all__ = [
 ]
 
 CLASSIFIER_KEY = "kfgnet.c3d_train"
-DETECTOR_KEY = "kfgnet.detector_backbone"
+DETECTOR_KEY = "kfgnet.detector_backbone"  # + "." + the backbone name
 
 
 def c3d_probe(frames: int = 16, size: int = 56, widths: tuple[int, int, int, int] = (32, 64, 128, 256)) -> Callable:
@@ -77,18 +79,25 @@ def c3d_probe(frames: int = 16, size: int = 56, widths: tuple[int, int, int, int
     return step
 
 
-def detector_probe(size: int = 160) -> Callable:
-    """A callable running forward + backward of the ``kfgnet_ddti`` detector backbone (BN, FPN) on one image."""
+def _default_detector_config() -> Any:
+    from kfgnet.presets import get_detector_config
+
+    return get_detector_config("kfgnet_ddti")
+
+
+def detector_probe(cfg: Any = None, size: int = 128) -> Callable:
+    """A callable running forward + backward of the backbone of detector config ``cfg`` (default ``kfgnet_ddti``;
+    random init, no weights loaded) on one ``size``-px image."""
     state: dict[str, Any] = {}
 
     def step() -> None:
         if not state:
             from kfgnet.detector import build_detector
-            from kfgnet.presets import get_detector_config
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                state["backbone"] = build_detector(get_detector_config("kfgnet_ddti")).backbone.train()
+                det = build_detector(cfg or _default_detector_config(), load_weights=False)
+                state["backbone"] = det.backbone.train()
             state["x"] = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         out = state["backbone"](state["x"])
         maps = out.values() if isinstance(out, dict) else [out]
@@ -115,9 +124,11 @@ def classifier_precision(spec: str, device: Any, ctx: Any = None) -> Any:
     return _resolve(spec, device, CLASSIFIER_KEY, c3d_probe(), ctx)
 
 
-def detector_precision(spec: str, device: Any, ctx: Any = None) -> Any:
-    """The detector's precision (CPU auto: the backbone probe); bf16 applies to the backbone only."""
-    return _resolve(spec, device, DETECTOR_KEY, detector_probe(), ctx)
+def detector_precision(spec: str, device: Any, ctx: Any = None, cfg: Any = None) -> Any:
+    """The precision of the detector of config ``cfg`` (default ``kfgnet_ddti``; CPU auto: its backbone's probe,
+    cached per backbone); bf16 applies to the backbone only."""
+    cfg = cfg or _default_detector_config()
+    return _resolve(spec, device, f"{DETECTOR_KEY}.{cfg.backbone}", detector_probe(cfg), ctx)
 
 
 def fixed_precision(name: str = "fp32", device: Any = "cpu") -> Any:
