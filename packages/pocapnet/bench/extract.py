@@ -1,13 +1,18 @@
-"""Feature-extraction benchmark (run by hand): ``uv run python packages/pocapnet/bench/extract.py [--quick]``.
+"""Feature-extraction benchmark (run by hand): ``OMP_NUM_THREADS=1 flock /tmp/medrepro-bench.lock uv run python
+packages/pocapnet/bench/extract.py [--quick]``.
 
-On the same synthetic operation:
+First it resolves ``--precision auto`` for extraction exactly as ``pocapnet extract`` does
+(:func:`pocapnet.precision.resolve`, key ``pocapnet.extract``: a cached measurement of the extraction op mix on this
+CPU) and prints the choice, the reason and the CPU. The "new way" below is what ``auto`` runs (bf16 copies of
+wav2vec2 and DenseNet when it chose bf16, else fp32), not the faster of the two measured here. On the same synthetic
+operation:
 1. X-ray: DenseNet121 (random weights, the paper's architecture) once per frame vs once per 7-image window
-   (the naive way recomputes each frame 7 times). Target >= 5x.
-2. Audio: windows batched through the wav2vec2 copy cast once to bf16 (``cast_wav2vec2_bf16``: bf16 weights,
-   channels-last feature encoder, sdpa; ``pocapnet extract``'s default where the hardware has native bf16, else
-   batched fp32; the "new way" below is the faster of the two) vs one window at a time in fp32, same
-   features (cosine to the fp32 single-window features). Target >= 2x. Side by side: batched fp32, and batched fp32
-   under bf16 autocast (the previous default, which re-casts the weights on every call). Measured with the
+   (the naive way recomputes each frame 7 times, in fp32). Target >= 5x. Side by side: once per frame in fp32 and
+   on the bf16 channels-last copy (``cast_densenet_bf16``), with the bf16 cosine to fp32.
+2. Audio: windows batched in auto's precision (bf16: the wav2vec2 copy cast once, ``cast_wav2vec2_bf16``: bf16
+   weights, channels-last feature encoder, sdpa) vs one window at a time in fp32, same features (cosine to the fp32
+   single-window features). Target >= 2x. Side by side: batched fp32, batched bf16 copy, and batched fp32 under bf16
+   autocast (an earlier default, which re-casts the weights on every call). Measured with the
    XLSR-53-size architecture (random weights) on a few windows, which also gives the real-time factor per channel
    (one 7 s window per second of audio), and with the tiny model. The bf16 accuracy is also measured on the real
    German speech clips in ``../shared/data/speech_de`` (when present): cosine of bf16 to fp32 features per window.
@@ -100,6 +105,16 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best of)")
     a = ap.parse_args()
+    from medshared.precision import cpu_model
+    from pocapnet.precision import resolve
+
+    t0 = time.perf_counter()
+    prec = resolve("auto", a.device, "pocapnet.extract")
+    t_resolve = time.perf_counter() - t0
+    auto_bf16 = prec.name == "bf16"
+    cpu_name = cpu_model()
+    print(f"CPU: {cpu_name}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    print(f"precision auto -> {prec.name}: {prec.reason} ({t_resolve:.1f} s to resolve)")
     secs = 16 if a.quick else 60
     n_xlsr = 2 if a.quick else 8
     cfg = FeatureConfig(batch_windows=8)
@@ -112,8 +127,17 @@ def main() -> None:
     # 1. X-ray
     xr = XrayExtractor(load_densenet("random"), cfg, a.device)
     xr(frames[:2])  # warm-up
+    xr(frames[:2], bf16=True)  # builds the bf16 copy (not timed)
     n_x = min(secs, 8 if a.quick else secs)
-    t_frame, c_frame = (v / n_x for v in _time(lambda: [xr(frames[i : i + 8]) for i in range(0, n_x, 8)], a.rounds))
+
+    def per_frame(b16: bool) -> None:
+        for i in range(0, n_x, 8):
+            xr(frames[i : i + 8], bf16=b16)
+
+    t_f32, c_f32 = (v / n_x for v in _time(lambda: per_frame(False), a.rounds))
+    t_f16, c_f16 = (v / n_x for v in _time(lambda: per_frame(True), a.rounds))
+    t_frame, c_frame = (t_f16, c_f16) if auto_bf16 else (t_f32, c_f32)
+    cos_x = _cos(xr(frames[:8], bf16=True), xr(frames[:8], bf16=False))
 
     def naive_x() -> None:
         for t in range(n_x):
@@ -121,7 +145,13 @@ def main() -> None:
             xr([frames[i] for i in idx])
 
     t_window, c_window = (v / n_x for v in _time(naive_x, a.rounds))
-    rows.append(("xray per second: once per frame", t_frame * 1e3, "ms"))
+    rows.append(("xray per second: once per frame, fp32", t_f32 * 1e3, "ms"))
+    rows.append(("xray per second: once per frame, bf16 channels-last copy", t_f16 * 1e3, "ms"))
+    rows.append(
+        ("xray per second, CPU time: once per frame fp32 / bf16 (ms)", f"{c_f32 * 1e3:.0f} / {c_f16 * 1e3:.0f}", "")
+    )
+    rows.append(("xray cosine bf16 vs fp32 (8 frames, min)", f"{cos_x:.5f}", ""))
+    rows.append((f"xray per second: once per frame, auto ({prec.name})", t_frame * 1e3, "ms"))
     rows.append(("xray per second: once per 7-image window", t_window * 1e3, "ms"))
     rows.append(
         (
@@ -184,8 +214,7 @@ def main() -> None:
             )
         del ext
     big = res["xlsr53-size"]
-    cos_ok = min(big["cos_bf16"], big.get("cos_bf16_speech", 1.0)) >= 0.99
-    best_new_audio = min(big["batched_fp32_s"], big["batched_bf16_s"] if cos_ok else np.inf)
+    best_new_audio = big["batched_bf16_s"] if auto_bf16 else big["batched_fp32_s"]  # what auto runs
     ratio_audio = big["single_fp32_s"] / best_new_audio
     ratio_audio_autocast = big["single_fp32_s"] / big["batched_autocast_s"]
     rtf = best_new_audio  # seconds of compute per second of audio and channel (one window per second)
@@ -194,7 +223,7 @@ def main() -> None:
     new = t_frame + 3 * best_new_audio
     naive = t_window + 3 * big["single_fp32_s"]
     ratio = naive / new
-    cpu_new_audio = min(big["cpu"][1], big["cpu"][3] if cos_ok else np.inf)  # the faster of fp32 / bf16 copy
+    cpu_new_audio = big["cpu"][3] if auto_bf16 else big["cpu"][1]  # what auto runs
     ratio_cpu = (c_window + 3 * big["cpu"][0]) / (c_frame + 3 * cpu_new_audio)
     rows.append(
         (
@@ -205,7 +234,7 @@ def main() -> None:
     )
     rows.append(("whole extraction per op-second (xlsr53-size): new", new * 1e3, "ms"))
     rows.append(("whole extraction per op-second (xlsr53-size): naive", naive * 1e3, "ms"))
-    rows.append(("real-time factor, XLSR-53-size audio, one channel (new way)", rtf, "x"))
+    rows.append((f"real-time factor, XLSR-53-size audio, one channel (auto: {prec.name})", rtf, "x"))
     rows.append(("real-time factor, XLSR-53-size audio, one channel (batched fp32)", big["batched_fp32_s"], "x"))
 
     print(f"{'measurement':92s} value")
@@ -218,6 +247,10 @@ def main() -> None:
                 "ratio": round(ratio, 2),
                 "target": 3.0,
                 "ratio_cpu": round(ratio_cpu, 2),
+                "cpu": cpu_name,
+                "precision": prec.name,
+                "precision_reason": prec.reason,
+                "xray_cos_bf16": round(cos_x, 5),
                 "xray_ratio": round(ratio_x, 2),
                 "xray_ratio_cpu": round(c_window / c_frame, 2),
                 "xray_target": 5.0,

@@ -98,8 +98,9 @@ def _e2e(size: str, seconds: int) -> dict:
     else:
         cfg = get_config("pocapnet")
         w2v, dn = load_wav2vec2("random-xlsr53"), load_densenet("random")
-    fx = dataclasses.replace(cfg.features, bf16=None)  # wav2vec2 in bf16 only where the hardware has it
-    online = OnlineExtractor(AudioExtractor(w2v, fx), XrayExtractor(dn, fx), fx)
+    fx = dataclasses.replace(cfg.features, bf16=None)
+    b16 = _auto_extract_bf16() and size != "tiny"  # what `predict --stream --precision auto` runs (tiny: fp32 preset)
+    online = OnlineExtractor(AudioExtractor(w2v, fx, bf16=b16), XrayExtractor(dn, fx, bf16=b16), fx)
     model = PoCaPNet(cfg.model).eval()
     sp = StreamingPredictor(model, cfg.train.batch_size)
     sr = fx.sample_rate
@@ -114,7 +115,20 @@ def _e2e(size: str, seconds: int) -> dict:
     return {"cpu_s": float(np.median(cpu)), "wall_s": float(np.median(wall)), "seconds": seconds}
 
 
+def _auto_extract_bf16() -> bool:
+    from pocapnet.precision import resolve
+
+    return resolve("auto", "cpu", "pocapnet.extract").name == "bf16"
+
+
 def main() -> None:
+    from medshared.precision import cpu_model
+    from pocapnet.precision import resolve
+
+    prec_x = resolve("auto", "cpu", "pocapnet.extract")
+    print(f"CPU: {cpu_model()}; {torch.get_num_threads()} thread(s)")
+    print(f"precision auto for the live extractors (full size) -> {prec_x.name}: {prec_x.reason}")
+    print("the streaming step itself runs fp32 here (the folded module; --precision bf16 casts its audio branches)")
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer end-to-end seconds at full size")
     a = ap.parse_args()
@@ -202,6 +216,9 @@ def main() -> None:
                 "agreement": agree,
                 "last_stage_restriction_x": round(last_saves, 2),
                 "threads": torch.get_num_threads(),
+                "cpu": cpu_model(),
+                "precision_extractors": prec_x.name,
+                "precision_reason": prec_x.reason,
             }
         )
     )

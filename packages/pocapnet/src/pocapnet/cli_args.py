@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         workers=1,
         seed=None,
         precision_help="bf16: the model's forward under bf16 autocast, the losses from float64 logits outside it "
-        "(auto on a CPU: measured on a paper-size training step)",
+        "(auto on a CPU: measured on a training step of the model's size)",
     )
     _workers_help(p)
 
@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         workers=1,
         seed=None,
         precision_help="bf16: the offline forward under bf16 autocast; with --stream the microphone branches in "
-        "bf16 (auto on a CPU: measured on a paper-size forward)",
+        "bf16 (auto on a CPU: measured on a forward of the model's size)",
     )
     _workers_help(p)
 
