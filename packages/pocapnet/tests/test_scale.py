@@ -113,6 +113,32 @@ def test_prefetch_keeps_order_propagates_errors_and_stops():
     assert threading.active_count() == before
 
 
+def test_prefetch_map_with_several_workers_keeps_order_and_errors():
+    import time
+
+    from pocapnet.loop import prefetch_map
+
+    def slow(x: int) -> int:
+        time.sleep(0.002 * (x % 3))  # later items finish first
+        return x * x
+
+    assert list(prefetch_map(slow, range(20), workers=3, depth=2)) == [x * x for x in range(20)]
+    assert list(prefetch_map(slow, range(5), workers=0)) == [0, 1, 4, 9, 16]
+
+    def bad(x: int) -> int:
+        if x == 4:
+            raise OSError("disk gone")
+        return x
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch_map(bad, range(10), workers=2))
+    seen: list[int] = []
+    g = prefetch_map(seen.append, range(1000), workers=2, depth=2)
+    next(g)
+    g.close()  # stopped early: the rest is cancelled, the pool's threads end
+    assert len(seen) < 10
+
+
 def test_splits_keep_augmented_copies_with_their_operation(tiny_cfg, tmp_path):
     assert original_of("OP_012A") == "OP_012" and original_of("OP_012A2") == "OP_012" and original_of("OP_A") == "OP_A"
     assert is_augmented("OP_003A") and not is_augmented("OP_003")
