@@ -147,7 +147,7 @@ def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys):
     yaml = tmp_path / "o.yaml"
     yaml.write_text("train:\n  lr: 1e-3\n  cb_beta: 0.999\n")  # YAML 1.2 floats: 1e-3 is a number, not a string
     args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache)]
-    args += ["--device", "cpu", "--config", str(yaml)]
+    args += ["--device", "cpu", "--config", str(yaml), "--precision", "fp32"]
     assert main(args + ["--epochs", "1"]) == 0
     assert (run / "best.safetensors").is_file() and (run / "last_state.pt").is_file()
     first = list(csv.DictReader(open(run / "history.csv")))
@@ -158,6 +158,10 @@ def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys):
     assert val["method"] == "stratified_group_kfold" and all(n > 0 for n in val["train_counts"])
     assert tj["train_counts"] == val["train_counts"] and sum(val["val_counts"]) == tj["n_val"]
     assert tj["distributed"]["world_size"] == 1 and tj["distributed"]["effective_batch"] == 16
+    assert tj["precision"]["requested"] == "fp32" and tj["precision"]["name"] == "fp32"
+    assert tj["split"]["audio_by_device"]
+    assert [n.split(":")[0] for n in tj["split"]["device_notes"]] == ["226_1b1_Pl_sc_LittC2SE"]  # the quirk
+    assert "counted under LittC2SE" in tj["split"]["device_notes"][0]
     assert main(args + ["--epochs", "2"]) == 0  # resumes at epoch 2
     hist = list(csv.DictReader(open(run / "history.csv")))
     assert [h["epoch"] for h in hist] == ["1", "2"] and hist[0] == first[0]
@@ -174,6 +178,8 @@ def test_train_evaluate_predict_resume(syn_dir, tmp_path, capsys):
                  "--cache", str(cache), "--device", "cpu"]) == 0  # fmt: skip
     m = json.loads((ev / "metrics.json").read_text())
     assert {"icbhi", "macro_ovr", "two_class", "confusion_matrix", "by_device", "by_patient"} <= set(m)
+    assert {"auroc_macro_ovr", "auroc_abnormal", "precision", "normal_bias", "audio_by_device"} <= set(m)
+    assert all("auroc_abnormal" in d for d in m["by_device"].values())
     rows = list(csv.DictReader(open(ev / "predictions.csv")))
     assert len(rows) == m["n"] and (ev / "confusion_matrix.png").stat().st_size > 0
     # per-device numbers recomputed from the per-cycle predictions

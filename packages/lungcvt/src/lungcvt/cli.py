@@ -113,6 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         resume=not args.no_resume,
         offline=args.offline,
+        precision=args.precision,
     )
     import os
 
@@ -140,6 +141,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         cache_dir=args.cache,
         num_workers=args.workers,
         offline=args.offline,
+        precision=args.precision,
     )
     print(cv_table(res["summary"], len(res["runs"])))
     print(device_table(res))
@@ -180,6 +182,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         cache_dir=args.cache,
         mix_channels=args.mix_channels,
+        precision=args.precision,
     )
     print(f"{'variant':10s} {'Se':>7s} {'Sp':>7s} {'Score':>7s}")
     for v in ("icbhi", "macro_ovr", "two_class"):
@@ -192,6 +195,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     for note in m.get("device_notes", []):
         print(f"note: {note}")
     print(f"accuracy {m['icbhi']['accuracy']:.4f} on {m['n']} cycles ({m['protocol']}); results in {args.out}")
+    print(f"precision {m['precision']['name']} ({m['precision']['reason']})")
     return 0
 
 
@@ -208,6 +212,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         aggregate=args.aggregate,
         mix_channels=args.mix_channels,
+        precision=args.precision,
     )
     for rows, rec in results:
         if args.out is None:
@@ -230,9 +235,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lungcvt.demo import run_demo
 
-    m = run_demo(args.out, device=args.device, seed=args.seed, quick=args.quick)
+    m = run_demo(args.out, device=args.device, seed=args.seed, quick=args.quick, precision=args.precision)
     h = m["headline"]
     print(f"headline: {h['metric']} = {h['value']:.4f} (chance {h['chance']:.4f}); results in {args.out}")
+    print(f"precision {m['precision']['name']} ({m['precision']['reason']})")
     return 0
 
 

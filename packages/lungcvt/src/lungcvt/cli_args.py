@@ -6,13 +6,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from medshared.cli import add_runtime_args
+
 from lungcvt import __version__
 from lungcvt.config import LungCVTConfig, get_config, list_configs, with_overrides
 
 __all__ = ["build_parser", "data_options", "load_cfg", "train_cfg"]
 
 
-def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = False) -> None:
+_PRECISION_HELP = (
+    "lungcvt's probe is one training step of the tiny model; train.bf16: true (old setting) is an alias of bf16 "
+    "when --precision is auto; feature extraction always runs fp32"
+)
+
+
+def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = False, precision: bool = False) -> None:
     if data:
         p.add_argument("--data", required=True, help="ICBHI folder with *.wav and *.txt (e.g. ICBHI_final_database)")
         p.add_argument("--split-file", default=None, help="official split file (default: found next to the data)")
@@ -32,7 +40,7 @@ def _add_common(p: argparse.ArgumentParser, data: bool = True, protocol: bool = 
         p.add_argument(
             "--devices", default=None, help="only recordings of these devices, e.g. Litt3200 or Meditron,LittC2SE"
         )
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_runtime_args(p, device=True, precision=precision, workers=None, seed=None, precision_help=_PRECISION_HELP)
 
 
 def _add_mix(p: argparse.ArgumentParser) -> None:
@@ -41,7 +49,7 @@ def _add_mix(p: argparse.ArgumentParser) -> None:
 
 def _add_cfg(p: argparse.ArgumentParser, default: str | None = "lungcvt_base") -> None:
     p.add_argument("--preset", default=default, help=f"registered config: {', '.join(list_configs())}")
-    p.add_argument("--config", default=None, help="YAML/JSON overrides, e.g. {train: {lr: 1e-4}, features: {...}}")
+    add_runtime_args(p, device=False, precision=False, seed=None, config=True)  # --config: YAML/JSON overrides
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -61,7 +69,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--seed", type=int, default=None, help="override train.seed")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (seeded per worker and epoch)")
+    add_runtime_args(p, device=False, precision=False, workers=0, seed=None)  # --workers (seeded per worker, epoch)
     p.add_argument("--allow-missing-class", action="store_true", help="train even if a class has no training cycles")
     _add_mix(p)
 
@@ -76,9 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthetic data -> train -> evaluate -> report (about 2 minutes)")
     p.add_argument("--out", default="lungcvt_demo", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="reduced run (tests)")
-    _add_common(p, data=False)
+    add_runtime_args(p, device=False, precision=False, seed=0)
+    _add_common(p, data=False, precision=True)
 
     p = sub.add_parser("dataset-stats", help="recordings, patients, devices, cycles per class per split")
     _add_common(p)
@@ -100,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train on a protocol's training part (stratified patient-grouped validation inside)"
     )
-    _add_common(p, protocol=True)
+    _add_common(p, protocol=True, precision=True)
     _add_train_args(p)
     p.add_argument("--out", required=True, help="output folder (best.safetensors, history.csv, last_state.pt)")
     p.add_argument(
@@ -112,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last_state.pt exists")
 
     p = sub.add_parser("cv", help="train + evaluate every fold x seed, resumably; mean ± std of Se, Sp, Score")
-    _add_common(p, protocol=True)
+    _add_common(p, protocol=True, precision=True)
     _add_train_args(p)
     p.add_argument("--out", required=True, help="output folder (OUT/<fold>/seed<S>/, cv.json, cv.csv, cv.md)")
     p.add_argument("--folds", default="0-4", help="0-4 (patient-wise folds), 0,2, official or random80-20")
@@ -130,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="feature cache folder (default OUT/feature_cache)")
 
     p = sub.add_parser("evaluate", help="ICBHI / macro-OvR / 2-class scores of a checkpoint, by device and patient")
-    _add_common(p, protocol=True)
+    _add_common(p, protocol=True, precision=True)
     p.add_argument("--checkpoint", required=True, help="best.safetensors from train")
     p.add_argument("--out", required=True, help="output folder (metrics.json, predictions.csv, confusion_matrix.png)")
     p.add_argument("--split", default="test", choices=("test", "train", "all"))
@@ -155,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="folder for <stem>_windows.csv and <stem>.json (default: print)")
     _add_mix(p)
-    _add_common(p, data=False)
+    _add_common(p, data=False, precision=True)
     return parser
 
 

@@ -191,6 +191,7 @@ def run_cv(
     num_workers: int = 0,
     progress: bool = True,
     offline: bool = False,
+    precision: str = "auto",
 ) -> dict:
     """Train + evaluate every (protocol, seed); returns the ``cv.json`` content.
 
@@ -208,7 +209,7 @@ def run_cv(
     ctx = init_distributed(device)
     try:
         return _run_cv(cfg, data_dir, out_dir, folds, seeds, data or DataOptions(), weights, cache_dir, num_workers,
-                       progress, offline, ctx)  # fmt: skip
+                       progress, offline, ctx, precision)  # fmt: skip
     finally:
         ctx.close()
 
@@ -226,6 +227,7 @@ def _run_cv(
     progress: bool,
     offline: bool,
     ctx: Any,
+    precision: str = "auto",
 ) -> dict:
     """The body of :func:`run_cv` inside its process group (under torchrun every rank trains, rank 0 evaluates and
     writes)."""
@@ -277,11 +279,12 @@ def _run_cv(
                 if progress and ctx.is_main:
                     print(f"cv: {protocol} seed {seed} -> {run_dir}", flush=True)
                 res = train(run_cfg, data_dir, run_dir, data=run_data, weights=weights, cache_dir=cache,
-                            num_workers=num_workers, progress=progress, ctx=ctx, offline=offline)  # fmt: skip
+                            num_workers=num_workers, progress=progress, ctx=ctx, offline=offline,
+                            precision=precision)  # fmt: skip
                 metrics = None
                 if ctx.is_main:
                     metrics = evaluate(res.best_checkpoint, data_dir, run_dir / "eval", "test", run_data,
-                                       str(ctx.device), cache, progress=progress)  # fmt: skip
+                                       str(ctx.device), cache, progress=progress, precision=precision)  # fmt: skip
                 metrics = broadcast_object(metrics, ctx)
                 tj = json.loads(tpath.read_text())
             rows.append(run_row(protocol, int(seed), metrics, tj["best_epoch"]))

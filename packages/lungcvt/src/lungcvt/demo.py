@@ -59,12 +59,14 @@ def run_demo(
     quick: bool = False,
     progress: bool = True,
     epochs: int | None = None,
+    precision: str = "auto",
 ) -> dict:
     """Run the whole pipeline on synthetic data; returns the metrics dict (also written to ``out/metrics.json``).
 
     Args:
         quick: a reduced run for tests (fewer patients and epochs).
         epochs: override the number of epochs.
+        precision: ``auto | fp32 | tf32 | bf16`` for training and evaluation (:mod:`lungcvt.precision`).
     """
     from medshared.plots import plot_confusion_matrix, plot_curves
     from medshared.runtime import atomic_write_json, atomic_write_text
@@ -84,10 +86,19 @@ def run_demo(
     syn = generate_icbhi(data, n_patients=n_patients, recordings_per_patient=(1, 3), seed=seed)
     t_data = time.time() - t0
     cache = out / "feature_cache"
-    res = train(cfg, data, out / "train", device=device, cache_dir=cache, resume=False, progress=progress)
+    res = train(
+        cfg, data, out / "train", device=device, cache_dir=cache, resume=False, progress=progress, precision=precision
+    )
     t_train = time.time() - t0 - t_data
     ev = evaluate(
-        res.best_checkpoint, data, out / "eval", split="test", device=device, cache_dir=cache, progress=progress
+        res.best_checkpoint,
+        data,
+        out / "eval",
+        split="test",
+        device=device,
+        cache_dir=cache,
+        progress=progress,
+        precision=precision,
     )
     from lungcvt.data import load_dataset
 
@@ -117,6 +128,7 @@ def run_demo(
     wall = time.time() - t0
     metrics = {
         "headline": {"metric": "icbhi_score", "value": ev["icbhi"]["score"], "chance": chance["icbhi"]["score"]},
+        "precision": ev["precision"],
         "test": {k: ev[k] for k in ("icbhi", "macro_ovr", "two_class", "classification", "confusion_matrix", "n")},
         "chance_majority_class": {k: chance[k] for k in ("majority_class", "icbhi", "macro_ovr", "two_class")},
         "best_val": res.best_val,

@@ -176,6 +176,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     mix_channels: bool = False,
+    precision: str = "auto",
 ) -> dict:
     """Score a checkpoint on one part of a protocol; writes ``metrics.json``, ``predictions.csv``,
     ``per_device.csv`` / ``.png``, ``per_patient.csv`` / ``.png`` and ``confusion_matrix.png``.
@@ -185,6 +186,7 @@ def evaluate(
         data: protocol and data options; by default the protocol stored in the checkpoint (``official`` for older
             ones). ``random80-20`` is drawn with the checkpoint's ``train.seed``, as in training.
         mix_channels: average multi-channel files (``features.channels="mix"``) whatever the checkpoint says.
+        precision: ``auto | fp32 | tf32 | bf16`` for the model (:func:`lungcvt.precision.resolve`); in metrics.json.
     """
     import dataclasses
 
@@ -215,7 +217,11 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cycles = extract_cycles(chosen, cfg.features, cache_dir, dev, progress)
-    logits = predict_logits(model, cycles, cfg.features, dev, bf16=cfg.train.bf16, progress=progress)
+    from lungcvt.precision import resolve
+
+    prec = resolve(precision, dev, bf16_alias=cfg.train.bf16)
+    prec.apply()
+    logits = predict_logits(model, cycles, cfg.features, dev, bf16=prec.name == "bf16", progress=progress)
     bias = float(extra.get("normal_bias", 0.0))
     logits = apply_normal_bias(logits, bias)  # the validation-chosen decision bias (0 when not tuned)
     probs = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
@@ -230,6 +236,7 @@ def evaluate(
     metrics.update(
         {
             "normal_bias": bias,
+            "precision": prec.as_dict(),
             "device_notes": notes,
             "audio_by_device": audio_summary(chosen),
             "split": split,

@@ -93,6 +93,7 @@ def predict_recording(
     device: torch.device | str = "cpu",
     aggregate: str = "any",
     normal_bias: float = 0.0,
+    bf16: bool = False,
 ) -> tuple[list[dict], dict]:
     """Classify one recording: per annotated cycle, or on windows covering the whole file (``normal_bias``: the
     checkpoint's validation-chosen offset of the normal logit, :mod:`lungcvt.scoring`).
@@ -123,7 +124,7 @@ def predict_recording(
         starts=[round(c.start, 4) for c in cyc],
         ends=[round(c.end, 4) for c in cyc],
     )
-    logits = apply_normal_bias(predict_logits(model, cs, cfg.features, dev), normal_bias)
+    logits = apply_normal_bias(predict_logits(model, cs, cfg.features, dev, bf16=bf16), normal_bias)
     rows = prediction_rows(cs, logits, with_truth=annotated)
     rec = {"recording": wav.stem, "duration_s": round(dur, 4), **aggregate_recording(rows, aggregate)}
     rec.update({"window_s": None if annotated else window_s, "hop_s": None if annotated else (hop_s or window_s / 2)})
@@ -140,6 +141,7 @@ def predict_files(
     device: str = "auto",
     aggregate: str = "any",
     mix_channels: bool = False,
+    precision: str = "auto",
 ) -> list[tuple[list[dict], dict]]:
     """:func:`predict_recording` for each file with one model; with ``out_dir``, writes ``<stem>_windows.csv`` (one
     row per window or cycle) and ``<stem>.json`` (the recording's result) per file, atomically."""
@@ -150,6 +152,10 @@ def predict_files(
     dev = resolve_device(device)
     model, cfg, extra = load_model(checkpoint, dev)
     bias = float(extra.get("normal_bias", 0.0))
+    from lungcvt.precision import resolve
+
+    prec = resolve(precision, dev, bf16_alias=cfg.train.bf16)
+    prec.apply()
     if mix_channels:
         cfg = dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, channels="mix"))
     anns = list(annotations) if annotations is not None else [None] * len(wavs)
@@ -157,9 +163,10 @@ def predict_files(
         raise ValueError(f"{len(wavs)} recordings but {len(anns)} annotation files")
     results = []
     for wav, ann in zip(wavs, anns):
-        rows, rec = predict_recording(model, cfg, wav, ann, window_s, hop_s, dev, aggregate, bias)
+        rows, rec = predict_recording(model, cfg, wav, ann, window_s, hop_s, dev, aggregate, bias, prec.name == "bf16")
         rec["checkpoint"] = str(checkpoint)
         rec["normal_bias"] = bias
+        rec["precision"] = prec.name
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)

@@ -45,13 +45,15 @@ def train_step(
     ctx: Any = None,
     lr: float | None = None,
     generator: torch.Generator | None = None,
+    precision: Any = None,
 ) -> torch.Tensor:
     """One optimiser step on a collated batch (features [B, 3, F, T], lengths [B], labels [B]; or images
     [B, 3, S, S], None, labels); returns the loss as a detached 0-dim tensor on ``device`` (no host sync per step:
     the caller sums it on the device and reads it once per epoch).
 
     Features are resized on ``device`` (:func:`~lungcvt.images.batch_to_image`); mixup (``train.mixup``) draws its
-    lambda from torch's global RNG and its permutation from ``generator``.
+    lambda from torch's global RNG and its permutation from ``generator``. ``precision`` (a
+    :class:`medshared.precision.Precision`) gives the autocast; without it ``train.bf16`` does (older callers).
     """
     from medshared.runtime import autocast_context
 
@@ -63,7 +65,7 @@ def train_step(
     y = y.to(device, non_blocking=True)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast_context(device, tc.bf16):
+    with precision.autocast() if precision is not None else autocast_context(device, tc.bf16):
         if tc.mixup:
             xm, ya, yb, lam = mixup_batch(x, y, tc.mixup_alpha, generator)
             denoms = None

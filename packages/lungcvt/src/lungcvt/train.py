@@ -79,17 +79,19 @@ def _scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
     }
 
 
-def _validate(model: torch.nn.Module, va: CycleSet, cfg: LungCVTConfig, dev: torch.device, ctx: Any) -> np.ndarray:
+def _validate(
+    model: torch.nn.Module, va: CycleSet, cfg: LungCVTConfig, dev: torch.device, ctx: Any, bf16: bool = False
+) -> np.ndarray:
     """Validation logits; under DDP each rank predicts every world_size-th cycle and the parts are gathered."""
     if ctx is None or not ctx.enabled:
-        return predict_logits(model, va, cfg.features, dev, bf16=cfg.train.bf16)
+        return predict_logits(model, va, cfg.features, dev, bf16=bf16)
     from medshared.distributed import all_gather_object, unwrap_model
 
     # the plain module: DDP's forward may broadcast buffers (a collective), and ranks can hold different numbers of
     # validation batches; the weights are the same on every rank
     idx = list(range(ctx.rank, len(va), ctx.world_size))
     plain = unwrap_model(model)
-    part = predict_logits(plain, va.subset(idx), cfg.features, dev, bf16=cfg.train.bf16) if idx else None
+    part = predict_logits(plain, va.subset(idx), cfg.features, dev, bf16=bf16) if idx else None
     out = np.zeros((len(va), cfg.model.num_classes), dtype=np.float32)
     for r, p in enumerate(all_gather_object(part, ctx)):
         if p is not None:
@@ -111,6 +113,7 @@ def train(
     progress: bool = True,
     ctx: Any = None,
     offline: bool = False,
+    precision: str = "auto",
 ) -> TrainResult:
     """Train LungCVT on an ICBHI-layout folder; writes ``best.safetensors``, ``last_state.pt``, ``history.csv``,
     ``train.json`` (rank 0 only under torchrun).
@@ -129,6 +132,8 @@ def train(
         progress: tqdm bars and one line per epoch (rank 0).
         ctx: a ``medshared.distributed.DistContext``; by default :func:`init_distributed` (a no-op outside torchrun).
         offline: never download the DeiT weights (also ``HF_HUB_OFFLINE=1``); see :func:`lungcvt.model.resolve_weights`.
+        precision: ``auto | fp32 | tf32 | bf16`` (:func:`lungcvt.precision.resolve`; ``train.bf16`` is the old alias),
+            for the training steps and validation; recorded in ``train.json``.
 
     Raises:
         DataError: bad data, a class missing from training (unless ``data.allow_missing_class``).
@@ -151,8 +156,9 @@ def train(
             barrier(ctx)
             weights = resolve_weights(cfg.model.backbone, weights, offline=True)
         return _train(
-            cfg, data_dir, out_dir, data or DataOptions(), weights, init, cache_dir, num_workers, resume, progress, ctx
-        )
+            cfg, data_dir, out_dir, data or DataOptions(), weights, init, cache_dir, num_workers, resume, progress, ctx,
+            precision,
+        )  # fmt: skip
     finally:
         if own_ctx:
             ctx.close()
@@ -229,6 +235,7 @@ def _train_epoch(
     total: int,
     lr: float,
     show: bool,
+    prec: Any = None,
 ) -> tuple[float, int]:
     """One pass over ``dl`` from optimiser step ``step`` of ``total``; returns (mean training loss over all ranks,
     the next step). The lr follows :func:`lr_at` when ``train.warmup_steps`` or ``train.lr_schedule`` ask for it."""
@@ -242,7 +249,7 @@ def _train_epoch(
     tot, n = torch.zeros((), device=dev), 0  # summed on the device: one host sync per epoch, not per step
     for batch in tqdm(dl, desc=f"epoch {epoch + 1}/{tc.epochs}", disable=not show, leave=False):
         step_lr = lr_at(tc, step, total, lr) if schedule else None
-        loss = train_step(model, opt, crit, batch, cfg, dev, ctx, step_lr, g)
+        loss = train_step(model, opt, crit, batch, cfg, dev, ctx, step_lr, g, precision=prec)
         step += 1
         tot += loss.float() * len(batch[2])
         n += len(batch[2])
@@ -262,6 +269,7 @@ def _train(
     resume: bool,
     progress: bool,
     ctx: Any,
+    precision: str = "auto",
 ) -> TrainResult:
     """The body of :func:`train`, inside its process-group guard."""
     from medshared.checkpoint import save_checkpoint
@@ -276,9 +284,15 @@ def _train(
     )
     from medshared.runtime import atomic_write_csv, atomic_write_json, seed_everything
 
+    from lungcvt.precision import resolve
+
     tc = cfg.train
     dev = torch.device(ctx.device)
     main = ctx.is_main
+    prec = resolve(precision, dev, bf16_alias=tc.bf16)
+    prec.apply()
+    if progress and main:
+        print(f"precision {prec.name} ({prec.reason})", flush=True)
     show = progress and main
     seed_everything(tc.seed)  # model init: the same seed on every rank
     out = Path(out_dir)
@@ -316,9 +330,9 @@ def _train(
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, tc.epochs):
         train_loss, step = _train_epoch(
-            ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show
+            ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show, prec
         )
-        val_logits = _validate(ddp_model, va, cfg, dev, ctx)
+        val_logits = _validate(ddp_model, va, cfg, dev, ctx, bf16=prec.name == "bf16")
         bias = tune_normal_bias(va.labels, val_logits)[0] if tc.tune_normal_bias else 0.0
         pred = apply_normal_bias(val_logits, bias).argmax(1)
         sc = _scores(va.labels, pred.tolist())
@@ -376,6 +390,8 @@ def _train(
                 flush=True,
             )
     split = {
+        "device_notes": split_info.pop("device_notes", []),
+        "audio_by_device": split_info.pop("audio_by_device", {}),
         "protocol": data.protocol,
         "devices": list(data.devices) if data.devices else None,
         "validation": split_info,
@@ -408,6 +424,7 @@ def _train(
                     "batchnorm": "spatial-gate BatchNorm statistics over the global batch (all-reduce) under DDP",
                 },
                 "data_loader": {"num_workers": num_workers, "resize": resize_where(dev, num_workers)},
+                "precision": prec.as_dict(),
                 "last_state_bytes": state_path.stat().st_size if state_path.is_file() else None,
                 "config": cfg_dict,
                 "lungcvt_version": __version__,
