@@ -1,4 +1,4 @@
-"""--precision: lungcvt's resolve (train.bf16 alias, explicit specs, the measured CPU auto and its cache) and the CLI."""
+"""--precision: lungcvt's resolve (train.bf16 alias, explicit specs, measured CPU auto and its cache) and the CLI."""
 
 from __future__ import annotations
 
