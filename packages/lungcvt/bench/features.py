@@ -7,7 +7,8 @@ Each backend runs in its own subprocess (after a warm-up) so that its peak RSS i
 - ``torch``: the batched default, ``torch.stft`` mel/MFCC + :class:`lungcvt.features.FFTCQT`;
 - ``nnaudio`` (with ``--nnaudio``): the same batched path with nnAudio's ``CQT1992v2`` for the CQT channel.
 
-Timed: pre-resize features (what the cache stores), as the ratio; a second table times each stage of the batched
+Prints the CPU, that the features run in fp32, and which precision ``--precision auto`` chose for the model (and
+why). Timed: pre-resize features (what the cache stores), as the ratio; a second table times each stage of the batched
 path, including the resize to ``--image-size`` and the normalisation that training applies afterwards. Prints the
 tables and, last, a JSON line ``{"bench": "features", "ratio": torch_cycles_per_s / librosa_cycles_per_s,
 "target": 10, ...}``.
@@ -138,6 +139,14 @@ def main() -> None:
     for b, d in diff.items():
         print(f"|dB| difference {b} vs librosa: " + ", ".join(f"{k} {v:.4f}" for k, v in d.items()))
     ratio = res["torch"]["cycles_per_s"] / res["librosa"]["cycles_per_s"]
+    from lungcvt.precision import resolve
+    from medshared.precision import cpu_model
+
+    prec = resolve("auto", a.device)
+    print(
+        f"CPU {cpu_model()}; features run in fp32 (every backend); --precision auto for the model on "
+        f"{a.device}: {prec.name} ({prec.reason})"
+    )
     summary = {
         "bench": "features",
         "ratio": round(ratio, 2),
@@ -151,6 +160,9 @@ def main() -> None:
         "batch": a.batch,
         "cycle_s": a.seconds,
         "device": a.device,
+        "cpu": cpu_model(),
+        "features_precision": "fp32",
+        "precision_auto": prec.as_dict(),
         "mean_abs_db_diff": diff,
         "stages_ms_per_cycle": {
             k: {s: round(t, 3) for s, t in v["stages_ms_per_cycle"].items()}
