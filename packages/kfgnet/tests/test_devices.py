@@ -66,3 +66,15 @@ def test_the_guard_catches_a_cpu_tensor_beside_a_device_one(device_guard) -> Non
             _ = x + torch.ones(3)
         float(x.sum())
     assert g.syncs == ["__float__"]
+
+
+def test_loaders_pin_memory_and_take_workers_on_cuda_only() -> None:
+    import pytest
+    from kfgnet.devices import default_workers, loader_kwargs, resolve_workers
+
+    assert loader_kwargs("cuda:0", 2)["pin_memory"] and not loader_kwargs("cpu", 2)["pin_memory"]
+    assert default_workers("cpu") == 0 and 1 <= default_workers("cuda") <= 4
+    assert default_workers("cuda", world_size=1000) == 1  # at least one per process
+    assert resolve_workers(None, "cpu") == 0 and resolve_workers(3, "cuda") == 3
+    with pytest.raises(ValueError, match="--workers -1"):
+        resolve_workers(-1, "cpu")

@@ -2,7 +2,7 @@
 
 ``loader_kwargs(device, workers)``: ``num_workers``, ``pin_memory`` on CUDA (so the ``.to(device,
 non_blocking=True)`` copies of the training loops really overlap with compute; from pageable memory they are
-synchronous), ``persistent_workers`` when there are workers. It is ``medshared``'s (CONTRACT) where that exists.
+synchronous), ``persistent_workers`` when there are workers: ``medshared.loader``'s.
 
 ``default_workers(device, world_size)``: the ``--workers`` default: 0 on a CPU (the loader would compete with the
 model for the same cores; decoded clips are cached in memory, a batch is a cheap augmentation), else up to 4 per
@@ -20,15 +20,11 @@ __all__ = ["loader_kwargs", "default_workers", "resolve_workers"]
 
 
 def loader_kwargs(device: Any, workers: int) -> dict[str, Any]:
-    """DataLoader keyword arguments for ``device``: ``{"num_workers", "pin_memory", "persistent_workers"}``."""
-    try:
-        from medshared.runtime import loader_kwargs as shared_loader_kwargs  # type: ignore[attr-defined]
-    except ImportError:
-        shared_loader_kwargs = None
-    dev = torch.device(device)
-    if shared_loader_kwargs is not None:
-        return dict(shared_loader_kwargs(dev, workers))
-    return {"num_workers": workers, "pin_memory": dev.type == "cuda", "persistent_workers": workers > 0}
+    """DataLoader keyword arguments for ``device`` (``medshared.loader.loader_kwargs``: ``num_workers``,
+    ``pin_memory`` on CUDA, ``persistent_workers`` and ``prefetch_factor`` with workers)."""
+    from medshared.loader import loader_kwargs as shared_loader_kwargs
+
+    return dict(shared_loader_kwargs(torch.device(device), workers))
 
 
 def default_workers(device: Any, world_size: int = 1) -> int:
