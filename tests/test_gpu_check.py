@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -13,6 +16,36 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
+
+
+def _load_gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_check", mod)  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_flag_the_check_passes_exists(tmp_path):
+    """Cheap guard against drift: each package command gpu_check runs exists, with every flag it passes (the slow
+    test below runs them)."""
+    gc = _load_gpu_check()
+    seen = 0
+    for dev in ("cpu", "cuda"):
+        for chain in gc.build_steps(tmp_path, dev):
+            for step in chain:
+                argv = step.argv
+                if "-m" not in argv:
+                    continue
+                pkg, cmd, *rest = argv[argv.index("-m") + 1 :]
+                parser = importlib.import_module(f"{pkg}.cli").build_parser()
+                sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+                assert cmd in sub, f"{step.name}: `{pkg} {cmd}` is not a command"
+                options = {o for a in sub[cmd]._actions for o in a.option_strings}
+                for flag in (x for x in rest if x.startswith("--")):
+                    seen += 1
+                    assert flag in options, f"{step.name}: `{pkg} {cmd} {flag}` is not an option"
+    assert seen > 50
 
 
 def _env() -> dict[str, str]:
