@@ -214,13 +214,14 @@ def _cmd_predict(a: argparse.Namespace) -> int:
     fx = cfg.features
     # the old flags are aliases; without them and --precision, the checkpoint's features.bf16 decides the extractors
     spec = spec_from_aliases(a.precision, True if a.bf16 else None, a.fp32)
-    prec_x = resolve(spec_from_aliases(spec, fx.bf16), dev, "pocapnet.extract")
     prec_m = resolve(spec, dev, "pocapnet.infer", cfg.model)
     log = logging.getLogger("pocapnet")
-    log.info(
-        "extractors' precision %s: %s; model's precision %s: %s", prec_x.name, prec_x.reason, prec_m.name, prec_m.reason
-    )
-    bf16_x = prec_x.name == "bf16"
+    log.info("model's precision %s: %s", prec_m.name, prec_m.reason)
+    bf16_x = False
+    if a.stream or a.features is None:  # the extractors run (not with precomputed features)
+        prec_x = resolve(spec_from_aliases(spec, fx.bf16), dev, "pocapnet.extract")
+        log.info("extractors' precision %s: %s", prec_x.name, prec_x.reason)
+        bf16_x = prec_x.name == "bf16"
     need_audio, need_xray = "audio" in cfg.model.modalities, "xray" in cfg.model.modalities
     op = None
     if not a.follow:  # a finished recording (its labels, when present, are scored)
