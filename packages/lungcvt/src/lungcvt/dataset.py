@@ -173,7 +173,9 @@ def predict_logits(
     model.eval()
     # sort by length so that a batch pads little; the output is put back in order
     order = sorted(range(len(cycles)), key=lambda i: cycles.feats[i].shape[-1])
-    dl = make_loader(CycleDataset(cycles.subset(order)), batch_size, num_workers=num_workers)
+    dl = make_loader(
+        CycleDataset(cycles.subset(order)), batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     out = []
     for x, lens, _ in tqdm(dl, desc="predict", disable=not progress, leave=False):
         img = batch_to_image(x.to(device, non_blocking=True), lens, cfg)
