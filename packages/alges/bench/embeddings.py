@@ -1,11 +1,16 @@
 """Benchmark: embedding a pool the package's way vs the official ALGES code's way (run by hand, not a test).
 
-(a) time per image: package = batched eval + inference_mode forward with bf16 autocast and channels-last (where the
-    device supports them), then the closed-form ALGES-img in fp32; official = per image, train mode, forward +
-    backward of the mean pixel CE against the argmax pseudo-labels, then read the head's weight gradient.
-    Also checks that the bf16 path's embeddings agree with fp32's (cosine per image).
+(a) time per image: package = what ``alges query`` / ``simulate`` run for selection: batched eval + inference_mode
+    forward in the precision ``--precision auto`` resolves to for selection (fp32: the selection maths needs it;
+    printed with its reason) with channels-last, then the closed-form ALGES-img in fp32; official = per image,
+    train mode, forward + backward of the mean pixel CE against the argmax pseudo-labels, then read the head's
+    weight gradient. Also times an explicit bf16 forward (``--precision bf16``) and checks that its embeddings agree
+    with fp32's (cosine per image); that one is not the ratio.
 (b) peak memory of the closed form vs materialising the per-pixel gradient matrix G (Eq. 3), each measured as the
     max-RSS growth of a fresh subprocess.
+(p) profile of (a): FLOPs of one forward and of one forward + backward (``torch.utils.flop_counter``), the GFLOP/s
+    each way achieves, and the ratio FLOPs alone allow: (a) can only beat fwd+bwd / fwd FLOPs (~3) by running the
+    batched forward more efficiently per FLOP, or in a lower precision.
 (c) cost of each closed form (img, sem; and both) as a fraction of the fp32 forward pass, warm, medians.
 
 Usage: ``uv run python packages/alges/bench/embeddings.py [--quick] [--device cpu]``. Last line: JSON with
@@ -25,6 +30,8 @@ from alges.config import create_config
 from alges.embeddings import alges_img, alges_sem, materialize_G
 from alges.inference import infer
 from alges.model import build_model
+from alges.precision import resolve_alges_precision
+from medshared.precision import cpu_model
 
 
 def _official_way(model, images: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -38,6 +45,23 @@ def _official_way(model, images: torch.Tensor) -> tuple[float, torch.Tensor]:
         loss.backward()
         embs.append(model.head.weight.grad.flatten().clone())
     return (time.perf_counter() - t) / len(images), torch.stack(embs)
+
+
+def _flops(model, x: torch.Tensor) -> tuple[float, float]:
+    """(forward, forward + backward) FLOPs of ``model`` on ``x`` (one image), as the two ways run them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    fwd = fc.get_total_flops()
+    model.train()
+    with FlopCounterMode(display=False) as fc:
+        out = model(x)
+        F.cross_entropy(out.logits, out.logits.argmax(1)).backward()
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    return float(fwd), float(fc.get_total_flops())
 
 
 def _hwm_kib() -> int:
@@ -99,15 +123,20 @@ def main() -> None:
     else:
         model = build_model(cfg).to(dev)
     images = (torch.rand(n_pkg, 3, args.size, args.size) * 255).to(torch.uint8)
+    auto = resolve_alges_precision("auto", dev)  # as the commands resolve it
+    sel, bf16 = auto.select, resolve_alges_precision("bf16", dev).select
     # warm-up
-    infer(model, images[:2].numpy(), cfg, dev, ("alges-img",))
+    infer(model, images[:2].numpy(), cfg, dev, ("alges-img",), precision=sel)
     t = time.perf_counter()
-    fast = infer(model, images.numpy(), cfg, dev, ("alges-img",)).values["alges-img"]
+    fast = infer(model, images.numpy(), cfg, dev, ("alges-img",), precision=sel).values["alges-img"]
     pkg = (time.perf_counter() - t) / n_pkg
-    fp32 = infer(model, images[:n_off].numpy(), cfg, dev, ("alges-img",), amp=False, channels_last=False)
-    fp32 = fp32.values["alges-img"]
-    cos = F.cosine_similarity(torch.from_numpy(fast[:n_off]), torch.from_numpy(fp32), dim=1)
+    infer(model, images[:2].numpy(), cfg, dev, ("alges-img",), precision=bf16)
+    t = time.perf_counter()
+    low = infer(model, images.numpy(), cfg, dev, ("alges-img",), precision=bf16).values["alges-img"]
+    pkg_bf16 = (time.perf_counter() - t) / n_pkg
+    cos = F.cosine_similarity(torch.from_numpy(low), torch.from_numpy(fast), dim=1)
     off, off_emb = _official_way(model, images[:n_off].to(dev))
+    fl_fwd, fl_fb = _flops(model, images[:1].float().to(dev))
     # official-way gradients are the eval-mode closed form only up to BN mode; report agreement in eval mode too
     # (c) forward vs closed form: warm, median of 5 repetitions each (the first call pays one-off allocations)
     model.eval()
@@ -135,9 +164,22 @@ def main() -> None:
     mem_g = _memory("G", n_mem, args.size, cfg.num_classes, cfg.feature_dim)
     rows = [
         ("(a) official way: per image train-mode fwd+bwd", f"{1000 * off:.1f} ms/image"),
-        ("(a) package way: batched bf16/channels-last + closed form", f"{1000 * pkg:.1f} ms/image"),
-        ("(a) speed-up", f"{off / pkg:.1f}x (target >= 5x)"),
+        (f"(a) package way: batched {sel.name}/channels-last + closed form", f"{1000 * pkg:.1f} ms/image"),
+        ("(a) speed-up", f"{off / pkg:.2f}x (target >= 5x)"),
+        (
+            "    explicit --precision bf16 forward (not the default)",
+            f"{1000 * pkg_bf16:.1f} ms/image, {off / pkg_bf16:.2f}x",
+        ),  # fmt: skip
         ("    bf16 vs fp32 embeddings, min cosine", f"{float(cos.min()):.4f} (target >= 0.99)"),
+        (
+            "(p) GFLOP per image: forward / forward + backward",
+            f"{fl_fwd / 1e9:.2f} / {fl_fb / 1e9:.2f} (x{fl_fb / fl_fwd:.2f})",
+        ),  # fmt: skip
+        (
+            f"(p) GFLOP/s: official fwd+bwd / package {sel.name} / package bf16",
+            f"{fl_fb / off / 1e9:.1f} / {fl_fwd / pkg / 1e9:.1f} / {fl_fwd / pkg_bf16 / 1e9:.1f}",
+        ),  # fmt: skip
+        ("(p) package fp32 GFLOP/s needed for 5x", f"{5 * fl_fwd / off / 1e9:.1f}"),
         ("(b) closed form peak memory", f"{mem_closed:.1f} MiB for {n_mem} images"),
         ("(b) materialised G peak memory", f"{mem_g:.1f} MiB for {n_mem} images"),
         ("(b) ratio", f"{mem_g / max(mem_closed, 1e-3):.1f}x (target >= 10x)"),
@@ -149,6 +191,9 @@ def main() -> None:
         f"device {dev}, {args.size}x{args.size}, K={cfg.num_classes}, d={cfg.feature_dim}, threads "
         f"{torch.get_num_threads()}"
     )
+    print(f"CPU: {cpu_model()}")
+    print(f"precision auto, selection: {sel.name}: {sel.reason}")
+    print(f"precision auto, training (not used here): {auto.train.name}: {auto.train.reason}")
     for a, b in rows:
         print(f"{a:<62} {b}")
     print(
@@ -157,6 +202,16 @@ def main() -> None:
                 "bench": "embeddings",
                 "ratio": round(off / pkg, 2),
                 "target": 5.0,
+                "met": off / pkg >= 5.0,
+                "precision": sel.as_dict(),
+                "cpu": cpu_model(),
+                "threads": torch.get_num_threads(),
+                "ratio_explicit_bf16": round(off / pkg_bf16, 2),
+                "gflop_fwd": round(fl_fwd / 1e9, 2),
+                "gflop_fwd_bwd": round(fl_fb / 1e9, 2),
+                "gflops_official": round(fl_fb / off / 1e9, 1),
+                "gflops_package": round(fl_fwd / pkg / 1e9, 1),
+                "gflops_package_bf16": round(fl_fwd / pkg_bf16 / 1e9, 1),
                 "official_ms": round(1000 * off, 1),
                 "package_ms": round(1000 * pkg, 1),
                 "bf16_min_cosine": round(float(cos.min()), 4),
