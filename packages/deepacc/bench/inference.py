@@ -7,7 +7,9 @@ of top-1 detections unchanged at IoU 0.9 with the same class.
     uv run python packages/deepacc/bench/inference.py --bf16-only --checkpoint demo/run/model.safetensors \
         --data demo/data/test/annotations.json     # the demo model on its held-out synthetic images
 
-Target: DeepACC's heads add <= 10% inference time (ratio = DeepACC / Faster R-CNN seconds per image <= 1.10).
+Target: DeepACC's heads add <= 10% inference time (ratio = DeepACC / Faster R-CNN seconds per image <= 1.10), both
+at the precision ``--precision auto`` resolves to (printed with its reason), both pooling RoIs from P2 (the paper's
+FPN). Prints the CPU model and thread count.
 Each measurement runs in a fresh process so peak RSS is per model. Weights are random (no ImageNet file needed);
 with --checkpoint the bf16 comparison uses that trained model instead.
 """
@@ -64,8 +66,13 @@ def _measure(job: dict[str, Any], q: Any) -> None:
     cfg = _cfg(job["config"], job["min_size"])
     model = build_model(cfg, pretrained=None)
     out: dict[str, Any] = {"image": src}
+    bf16 = job.get("precision") == "bf16"
     if job["kind"] == "infer":
         model.eval()
+        if bf16:  # what evaluate / predict run for --precision bf16 (auto where it pays)
+            from deepacc.precision import cast_bf16
+
+            model = cast_bf16(model)
         with torch.no_grad():
             model([x])  # warm-up
             ts = []
@@ -82,7 +89,8 @@ def _measure(job: dict[str, Any], q: Any) -> None:
         ts = []
         for i in range(job["reps"] + 1):
             t = time.perf_counter()
-            loss = sum(model([x], target).values())
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = sum(model([x], target).values())
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -181,7 +189,23 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="trained deepacc checkpoint for the bf16 comparison")
     ap.add_argument("--data", default=None, help="COCO json whose images the bf16 comparison uses (default A.tif)")
     ap.add_argument("--bf16-only", action="store_true", help="skip the DeepACC vs Faster R-CNN part")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="precision of the DeepACC vs Faster R-CNN part (default auto, as evaluate / predict)")
     args = ap.parse_args()
+    import platform
+
+    import torch
+    from deepacc.precision import resolve
+
+    prec = resolve(args.precision, "cpu", train=False)
+    cpu = platform.processor() or platform.machine()
+    try:
+        from medshared.precision import cpu_model
+
+        cpu = cpu_model()
+    except Exception:  # noqa: BLE001
+        pass
+    print(f"CPU: {cpu}; torch threads {torch.get_num_threads()}; precision {prec.name} ({prec.reason})")
     min_size, reps = (400, 1) if args.quick else (800, 3)
     bf = _bf16_compare(args.checkpoint, args.data, min_size, reps)
     print(f"bf16 vs fp32, DeepACC top-1 detections ({bf['model']}; {bf['images']})")
@@ -197,8 +221,8 @@ def main() -> None:
         return
     rows = []
     for name, label in (("faster_rcnn_r101", "Faster R-CNN R101-FPN"), ("deepacc_r101", "DeepACC R101-FPN")):
-        inf = _run({"kind": "infer", "config": name, "min_size": min_size, "reps": reps})
-        trn = _run({"kind": "train", "config": name, "min_size": min_size, "reps": 1})
+        inf = _run({"kind": "infer", "config": name, "min_size": min_size, "reps": reps, "precision": prec.name})
+        trn = _run({"kind": "train", "config": name, "min_size": min_size, "reps": 1, "precision": prec.name})
         rows.append({"model": label, "infer_s": inf["seconds"], "infer_peak_mb": inf["peak_rss_mb"],
                      "train_step_s": trn["seconds"], "train_peak_mb": trn["peak_rss_mb"],
                      "image": inf["image"]})  # fmt: skip
@@ -214,7 +238,8 @@ def main() -> None:
                       "train_step_ratio": round(rows[1]["train_step_s"] / rows[0]["train_step_s"], 4),
                       "deepacc_peak_mb": round(rows[1]["infer_peak_mb"]),
                       "faster_rcnn_peak_mb": round(rows[0]["infer_peak_mb"]),
-                      "bf16": bf_json, "min_size": min_size, "quick": args.quick}))  # fmt: skip
+                      "bf16": bf_json, "min_size": min_size, "quick": args.quick, "precision": prec.as_dict(),
+                      "cpu": cpu, "roi_pooling": "P2-P5 (both models), RPN P2-P6"}))  # fmt: skip
 
 
 if __name__ == "__main__":

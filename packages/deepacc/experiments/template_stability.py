@@ -18,6 +18,7 @@ import torch
 from deepacc.config import create_config
 from deepacc.data import DetectionDataset, load_dataset
 from deepacc.model import build_model
+from deepacc.train import margin_factor
 from deepacc.synthetic import SynthConfig, write_synthetic
 
 
@@ -49,6 +50,7 @@ def run(
             model.roi_heads.cfg = dataclasses.replace(model.roi_heads.cfg, delta=0.5)
         for g in opt.param_groups:
             g["lr"] = 0.02 * min(1.0, 0.001 + it / 20)
+        model.roi_heads.margin_factor = margin_factor(it, cfg.train)  # the s / m warm-up train() applies
         batch = [data[(2 * it) % len(data)], data[(2 * it + 1) % len(data)]]
         losses = model([x for x, _ in batch], [t for _, t in batch])
         opt.zero_grad()

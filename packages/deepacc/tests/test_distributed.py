@@ -3,7 +3,8 @@ x 2 images, also across an interruption and a mid-epoch resume under DDP.
 
 Equivalence holds by construction here: every rank walks its share of the same seeded permutation (a DistributedSampler
 in both cases), DDP averages gradients, and every loss term is a mean over equal-sized per-image parts (GIA is
-averaged per image). The test config removes what legitimately differs: BatchNorm statistics (``norm: frozen_bn``;
+averaged per image). The test config removes what legitimately differs: BatchNorm statistics (``norm: frozen_bn``
+and the margin embedding without BatchNorm, ``margin_embedding: linear``;
 trainable BatchNorm has per-process statistics on CPU, where SyncBatchNorm does not exist) and random RoI / anchor
 subsampling (sampling sizes above the candidate counts and equal IoU thresholds, so every candidate is used).
 Tolerance: float32 summation order only: ``atol 1e-5`` after 4 SGD steps, where the weights move by about 1e-1
@@ -25,7 +26,7 @@ from deepacc.synthetic import SynthConfig, write_synthetic
 def equivalence_cfg(per_rank_batch: int):
     cfg = create_config("deepacc_tiny")
     model = dataclasses.replace(
-        cfg.model, norm="frozen_bn", min_size=96, max_size=96, rpn_pre_nms_top_n_train=2000,
+        cfg.model, norm="frozen_bn", margin_embedding="linear", min_size=96, max_size=96, rpn_pre_nms_top_n_train=2000,
         rpn_post_nms_top_n_train=20, rpn_fg_iou_thresh=0.5, rpn_bg_iou_thresh=0.5, rpn_batch_size_per_image=100000,
         box_batch_size_per_image=1000, box_positive_fraction=0.5)  # fmt: skip
     train = dataclasses.replace(cfg.train, epochs=2, batch_size=per_rank_batch, warmup_iters=0, milestones=(5,),

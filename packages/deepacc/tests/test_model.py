@@ -80,7 +80,7 @@ def test_eval_output_shapes_and_modes() -> None:
         for o in out:
             n = len(o["labels"])
             assert o["boxes"].shape == (n, 4) and o["scores"].shape == (n,) and o["roi_indices"].shape == (n,)
-            assert n <= 100 and (o["labels"] >= 1).all() and (o["labels"] <= 24).all()
+            assert n <= _tiny().model.detections_per_img and (o["labels"] >= 1).all() and (o["labels"] <= 24).all()
         set_output_mode(model, "raw")
         raw = model(images)
         r = raw[0]["scores"].shape[0]
@@ -213,7 +213,7 @@ def test_retinanet_raw_mode_max_boxes_in_original_frame() -> None:
         set_output_mode(model, "raw")
         raw = model([img])[0]
         set_output_mode(model, "standard")
-    assert len(mx["boxes"]) == 100 and {"boxes", "max_boxes", "max_scores", "max_labels"} <= set(raw)
+    assert len(mx["boxes"]) == 300 and {"boxes", "max_boxes", "max_scores", "max_labels"} <= set(raw)  # the cap
     torch.testing.assert_close(raw["max_boxes"], mx["boxes"])
     assert float(raw["max_boxes"][:, 2].max()) <= 120.0 + 1e-3 and float(raw["max_boxes"][:, 3].max()) <= 80.0 + 1e-3
     assert float(raw["max_boxes"][:, 2].max()) > 100.0  # boxes do reach the right part of the original image

@@ -96,12 +96,14 @@ def test_outputs_respect_umask(samples, tmp_path: Path) -> None:
 def test_lr_rules() -> None:
     from deepacc.train import effective_lr
 
-    paper = create_config("deepacc_r101").train
-    assert paper.lr_scaling == "literal" and effective_lr(paper) == pytest.approx(0.02)  # the paper's value
-    assert effective_lr(paper, world_size=8) == pytest.approx(0.02)
-    linear = dataclasses.replace(paper, lr_scaling="linear")
-    assert effective_lr(linear) == pytest.approx(0.02 / 16)  # mmdet's reading: 0.02 per 16 images
+    paper = create_config("deepacc_r101")
+    assert (paper.model.min_size, paper.model.max_size) == (1200, 1600)  # the paper's 1600x1200 images, native
+    linear = paper.train  # pretrained R101: mmdet's 0.02 per 16 images, scaled linearly
+    assert linear.lr_scaling == "linear" and effective_lr(linear) == pytest.approx(0.02 / 16)
     assert effective_lr(linear, world_size=8) == pytest.approx(0.02 * 8 / 16)
+    literal = dataclasses.replace(linear, lr_scaling="literal")  # the random-init tiny config's rule
+    assert effective_lr(literal) == pytest.approx(0.02) and effective_lr(literal, world_size=8) == pytest.approx(0.02)
+    assert create_config("deepacc_tiny").train.lr_scaling == "literal"
 
 
 def _as_16bit(samples: list, folder: Path) -> list:

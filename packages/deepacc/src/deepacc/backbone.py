@@ -145,7 +145,8 @@ def build_backbone(
     ``retinanet_resnet50_fpn`` (``LastLevelP6P7(256, 256)``).
     """
     norm_layer = FrozenBatchNorm2d if cfg.norm == "frozen_bn" else nn.BatchNorm2d
-    first = 2 if retinanet else cfg.fpn_min_level - 1  # first returned ResNet stage (layer index 1..4)
+    low = min(cfg.fpn_min_level, cfg.roi_min_level or cfg.fpn_min_level)  # P2 for RoIAlign only: see model.py
+    first = 2 if retinanet else low - 1  # first returned ResNet stage (layer index 1..4)
     stages = list(range(first, 5))
     extra = LastLevelP6P7(cfg.fpn_channels, cfg.fpn_channels) if retinanet else LastLevelMaxPool()
     if cfg.backbone == "tiny":

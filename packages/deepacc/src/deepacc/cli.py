@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -13,16 +14,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medshared.cli import run_cli
+from medshared.cli import add_runtime_args, run_cli
 
 from deepacc import __version__
 
 _EXPECTED_ERRORS = (FileNotFoundError, ValueError, FloatingPointError, OSError, KeyError, ImportError)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+def _add_common(p: argparse.ArgumentParser, precision: bool = True, workers: int | None = None) -> None:
+    """--device, --seed and (train / evaluate / predict) --precision from ``medshared.cli.add_runtime_args``; train
+    also --workers."""
+    from deepacc.precision import PRECISION_HELP
+
+    add_runtime_args(p, precision=precision, workers=workers, seed=0, precision_help=PRECISION_HELP)
 
 
 def _add_loading(p: argparse.ArgumentParser) -> None:
@@ -65,7 +69,8 @@ def _note_rescale(extra: dict[str, Any], flag: bool) -> None:
 
 #: --amp of evaluate / predict (bench/inference.py measured both ways on the demo model).
 _AMP_HELP = (
-    "bf16 weights cast once (backbone, RPN head, RoI FC layers; boxes and the margin/inference branches stay fp32): "
+    "old name of --precision bf16: bf16 weights cast once (backbone, RPN head, RoI FC layers; boxes and the "
+    "margin/inference branches stay fp32): "
     "1.12x and 98%% of top-1 detections unchanged on the demo, where autocast gave 1.04x and 80%%"
 )
 _PRIOR_HELP = "assign classes under the karyotype prior (at most two of each autosome; XX or XY), optimal assignment"
@@ -90,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
         "test set is held-out cells (default: synthetic spreads from the shared sample crops)",
     )
     p.add_argument("--test-crops", default=None, help="test spreads from these cells instead of held-out cells")
+    p.add_argument(
+        "--scale",
+        type=float,
+        default=None,
+        help="--crops only: crop-to-spread scale, 0.5 (384 px spreads, default) or 1.0 (768 px, native)",
+    )
+    p.add_argument(
+        "--roi-level",
+        type=int,
+        default=None,
+        choices=[2, 3],
+        help="lowest FPN level RoIs pool from: 2 (P2, stride 4; default with --crops) or 3",
+    )
     p.add_argument("--n-train", type=int, default=None, help="training images (default: demo setting)")
     p.add_argument("--n-test", type=int, default=None, help="held-out images (default: demo setting)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: demo setting)")
@@ -100,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic demo only: real BioImLab sample crops from the shared data folder, or procedural rods",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_common(p)
+    _add_common(p, precision=False)
 
     p = sub.add_parser("compose", help="metaphase spreads from real karyotyped cells, split by cell (COCO JSON + PNG)")
     p.add_argument("--crops", required=True, help="folder of <cell>_<class><copy>.bmp crops (one folder per cell)")
@@ -154,10 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between mid-epoch resume points")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT has a train_state.pt")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (margin branch stays fp32)")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="old name of --precision bf16 (bf16 autocast; the margin and inference branches stay fp32)",
+    )
     _add_rescale(p)
     p.add_argument("--quiet", action="store_true")
-    _add_common(p)
+    _add_common(p, workers=0)
+    p.add_argument("--num-workers", dest="workers", type=int, help=argparse.SUPPRESS)
 
     p = sub.add_parser("evaluate", help="mAP@0.5, mAP_max, Acc, AER, WCR (and COCO mAP) of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="model.safetensors or best.safetensors written by train")
@@ -241,7 +264,9 @@ def _cmd_compose(args: argparse.Namespace) -> int:
     if args.size < 64:
         raise ValueError(f"--size must be >= 64 pixels, got {args.size}")
     scale = args.scale if args.scale is not None else args.size / 768
-    cfg = dataclasses.replace(CELL_SPREAD, height=args.size, width=args.size, scale=scale)
+    b0, b1 = CELL_SPREAD.blur_range  # A.tif's edge blur at 1x, scaled with the crops
+    cfg = dataclasses.replace(CELL_SPREAD, height=args.size, width=args.size, scale=scale,
+                              blur_range=(b0 * scale, b1 * scale))  # fmt: skip
     split = parse_split(args.split) if args.split else None
     cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells else None
     paths = compose_split(args.crops, args.out, split, _parse_counts(args.n_images), args.seed, cfg, cells,
@@ -257,6 +282,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from medshared.runtime import atomic_write_json
 
     from deepacc.evaluate import evaluate_detections, predict_raw
+    from deepacc.health import margin_health
+    from deepacc.precision import resolve as resolve_precision
     from deepacc.train import train
 
     cfg = _load_cfg(args.model, args.config)
@@ -275,14 +302,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     pretrained = None if args.pretrained.lower() == "none" or cfg.model.backbone == "tiny" else args.pretrained
     ctx = init_distributed(args.device)
     try:
+        prec = resolve_precision(args.precision, ctx.device, train=True, amp_alias=args.amp)
+        if ctx.is_main:
+            print(f"precision: {prec.name} ({prec.reason})")
         model, history = train(cfg, samples, args.out, ctx.device, pretrained, resume=not args.no_resume,
-                               seed=args.seed, amp=args.amp, progress=not args.quiet, val_samples=val, ctx=ctx,
-                               offline=args.offline, rescale_16bit=args.rescale_16bit)  # fmt: skip
+                               seed=args.seed, progress=not args.quiet, val_samples=val, ctx=ctx,
+                               offline=args.offline, rescale_16bit=args.rescale_16bit, precision=prec,
+                               workers=args.workers)  # fmt: skip
         if val is not None and ctx.is_main:
-            raws = predict_raw(model, val, ctx.device, args.amp, not args.quiet, args.rescale_16bit)
+            raws = predict_raw(model, val, ctx.device, False, not args.quiet, args.rescale_16bit)
             res = evaluate_detections(raws, val, cfg)
             res.pop("matched_pairs", None)
-            atomic_write_json(Path(args.out) / "val_metrics.json", res)
+            res["margin_health"] = margin_health(model, val, ctx.device, args.rescale_16bit)
+            per_epoch = Path(args.out) / "val_metrics.json"  # train() wrote the per-epoch validations there
+            res["per_epoch"] = json.loads(per_epoch.read_text())["per_epoch"] if per_epoch.is_file() else []
+            atomic_write_json(per_epoch, res)
             print(f"validation (last epoch): mAP@0.5 {res['map50']:.4f}  mAP_max {res['map50_max']:.4f}  "
                   f"Acc {res.get('acc', 0):.4f}  AER {res.get('aer', 0):.4f}")  # fmt: skip
     finally:
@@ -296,23 +330,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from medshared.runtime import resolve_device
 
     from deepacc.evaluate import evaluate_detections, predict_raw
+    from deepacc.health import margin_health
     from deepacc.images import scan_images
-    from deepacc.precision import cast_bf16
     from deepacc.reporting import markdown_table, write_eval
     from deepacc.train import load_model
 
     device = resolve_device(args.device)
     model, cfg, extra = load_model(args.checkpoint, device)
     _note_rescale(extra, args.rescale_16bit)
-    if args.amp:  # bf16 weights once (bench/inference.py: faster and closer to fp32 than autocast)
-        model = cast_bf16(model)
+    model = _apply_precision(model, args, device)
     samples = _load(args, args.data, args.split)
     scan_images(samples, not args.quiet, args.rescale_16bit, log=_stderr)  # every bad image at once, before predicting
     raws = predict_raw(model, samples, device, False, not args.quiet, args.rescale_16bit)
     res = evaluate_detections(raws, samples, cfg, coco=args.coco, karyotype_prior=args.karyotype_prior)
+    res["margin_health"] = margin_health(model, samples, device, args.rescale_16bit)
     write_eval(Path(args.out), res)
-    rows = [("mAP@0.5", res["map50"]), ("mAP_max", res["map50_max"]), ("Acc", res.get("acc")),
-            ("AER", res.get("aer")), ("WCR", res["wcr"])]  # fmt: skip
+    rows = [("mAP@0.5", res["map50"]), *((f"mAP@0.5, {c} detections per image", v)
+                                          for c, v in res.get("map50_at", {}).items()),
+            ("class-agnostic AP@0.5", res["class_agnostic_ap50"]), ("mAP_max", res["map50_max"]),
+            ("Acc", res.get("acc")), ("AER", res.get("aer")), ("WCR", res["wcr"])]  # fmt: skip
+    mh = res["margin_health"]
+    if mh:
+        rows += [("margin health: own-class cos", mh["own_class_cos"]),
+                 ("margin health: centre pairwise cos", mh["centre_pairwise_cos"]),
+                 ("margin health: local templates", mh["template_local_fraction"])]  # fmt: skip
+        if mh["reason"]:
+            _stderr(f"WARNING: {mh['reason']}")
     if args.coco:
         rows.append(("COCO mAP@[.5:.95]", res["coco"]["map"]))
     if args.karyotype_prior and "acc_prior" in res:
@@ -321,10 +364,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_precision(model: Any, args: argparse.Namespace, device: Any) -> Any:
+    """Resolve --precision (--amp = bf16) for inference; bf16 casts the heavy parts once (``cast_bf16``:
+    bench/inference.py measured it faster and closer to fp32 than autocast)."""
+    from deepacc.precision import cast_bf16
+    from deepacc.precision import resolve as resolve_precision
+
+    prec = resolve_precision(args.precision, device, train=False, amp_alias=args.amp)
+    prec.apply()
+    _stderr(f"precision: {prec.name} ({prec.reason})")
+    return cast_bf16(model) if prec.name == "bf16" else model
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from medshared.runtime import resolve_device
 
-    from deepacc.precision import cast_bf16
     from deepacc.predict import list_images, predict_paths
     from deepacc.train import load_model
 
@@ -332,8 +386,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     list_images(args.inputs)  # missing inputs fail before the model is loaded
     model, cfg, extra = load_model(args.checkpoint, device)  # once for every image
     _note_rescale(extra, args.rescale_16bit)
-    if args.amp:  # bf16 weights once (bench/inference.py: faster and closer to fp32 than autocast)
-        model = cast_bf16(model)
+    model = _apply_precision(model, args, device)
     results = predict_paths(model, cfg, args.inputs, args.out, device, args.score_thresh, args.short_side,
                             args.karyotype_prior, progress=not args.quiet, log=print,
                             rescale_16bit=args.rescale_16bit)  # fmt: skip
@@ -348,7 +401,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     run_demo(args.out, device=args.device, seed=args.seed, n_train=args.n_train, n_test=args.n_test,
              epochs=args.epochs, source=args.source, progress=not args.quiet, crops=args.crops,
-             test_crops=args.test_crops)  # fmt: skip
+             test_crops=args.test_crops, scale=args.scale,
+             roi_min_level=None if args.roi_level is None else (0 if args.roi_level == 3 else 2))  # fmt: skip
     return 0
 
 

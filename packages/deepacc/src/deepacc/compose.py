@@ -27,6 +27,7 @@ __all__ = [
     "CELL_SPREAD",
     "CELL_SPREAD_CPU",
     "CellCrop",
+    "cell_spread",
     "compose_cells",
     "compose_split",
     "index_cells",
@@ -37,8 +38,10 @@ __all__ = [
 
 _CROP_RE = re.compile(r"^(\d+)_(\d+)([a-z]?)\.bmp$", re.IGNORECASE)
 
-#: Default look of real-crop spreads: 768 px with the crops at their native size; light grey chromosomes (A.tif's
-#: chromosomes are 170-240 on a 249 background), soft blur, a faint lamp gradient.
+#: Default look of real-crop spreads: 768 px with the crops at their native size; light grey chromosomes, soft blur, a
+#: faint lamp gradient. Measured on A.tif (README "Spreads like A.tif"): chromosome optical density -ln(I / I_bg)
+#: median 0.20 (5-95 %: 0.11-0.35), which contrast 0.25-0.5 spans (median OD 0.17-0.34 on the BioImLab crops);
+#: edge blur sigma 1.6 px on chromosomes 22 px wide, i.e. about 1.0 px on the crops' 15 px width at 1x -> 0.6-1.4.
 CELL_SPREAD = SynthConfig(
     height=768,
     width=768,
@@ -56,9 +59,22 @@ CELL_SPREAD = SynthConfig(
     debris=4,
     flip_prob=0.5,
     illumination=0.04,
+    blur_range=(0.6, 1.4),
+    antialias=True,
 )
-#: The same spreads at half size (384 px, crops at 0.5x) for CPU experiments and ``deepacc demo --crops``.
-CELL_SPREAD_CPU = replace(CELL_SPREAD, height=384, width=384, scale=0.5)
+#: The same spreads at half size (384 px, crops at 0.5x, anti-aliased, blur halved) for CPU experiments and
+#: ``deepacc demo --crops``.
+CELL_SPREAD_CPU = replace(CELL_SPREAD, height=384, width=384, scale=0.5, blur_range=(0.3, 0.7))
+
+
+def cell_spread(scale: float = 0.5) -> SynthConfig:
+    """:data:`CELL_SPREAD` at ``scale`` (image side ``768 * scale``, blur scaled with it); 0.5 gives
+    :data:`CELL_SPREAD_CPU`."""
+    if not 0.1 <= scale <= 1.0:
+        raise ValueError(f"spread scale must be in [0.1, 1], got {scale}")
+    side = int(round(768 * scale / 32)) * 32
+    b0, b1 = CELL_SPREAD.blur_range
+    return replace(CELL_SPREAD, height=side, width=side, scale=scale, blur_range=(b0 * scale, b1 * scale))
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ class ModelConfig:
     trainable_layers: int = 3  # mmdet frozen_stages=1 [I]
     fpn_channels: int = 256  # torchvision/mmdet FPN width [V]
     fpn_min_level: int = 2  # lowest pyramid level P2 (stride 4) as in the paper's FPN; 3 drops P2 (tiny config)
+    # lowest level RoIAlign pools from; 0 = fpn_min_level. 2 with fpn_min_level 3: RoIs pool from P2 (stride 4)
+    # while the RPN stays on P3-P5 (small chromosomes: a 14 px box is 1.75 cells of P3, 3.5 of P2) [I]
+    roi_min_level: int = 0
     tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 96)  # only for backbone="tiny"
     # --- image transform (torchvision/mmdet defaults [V]) ---
     min_size: int = 800
@@ -87,12 +90,22 @@ class ModelConfig:
     margin: float = 0.25
     scale: float = 64.0
     margin_on_bg: bool = True  # ArcFace margin also on background targets [I]
+    # Embedding of the margin branch (heads.ClassHead): relu (torchvision TwoMLPHead; collapses, README "Margin
+    # branch health") | linear (fc7 without ReLU) | bn (fc7 without ReLU + BatchNorm1d) [I]
+    margin_embedding: str = "bn"
+    easy_margin: bool = False  # insightface easy_margin: no margin where cos <= 0 [I]
+    # s at the start of train.margin_warmup_iters (ramped linearly to `scale`): 8, so L_CE of the inference branch
+    # starts near ln 25 instead of 45 (README "Margin branch health") [I]
+    warmup_scale: float = 8.0
     # --- inference branch (Eq. 2) ---
     # Template threshold of Eq. 2 (not given in the paper [I]); it is the only gate between global and local
     # centres, from the first training iteration on (Sec. 2.3: "we set a threshold delta to control where local class
     # center W_I,j comes from"). An earlier global-only warm-up followed by a hard switch made L_CE jump; see README.
     delta: float = 0.5
-    detach_templates: bool = False  # [I]
+    # Templates of Eq. 2 (local RoI embeddings and global W_M rows) without gradient from L_CE: W_M is learned by the
+    # margin branch (L_AAM) alone. With gradient, L_CE's negatives push every unused global centre the same way
+    # (README "Margin branch health") [I]
+    detach_templates: bool = True
     exclude_gt_templates: bool = False  # keep GT boxes added as proposals out of template selection [I]
     # Inference-branch logits. False: Eq. 2 as printed, W_I^T x_i + b with x_i not normalised (the Remark of Sec. 2.3).
     # True: s * n(x_i)^T W_I + b. Measured on real-crop spreads, full head, 3 seeds (README): True 0.193 +- 0.014,
@@ -109,7 +122,10 @@ class ModelConfig:
     # --- post-processing (torchvision/mmdet defaults [V]) ---
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
-    detections_per_img: int = 100
+    # Detections kept per image. 300, not mmdet's 100: a spread holds 46 chromosomes and every RoI is a candidate for
+    # each of 24 classes, so at 100 about two hypotheses per chromosome survive and the cap, not the model, cuts the
+    # recall of the lower-ranked correct classes. evaluate / demo report mAP@0.5 at both (``map50_at``) [I].
+    detections_per_img: int = 300
 
 
 @dataclass(frozen=True)
@@ -132,6 +148,10 @@ class TrainConfig:
     warmup_factor: float = 0.001  # [V]
     hflip_prob: float = 0.5  # Sec. 3.1
     grad_clip: float = 0.0  # 0 = off (mmdet 2x config has none)
+    # s / m warm-up: over these iterations m ramps linearly from 0 to model.margin and s from model.warmup_scale to
+    # model.scale (0 = off): the margin branch first learns as a gentle normalised softmax, so neither the ArcFace
+    # penalty nor s = 64 meets an unseparated embedding (both collapses, README "Margin branch health") [I]
+    margin_warmup_iters: int = 500
     checkpoint_every: int = 500  # iterations between mid-epoch resume points (0: only at epoch ends)
     val_every: int = 1  # epochs between validations (best checkpoint by mAP@0.5) when validation data is given
     scan_images: bool = True  # decode every image before training; all unreadable / wrong-size ones reported at once
@@ -181,7 +201,17 @@ def _with_model(name: str, base: DeepACCConfig, **model_kw: Any) -> DeepACCConfi
     return dataclasses.replace(base, name=name, model=dataclasses.replace(base.model, **model_kw))
 
 
-_PAPER = register_config(DeepACCConfig())
+# The paper's images are 1600x1200 (Sec. 3.1): min/max size 1200/1600 keeps them at native resolution (torchvision's
+# 800/1333 would shrink them to 2/3). lr: mmdet's lr 0.02 is for a total batch of 16 (8 GPUs x 2 images; the
+# `faster_rcnn_r50_fpn_1x` config: "lr=0.02 for 8 GPUs x 2 img/gpu"), and the linear scaling rule (Goyal et al. 2017,
+# arXiv:1706.02677) gives 0.02 x B / 16 = 0.00125 per image for the pretrained R101: `lr_scaling: linear`. The
+# literal 0.02 at batch 1 won only on the random-init tiny model (README), where a small lr mainly slows learning.
+_PAPER = register_config(
+    DeepACCConfig(
+        model=ModelConfig(min_size=1200, max_size=1600),
+        train=TrainConfig(lr_scaling="linear"),
+    )
+)
 # Table 1 ablation rows (validation set). (c) trains the margin branch alone; Sec. 3.1 sets alpha = 0.1 "in all
 # experiments", so L_AAM keeps weight 0.1 there too (an earlier version used 1.0 [I]; both measured in the README).
 # (d) has the margin branch without margin (m = 0, normalised softmax) to give templates.
@@ -218,7 +248,14 @@ register_config(
         name="deepacc_tiny",
         model=ModelConfig(**_TINY_MODEL),  # type: ignore[arg-type]
         train=TrainConfig(
-            epochs=12, lr=0.02, lr_scaling="literal", batch_size=2, milestones=(9, 11), warmup_iters=50, grad_clip=10.0
+            epochs=12,
+            lr=0.02,
+            lr_scaling="literal",
+            batch_size=2,
+            milestones=(9, 11),
+            warmup_iters=50,
+            grad_clip=10.0,
+            margin_warmup_iters=200,
         ),
     )
 )
@@ -282,6 +319,13 @@ def config_from_dict(data: dict[str, Any], base: DeepACCConfig | None = None) ->
     unknown = sorted(set(data) - valid)
     if unknown:
         raise ValueError(f"unknown config keys {unknown}; valid top-level keys: {sorted(valid)} (and 'base')")
+    if (
+        isinstance(data.get("model"), dict)
+        and data["model"]
+        and "margin_embedding" not in data["model"]
+        and "scale" in data["model"]
+    ):  # a full config written before margin_embedding existed: the ReLU head
+        data["model"] = {**data["model"], "margin_embedding": "relu"}
     for sec in ("model",):  # keys of earlier versions, read from old checkpoints and ignored
         if isinstance(data.get(sec), dict) and "template_warmup_iters" in data[sec]:
             data[sec] = {k: v for k, v in data[sec].items() if k != "template_warmup_iters"}
@@ -308,6 +352,8 @@ def _validate(cfg: DeepACCConfig) -> None:
         raise ValueError(f"model.norm must be frozen_bn|bn, got {m.norm!r}")
     if m.fpn_min_level not in (2, 3, 4):
         raise ValueError(f"model.fpn_min_level must be 2, 3 or 4, got {m.fpn_min_level}")
+    if m.roi_min_level not in (0, 2, 3, 4) or (m.roi_min_level and m.roi_min_level > m.fpn_min_level):
+        raise ValueError(f"model.roi_min_level must be 0 (= fpn_min_level) or 2..fpn_min_level, got {m.roi_min_level}")
     n_levels = 7 - m.fpn_min_level  # returned ResNet stages + the "pool" level
     if len(m.retinanet_anchor_sizes) != 5:
         raise ValueError(f"model.retinanet_anchor_sizes needs 5 sizes (P3-P7), got {m.retinanet_anchor_sizes}")
@@ -315,6 +361,8 @@ def _validate(cfg: DeepACCConfig) -> None:
         raise ValueError(
             f"model.anchor_sizes needs {n_levels} sizes for fpn_min_level={m.fpn_min_level}, got {m.anchor_sizes}"
         )
+    if m.margin_embedding not in ("relu", "linear", "bn"):
+        raise ValueError(f"model.margin_embedding must be relu|linear|bn, got {m.margin_embedding!r}")
     if m.arch not in ("deepacc", "retinanet"):
         raise ValueError(f"model.arch must be deepacc|retinanet, got {m.arch!r}")
     if m.num_classes != 25:

@@ -29,15 +29,18 @@ DEMO_SETTINGS = {"n_train": 96, "n_test": 8, "epochs": 18, "height": 320, "width
 #: ``quick=True`` (the package's demo test): smaller spreads, about 250 iterations, under a minute on one idle core.
 QUICK_SETTINGS = {"n_train": 64, "n_test": 4, "epochs": 10, "height": 224, "width": 224, "scale": 0.44}
 #: Real-crop demo: spreads of 384 px (crops at 0.5x), 80% of the cells for training, about five minutes.
-CROPS_SETTINGS = {"n_train": 152, "n_test": 19, "epochs": 12, "train_fraction": 0.8}
+CROPS_SETTINGS = {"n_train": 152, "n_test": 19, "epochs": 12, "train_fraction": 0.8, "scale": 0.5,
+                  "roi_min_level": 2}  # fmt: skip
 
 
-def demo_config(n_iters: int, epochs: int, size: int) -> DeepACCConfig:
+def demo_config(n_iters: int, epochs: int, size: int, roi_min_level: int = 0) -> DeepACCConfig:
     """``deepacc_tiny`` at ``size`` px with the full head (AAM + siamese inference branch with delta 0.5 from the
-    first iteration + GIA); 128 RoIs per image, half positive; x0.1 after 80% of the epochs."""
+    first iteration + GIA); 128 RoIs per image, half positive; x0.1 after 80% of the epochs; ``roi_min_level`` 2:
+    RoIs pooled from P2 (the RPN stays on P3-P5)."""
     base = create_config("deepacc_tiny")
     m_cfg = dataclasses.replace(base.model, min_size=size, max_size=size, box_batch_size_per_image=128,
-                                box_positive_fraction=0.5, rpn_post_nms_top_n_train=200)  # fmt: skip
+                                box_positive_fraction=0.5, rpn_post_nms_top_n_train=200,
+                                roi_min_level=roi_min_level)  # fmt: skip
     t_cfg = dataclasses.replace(base.train, epochs=epochs, milestones=(max(1, int(epochs * 0.8)),),
                                 warmup_iters=min(30, max(1, n_iters // 10)), checkpoint_every=0)  # fmt: skip
     return dataclasses.replace(base, name="deepacc_demo", model=m_cfg, train=t_cfg)
@@ -69,7 +72,9 @@ def _make_data(out: Path, seed: int, n_train: int, n_test: int, source: str, cro
         src = json.loads(Path(tr).read_text())["info"]["source"]
         note = "test images are new compositions; the same sample crops appear in training and test compositions"
         return tr, te, {"kind": "synthetic", "source": src, "note": note}, h
-    from deepacc.compose import CELL_SPREAD_CPU, compose_cells, index_cells, split_cells
+    from deepacc.compose import cell_spread, compose_cells, index_cells, split_cells
+
+    spread = cell_spread(settings.get("scale", 0.5))
 
     cells = index_cells(crops)
     if test_crops is None:
@@ -79,14 +84,14 @@ def _make_data(out: Path, seed: int, n_train: int, n_test: int, source: str, cro
         test_cells = {c: cells[c] for c in parts["test"]}
     else:
         train_cells, test_cells = cells, index_cells(test_crops)
-    tr = compose_cells(train_cells, out / "data" / "train", n_train, seed * 1000 + 1, CELL_SPREAD_CPU)
-    te = compose_cells(test_cells, out / "data" / "test", n_test, seed * 1000 + 2, CELL_SPREAD_CPU)
+    tr = compose_cells(train_cells, out / "data" / "train", n_train, seed * 1000 + 1, spread)
+    te = compose_cells(test_cells, out / "data" / "test", n_test, seed * 1000 + 2, spread)
     overlap = sorted(set(train_cells) & set(test_cells)) if test_crops is None else []
     desc = {"kind": "real cells", "crops": str(crops), "test_crops": str(test_crops) if test_crops else None,
             "train_cells": sorted(train_cells, key=int), "test_cells": sorted(test_cells, key=int),
             "note": "one cell per spread; test spreads come from cells never seen in training"}  # fmt: skip
     assert not overlap
-    return tr, te, desc, CELL_SPREAD_CPU.height
+    return tr, te, desc, spread.height
 
 
 def run_demo(
@@ -102,8 +107,13 @@ def run_demo(
     crops: str | Path | None = None,
     test_crops: str | Path | None = None,
     quick: bool = False,
+    scale: float | None = None,
+    roi_min_level: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline and return the metrics dict (also written to ``out/metrics.json``).
+
+    ``scale`` (``--crops`` only): crops -> spread scale (0.5: 384 px spreads, the default; 1.0: 768 px, native);
+    ``roi_min_level``: 2 pools RoIs from P2, 0 from the RPN's levels (default: the setting's).
 
     ``quick``: the synthetic demo at :data:`QUICK_SETTINGS` (the package's test; the README reports the full demo).
     """
@@ -113,6 +123,7 @@ def run_demo(
 
     from deepacc.annotations import load_dataset
     from deepacc.evaluate import detections_from_raw, evaluate_detections, predict_raw
+    from deepacc.health import margin_health
     from deepacc.images import read_image
     from deepacc.postprocess import agnostic_top1
     from deepacc.predict import predict_image, write_prediction
@@ -123,7 +134,13 @@ def run_demo(
     t_start, cpu_start = time.time(), time.process_time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = CROPS_SETTINGS if crops is not None else (QUICK_SETTINGS if quick else DEMO_SETTINGS)
+    settings = dict(CROPS_SETTINGS if crops is not None else (QUICK_SETTINGS if quick else DEMO_SETTINGS))
+    if scale is not None:
+        if crops is None:
+            raise ValueError("--scale applies to spreads composed from --crops only")
+        settings["scale"] = scale
+    if roi_min_level is not None:
+        settings["roi_min_level"] = roi_min_level
     n_train = n_train or settings["n_train"]
     n_test = n_test or settings["n_test"]
     epochs = epochs or settings["epochs"]
@@ -139,7 +156,7 @@ def run_demo(
 
     # 2. train the tiny config with the full DeepACC head
     batch = create_config("deepacc_tiny").train.batch_size
-    cfg = demo_config(epochs * -(-n_train // batch), epochs, size)
+    cfg = demo_config(epochs * -(-n_train // batch), epochs, size, settings.get("roi_min_level", 0))
     t0 = time.time()
     model, history = train(cfg, train_samples, out / "run", dev, None, resume=False, seed=seed, progress=progress)
     train_seconds = time.time() - t0
@@ -148,6 +165,7 @@ def run_demo(
     t0 = time.time()
     raws = predict_raw(model, test_samples, dev, progress=progress)
     res = evaluate_detections(raws, test_samples, cfg, coco=True, karyotype_prior=True)
+    res["margin_health"] = margin_health(model, test_samples, dev)
     eval_seconds = time.time() - t0
     chance = res["chance"]["random_labels"]
     metrics: dict[str, Any] = {
@@ -197,6 +215,8 @@ def run_demo(
 
     rows = [
         ("mAP@0.5 (headline)", res["map50"]),
+        *((f"mAP@0.5 at {c} detections per image", v) for c, v in res.get("map50_at", {}).items()),
+        ("class-agnostic AP@0.5 (1 - p_bg)", res["class_agnostic_ap50"]),
         ("chance mAP@0.5 (random labels, own boxes)", chance),
         ("chance mAP@0.5 (GT boxes, random class scores)", res["chance"]["gt_boxes_random_scores"]),
         ("mAP_max@0.5", res["map50_max"]),
@@ -210,6 +230,7 @@ def run_demo(
         ("WCR", res["wcr"]),
         ("class accuracy on matched boxes", res["classification_acc_on_matched"]),
         ("count MAE per image", res["count_mae"]),
+        *_health_rows(res["margin_health"]),
         ("train seconds", train_seconds),
         ("total seconds", metrics["timing"]["total_seconds"]),
     ]  # fmt: skip
@@ -237,6 +258,15 @@ def run_demo(
     print(table)
     print(f"headline mAP@0.5 {res['map50']:.4f} vs chance {chance:.4f}; outputs in {out}")
     return metrics
+
+
+def _health_rows(h: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    if not h:
+        return []
+    return [("margin branch: own-class cos (median)", h["own_class_cos"]),
+            ("margin branch: class-centre pairwise cos (median)", h["centre_pairwise_cos"]),
+            ("local templates (share of classes, Eq. 2)", h["template_local_fraction"]),
+            ("margin branch", "collapsed: " + h["reason"] if h["reason"] else "healthy")]  # fmt: skip
 
 
 def _plot_ap(ap: dict[str, float], chance: float, path: Path) -> None:

@@ -21,12 +21,14 @@ import torch
 from deepacc.config import DeepACCConfig
 from deepacc.data import DetectionDataset
 from deepacc.model import set_output_mode
-from deepacc.postprocess import agnostic_top1, postprocess_detections
+from deepacc.postprocess import agnostic_top1, class_agnostic_detections, postprocess_detections
 from deepacc.samples import Sample
 
 __all__ = [
+    "CAPS",
     "apply_karyotype_prior",
     "chance_map",
+    "class_agnostic_ap",
     "detections_from_raw",
     "evaluate_detections",
     "predict_raw",
@@ -73,9 +75,17 @@ def predict_raw(
     return outs
 
 
-def detections_from_raw(raws: list[Any], cfg: DeepACCConfig, mode: str) -> list[dict[str, torch.Tensor]]:
-    """Post-process raw outputs (``standard`` or ``max``) with the config's thresholds."""
+#: The detection caps reported beside the config's own (``map50_at``): mmdet's default 100 and 300.
+CAPS = (100, 300)
+
+
+def detections_from_raw(
+    raws: list[Any], cfg: DeepACCConfig, mode: str, cap: int | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """Post-process raw outputs (``standard`` or ``max``) with the config's thresholds; ``cap`` overrides
+    ``model.detections_per_img``."""
     m = cfg.model
+    cap = m.detections_per_img if cap is None else cap
     dets = []
     for r in raws:
         if isinstance(r, dict):  # RetinaNet, already post-processed both ways (model.DeepACCRetinaNet)
@@ -85,8 +95,26 @@ def detections_from_raw(raws: list[Any], cfg: DeepACCConfig, mode: str) -> list[
                 dets.append({k: v for k, v in r.items() if not k.startswith("max_")})
             continue
         boxes, scores = r
-        dets.append(postprocess_detections(boxes, scores, mode, m.score_thresh, m.nms_thresh, m.detections_per_img))
+        dets.append(postprocess_detections(boxes, scores, mode, m.score_thresh, m.nms_thresh, cap))
     return dets
+
+
+def class_agnostic_ap(raws: list[Any], samples: list[Sample], cfg: DeepACCConfig) -> float:
+    """AP@0.5 of "chromosome or not": each RoI scored by ``1 - p(background)`` with its top-1 class's box
+    (:func:`deepacc.postprocess.class_agnostic_detections`), every ground-truth box one class. For RetinaNet (no
+    background class) the standard detections with their labels dropped. Localisation without classification."""
+    from medshared.metrics import detection_map
+
+    m = cfg.model
+    dets = []
+    for r in raws:
+        if isinstance(r, dict):
+            d = {"boxes": r["boxes"], "scores": r["scores"], "labels": torch.ones(len(r["scores"]), dtype=torch.long)}
+        else:
+            d = class_agnostic_detections(r[0], r[1], m.score_thresh, m.nms_thresh, m.detections_per_img)
+        dets.append(d)
+    gts = [{"boxes": s.boxes, "labels": np.ones(len(s.labels), np.int64)} for s in samples]
+    return detection_map(to_numpy_dets(dets), gts, num_classes=1, iou_threshold=cfg.eval.iou_threshold)["map"]
 
 
 def to_numpy_dets(dets: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
@@ -200,6 +228,12 @@ def evaluate_detections(
     res_map = detection_map(det_std, gts, num_classes=24, iou_threshold=e.iou_threshold)
     out: dict[str, Any] = {"n_images": len(samples), "n_gt": int(sum(len(g["labels"]) for g in gts))}
     out["map50"] = res_map["map"]
+    out["detections_per_img"] = cfg.model.detections_per_img
+    if has_raw and not any(isinstance(r, dict) for r in raws):  # the map50 of each cap (RetinaNet: its own cap only)
+        out["map50_at"] = {str(c): detection_map(to_numpy_dets(detections_from_raw(raws, cfg, "standard", c)), gts,
+                                                 num_classes=24, iou_threshold=e.iou_threshold)["map"]
+                           for c in CAPS}  # fmt: skip
+    out["class_agnostic_ap50"] = class_agnostic_ap(raws, samples, cfg)
     out["ap_per_class"] = {str(k): v for k, v in res_map["ap_per_class"].items()}
     base = det_max if det_max is not None else det_std
     if det_max is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops import boxes as box_ops
@@ -22,7 +21,42 @@ from deepacc.config import ModelConfig
 from deepacc.losses import aam_loss, box_regression_loss, cosine, gia_loss, group_adjacency, select_templates
 from deepacc.postprocess import postprocess_detections
 
-__all__ = ["DeepACCRoIHeads"]
+__all__ = ["ClassHead", "DeepACCRoIHeads", "EMBEDDINGS"]
+
+#: Margin-branch embeddings: ``relu`` (fc7 after ReLU, torchvision's ``TwoMLPHead``), ``linear`` (fc7 without its
+#: ReLU), ``bn`` (fc7 without ReLU, then BatchNorm1d). Only the margin / inference branches use them; rows without a
+#: margin branch keep the stock ReLU head.
+EMBEDDINGS = ("relu", "linear", "bn")
+
+
+class ClassHead(nn.Module):
+    """fc6 -> ReLU -> fc7 -> embedding (``[R, C, 7, 7]`` pooled RoIs -> ``[R, D]``), Sec. 2.1's two shared FC layers.
+
+    ``embedding="relu"`` equals torchvision's ``TwoMLPHead`` (same parameter names ``fc6`` / ``fc7``). A ReLU output
+    lives in the positive orthant: every embedding shares one strong direction, and the cosine classifier of the margin
+    branch can then escape the ArcFace margin by pushing all class centres away from it (own-class cosine near
+    cos(pi - m)) or collapse every centre onto it (pairwise centre cosine near 1). ``linear`` / ``bn`` remove that
+    shared direction (``bn`` centres every dimension over the RoIs of the batch), the usual ArcFace embedding
+    (Deng et al. 2019: "BN-Dropout-FC-BN").
+    """
+
+    def __init__(self, in_features: int, rep: int, embedding: str = "relu") -> None:
+        super().__init__()
+        if embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+        self.fc6 = nn.Linear(in_features, rep)
+        self.fc7 = nn.Linear(rep, rep)
+        self.embedding = embedding
+        self.bn = nn.BatchNorm1d(rep) if embedding == "bn" else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.fc6(x.flatten(start_dim=1)))  # [R, D]
+        x = self.fc7(x)  # [R, D]
+        if self.embedding == "relu":
+            return F.relu(x)
+        if self.bn is not None:
+            return self.bn(x) if x.shape[0] > 1 or not self.training else x
+        return x
 
 
 class DeepACCRoIHeads(RoIHeads):
@@ -43,7 +77,9 @@ class DeepACCRoIHeads(RoIHeads):
         k = cfg.num_classes
         rep = cfg.representation_size
         flat = in_channels * cfg.roi_output_size**2
-        cls_head = TwoMLPHead(flat, rep)  # shared fc6/fc7 of both siamese streams
+        use_margin = cfg.aam or cfg.siamese
+        # shared fc6/fc7 of both siamese streams; the margin branch's embedding has no ReLU by default (see ClassHead)
+        cls_head = ClassHead(flat, rep, cfg.margin_embedding if use_margin else "relu")
         super().__init__(
             box_roi_pool=box_roi_pool,
             box_head=cls_head,
@@ -59,7 +95,7 @@ class DeepACCRoIHeads(RoIHeads):
         )
         self.cfg = cfg
         self.num_classes = k
-        self.reg_head = TwoMLPHead(flat, rep) if cfg.separate_reg else None  # separate regression branch, Sec. 2.1
+        self.reg_head = ClassHead(flat, rep) if cfg.separate_reg else None  # separate regression branch, Sec. 2.1
         self.bbox_pred = nn.Linear(rep, 4 * k)  # class-specific deltas
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.bbox_pred.bias)
@@ -75,7 +111,33 @@ class DeepACCRoIHeads(RoIHeads):
         self.inf_bias = nn.Parameter(torch.zeros(k)) if cfg.siamese else None  # b_j of Eq. 2, zero-initialised
         self.register_buffer("adjacency", group_adjacency(k), persistent=False)
         self.output_mode = "standard"
-        self.last_template_stats: dict[str, float] = {}
+        # share of the s / m warm-up done (1 = the config's s and m): set per step by train() from the iteration
+        # during train.margin_warmup_iters; evaluation always runs at 1
+        self.margin_factor = 1.0
+        self._local_fraction: Tensor | None = None  # device tensor: no host sync in the forward pass
+        self.own_cos_log: list[Tensor] | None = None  # when a list: each training step appends cos of positives
+
+    def current_scale(self) -> float:
+        """s in use: during the warm-up (training only) linear from ``cfg.warmup_scale`` to ``cfg.scale``."""
+        f = self.margin_factor if self.training else 1.0
+        s0 = min(self.cfg.warmup_scale, self.cfg.scale)
+        return s0 + (self.cfg.scale - s0) * f
+
+    @property
+    def last_template_stats(self) -> dict[str, float]:
+        """Share of the foreground classes of the last forward pass that used a local template (diagnostics; reading
+        it synchronises with the device)."""
+        return {} if self._local_fraction is None else {"local_fraction": float(self._local_fraction)}
+
+    def centre_pairwise_cos(self) -> float | None:
+        """Median cosine over the pairs of foreground class centres (rows 1..K-1 of W_M); None without W_M."""
+        if not self.use_margin_branch:
+            return None
+        with torch.no_grad():
+            w = F.normalize(self.margin_weight[1:].float(), dim=1)  # [K-1, D]
+            c = w @ w.t()
+            iu = torch.triu_indices(c.shape[0], c.shape[0], 1, device=c.device)
+            return float(c[iu[0], iu[1]].median())
 
     # -- branches ---------------------------------------------------------------------------------------------
     def class_outputs(self, emb: Tensor, counts: list[int], template_mask: Tensor | None = None) -> dict[str, Tensor]:
@@ -92,29 +154,30 @@ class DeepACCRoIHeads(RoIHeads):
         with torch.autocast(device_type=emb.device.type, enabled=False):
             emb32 = emb.float()
             cos = cosine(emb32, self.margin_weight)  # [R, K], fp32
-            margin_probs = F.softmax(cfg.scale * cos, dim=1)  # [R, K], no margin
+            scale = self.current_scale()
+            margin_probs = F.softmax(scale * cos, dim=1)  # [R, K], no margin
             out["cos"] = cos
             out["margin_probs"] = margin_probs
             if not cfg.siamese:
-                out["logits"] = cfg.scale * cos
+                out["logits"] = scale * cos
                 return out
             assert self.inf_bias is not None
             sel_probs = margin_probs.detach() if cfg.detach_templates else margin_probs
-            logits, n_local = [], 0
+            logits, n_local = [], emb32.new_zeros(())
             start = 0
             for n in counts:
                 e = emb32[start : start + n]  # [n, D]
                 cand = None if template_mask is None else template_mask[start : start + n]
                 templates, use_local = select_templates(sel_probs[start : start + n], e, self.margin_weight,
                                                         cfg.delta, cand)  # fmt: skip
-                n_local += int(use_local.sum())
+                n_local = n_local + use_local.sum()
                 if cfg.detach_templates:
                     templates = templates.detach()
                 # Eq. 2: W_I^T x_i + b with x_i NOT normalised (the paper's Remark); optional s * n(x_i) variant
-                x = F.normalize(e, dim=1) * cfg.scale if cfg.inference_feature_norm else e  # [n, D]
+                x = F.normalize(e, dim=1) * scale if cfg.inference_feature_norm else e  # [n, D]
                 logits.append(x @ templates.t() + self.inf_bias)  # [n, K]
                 start += n
-            self.last_template_stats = {"local_fraction": n_local / max(1, len(counts) * (self.num_classes - 1))}
+            self._local_fraction = n_local.detach() / max(1, len(counts) * (self.num_classes - 1))
             out["logits"] = torch.cat(logits, 0) if logits else emb32.new_zeros((0, self.num_classes))
         return out
 
@@ -126,8 +189,15 @@ class DeepACCRoIHeads(RoIHeads):
         if not self.use_margin_branch:
             losses["loss_classifier"] = F.cross_entropy(out["logits"].float(), labels)
         else:
-            margin = cfg.margin if cfg.aam else 0.0  # Table 1(d): margin branch without margin
-            losses["loss_aam"] = cfg.aam_weight * aam_loss(out["cos"], labels, margin, cfg.scale, cfg.margin_on_bg)
+            margin = (
+                cfg.margin * (self.margin_factor if self.training else 1.0) if cfg.aam else 0.0
+            )  # Table 1(d): margin branch without margin
+            losses["loss_aam"] = cfg.aam_weight * aam_loss(out["cos"], labels, margin, self.current_scale(),
+                                                           cfg.margin_on_bg,
+                                                           cfg.easy_margin)  # fmt: skip
+            if self.own_cos_log is not None:  # margin_health during training: cos of positives to their own centre
+                pos = labels > 0
+                self.own_cos_log.append(out["cos"].detach()[pos, labels[pos]])
             if cfg.siamese:
                 losses["loss_ce"] = cfg.ce_weight * F.cross_entropy(out["logits"], labels)
         if cfg.gia:
@@ -160,7 +230,11 @@ class DeepACCRoIHeads(RoIHeads):
             if cfg.exclude_gt_templates:
                 masks = []
                 for p, g in zip(proposals, gt_boxes):
-                    masks.append(box_iou(p, g).amax(1) < 0.999 if g.numel() else torch.ones(len(p), dtype=torch.bool))
+                    masks.append(
+                        box_iou(p, g).amax(1) < 0.999
+                        if g.numel()
+                        else torch.ones(len(p), dtype=torch.bool, device=p.device)
+                    )
                 template_mask = torch.cat(masks, 0)
         counts = [len(p) for p in proposals]
         box_features = self.box_roi_pool(features, proposals, image_shapes)  # [R, C, 7, 7], proposal order kept

@@ -42,7 +42,12 @@ def cosine(features: Tensor, weight: Tensor) -> Tensor:
 
 
 def arcface_logits(
-    cos: Tensor, labels: Tensor, margin: float, scale: float, apply_mask: Tensor | None = None
+    cos: Tensor,
+    labels: Tensor,
+    margin: float,
+    scale: float,
+    apply_mask: Tensor | None = None,
+    easy_margin: bool = False,
 ) -> Tensor:
     """ArcFace logits (Eq. 1): ``s * cos(theta_y + m)`` on the target column, ``s * cos(theta_j)`` elsewhere.
 
@@ -56,6 +61,8 @@ def arcface_logits(
         margin: additive angular margin ``m`` (radians).
         scale: ``s``.
         apply_mask: optional ``[R]`` bool; rows where False get no margin (e.g. background when margin_on_bg=False).
+        easy_margin: insightface's ``easy_margin``: no margin where ``cos <= 0`` (target logit ``cos`` there), so the
+            loss has no second low minimum near ``theta = pi - m``.
 
     Returns:
         ``[R, K]`` fp32 logits.
@@ -68,17 +75,22 @@ def arcface_logits(
     th = math.cos(math.pi - margin)
     mm = math.sin(math.pi - margin) * margin
     target = cos_y * cos_m - sin_y * sin_m  # cos(theta + m), [R, 1]
-    target = torch.where(cos_y > th, target, cos_y - mm)  # safe fallback past pi - m
+    if easy_margin:
+        target = torch.where(cos_y > 0, target, cos_y)
+    else:
+        target = torch.where(cos_y > th, target, cos_y - mm)  # safe fallback past pi - m
     if apply_mask is not None:
         target = torch.where(apply_mask.view(-1, 1), target, cos_y)
     out = cos.scatter(1, idx, target)  # [R, K]
     return out * scale
 
 
-def aam_loss(cos: Tensor, labels: Tensor, margin: float, scale: float, margin_on_bg: bool = True) -> Tensor:
+def aam_loss(
+    cos: Tensor, labels: Tensor, margin: float, scale: float, margin_on_bg: bool = True, easy_margin: bool = False
+) -> Tensor:
     """Additive Angular Margin loss (Eq. 1): mean cross-entropy over RoIs of the ArcFace logits (fp32)."""
     mask = None if margin_on_bg else labels > 0
-    logits = arcface_logits(cos, labels, margin, scale, mask)
+    logits = arcface_logits(cos, labels, margin, scale, mask, easy_margin)
     return F.cross_entropy(logits, labels.long())
 
 

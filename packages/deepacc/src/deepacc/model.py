@@ -7,12 +7,14 @@ Post-processing lives in :mod:`deepacc.postprocess`, bf16 inference in :mod:`dee
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign
 
 from deepacc.backbone import build_backbone
@@ -66,7 +68,9 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None, offlin
         model.transform = MaxBoxesTransform(m.min_size, m.max_size, IMAGE_MEAN, IMAGE_STD)
         model.deepacc_config = cfg  # type: ignore[attr-defined]
         return model
-    n_levels = 6 - m.fpn_min_level  # FPN outputs '0'.. (the extra 'pool' level is used by the RPN only)
+    roi_low = m.roi_min_level or m.fpn_min_level
+    n_extra = m.fpn_min_level - roi_low  # FPN levels below the RPN's, for RoIAlign only ('0'.. of them)
+    n_levels = 6 - roi_low  # FPN outputs '0'.. (the extra 'pool' level is used by the RPN only)
     roi_pool = MultiScaleRoIAlign(
         featmap_names=[str(i) for i in range(n_levels)], output_size=m.roi_output_size, sampling_ratio=2
     )
@@ -87,9 +91,29 @@ def build_model(cfg: DeepACCConfig, pretrained: str | Path | None = None, offlin
         box_predictor=nn.Identity(),
         **common,
     )
+    if n_extra:
+        model.rpn = LevelSubsetRPN.from_rpn(model.rpn, {str(i) for i in range(n_extra)})
     model.roi_heads = DeepACCRoIHeads(m, roi_pool, backbone.out_channels)
     model.deepacc_config = cfg  # type: ignore[attr-defined]
     return model
+
+
+class LevelSubsetRPN(RegionProposalNetwork):
+    """torchvision's RPN on a subset of the FPN levels: the levels in ``skip_levels`` (e.g. P2, kept for RoIAlign)
+    are not given to the RPN head and anchor generator, so proposals cost the same as without them."""
+
+    skip_levels: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_rpn(cls, rpn: RegionProposalNetwork, skip_levels: set[str]) -> LevelSubsetRPN:
+        new = cls.__new__(cls)
+        new.__dict__.update(rpn.__dict__)  # same submodules and settings (no parameters copied or re-created)
+        new.skip_levels = frozenset(skip_levels)
+        return new
+
+    def forward(self, images, features, targets=None):  # noqa: ANN001, ANN201 - torchvision's signature
+        feats = OrderedDict((k, v) for k, v in features.items() if k not in self.skip_levels)
+        return super().forward(images, feats, targets)
 
 
 def set_output_mode(model: nn.Module, mode: str) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor
 from torchvision.ops import batched_nms, nms
 from torchvision.ops import boxes as box_ops
 
-__all__ = ["agnostic_top1", "postprocess_detections"]
+__all__ = ["agnostic_top1", "class_agnostic_detections", "postprocess_detections"]
 
 
 def postprocess_detections(
@@ -68,3 +68,28 @@ def agnostic_top1(det: dict[str, Tensor], score_thresh: float = 0.5, nms_thresh:
     out = {k: v[keep] for k, v in det.items()}
     keep = nms(out["boxes"], out["scores"], nms_thresh)
     return {k: v[keep] for k, v in out.items()}
+
+
+def class_agnostic_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thresh: float = 0.05,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+) -> dict[str, Tensor]:
+    """ "Is there a chromosome here?" detections of one image, ignoring the class (class-agnostic AP).
+
+    Each RoI is scored by ``1 - p(background)`` and takes the box of its arg-max foreground class; then score >
+    ``score_thresh``, class-agnostic NMS at ``nms_thresh`` and the ``detections_per_img`` best. Labels are all 1.
+
+    Args:
+        boxes: ``[R, K, 4]`` decoded per-class boxes; scores: ``[R, K]`` class probabilities.
+    """
+    r = scores.shape[0]
+    fg = 1.0 - scores[:, 0]  # [R]
+    cls = scores[:, 1:].argmax(dim=1) + 1 if r else torch.zeros(0, dtype=torch.long, device=scores.device)
+    b = boxes[torch.arange(r, device=scores.device), cls]  # [R, 4]
+    keep = torch.where(fg > score_thresh)[0]
+    b, s = b[keep], fg[keep]
+    keep = nms(b, s, nms_thresh)[:detections_per_img]
+    return {"boxes": b[keep], "scores": s[keep], "labels": torch.ones(len(keep), dtype=torch.long, device=b.device)}

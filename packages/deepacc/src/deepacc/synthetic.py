@@ -66,6 +66,8 @@ class SynthConfig:
     karyotype: str = "random"  # random | XX | XY
     flip_prob: float = 0.0  # per-chromosome mirror image (the real-crop composer uses 0.5)
     illumination: float = 0.0  # amplitude of a smooth background gradient, as a fraction of the background level
+    blur_range: tuple[float, float] = (0.4, 1.0)  # Gaussian sigma (output pixels) when an image is blurred
+    antialias: bool = True  # Gaussian pre-filter of each crop before it is shrunk (sigma = (1/scale - 1) / 2)
 
 
 def default_crop_dir() -> Path | None:
@@ -176,12 +178,25 @@ def _principal_angle(mask: np.ndarray) -> float:
     return math.atan2(vy, vx)  # angle of the long axis
 
 
-def _transform_crop(crop: np.ndarray, angle: float, sx: float, sy: float) -> tuple[np.ndarray, np.ndarray]:
+def _transform_crop(
+    crop: np.ndarray, angle: float, sx: float, sy: float, antialias: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Align the crop's long axis with y, scale (thickness ``sx``, length ``sy``), rotate by ``angle`` (rad).
+
+    ``antialias``: when shrinking, the crop is first low-pass filtered with a Gaussian of sigma ``(1/s - 1) / 2``
+    crop pixels (``s = sqrt(sx * sy)``; scikit-image's ``rescale(anti_aliasing=True)`` rule), so bands finer than the
+    output grid are averaged rather than aliased by the bilinear warp.
 
     Returns the warped intensity ``[h', w']`` float32 in [0, 1] and its mask (bool).
     """
     import cv2
+
+    s_geo = math.sqrt(sx * sy)
+    src = crop.astype(np.float32) / 255.0
+    if antialias and s_geo < 1.0:
+        sigma = (1.0 / s_geo - 1.0) / 2.0
+        if sigma > 0.05:
+            src = cv2.GaussianBlur(src, (0, 0), sigma)
 
     mask = crop > 12
     phi = _principal_angle(mask)
@@ -200,7 +215,7 @@ def _transform_crop(crop: np.ndarray, angle: float, sx: float, sy: float) -> tup
     out_w, out_h = int(math.ceil(hi[0] - lo[0])) + 2, int(math.ceil(hi[1] - lo[1])) + 2
     offset = -lo + 1 - lin @ np.array([cx, cy])
     m = np.concatenate([lin, offset.reshape(2, 1)], axis=1).astype(np.float32)  # [2, 3]
-    warped = cv2.warpAffine(crop.astype(np.float32) / 255.0, m, (out_w, out_h), flags=cv2.INTER_LINEAR)
+    warped = cv2.warpAffine(src, m, (out_w, out_h), flags=cv2.INTER_LINEAR)
     wmask = cv2.warpAffine(mask.astype(np.float32), m, (out_w, out_h), flags=cv2.INTER_LINEAR) > 0.5
     return warped * wmask, wmask
 
@@ -264,7 +279,7 @@ def place_chromosomes(
             crop = crop[:, ::-1]
         sc = cfg.scale * (1 + rng.uniform(-cfg.scale_jitter, cfg.scale_jitter))
         inten, mask = _transform_crop(
-            crop, rng.uniform(0, 2 * math.pi), sc * effects["thickness"], sc * effects["length"]
+            crop, rng.uniform(0, 2 * math.pi), sc * effects["thickness"], sc * effects["length"], cfg.antialias
         )
         mh, mw = mask.shape
         if mh >= hgt or mw >= wid or not mask.any():
@@ -301,7 +316,7 @@ def place_chromosomes(
         background = background * (1 + cfg.illumination * ramp)
     img = background * trans
     if rng.random() < cfg.blur_prob:
-        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.4, 1.0)))
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(*cfg.blur_range)))
     if cfg.noise_std > 0:
         img = img + rng.normal(0, cfg.noise_std, img.shape)
     img8 = np.clip(img, 0, 255).astype(np.uint8)

@@ -35,7 +35,11 @@ from deepacc.images import scan_images
 from deepacc.model import build_model
 from deepacc.samples import Sample, validate_samples
 
-__all__ = ["RESUMABLE_KEYS", "effective_lr", "load_model", "lr_factor", "save_model", "train"]
+__all__ = ["RESUMABLE_KEYS", "effective_lr", "load_model", "lr_factor", "margin_factor", "save_model", "train"]
+
+#: Steps between the non-finite-loss checks (a host sync and, under DDP, an all-reduce); also checked before every
+#: checkpoint and at each epoch end, so no non-finite weights are ever saved.
+FINITE_CHECK_EVERY = 25
 
 #: Config keys that may differ between an interrupted run and its resumption.
 RESUMABLE_KEYS = frozenset({"train.epochs", "train.checkpoint_every", "train.val_every", "train.num_workers",
@@ -61,6 +65,13 @@ def lr_factor(iteration: int, epoch: int, tcfg: TrainConfig) -> float:
         alpha = iteration / max(tcfg.warmup_iters, 1)
         f *= tcfg.warmup_factor * (1 - alpha) + alpha
     return f
+
+
+def margin_factor(iteration: int, tcfg: TrainConfig) -> float:
+    """Share of the AAM margin in use at ``iteration``: linear from 0 to 1 over ``train.margin_warmup_iters``."""
+    if tcfg.margin_warmup_iters <= 0:
+        return 1.0
+    return min(1.0, iteration / tcfg.margin_warmup_iters)
 
 
 def save_model(
@@ -138,6 +149,18 @@ class _Skip(torch.utils.data.Sampler):
         return len(self.indices)
 
 
+def _check_finite(nonfinite: torch.Tensor, last: dict[str, torch.Tensor], epoch: int, iteration: int, ctx: Any) -> None:
+    """Raise when a loss since the last check was non-finite on any rank: one host sync (and all-reduce) per
+    ``FINITE_CHECK_EVERY`` steps instead of one per step."""
+    from medshared.distributed import all_reduce_sum
+
+    if all_reduce_sum(float(nonfinite), ctx):
+        raise FloatingPointError(
+            f"non-finite loss at epoch {epoch + 1}, within the {FINITE_CHECK_EVERY} iterations before {iteration}: "
+            f"{ {k: float(v.detach()) for k, v in last.items()} }; lower train.lr or use pretrained weights"
+        )
+
+
 def _rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
 
@@ -163,6 +186,8 @@ def train(
     ctx: Any = None,
     offline: bool = False,
     rescale_16bit: bool = False,
+    precision: Any = None,
+    workers: int | None = None,
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Train ``cfg`` on ``train_samples``; returns the (unwrapped) model in eval mode and the per-epoch history.
 
@@ -171,7 +196,11 @@ def train(
         pretrained: backbone ImageNet weights (path / "imagenet" / None); see
             :func:`deepacc.backbone.resolve_backbone_weights`.
         resume: continue from ``out_dir/train_state.pt`` when present (same config and world size required).
-        amp: bf16 autocast (the margin branch stays fp32).
+        amp: bf16 autocast (the margin branch stays fp32); the old name of ``precision`` "bf16".
+        precision: a ``medshared.precision.Precision`` (:func:`deepacc.precision.resolve`); None: fp32 (bf16 with
+            ``amp``). Recorded in ``train.json``.
+        workers: DataLoader worker processes (default ``train.num_workers``); pinned memory on CUDA
+            (``medshared.loader.loader_kwargs``) and ``non_blocking`` copies.
         val_samples: validated every ``train.val_every`` epochs (mAP@0.5, mAP_max, Acc); ``best.safetensors`` keeps
             the best mAP@0.5.
         stop_after_iters: stop (as if interrupted, without a final checkpoint) after this many iterations of this
@@ -186,7 +215,6 @@ def train(
     from medshared.distributed import (
         all_gather_object,
         all_reduce_mean,
-        all_reduce_sum,
         barrier,
         broadcast_object,
         effective_batch,
@@ -196,14 +224,23 @@ def train(
         unwrap_model,
         wrap_model,
     )
-    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json, autocast_context
+    from medshared.loader import loader_kwargs
+    from medshared.runtime import atomic_path, atomic_write_csv, atomic_write_json
     from medshared.runtime import seed_everything as seed_all
     from tqdm.auto import tqdm
+
+    from deepacc.health import collapse_reason, margin_heads, summarise
 
     if ctx is None:
         ctx = init_distributed(str(device))
     device = torch.device(ctx.device)
+    if precision is None:
+        from medshared.precision import resolve_precision
+
+        precision = resolve_precision("bf16" if amp else "fp32", device, key="deepacc.tiny_train")
+    precision.apply()
     tcfg = cfg.train
+    n_workers = tcfg.num_workers if workers is None else workers
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     validate_samples(train_samples, tcfg.empty_images, "training")
@@ -248,11 +285,18 @@ def train(
     ddp_model = wrap_model(model, ctx, sync_batchnorm=sync_bn)
     model = unwrap_model(ddp_model)
     heads = getattr(model, "roi_heads", None)
+    margin = margin_heads(model)
+    val_log: list[dict[str, Any]] = []
+    if resume and out_dir.joinpath("val_metrics.json").is_file() and ctx.is_main:
+        import json
+
+        old_log = json.loads(out_dir.joinpath("val_metrics.json").read_text()).get("per_epoch", [])
+        val_log = [r for r in old_log if r["epoch"] <= start_epoch]
     run_info = {"world_size": ctx.world_size, "backend": ctx.backend, "per_rank_batch": tcfg.batch_size,
                 "effective_batch": effective_batch(tcfg.batch_size, ctx), "lr_rule": tcfg.lr_scaling,
                 "lr_config": tcfg.lr, "base_batch": tcfg.base_batch_size, "lr": base_lr, "batchnorm": bn,
                 "seed": seed, "version": __version__, "rescale_16bit": rescale_16bit,
-                "rescaled_images": n_rescaled}  # fmt: skip
+                "rescaled_images": n_rescaled, "precision": precision.as_dict(), "workers": n_workers}  # fmt: skip
     ds = DetectionDataset(train_samples, train=True, hflip_prob=tcfg.hflip_prob, rescale_16bit=rescale_16bit)
     sampler = DistributedSampler(ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     n_batches = math.ceil(len(sampler) / tcfg.batch_size)
@@ -277,28 +321,32 @@ def train(
             skip = start_batch * tcfg.batch_size if epoch == start_epoch else 0
             gen = torch.Generator().manual_seed(rank_seed(seed, ctx) * 1000 + epoch)  # worker seeds, not global RNG
             loader = DataLoader(ds, batch_size=tcfg.batch_size, sampler=_Skip(sampler, skip), collate_fn=collate,
-                                num_workers=tcfg.num_workers, generator=gen)  # fmt: skip
+                                generator=gen, **loader_kwargs(device, n_workers))  # fmt: skip
             model.train()
             t0 = time.time()
             sums: dict[str, float] = {}
             n = 0
             batch = start_batch if epoch == start_epoch else 0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{tcfg.epochs}", disable=not show, leave=False)
+            sums_t: dict[str, torch.Tensor] = {}  # on the device: no host sync per step
+            nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+            if margin is not None:
+                margin.own_cos_log = []
+
+            losses: dict[str, torch.Tensor] = {}
             for images, targets in bar:
-                images = [im.to(device) for im in images]
-                targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+                images = [im.to(device, non_blocking=True) for im in images]
+                targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
                 for g in opt.param_groups:
                     g["lr"] = base_lr * lr_factor(iteration, epoch, tcfg)
-                with autocast_context(device, amp):
+                if margin is not None:  # m warm-up: a function of the restored iteration, so resume is exact
+                    margin.margin_factor = margin_factor(iteration, tcfg)
+                with precision.autocast():
                     losses = ddp_model(images, targets)
                 loss = sum(v.float() for v in losses.values())
-                bad = all_reduce_sum(float(not bool(torch.isfinite(loss))), ctx)
-                if bad:
-                    raise FloatingPointError(
-                        f"non-finite loss at epoch {epoch + 1}, iteration {iteration}: "
-                        f"{ {k: float(v.detach()) for k, v in losses.items()} }; lower train.lr or use pretrained "
-                        "weights"
-                    )
+                nonfinite |= ~torch.isfinite(loss.detach())
+                if (iteration + 1) % FINITE_CHECK_EVERY == 0:
+                    _check_finite(nonfinite, losses, epoch, iteration, ctx)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tcfg.grad_clip > 0:
@@ -309,22 +357,45 @@ def train(
                 n += 1
                 done_here += 1
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-                if heads is not None and getattr(heads, "last_template_stats", None):
-                    f = heads.last_template_stats["local_fraction"]
-                    sums["template_local_fraction"] = sums.get("template_local_fraction", 0.0) + f
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                    sums_t[k] = sums_t.get(k, 0.0) + v.detach().float()
+                sums_t["loss"] = sums_t.get("loss", 0.0) + loss.detach()
+                if heads is not None and getattr(heads, "_local_fraction", None) is not None:
+                    sums_t["template_local_fraction"] = sums_t.get("template_local_fraction", 0.0) + \
+                        heads._local_fraction  # fmt: skip
+                if show and iteration % FINITE_CHECK_EVERY == 0:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
                 if stop_after_iters is not None and done_here >= stop_after_iters:
                     return model.eval(), history
                 if tcfg.checkpoint_every and iteration % tcfg.checkpoint_every == 0 and batch < n_batches:
+                    _check_finite(nonfinite, losses, epoch, iteration, ctx)
                     write_state(epoch, batch)
+            _check_finite(nonfinite, losses, epoch, iteration, ctx)
+            sums.update({k: float(v) for k, v in sums_t.items()})
             row: dict[str, Any] = {"epoch": epoch + 1, "iteration": iteration, "lr": opt.param_groups[0]["lr"],
                                    "seconds": time.time() - t0}  # fmt: skip
             row.update({k: all_reduce_mean(v / max(n, 1), ctx) for k, v in sorted(sums.items())})
+            if margin is not None:  # margin_health of this epoch's training RoIs (positives, own-class cosine)
+                own = torch.cat(margin.own_cos_log) if margin.own_cos_log else None
+                margin.own_cos_log = None
+                health = summarise(own, margin)
+                row["own_class_cos"] = all_reduce_mean(health["own_class_cos"] or 0.0, ctx)
+                row["centre_pairwise_cos"] = health["centre_pairwise_cos"]
+                reason = collapse_reason({"own_class_cos": row["own_class_cos"],
+                                          "centre_pairwise_cos": row["centre_pairwise_cos"]})  # fmt: skip
+                if reason and ctx.is_main and iteration >= tcfg.margin_warmup_iters:  # judged after the s/m warm-up
+                    log(f"WARNING epoch {epoch + 1}: {reason}")
             if val_samples is not None and ((epoch + 1) % tcfg.val_every == 0 or epoch + 1 == tcfg.epochs):
                 if ctx.is_main:
-                    row.update(validate(model, val_samples, cfg, device, rescale_16bit))
+                    val = validate(model, val_samples, cfg, device, rescale_16bit)
+                    vh = val.pop("val_margin_health", None)
+                    row.update(val)
+                    if vh:
+                        row.update({f"val_{k}": vh[k] for k in ("own_class_cos", "centre_pairwise_cos",
+                                                                 "template_local_fraction")})  # fmt: skip
+                        if vh["reason"] and iteration >= tcfg.margin_warmup_iters:
+                            log(f"WARNING epoch {epoch + 1} (validation): {vh['reason']}")
+                    val_log.append({"epoch": epoch + 1, **val, "margin_health": vh})
+                    atomic_write_json(out_dir / "val_metrics.json", {"per_epoch": val_log})
                 row = broadcast_object(row, ctx)
                 if row["val_map50"] > best:
                     best = row["val_map50"]
@@ -353,8 +424,10 @@ def validate(
 ) -> dict[str, float]:
     """mAP@0.5, mAP_max and Acc / AER of ``model`` on ``samples`` (``val_*`` keys)."""
     from deepacc.evaluate import evaluate_detections, predict_raw
+    from deepacc.health import margin_health
 
     raws = predict_raw(model, samples, device, rescale_16bit=rescale_16bit)
     res = evaluate_detections(raws, samples, cfg, with_chance=False)
     return {"val_map50": res["map50"], "val_map50_max": res["map50_max"], "val_acc": res.get("acc", float("nan")),
-            "val_aer": res.get("aer", float("nan"))}  # fmt: skip
+            "val_aer": res.get("aer", float("nan")), "val_class_agnostic_ap50": res["class_agnostic_ap50"],
+            "val_margin_health": margin_health(model, samples, device, rescale_16bit)}  # fmt: skip
