@@ -70,6 +70,14 @@ def test_extraction_resumes_inside_an_operation(tmp_path, tiny_cfg):
     other = _CountingXray(load_densenet("tiny-random"), fcfg)
     extract_operation(op, tmp_path / "c", audio, other, fcfg, {"id": 2}, progress=False)
     assert other.calls == n_chunks
+    # so does another precision: bf16 chunks are never continued in fp32 (the precision is part of the plan)
+    bf = _CountingXray(load_densenet("tiny-random"), fcfg, fail_at=3)
+    with pytest.raises(_Interrupt):
+        extract_operation(op, tmp_path / "p", audio, bf, fcfg, {"id": 1}, progress=False, precision={"name": "bf16"})
+    fp = _CountingXray(load_densenet("tiny-random"), fcfg)
+    extract_operation(op, tmp_path / "p", audio, fp, fcfg, {"id": 1}, progress=False, precision={"name": "fp32"})
+    assert fp.calls == n_chunks
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["precision"] == {"name": "fp32"}
 
 
 def test_two_shards_give_exactly_the_files_of_one_run(tmp_path):

@@ -80,8 +80,9 @@ def extract_operation(
             :func:`pocapnet.weights.weights_identity`), recorded in ``meta.json``.
         workers: threads preparing the next batches (frames decoded, audio windowed) while the extractors run
             (0: in this thread).
-        precision: the resolved precision (``Precision.as_dict()``), recorded in ``meta.json`` (not part of the
-            features' identity).
+        precision: the resolved precision (``Precision.as_dict()``), recorded in ``meta.json``. Its name is part of
+            the resume plan: an interrupted extraction continued under another precision starts the operation
+            again (with a warning) instead of mixing bf16 and fp32 chunks in one array.
     """
     from medshared.runtime import atomic_path, atomic_write_json
     from tqdm import tqdm
@@ -105,6 +106,7 @@ def extract_operation(
                 "weights": identity,
                 "chunk_s": cfg.chunk_s,
                 "input_changes": op.changes,
+                "precision": (precision or {}).get("name"),
             }
         )
     )
@@ -112,6 +114,16 @@ def extract_operation(
     prog = _read_json(prog_path)
     parts = {n: out_dir / f"{n}.npy.part" for n in shapes}
     resume = prog is not None and prog.get("plan") == plan and all(p.is_file() for p in parts.values())
+    if prog is not None and prog.get("done") and not resume:
+        old = prog.get("plan") or {}
+        changed = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+        log.warning(
+            "%s: %d finished chunks of an interrupted extraction were made with other settings (%s); "
+            "extracting the operation again so one array never mixes them",
+            op.name,
+            len(prog["done"]),
+            ", ".join(changed) or "missing part files",
+        )
     done: set[int] = set(prog["done"]) if resume else set()
     if resume and done:
         log.info("%s: resuming extraction, %d of %d chunks done", op.name, len(done), -(-T // cfg.chunk_s))
