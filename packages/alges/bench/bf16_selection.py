@@ -74,6 +74,12 @@ def main() -> None:
         }
     out["ratio"] = min(out["alges-img"]["same_picks"], out["alges-sem"]["same_picks"]) / 10
     out["target"] = "bf16 picks == fp32 picks (ratio 1.0) to allow bf16 in the paper preset"
+    from medshared.precision import cpu_model
+
+    out["cpu"] = cpu_model()
+    out["threads"] = torch.get_num_threads()
+    out["bench"] = "alges_bf16_selection"
+    print(f"CPU: {out['cpu']}, {out['threads']} thread(s); fp32 is what --precision auto runs for selection")
     print(json.dumps(out))
 
 

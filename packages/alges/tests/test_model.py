@@ -104,3 +104,39 @@ def test_checkpoint_round_trip_and_config_errors(tmp_path):
         create_config("nope")
     with pytest.raises(ValueError, match="head_kernel_size"):
         create_config("alges_tiny", head_kernel_size=5)
+
+
+def test_batchnorm_folded_for_inference_only_on_a_copy():
+    import copy
+
+    import numpy as np
+    from alges.inference import infer
+    from alges.model import fold_batchnorm
+
+    cfg = create_config("alges_tiny", num_classes=4)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    model(torch.rand(4, 3, 32, 32) * 255)  # running statistics away from their init
+    model.eval()
+    x = torch.rand(3, 3, 32, 32) * 255
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorm(copy.deepcopy(model))
+    assert n_bn > 10 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        a, b = model(x), folded(x)
+    torch.testing.assert_close(b.z, a.z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-4)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = (x.numpy()).astype(np.uint8)
+    fast = infer(model, images, cfg, "cpu", ("alges-img",)).values["alges-img"]
+    with torch.no_grad():  # the plain model's closed form, for comparison
+        from alges.embeddings import alges_img
+
+        o = model(torch.from_numpy(images).float())
+        ref = alges_img(o.logits, o.z).numpy()
+    np.testing.assert_allclose(fast, ref, rtol=1e-4, atol=1e-6)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == n_bn  # the caller's model untouched
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    assert model.head.weight.is_contiguous()
