@@ -189,8 +189,12 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help="trained deepacc checkpoint for the bf16 comparison")
     ap.add_argument("--data", default=None, help="COCO json whose images the bf16 comparison uses (default A.tif)")
     ap.add_argument("--bf16-only", action="store_true", help="skip the DeepACC vs Faster R-CNN part")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                    help="precision of the DeepACC vs Faster R-CNN part (default auto, as evaluate / predict)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="precision of the DeepACC vs Faster R-CNN part (default auto, as evaluate / predict)",
+    )
     args = ap.parse_args()
     import platform
 

@@ -1,4 +1,4 @@
-"""Margin-branch variants on real-crop spreads (issue 20, Build 1): which embedding / margin keeps Eq. 1 from collapsing.
+"""Margin-branch variants on real-crop spreads (issue 20, Build 1): which embedding / margin keeps Eq. 1 healthy.
 
     OMP_NUM_THREADS=1 uv run python packages/deepacc/experiments/margin_variants.py \
         --crops ../shared/data/chromosome/cells --out /work/runs/deepacc_m --iters 250
@@ -97,7 +97,7 @@ def main() -> int:
             resume=False,
             seed=0,
             progress=False,
-            log=lambda m: print(f"  {name}: {m}", flush=True),
+            log=lambda m, name=name: print(f"  {name}: {m}", flush=True),
         )
         tt = time.time() - t0
         raws = predict_raw(model, data["test"])

@@ -18,8 +18,8 @@ import torch
 from deepacc.config import create_config
 from deepacc.data import DetectionDataset, load_dataset
 from deepacc.model import build_model
-from deepacc.train import margin_factor
 from deepacc.synthetic import SynthConfig, write_synthetic
+from deepacc.train import margin_factor
 
 
 def make_data(folder: str, size: int = 192, n_images: int = 16) -> list:
