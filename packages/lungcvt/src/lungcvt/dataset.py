@@ -70,7 +70,8 @@ def extract_cycles(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> CycleSet:
-    """Load each recording, cut its cycles and compute (or fetch cached) features.
+    """Load each recording, cut its cycles and compute (or fetch cached) features; one recording's decoded audio is
+    held at a time, and with ``cache_dir`` each finished recording is cached, so an interrupted run resumes there.
 
     Raises:
         DataError: unreadable audio, a cycle beyond the end of its audio; FeatureError: CQT above Nyquist.
@@ -87,6 +88,7 @@ def extract_cycles(
             audio, sr = load_recording_audio(rec.wav, cfg)
             cycles = check_cycles_within(rec, len(audio) / sr)
             feats = compute_features(cut_cycles(audio, sr, [(c.start, c.end) for c in cycles]), cfg, device=device)
+            del audio  # one recording's decoded audio in memory at a time (not two while the next one loads)
             if cache:
                 cache.put(rec.stem, rec.wav, spans, feats)
         for c, f in zip(rec.cycles, feats):
