@@ -52,6 +52,11 @@ def query_pool(
     """
     s = get_strategy(strategy)
     model, cfg, extra = load_trained(checkpoint)
+    dev = resolve_device(device) if isinstance(device, str) else device
+    if precision is not None and cfg.amp and precision.select.requested == "auto":  # the old alias, from the config
+        from alges.precision import resolve_alges_precision
+
+        precision = resolve_alges_precision(precision.train.requested, dev, amp=True)
     if s.needs_deal_head and model.deal is None:
         raise ValueError(f"strategy {s.name} needs a checkpoint trained with the DEAL head (alges train --deal-head)")
     items = scan_images(pool)
@@ -79,7 +84,7 @@ def query_pool(
             labeled,
             budget,
             cfg,
-            resolve_device(device) if isinstance(device, str) else device,
+            dev,
             seed=seed,
             workdir=wd,
             progress=progress,
