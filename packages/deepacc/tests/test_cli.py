@@ -58,6 +58,15 @@ def test_evaluate_and_predict(run: dict) -> None:
         assert key in m
     assert 0.0 <= m["coco"]["map"] <= m["coco"]["map50"] <= 1.0
     assert (ev / "per_class_ap.csv").is_file()
+    # issue 20 / 22: margin_health, class-agnostic AP, both caps; the precision auto chose is recorded in train.json
+    assert set(m["margin_health"]) >= {"own_class_cos", "centre_pairwise_cos", "template_local_fraction", "collapsed"}
+    assert 0.0 <= m["class_agnostic_ap50"] <= 1.0 and set(m["map50_at"]) == {"100", "300"}
+    tj = json.loads((run["out"] / "train.json").read_text())
+    assert tj["precision"]["requested"] == "auto" and tj["precision"]["name"] in ("fp32", "bf16") and tj["workers"] == 0
+    assert "own_class_cos" in (run["out"] / "history.csv").read_text().splitlines()[0]
+    # --amp is --precision bf16: contradicting it is an error naming both
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(run["data"]), "--out", str(ev), "--amp",
+                 "--precision", "fp32"]) == 1  # fmt: skip
     img = sorted((run["data"] / "images").glob("*.png"))[0]
     pr = run["root"] / "pred"
     assert main(["predict", str(img), "--checkpoint", ckpt, "--out", str(pr), "--score-thresh", "0.0"]) == 0

@@ -35,3 +35,8 @@ def test_crops_demo_holds_out_cells(tmp_path: Path, fake_cells) -> None:  # noqa
     disk = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert set(disk["headline"]) >= {"metric", "value", "chance"} and disk["config"]["model"]["siamese"]
     assert "karyotype" in (tmp_path / "demo" / "report.md").read_text()
+    # issue 20: the margin branch's health, class-agnostic AP and both detection caps; P2 pooling at scale 0.5
+    assert set(disk["margin_health"]) >= {"own_class_cos", "centre_pairwise_cos", "template_local_fraction"}
+    assert 0.0 <= disk["class_agnostic_ap50"] <= 1.0 and set(disk["map50_at"]) == {"100", "300"}
+    assert disk["config"]["model"]["roi_min_level"] == 2 and d["size"] == 384
+    assert {"own_class_cos", "centre_pairwise_cos"} <= set(disk["history"][0])

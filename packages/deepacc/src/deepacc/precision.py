@@ -54,7 +54,7 @@ PRECISION_HELP = (
 )
 
 
-def probe(train: bool = True, size: int = 192) -> Any:
+def probe(train: bool = True, size: int = 160) -> Any:
     """deepacc's op mix for ``medshared.precision.resolve_precision``: one forward (+ backward when ``train``) of the
     tiny detector (BatchNorm CNN + FPN, RoIAlign, the full DeepACC head) on a ``size`` px image with 46 boxes."""
     import dataclasses
@@ -94,4 +94,11 @@ def resolve(spec: str, device: Any, train: bool, amp_alias: bool = False) -> Any
             raise ValueError(f"--amp means --precision bf16; it cannot be combined with --precision {spec}")
         spec = "bf16"
     key = "deepacc.tiny_train" if train else "deepacc.tiny_infer"
-    return resolve_precision(spec, device, key=key, probe=lambda: probe(train)())
+    built: list[Any] = []
+
+    def lazy_probe() -> None:  # the model is built on the first call only (and never when nothing is measured)
+        if not built:
+            built.append(probe(train))
+        built[0]()
+
+    return resolve_precision(spec, device, key=key, probe=lazy_probe)
