@@ -143,3 +143,22 @@ def test_array_source_slices_without_copy():
     assert np.shares_memory(x, imgs) and pos.tolist() == [2, 3, 4, 5]
     (pos, x), *_ = list(src.batches(np.array([1, 5]), 8))
     assert x.shape[0] == 2 and pos.tolist() == [1, 5]
+
+
+def test_decoding_threads_give_the_same_arrays_and_failures(team, tmp_path):
+    """``--workers N``: images decoded in N threads; the arrays, the order and the unreadable-file reports are the
+    same as in the main thread."""
+    from alges.arrays import load_arrays
+    from alges.data import open_dataset
+
+    root, labelled = team
+    idx = open_dataset(root)
+    a, b = load_arrays(idx, labelled, 32, progress=False), load_arrays(idx, labelled, 32, progress=False, workers=3)
+    assert a.ids == b.ids and np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    items = scan_images(root / "images")
+    paths = [p for _, p in items] + [tmp_path / "missing.png", tmp_path / "also_missing.png"]
+    plain, threaded = FileSource(paths, 32), FileSource(paths, 32, workers=3)
+    pos = np.arange(len(paths))
+    for (p1, x1), (p2, x2) in zip(plain.batches(pos, 7), threaded.batches(pos, 7), strict=True):
+        assert np.array_equal(p1, p2) and np.array_equal(x1, x2)
+    assert plain.failures == threaded.failures and len(plain.failures) == 2

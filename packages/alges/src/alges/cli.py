@@ -54,7 +54,15 @@ PRECISION_HELP = (
     "because the selection maths needs it (README 'Precision'); the config key amp: true is the old alias for a "
     "bf16 selection forward"
 )
-WORKERS_HELP = "image-decoding threads (default 0: the main thread)"
+WORKERS_HELP = "image-decoding threads (default 0: decode in the main thread; results are the same)"
+
+
+def _runtime(p: argparse.ArgumentParser, **kw: Any) -> None:
+    """``medshared.cli.add_runtime_args``; alges' ``--workers`` are image-decoding threads (no DataLoader)."""
+    add_runtime_args(p, **kw)
+    for action in p._actions:
+        if action.dest == "workers":
+            action.help = WORKERS_HELP
 
 
 def _add_common(p: argparse.ArgumentParser, preset: str = "alges_paper") -> None:
@@ -62,7 +70,7 @@ def _add_common(p: argparse.ArgumentParser, preset: str = "alges_paper") -> None
         "--offline", action="store_true", help="never download weights (as HF_HUB_OFFLINE=1); missing ones are an error"
     )
     p.add_argument("--preset", default=preset, help=f"registered config (default {preset}; see alges.config)")
-    add_runtime_args(p, workers=0, seed=0, config=True, precision_help=PRECISION_HELP)
+    _runtime(p, workers=0, seed=0, config=True, precision_help=PRECISION_HELP)
 
 
 def _print_precision(prec) -> None:
@@ -392,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--list", help="file of image ids to evaluate (default: every image that has a mask)")
     p.add_argument("--out", required=True, help="output folder: metrics.json (with headline), per_class.csv")
-    add_runtime_args(p, workers=0, seed=None, precision_help="alges: the forward pass only (evaluation)")
+    _runtime(p, workers=0, seed=None, precision_help="alges: the forward pass only (evaluation)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class-id masks for a folder of images")
@@ -400,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of images (searched recursively, or a dataset root)")
     p.add_argument("--out", required=True)
     p.add_argument("--original-size", action="store_true", help="resize masks back to each image's size")
-    add_runtime_args(p, workers=0, seed=None, precision_help="alges: the forward pass only")
+    _runtime(p, workers=0, seed=None, precision_help="alges: the forward pass only")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("query", help="rank the unlabeled images to annotate next")
@@ -418,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-unreadable", action="store_true", help="leave unreadable images out (listed) instead of failing"
     )
     p.add_argument("--out", default="query.csv", help="ranked CSV (default query.csv)")
-    add_runtime_args(p, workers=0, seed=0, precision_help=PRECISION_HELP)
+    _runtime(p, workers=0, seed=0, precision_help=PRECISION_HELP)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("split", help="case-disjoint split of a folder dataset into OUT/train and OUT/test folders")
