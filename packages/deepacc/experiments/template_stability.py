@@ -31,7 +31,7 @@ def make_data(folder: str, size: int = 192, n_images: int = 16) -> list:
 
 
 def run(
-    data: list, size: int = 192, switch_at: int | None = None, norm: bool = False, n: int = 100
+    data: list, size: int = 192, switch_at: int | None = None, norm: bool = False, n: int = 100, warmup: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """L_CE and the fraction of local templates per iteration (tiny full head, delta 0.5 from iteration 0, or global
     centres until ``switch_at``)."""
@@ -50,7 +50,8 @@ def run(
             model.roi_heads.cfg = dataclasses.replace(model.roi_heads.cfg, delta=0.5)
         for g in opt.param_groups:
             g["lr"] = 0.02 * min(1.0, 0.001 + it / 20)
-        model.roi_heads.margin_factor = margin_factor(it, cfg.train)  # the s / m warm-up train() applies
+        if warmup:  # the s / m warm-up train() applies (off: s = 64 and m = 0.25 from iteration 0, as measured above)
+            model.roi_heads.margin_factor = margin_factor(it, cfg.train)
         batch = [data[(2 * it) % len(data)], data[(2 * it + 1) % len(data)]]
         losses = model([x for x, _ in batch], [t for _, t in batch])
         opt.zero_grad()
