@@ -1,7 +1,7 @@
 """Device placement: every tensor of the batched features and the training step lives on the requested device.
 
-Without a GPU, ``device="meta"`` stands in for CUDA and a ``TorchFunctionMode`` refuses any op that mixes tensors of
-two devices (a CPU 0-dim tensor allowed, as CUDA allows it): the old ``features.py`` compared
+Without a GPU, ``device="meta"`` stands in for CUDA and ``medshared.testing.strict_devices`` refuses any op that mixes
+tensors of two devices (a CPU 0-dim tensor allowed, as CUDA allows it): the old ``features.py`` compared
 ``torch.arange(device=x.device)`` with a CPU ``torch.tensor(lens)`` (issue 22's crash on the first GPU run) and fails
 here. The ``gpu``-marked tests run the same paths on CUDA against the CPU (skipped without CUDA).
 """
@@ -19,40 +19,9 @@ from lungcvt.images import batch_to_image
 from lungcvt.losses import ClassBalancedCE
 from lungcvt.model import LungCVT
 from lungcvt.step import train_step
-from torch.overrides import TorchFunctionMode
+from medshared.testing import strict_devices
 
 TINY = get_config("lungcvt_tiny")
-
-
-class _StrictDevices(TorchFunctionMode):
-    """Raise when one op gets tensors on two devices (0-dim CPU tensors excepted)."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        seen = set()
-
-        def visit(a):
-            if isinstance(a, torch.Tensor):
-                if not (a.device.type == "cpu" and a.dim() == 0):
-                    seen.add(a.device.type)
-            elif isinstance(a, list | tuple):
-                for b in a:
-                    visit(b)
-
-        for a in list(args) + list(kwargs.values()):
-            visit(a)
-        if len(seen) > 1:
-            raise RuntimeError(f"{getattr(func, '__name__', func)} mixes devices {sorted(seen)}")
-        return func(*args, **kwargs)
-
-
-def strict_devices():
-    try:
-        from medshared.testing import strict_devices as shared_strict
-
-        return shared_strict()
-    except ImportError:  # medshared's helper not there yet: the local one
-        return _StrictDevices()
 
 
 def _cycles(sr, seconds=(1.0, 1.7, 2.4)):
