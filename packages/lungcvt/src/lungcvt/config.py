@@ -33,7 +33,8 @@ CLASSES: tuple[str, ...] = ("normal", "crackle", "wheeze", "both")
 _MODES = ("faithful", "clean")
 _BACKENDS = ("librosa", "torch", "nnaudio")
 _LENGTHS = ("none", "repeat")
-_KEY_OPTIONAL = ("channels", "fmax", "band_limit_hz", "window", "mel_htk")
+_KEY_OPTIONAL = ("channels", "fmax", "band_limit_hz", "window", "mel_htk", "band_norm")
+_BAND_NORMS = ("none", "recording")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,10 @@ class FeatureConfig:
             (paper Eq. 2).
         mel_htk: HTK mel formula for the mel channel (paper Eq. 3) instead of librosa's Slaney default (code). The
             MFCC channel uses HTK in both (code: ``mfcc(htk=True)``).
+        band_norm: ``"none"`` (code) or ``"recording"`` (ours; channel compensation against a stethoscope's fixed
+            spectral colouring, cepstral-mean-normalisation style): every row (MFCC coefficient, mel band, CQT bin)
+            minus its mean over all frames of all of the recording's cycles, then each cycle's mel and CQT channel
+            centred on -40 dB (:func:`lungcvt.features.band_normalise`).
     """
 
     sample_rate: int = 22050
@@ -96,8 +101,11 @@ class FeatureConfig:
     band_limit_hz: float | None = None
     window: str = "hann"
     mel_htk: bool = False
+    band_norm: str = "none"
 
     def __post_init__(self) -> None:
+        if self.band_norm not in _BAND_NORMS:
+            raise ValueError(f"features.band_norm must be one of {_BAND_NORMS}, got {self.band_norm!r}")
         if self.channels not in ("mono", "mix"):
             raise ValueError(f"features.channels must be 'mono' or 'mix', got {self.channels!r}")
         if self.window not in ("hann", "hamming"):

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lungcvt.band_norm import band_normalise
 from lungcvt.config import FeatureConfig
 from lungcvt.cqt import FFTCQT, frames
 from lungcvt.data import DataError
@@ -45,6 +46,7 @@ __all__ = [
     "NnAudioFeaturizer",
     "get_featurizer",
     "compute_features",
+    "band_normalise",
     "to_image",
     "batch_to_image",
     "FeatureCache",
@@ -339,7 +341,22 @@ def compute_features(
     batch_size: int = 16,
     progress: bool = False,
 ) -> list[np.ndarray]:
-    """Features of many cycles with ``cfg.backend`` -> list of float32 [3, 96, T_i]."""
+    """Features of many cycles with ``cfg.backend`` -> list of float32 [3, 96, T_i].
+
+    With ``cfg.band_norm="recording"`` the cycles must be one recording's (both callers pass one recording at a
+    time): :func:`band_normalise` is applied over them.
+    """
+    out = _compute_features(cycles, cfg, device, batch_size, progress)
+    return band_normalise(out) if cfg.band_norm == "recording" else out
+
+
+def _compute_features(
+    cycles: Sequence[np.ndarray],
+    cfg: FeatureConfig,
+    device: str | torch.device,
+    batch_size: int,
+    progress: bool,
+) -> list[np.ndarray]:
     from tqdm.auto import tqdm
 
     check_cqt(cfg)
