@@ -7,10 +7,12 @@ from alges.data import cholec_split, load_arrays, scan_cholecseg8k
 from alges.synthetic import generate_cholecseg8k
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def _fp32_unless_asked():
     """``--precision auto`` resolves to fp32 in these tests (the same numbers on every CPU, no probe timing),
-    module fixtures included; the precision tests that measure clear it."""
+    module fixtures included (module scope: set before them, undone after each module); the precision tests that
+    measure clear it. A session-scoped one stayed set after the alges tests and turned every later package's
+    ``auto`` into fp32 in a whole-suite run."""
     mp = pytest.MonkeyPatch()
     mp.setenv("MEDREPRO_PRECISION", "fp32")
     yield
