@@ -16,6 +16,46 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic(out, SyntheticConfig(n_patients=6, num_frames=24, size=64, seed=1), None, layout="release")
 
 
+@pytest.fixture
+def detection_items(tmp_path: Path) -> list:
+    """Four 64-px grey PNGs in ``tmp_path``, each with one bright box, as ``DetectionItem`` s (train 3 / val 1)."""
+    import numpy as np
+    from kfgnet.detection_data import DetectionItem
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    items = []
+    for i in range(4):
+        img = rng.integers(0, 60, (64, 64), dtype=np.uint8)
+        img[10 : 30 + i, 8 : 32 + i] = 220
+        Image.fromarray(img).save(tmp_path / f"{i}_1.png")
+        items.append(DetectionItem(tmp_path / f"{i}_1.png", np.array([[8, 10, 32 + i, 30 + i]], np.float32), str(i)))
+    return items
+
+
+def make_keyframe_seqs(geo_dim: int, feature_dim: int = 8) -> list[dict]:
+    """Four random key-frame sequences (lengths 5, 7, 6, 4) in the layout ``train_keyframe`` takes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [
+        {
+            "frame_num": np.arange(n),
+            "feat": rng.random((n, feature_dim), dtype=np.float32),
+            "geo": rng.random((n, geo_dim), dtype=np.float32),
+            "label": rng.random(n).astype(np.float32),
+            "key": np.asarray(1),
+        }
+        for n in (5, 7, 6, 4)
+    ]
+
+
+@pytest.fixture
+def keyframe_seqs() -> type:
+    """:func:`make_keyframe_seqs` (call it with the config's ``geo_dim``)."""
+    return make_keyframe_seqs
+
+
 class DeviceGuard:
     """A CUDA stand-in check for runs on ``device="meta"`` (a ``TorchFunctionMode``; ``medshared.testing`` may
     offer ``strict_devices`` for the first half).

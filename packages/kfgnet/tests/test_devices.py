@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from kfgnet.config import ClassifierTrainConfig, ClipConfig
 from kfgnet.data import ClipDataset, read_manifest
@@ -37,20 +36,10 @@ def test_classifier_training_on_a_device_syncs_once_per_epoch_and_resumes_withou
     assert g.syncs == ["tolist"]  # only epoch 2 trained
 
 
-def test_keyframe_training_on_a_device_syncs_once_per_epoch(device_guard) -> None:
+def test_keyframe_training_on_a_device_syncs_once_per_epoch(device_guard, keyframe_seqs) -> None:
     kc = get_keyframe_config("kfgnet_keyframe_tiny", feature_dim=8)
     kt = replace(get_keyframe_train_config("kfgnet_keyframe_tiny"), epochs=2, batch_size=2)
-    rng = np.random.default_rng(0)
-    seqs = [
-        {
-            "frame_num": np.arange(n),
-            "feat": rng.random((n, 8), dtype=np.float32),
-            "geo": rng.random((n, kc.geo_dim), dtype=np.float32),
-            "label": rng.random(n).astype(np.float32),
-            "key": np.asarray(1),
-        }
-        for n in (5, 7, 6, 4)
-    ]
+    seqs = keyframe_seqs(kc.geo_dim)
     with device_guard() as g:
         train_keyframe(seqs, kc, kt, "meta", progress=False)
     assert g.syncs == ["__float__", "__float__"]  # the epoch's mean MSE; the mask count comes from CPU lengths

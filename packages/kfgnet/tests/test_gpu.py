@@ -17,8 +17,7 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-def test_detector_trains_on_cuda_with_bf16_backbone(tmp_path: Path) -> None:
-    from kfgnet.detection_data import DetectionItem
+def test_detector_trains_on_cuda_with_bf16_backbone(tmp_path: Path, detection_items: list) -> None:
     from kfgnet.detector import detect_frames, load_detector
     from kfgnet.detector_train import train_detector
     from kfgnet.precision import detector_precision
@@ -26,13 +25,7 @@ def test_detector_trains_on_cuda_with_bf16_backbone(tmp_path: Path) -> None:
     from medshared.distributed import DistContext
     from PIL import Image
 
-    rng = np.random.default_rng(0)
-    items = []
-    for i in range(4):
-        img = rng.integers(0, 60, (64, 64), dtype=np.uint8)
-        img[10 : 30 + i, 8 : 32 + i] = 220
-        Image.fromarray(img).save(tmp_path / f"{i}_1.png")
-        items.append(DetectionItem(tmp_path / f"{i}_1.png", np.array([[8, 10, 32 + i, 30 + i]], np.float32), str(i)))
+    items = detection_items
     dev = torch.device("cuda")
     prec = detector_precision("auto", dev)
     prec.apply()
@@ -76,23 +69,13 @@ def test_classifier_ddp_sync_bn_bf16_on_cuda(synth: Path, tmp_path: Path, monkey
         ctx.close()
 
 
-def test_keyframe_lstm_trains_on_cuda() -> None:
+def test_keyframe_lstm_trains_on_cuda(keyframe_seqs) -> None:
     from kfgnet.keyframe import predict_keyframes, train_keyframe
     from kfgnet.presets import get_keyframe_config, get_keyframe_train_config
 
     kc = get_keyframe_config("kfgnet_keyframe_tiny", feature_dim=8)
     kt = replace(get_keyframe_train_config("kfgnet_keyframe_tiny"), epochs=3, batch_size=2)
-    rng = np.random.default_rng(0)
-    seqs = [
-        {
-            "frame_num": np.arange(n),
-            "feat": rng.random((n, 8), dtype=np.float32),
-            "geo": rng.random((n, kc.geo_dim), dtype=np.float32),
-            "label": rng.random(n).astype(np.float32),
-            "key": np.asarray(1),
-        }
-        for n in (5, 7, 6, 4)
-    ]
+    seqs = keyframe_seqs(kc.geo_dim)
     log: list[dict] = []
     model = train_keyframe(seqs, kc, kt, "cuda", progress=False, log=log)
     keys, curves = predict_keyframes(model, seqs, torch.device("cuda"))

@@ -153,23 +153,15 @@ def test_backbone_autocast_keeps_heads_and_boxes_in_fp32() -> None:
     assert seen[-1] == torch.float32
 
 
-def test_detector_trains_in_bf16_and_refuses_to_resume_in_fp32(tmp_path: Path) -> None:
+def test_detector_trains_in_bf16_and_refuses_to_resume_in_fp32(tmp_path: Path, detection_items: list) -> None:
     import json
 
-    from kfgnet.detection_data import DetectionItem
     from kfgnet.detector_train import train_detector
     from kfgnet.precision import fixed_precision
     from kfgnet.presets import get_detector_config
     from kfgnet.runstate import StaleRunError
-    from PIL import Image
 
-    rng = np.random.default_rng(0)
-    items = []
-    for i in range(4):
-        img = rng.integers(0, 60, (64, 64), dtype=np.uint8)
-        img[10 : 30 + i, 8 : 32 + i] = 220
-        Image.fromarray(img).save(tmp_path / f"{i}_1.png")
-        items.append(DetectionItem(tmp_path / f"{i}_1.png", np.array([[8, 10, 32 + i, 30 + i]], np.float32), str(i)))
+    items = detection_items
     cfg = get_detector_config("tiny", min_size=64, max_size=64, epochs=1, batch_size=2)
     res = train_detector(items[:3], items[3:], cfg, tmp_path / "run", seed=0, progress=False,
                          precision=fixed_precision("bf16"))  # fmt: skip
