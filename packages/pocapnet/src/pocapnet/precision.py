@@ -51,17 +51,9 @@ def _extract_models() -> tuple[Any, Any, Any, Any]:
     from transformers import Wav2Vec2Model
 
     from pocapnet.extractors import cast_densenet_bf16, cast_wav2vec2_bf16
-    from pocapnet.weights import _seeded, _w2v_config
+    from pocapnet.weights import _seeded, _xlsr53_config
 
-    cfg = _w2v_config(
-        hidden_size=1024,
-        num_hidden_layers=1,
-        num_attention_heads=16,
-        intermediate_size=4096,
-        conv_dim=(512,) * 7,
-        num_conv_pos_embeddings=128,
-        num_conv_pos_embedding_groups=16,
-    )
+    cfg = _xlsr53_config(num_hidden_layers=1)
     with _seeded(0):
         w2v = Wav2Vec2Model(cfg).eval().requires_grad_(False)
         import torchxrayvision as xrv

@@ -77,12 +77,12 @@ def tiny_wav2vec2_config() -> Any:
     )
 
 
-def _xlsr53_config() -> Any:
+def _xlsr53_config(num_hidden_layers: int = 24) -> Any:
     """The XLSR-53 architecture (brief: hidden 1024, 24 layers, 16 heads, feed-forward 4096, positional conv
-    128/16)."""
+    128/16); ``num_hidden_layers`` lets the precision probe build a one-layer stand-in of the same op mix."""
     return _w2v_config(
         hidden_size=1024,
-        num_hidden_layers=24,
+        num_hidden_layers=num_hidden_layers,
         num_attention_heads=16,
         intermediate_size=4096,
         conv_dim=(512,) * 7,
