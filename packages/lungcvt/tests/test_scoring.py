@@ -120,3 +120,14 @@ def test_baseline_features_hand_case():
     band = int(np.argmin(np.abs(librosa.mel_frequencies(66, fmax=2000)[1:-1] - 500)))
     assert abs(int(mean.argmax()) - band) <= 1  # the tone's band is the loudest
     assert (std >= 0).all() and (delta >= 0).all() and abs(int(p90.argmax()) - band) <= 1
+
+
+def test_icbhi_score_matches_medshared():
+    """The fast grid-search ``icbhi_score`` is the official ``medshared.metrics.icbhi_scores`` Score."""
+    from medshared.metrics import icbhi_scores
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 4, 50)
+        p = rng.integers(0, 4, 50)
+        assert icbhi_score(y, p) == pytest.approx(icbhi_scores(y, p)["score"])

@@ -350,6 +350,18 @@ register_config(
         train=TrainConfig(lr=1e-3, cb_beta=0.99, subset_fraction=0.25, shuffle=False),
     )
 )
+# The tiny random-init DeiT shared by lungcvt_tiny and lungcvt_icbhi_cpu: DeiT-tiny width, 2 blocks, 64 px input with
+# 8 px patches, average pooling, identity-initialised front end.
+_TINY_DEIT = dict(
+    backbone="deit_tiny_patch16_224",
+    backbone_depth=2,
+    patch_size=8,
+    img_size=64,
+    pretrained=False,
+    global_pool="avg",
+    front_init="identity",
+)
+
 # Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
 # patches, average pooling, identity-initialised front end, clean features (batched torch backend), lr 1e-3 with 60
 # warm-up steps and cosine decay (a fixed 1e-3 made the validation score flip between all-normal and all-abnormal
@@ -358,15 +370,7 @@ register_config(
     LungCVTConfig(
         name="lungcvt_tiny",
         features=FeatureConfig(image_size=64, backend="torch", mode="clean"),
-        model=ModelConfig(
-            backbone="deit_tiny_patch16_224",
-            backbone_depth=2,
-            patch_size=8,
-            img_size=64,
-            pretrained=False,
-            global_pool="avg",
-            front_init="identity",
-        ),
+        model=ModelConfig(**_TINY_DEIT),
         train=TrainConfig(lr=1e-3, warmup_steps=60, lr_schedule="cosine", batch_size=16, epochs=30, mixup=False),
     )
 )
@@ -395,13 +399,7 @@ register_config(
             repeat_seconds=4.0,
         ),
         model=ModelConfig(
-            backbone="deit_tiny_patch16_224",
-            backbone_depth=2,
-            patch_size=8,
-            img_size=64,
-            pretrained=False,
-            global_pool="avg",
-            front_init="identity",
+            **_TINY_DEIT,
             use_cnn=False,
             use_attention=False,
         ),
