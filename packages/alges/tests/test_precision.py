@@ -57,8 +57,22 @@ def test_auto_on_cpu_measures_the_alges_probe_once(monkeypatch, tmp_path):
 
 def test_probe_is_a_training_step_that_runs_under_bf16_autocast():
     step = train_probe()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        step()  # no op without a bf16 kernel
+    seen: list[torch.dtype] = []
+
+    def hook(module, _inp, out):
+        if isinstance(module, torch.nn.Conv2d):
+            seen.append(out.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            step()  # no op without a bf16 kernel
+        n_bf16 = len(seen)
+        step()  # and under fp32
+    finally:
+        handle.remove()
+    assert n_bf16 > 10 and set(seen[:n_bf16]) == {torch.bfloat16}  # the convolutions ran in bf16
+    assert set(seen[n_bf16:]) == {torch.float32} and len(seen) == 2 * n_bf16
 
 
 def test_phase_sets_tf32_for_its_block_and_restores_it():

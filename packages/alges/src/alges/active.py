@@ -127,6 +127,11 @@ def _round_model_path(out_dir: Path, strategy: str, seed: int, r: int) -> Path:
     return out_dir / "state" / f"{strategy}_seed{seed}_round{r}.safetensors"
 
 
+def _key_and_train_precision(cfg: AlgesConfig, pool: SegArrays, test: SegArrays, precision: Any):
+    """The resume key of a run (config + data ids + precision) and its training precision (None: fp32)."""
+    return run_key(cfg, pool.ids, test.ids, precision), (precision.train if precision is not None else None)
+
+
 def run_strategy(
     strategy: str,
     seed: int,
@@ -153,8 +158,7 @@ def run_strategy(
     s = get_strategy(strategy)
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / f"{strategy}_seed{seed}.json"
-    key = run_key(cfg, pool.ids, test.ids, precision)
-    tp = precision.train if precision is not None else None
+    key, tp = _key_and_train_precision(cfg, pool, test, precision)
     m = len(pool)
     if cfg.n_init > m:
         raise ValueError(f"n_init {cfg.n_init} is larger than the pool ({m} images)")
@@ -277,8 +281,7 @@ def run_full(
     """The "Full" line: train on every pool image (same recipe as a round), evaluate; cached in ``out/state``."""
     out_dir = Path(out_dir)
     path = out_dir / "state" / f"full_seed{seed}.json"
-    key = run_key(cfg, pool.ids, test.ids, precision)
-    tp = precision.train if precision is not None else None
+    key, tp = _key_and_train_precision(cfg, pool, test, precision)
     if path.is_file():
         rec = json.loads(path.read_text())
         if rec.get("key") == key:

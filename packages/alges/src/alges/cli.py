@@ -78,6 +78,16 @@ def _print_precision(prec) -> None:
         print(line)
 
 
+def _infer_device_precision(args: argparse.Namespace):
+    """Device and inference precision for ``evaluate`` / ``predict`` (printed, so the run log states it)."""
+    from alges.precision import resolve_infer_precision
+
+    device = _device(args.device)
+    prec = resolve_infer_precision(args.precision, device)
+    _print_precision(prec)
+    return device, prec
+
+
 def _split_lists(args: argparse.Namespace, index, cfg) -> dict[str, list[str]]:
     from alges.cholec import cholec_split
     from alges.index import read_id_list
@@ -228,11 +238,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alges.evaluate import evaluate_checkpoint
-    from alges.precision import resolve_infer_precision
 
-    device = _device(args.device)
-    prec = resolve_infer_precision(args.precision, device)
-    _print_precision(prec)
+    device, prec = _infer_device_precision(args)
     res = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -252,11 +259,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from alges.evaluate import predict_folder
-    from alges.precision import resolve_infer_precision
 
-    device = _device(args.device)
-    prec = resolve_infer_precision(args.precision, device)
-    _print_precision(prec)
+    device, prec = _infer_device_precision(args)
     n = predict_folder(
         args.checkpoint,
         args.images,

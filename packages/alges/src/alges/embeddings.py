@@ -36,7 +36,8 @@ def channel_argmax(x: torch.Tensor) -> torch.Tensor:
 
 def channel_sumsq(x: torch.Tensor) -> torch.Tensor:
     """sum over dim 1 of x^2 for [B, C, H, W] -> [B, H, W], plane by plane: no [B, C, H, W] temporary, and on a CPU
-    10x faster than ``(x * x).sum(1)`` (a strided reduction across channels)."""
+    faster than ``(x * x).sum(1)`` (a strided reduction across channels): 2.7-3.6x, fp32, one thread, [4, 13-16, 224,
+    224], Intel Xeon with AMX (README 'Bench')."""
     out = x[:, 0] * x[:, 0]
     for c in range(1, x.shape[1]):
         out.addcmul_(x[:, c], x[:, c])
