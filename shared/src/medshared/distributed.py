@@ -365,7 +365,7 @@ def _reduce(x: Any, ctx: DistContext, mean: bool) -> Any:
     import torch.distributed as dist
 
     is_tensor = isinstance(x, torch.Tensor)
-    t = x.detach().clone() if is_tensor else torch.tensor(float(x), dtype=torch.float64)
+    t = x.detach().clone() if is_tensor else torch.tensor(float(x), dtype=torch.float64, device=ctx.device)
     orig_device = t.device
     t = t.to(ctx.device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
