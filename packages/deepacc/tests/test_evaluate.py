@@ -11,25 +11,11 @@ from deepacc.config import create_config
 from deepacc.data import Sample
 from deepacc.evaluate import chance_map, evaluate_detections
 
-K = 25
 
-
-def _raw(rois: list[tuple[list[float], dict[int, float]]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoIs given as (box, {class: prob}); the rest of the mass goes to background."""
-    boxes = torch.zeros(len(rois), K, 4)
-    scores = torch.zeros(len(rois), K)
-    for i, (b, probs) in enumerate(rois):
-        boxes[i] = torch.tensor(b)
-        for c, p in probs.items():
-            scores[i, c] = p
-        scores[i, 0] = 1.0 - sum(probs.values())
-    return boxes, scores
-
-
-def test_acc_aer_wcr_on_constructed_detections() -> None:
+def test_acc_aer_wcr_on_constructed_detections(raw_rois) -> None:
     gt_boxes = np.array([[0, 0, 10, 20], [30, 0, 40, 20], [60, 0, 70, 20], [90, 0, 100, 20]], np.float32)
     sample = Sample(Path("unused.png"), gt_boxes, np.array([1, 2, 3, 4]))
-    raw = _raw([
+    raw = raw_rois([
         ([0, 0, 10, 20], {1: 0.9, 2: 0.05}),  # TP (class 1)
         ([0, 0, 10, 19], {1: 0.6}),  # duplicate of RoI 0: removed by class-agnostic NMS 0.7 (IoU 0.95)
         ([30, 0, 40, 20], {3: 0.8, 2: 0.15}),  # well placed, wrong class: FP + FN (GT 2)
@@ -58,9 +44,9 @@ def test_acc_aer_wcr_on_constructed_detections() -> None:
     assert res["map50_max"] < res["map50"]
 
 
-def test_all_correct_image_and_chance() -> None:
+def test_all_correct_image_and_chance(raw_rois) -> None:
     gt = Sample(Path("x.png"), np.array([[0, 0, 10, 20], [30, 0, 40, 20]], np.float32), np.array([5, 6]))
-    raw = _raw([([0, 0, 10, 20], {5: 0.95}), ([30, 0, 40, 20], {6: 0.9})])
+    raw = raw_rois([([0, 0, 10, 20], {5: 0.95}), ([30, 0, 40, 20], {6: 0.9})])
     res = evaluate_detections([raw], [gt], create_config("deepacc_tiny"), with_chance=True)
     assert res["acc"] == 1.0 and res["aer"] == 0.0 and res["wcr"] == 1.0 and res["map50"] == 1.0
     assert res["chance"]["random_labels"] < 0.6

@@ -78,23 +78,12 @@ def test_margin_health_on_a_model_with_known_centres(tmp_path: Path) -> None:
     assert margin_health(build_model(create_config("faster_rcnn_tiny")), [sample]) is None  # no margin branch
 
 
-def _raw(rois: list[tuple[list[float], dict[int, float]]]) -> tuple[torch.Tensor, torch.Tensor]:
-    boxes = torch.zeros(len(rois), 25, 4)
-    scores = torch.zeros(len(rois), 25)
-    for i, (b, probs) in enumerate(rois):
-        boxes[i] = torch.tensor(b)
-        for c, p in probs.items():
-            scores[i, c] = p
-        scores[i, 0] = 1.0 - sum(probs.values())
-    return boxes, scores
-
-
-def test_class_agnostic_ap_ignores_the_class_and_caps_bind() -> None:
+def test_class_agnostic_ap_ignores_the_class_and_caps_bind(raw_rois) -> None:
     """Every GT found with the wrong class: class mAP 0, class-agnostic AP 1. Then 60 GT boxes with the right class at
     rank 3 of 3 hypotheses: the cap of 100 cuts them, 300 keeps them."""
     gt = np.array([[0, 0, 10, 20], [30, 0, 40, 20]], np.float32)
     s = Sample(Path("unused.png"), gt, np.array([1, 2]))
-    raw = _raw([([0, 0, 10, 20], {5: 0.9}), ([30, 0, 40, 20], {6: 0.8})])
+    raw = raw_rois([([0, 0, 10, 20], {5: 0.9}), ([30, 0, 40, 20], {6: 0.8})])
     cfg = create_config("deepacc_tiny")
     res = evaluate_detections([raw], [s], cfg, with_chance=False)
     assert res["map50"] == 0.0 and res["class_agnostic_ap50"] == pytest.approx(1.0)
@@ -103,7 +92,7 @@ def test_class_agnostic_ap_ignores_the_class_and_caps_bind() -> None:
     labels = np.array([1 + i % 24 for i in range(n)])
     rois = [([20.0 * i, 0, 20 * i + 10, 20], {int(1 + (i + 1) % 24): 0.5, int(1 + (i + 2) % 24): 0.3,
                                                int(labels[i]): 0.1}) for i in range(n)]  # fmt: skip
-    res = evaluate_detections([_raw(rois)], [Sample(Path("u.png"), gt, labels)], cfg, with_chance=False)
+    res = evaluate_detections([raw_rois(rois)], [Sample(Path("u.png"), gt, labels)], cfg, with_chance=False)
     assert res["map50_at"]["100"] == 0.0 and res["map50_at"]["300"] > 0.3  # right class ranked third of three
     assert res["map50"] == res["map50_at"][str(cfg.model.detections_per_img)]
 

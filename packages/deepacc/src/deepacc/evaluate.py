@@ -109,7 +109,11 @@ def class_agnostic_ap(raws: list[Any], samples: list[Sample], cfg: DeepACCConfig
     dets = []
     for r in raws:
         if isinstance(r, dict):
-            d = {"boxes": r["boxes"], "scores": r["scores"], "labels": torch.ones(len(r["scores"]), dtype=torch.long)}
+            d = {
+                "boxes": r["boxes"],
+                "scores": r["scores"],
+                "labels": torch.ones(len(r["scores"]), dtype=torch.long, device=r["scores"].device),
+            }
         else:
             d = class_agnostic_detections(r[0], r[1], m.score_thresh, m.nms_thresh, m.detections_per_img)
         dets.append(d)
