@@ -61,6 +61,9 @@ def test_evaluate_and_predict(run: dict) -> None:
     # issue 20 / 22: margin_health, class-agnostic AP, both caps; the precision auto chose is recorded in train.json
     assert set(m["margin_health"]) >= {"own_class_cos", "centre_pairwise_cos", "template_local_fraction", "collapsed"}
     assert 0.0 <= m["class_agnostic_ap50"] <= 1.0 and set(m["map50_at"]) == {"100", "300"}
+    # a higher cap only appends lower-scored detections (AP cannot fall); the config's own cap is the headline map50
+    assert m["map50_at"]["300"] >= m["map50_at"]["100"] - 1e-12
+    assert m["map50_at"][str(m["detections_per_img"])] == pytest.approx(m["map50"])
     tj = json.loads((run["out"] / "train.json").read_text())
     assert tj["precision"]["requested"] == "auto" and tj["precision"]["name"] in ("fp32", "bf16") and tj["workers"] == 0
     assert "own_class_cos" in (run["out"] / "history.csv").read_text().splitlines()[0]
