@@ -180,3 +180,25 @@ def test_simulate_cli_writes_curves_and_table(syn_root, tmp_path, simulate_argv)
     assert "alges-sem" in (out / "table.md").read_text()
     assert main(argv) == 0  # a rerun resumes from the saved state (nothing left to train)
     assert main(argv[:4] + ["random,bogus"] + argv[5:]) == 1
+
+
+def test_offline_flag_does_not_outlive_its_command(tmp_path, monkeypatch, capsys):
+    """``--offline`` sets MEDREPRO_OFFLINE for the command (medshared.weights reads it) and main() restores the
+    environment after, so a later call in the same process may download again (and a value set before stays)."""
+    import os
+
+    monkeypatch.delenv("MEDREPRO_OFFLINE", raising=False)
+    seen = {}
+    import alges.data
+
+    def spy(path):
+        seen["during"] = os.environ.get("MEDREPRO_OFFLINE")
+        raise FileNotFoundError(f"no dataset at {path}")
+
+    monkeypatch.setattr(alges.data, "open_dataset", spy)
+    rc = main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--offline"])
+    assert rc == 1 and seen["during"] == "1"
+    assert "MEDREPRO_OFFLINE" not in os.environ
+    monkeypatch.setenv("MEDREPRO_OFFLINE", "0")
+    assert main(["train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--offline"]) == 1
+    assert os.environ["MEDREPRO_OFFLINE"] == "0"

@@ -4,120 +4,26 @@ the library functions in ``alges.study``, ``alges.fit``, ``alges.evaluate``, ``a
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from medshared.cli import add_runtime_args, run_cli
 
 from alges import __version__
+from alges.cli_args import (
+    PRECISION_HELP,
+    add_common,
+    config_from_args,
+    device_from_arg,
+    headline_print,
+    infer_device_precision,
+    print_precision,
+    runtime_args,
+    split_lists,
+)
 
 EXPECTED_ERRORS = (FileNotFoundError, ValueError, NotADirectoryError, PermissionError)
-
-
-# ---------------------------------------------------------------------------------------------------------- helpers
-def _config(args: argparse.Namespace, **overrides: Any):
-    """Preset -> --config YAML/JSON -> explicit CLI flags. Returns ``(cfg, explicit keys)``."""
-    import os
-
-    from medshared.config import load_config_file, override_dataclass
-
-    from alges.config import create_config
-
-    if getattr(args, "offline", False):
-        os.environ["MEDREPRO_OFFLINE"] = "1"  # medshared.weights.is_offline: no download in this process
-
-    cfg = create_config(args.preset)
-    explicit: set[str] = set()
-    if getattr(args, "config", None):
-        d = load_config_file(args.config)
-        if not isinstance(d, dict):
-            raise ValueError(f"config file {args.config} must hold a mapping of config keys")
-        cfg = override_dataclass(cfg, d)
-        explicit |= set(d)
-    flags = {k: v for k, v in overrides.items() if v is not None}
-    if flags:
-        cfg = override_dataclass(cfg, flags)
-        explicit |= set(flags)
-    return cfg, explicit
-
-
-def _device(spec: str):
-    from medshared.runtime import resolve_device
-
-    return resolve_device(spec)
-
-
-PRECISION_HELP = (
-    "alges: training (and evaluation) use bf16 autocast under auto where it pays; selection (the pool forward "
-    "feeding the gradient embeddings, k-means++ and core-set distances) stays fp32 under auto, TF32 off on CUDA, "
-    "because the selection maths needs it (README 'Precision'); the config key amp: true is the old alias for a "
-    "bf16 selection forward"
-)
-WORKERS_HELP = "image-decoding threads (default 0: decode in the main thread; results are the same)"
-
-
-def _runtime(p: argparse.ArgumentParser, **kw: Any) -> None:
-    """``medshared.cli.add_runtime_args``; alges' ``--workers`` are image-decoding threads (no DataLoader)."""
-    add_runtime_args(p, **kw)
-    for action in p._actions:
-        if action.dest == "workers":
-            action.help = WORKERS_HELP
-
-
-def _add_common(p: argparse.ArgumentParser, preset: str = "alges_paper") -> None:
-    p.add_argument(
-        "--offline", action="store_true", help="never download weights (as HF_HUB_OFFLINE=1); missing ones are an error"
-    )
-    p.add_argument("--preset", default=preset, help=f"registered config (default {preset}; see alges.config)")
-    _runtime(p, workers=0, seed=0, config=True, precision_help=PRECISION_HELP)
-
-
-def _print_precision(prec) -> None:
-    for line in prec.lines() if hasattr(prec, "lines") else [f"precision: {prec.name}: {prec.reason}"]:
-        print(line)
-
-
-def _infer_device_precision(args: argparse.Namespace):
-    """Device and inference precision for ``evaluate`` / ``predict`` (printed, so the run log states it)."""
-    from alges.precision import resolve_infer_precision
-
-    device = _device(args.device)
-    prec = resolve_infer_precision(args.precision, device)
-    _print_precision(prec)
-    return device, prec
-
-
-def _split_lists(args: argparse.Namespace, index, cfg) -> dict[str, list[str]]:
-    from alges.cholec import cholec_split
-    from alges.index import read_id_list
-    from alges.study import default_split
-
-    if args.pool_list or args.test_list:
-        if not (args.pool_list and args.test_list):
-            raise ValueError("give both --pool-list and --test-list (files with one image id per line)")
-        return {"train": read_id_list(args.pool_list, index), "test": read_id_list(args.test_list, index)}
-    if index.kind == "cholecseg8k" and (args.train_videos or args.test_videos or args.max_test_frames):
-        videos = None
-        if args.train_videos or args.test_videos:
-            if not (args.train_videos and args.test_videos):
-                raise ValueError("give both --train-videos and --test-videos")
-            videos = {"train": args.train_videos.split(","), "test": args.test_videos.split(",")}
-        sp = cholec_split(index, videos, args.max_test_frames)
-        if not sp["train"] or not sp["test"]:
-            raise ValueError(
-                f"the split has {len(sp['train'])} pool and {len(sp['test'])} test images; check the videos"
-            )
-        return {"train": sp["train"], "test": sp["test"]}
-    return default_split(index, cfg)
-
-
-def _headline_print(results: dict[str, Any]) -> None:
-    summ = results["summary"]
-    metric = next(iter(summ))
-    print(f"{'strategy':<18} {'% labeled':>10} {metric:>16}")
-    for s, d in summ[metric].items():
-        print(f"{s:<18} {d['pct_labeled'][-1]:>10.2f} {d['mean'][-1]:>8.3f} ± {d['std'][-1]:.3f}")
 
 
 # ---------------------------------------------------------------------------------------------------------- commands
@@ -128,7 +34,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from alges.study import run_simulation
 
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else None
-    cfg, explicit = _config(
+    cfg, explicit = config_from_args(
         args,
         n_rounds=args.rounds,
         epochs=args.epochs,
@@ -139,7 +45,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies)
     index = open_dataset(args.data)
     cfg = adapt_to_classes(cfg, index.class_map, explicit)
-    split = _split_lists(args, index, cfg)
+    split = split_lists(args, index, cfg)
     pct = None
     if args.percentages:
         pct = (
@@ -159,11 +65,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     shard = resolve_shard(args.shard)
     # torchrun: the ranks share the runs and never meet in a collective (no process group; see alges.ranks)
     ranked = launched_by_torchrun() and not args.shard and shard[1] > 1
-    device = rank_device(args.device) if ranked else _device(args.device)
+    device = rank_device(args.device) if ranked else device_from_arg(args.device)
     prec = resolve_alges_precision(args.precision, device, amp=cfg.amp)
     main_rank = not ranked or shard[0] == 0
     if main_rank:
-        _print_precision(prec)
+        print_precision(prec)
     res = run_simulation(
         index,
         split,
@@ -186,7 +92,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if not ranked:
             print(f"shard {i}/{n} done ({len(res['jobs'])} runs); rerun without --shard to write the report")
         return 0
-    _headline_print(res)
+    headline_print(res)
     pri = res["prior_mask"]
     print(f"chance (prior mask): dice_image {pri['dice_image']:.3f}, hd95 {pri['hd95']:.1f}; outputs in {args.out}")
     return 0
@@ -198,7 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from alges.fit import fit
     from alges.index import read_id_list
 
-    cfg, explicit = _config(args, epochs=args.epochs, image_size=args.image_size, encoder_weights=args.encoder_weights)
+    cfg, explicit = config_from_args(
+        args, epochs=args.epochs, image_size=args.image_size, encoder_weights=args.encoder_weights
+    )
     index = open_dataset(args.data)
     cfg = adapt_to_classes(cfg, index.class_map, explicit)
     ids = read_id_list(args.labeled, index) if args.labeled else list(index.labeled_ids)
@@ -212,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with distributed_session(args.device) as ctx:
         prec = resolve_alges_precision(args.precision, ctx.device).train
         if ctx.is_main:
-            _print_precision(prec)
+            print_precision(prec)
         log = fit(
             index,
             ids,
@@ -239,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from alges.evaluate import evaluate_checkpoint
 
-    device, prec = _infer_device_precision(args)
+    device, prec = infer_device_precision(args)
     res = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -260,7 +168,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from alges.evaluate import predict_folder
 
-    device, prec = _infer_device_precision(args)
+    device, prec = infer_device_precision(args)
     n = predict_folder(
         args.checkpoint,
         args.images,
@@ -283,7 +191,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     from alges.strategies import parse_strategies
 
     (strategy,) = parse_strategies(args.strategy)
-    device = _device(args.device)
+    device = device_from_arg(args.device)
     prec = resolve_alges_precision(args.precision, device)
     print(prec.lines()[1])
     res = query_pool(
@@ -384,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard", help="i/n: run only shard i of n of the (strategy, seed) runs (default: torchrun's rank / world)"
     )
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train a model on a dataset's labelled images (best checkpoint on validation)")
@@ -396,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-weights", help="none (paper), imagenet, or a resnet18 .pth file")
     p.add_argument("--deal-head", action="store_true", help="train DEAL's difficulty head too (for --strategy deal)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    _add_common(p)
+    add_common(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="Dice and HD95 of a checkpoint on labelled images, beside the prior mask")
@@ -404,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--list", help="file of image ids to evaluate (default: every image that has a mask)")
     p.add_argument("--out", required=True, help="output folder: metrics.json (with headline), per_class.csv")
-    _runtime(p, workers=0, seed=None, precision_help="alges: the forward pass only (evaluation)")
+    runtime_args(p, workers=0, seed=None, precision_help="alges: the forward pass only (evaluation)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="class-id masks for a folder of images")
@@ -412,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="folder of images (searched recursively, or a dataset root)")
     p.add_argument("--out", required=True)
     p.add_argument("--original-size", action="store_true", help="resize masks back to each image's size")
-    _runtime(p, workers=0, seed=None, precision_help="alges: the forward pass only")
+    runtime_args(p, workers=0, seed=None, precision_help="alges: the forward pass only")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("query", help="rank the unlabeled images to annotate next")
@@ -430,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-unreadable", action="store_true", help="leave unreadable images out (listed) instead of failing"
     )
     p.add_argument("--out", default="query.csv", help="ranked CSV (default query.csv)")
-    _runtime(p, workers=0, seed=0, precision_help=PRECISION_HELP)
+    runtime_args(p, workers=0, seed=0, precision_help=PRECISION_HELP)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("split", help="case-disjoint split of a folder dataset into OUT/train and OUT/test folders")
@@ -446,13 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code (1 on expected bad input, with one message on stderr)."""
-    return run_cli(
-        build_parser(),
-        argv,
-        expected=EXPECTED_ERRORS,
-        error_code=1,
-        interrupt_hint="simulate resumes when re-run; train with --resume",
-    )
+    before = os.environ.get("MEDREPRO_OFFLINE")  # --offline sets it for this command only (config_from_args)
+    try:
+        return run_cli(
+            build_parser(),
+            argv,
+            expected=EXPECTED_ERRORS,
+            error_code=1,
+            interrupt_hint="simulate resumes when re-run; train with --resume",
+        )
+    finally:
+        if before is None:
+            os.environ.pop("MEDREPRO_OFFLINE", None)
+        else:
+            os.environ["MEDREPRO_OFFLINE"] = before
 
 
 if __name__ == "__main__":  # pragma: no cover
