@@ -30,12 +30,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
+from medshared.collectives import (
+    all_gather_object,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    main_only,
+)
 from medshared.launch import run_local
 from medshared.shard import _env_int, launched_by_torchrun, parse_shard, resolve_shard, shard_items
 
@@ -324,85 +331,3 @@ def scale_lr(lr: float, base_batch: int, eff_batch: int, rule: str = "none") -> 
     if rule == "sqrt":
         return float(lr) * math.sqrt(eff_batch / base_batch)
     raise ValueError(f"unknown lr scaling rule {rule!r}; expected none, linear or sqrt")
-
-
-def main_only(ctx: DistContext) -> Callable[[Callable[..., T]], Callable[..., T | None]]:
-    """Decorator: run the function on rank 0 only (other ranks get None).
-
-    Example:
-        >>> @main_only(DistContext())
-        ... def write(x):
-        ...     return x
-        >>> write(3)
-        3
-    """
-
-    def deco(fn: Callable[..., T]) -> Callable[..., T | None]:
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> T | None:
-            return fn(*args, **kwargs) if ctx.is_main else None
-
-        return inner
-
-    return deco
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# collectives (no-ops when not distributed)
-# --------------------------------------------------------------------------------------------------------------------
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (e.g. before reading what rank 0 wrote, around resume)."""
-    if ctx.enabled:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _reduce(x: Any, ctx: DistContext, mean: bool) -> Any:
-    if not ctx.enabled:
-        return x
-    import torch
-    import torch.distributed as dist
-
-    is_tensor = isinstance(x, torch.Tensor)
-    t = x.detach().clone() if is_tensor else torch.tensor(float(x), dtype=torch.float64, device=ctx.device)
-    orig_device = t.device
-    t = t.to(ctx.device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    if mean:
-        t = t / ctx.world_size
-    if is_tensor:
-        return t.to(orig_device)
-    return float(t.item())
-
-
-def all_reduce_sum(x: Any, ctx: DistContext) -> Any:
-    """Sum of ``x`` (tensor or number) over ranks; the same type comes back (numbers as float)."""
-    return _reduce(x, ctx, mean=False)
-
-
-def all_reduce_mean(x: Any, ctx: DistContext) -> Any:
-    """Mean of ``x`` (tensor or number) over ranks."""
-    return _reduce(x, ctx, mean=True)
-
-
-def all_gather_object(obj: Any, ctx: DistContext) -> list[Any]:
-    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` when not distributed."""
-    if not ctx.enabled:
-        return [obj]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, ctx: DistContext, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not ctx.enabled:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
