@@ -243,6 +243,13 @@ class TrainConfig:
             maximises the validation ICBHI Score (:func:`lungcvt.scoring.tune_normal_bias`; ours, issue 21: an
             always-normal model scores 0.500, so the operating point matters); the checkpoint stores it as
             ``normal_bias`` and evaluate/predict apply it. Off: the plain arg max (paper).
+        device_aug: probability that a training cycle passes through a random stethoscope filter (tilt, low-pass,
+            high-pass, resonance) applied to its cached features (:class:`lungcvt.device_aug.DeviceAugment`; ours,
+            issue 21: robustness to a recording device absent from training). 0 = off.
+        bias_views: with ``tune_normal_bias``, choose the bias and the best epoch on the validation cycles plus this
+            many copies of them, each cycle through a random stethoscope filter
+            (:func:`lungcvt.device_aug.with_device_views`, seeded with ``seed``), pooled (ours, issue 21: an
+            operating point that holds on a device training did not see). 0 = the validation cycles alone.
     """
 
     lr: float = 1e-4
@@ -263,8 +270,14 @@ class TrainConfig:
     lr_rule: str = "none"
     lr_base_batch: int = 32
     tune_normal_bias: bool = False
+    device_aug: float = 0.0
+    bias_views: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.device_aug <= 1.0:
+            raise ValueError(f"train.device_aug must be a probability in [0, 1], got {self.device_aug}")
+        if self.bias_views < 0:
+            raise ValueError(f"train.bias_views must be >= 0, got {self.bias_views}")
         if not 0.0 < self.subset_fraction <= 1.0:
             raise ValueError(f"train.subset_fraction must be in (0, 1], got {self.subset_fraction}")
         if self.lr_rule not in ("none", "linear"):
@@ -330,96 +343,13 @@ def get_config(name: str) -> LungCVTConfig:
     return _REGISTRY.get(name)
 
 
-# Paper's best model (Table II last row): DeiT-Base + CNN + attention.
-register_config(LungCVTConfig(name="lungcvt_base"))
-# Table II ablations: DeiT-S alone, DeiT-B alone, DeiT-B + CNN.
-register_config(
-    LungCVTConfig(
-        name="lungcvt_deit_small",
-        model=ModelConfig(backbone="deit_small_patch16_224", use_cnn=False, use_attention=False),
-    )
-)
-register_config(LungCVTConfig(name="lungcvt_deit_base", model=ModelConfig(use_cnn=False, use_attention=False)))
-register_config(LungCVTConfig(name="lungcvt_deit_base_cnn", model=ModelConfig(use_attention=False)))
-register_config(LungCVTConfig(name="lungcvt_small", model=ModelConfig(backbone="deit_small_patch16_224")))
-# The notebook preset to reproduce the official run: lr 1e-3, beta 0.99, about 25 % of the training cycles (two
-# successive stratified 50 % splits), an unshuffled loader (brief section 4).
-register_config(
-    LungCVTConfig(
-        name="lungcvt_notebook",
-        train=TrainConfig(lr=1e-3, cb_beta=0.99, subset_fraction=0.25, shuffle=False),
-    )
-)
-# The tiny random-init DeiT shared by lungcvt_tiny and lungcvt_icbhi_cpu: DeiT-tiny width, 2 blocks, 64 px input with
-# 8 px patches, average pooling, identity-initialised front end.
-_TINY_DEIT = dict(
-    backbone="deit_tiny_patch16_224",
-    backbone_depth=2,
-    patch_size=8,
-    img_size=64,
-    pretrained=False,
-    global_pool="avg",
-    front_init="identity",
-)
-
-# Tiny config for tests and the demo (random init, CPU-sized): DeiT-tiny width, 2 blocks, 64 px input with 8 px
-# patches, average pooling, identity-initialised front end, clean features (batched torch backend), lr 1e-3 with 60
-# warm-up steps and cosine decay (a fixed 1e-3 made the validation score flip between all-normal and all-abnormal
-# epochs), batch 16, no mixup, 30 epochs (20 left the loss at 0.59 on the seed-1 demo data).
-register_config(
-    LungCVTConfig(
-        name="lungcvt_tiny",
-        features=FeatureConfig(image_size=64, backend="torch", mode="clean"),
-        model=ModelConfig(**_TINY_DEIT),
-        train=TrainConfig(lr=1e-3, warmup_steps=60, lr_schedule="cosine", batch_size=16, epochs=30, mixup=False),
-    )
-)
-
-# CPU recipe for real ICBHI (issue 21; README "Real ICBHI"): the tiny DeiT (2 blocks, 64 px, 8 px patches) without
-# the CNN/attention front (it doubled the step time on one CPU thread: 465 vs 240 ms per batch of 32) on features
-# every device records. All audio is low-passed at 2 kHz (the 4 kHz Litt3200's band; `band_limit_hz`) at an 8 kHz
-# feature rate; the 96 mel bands and the 96 CQT bins (16 per octave from C1 = 32.7 Hz to 2 kHz) all lie below 2 kHz,
-# so no channel holds a band one device lacks; dB per cycle relative to its own maximum (clean mode); every cycle
-# repeated/cut to 4 s (one time scale for all cycles). Time-roll augmentation, class-balanced loss, cosine lr over 12
-# epochs; the decision bias of the normal class is chosen on validation (train.tune_normal_bias).
-register_config(
-    LungCVTConfig(
-        name="lungcvt_icbhi_cpu",
-        features=FeatureConfig(
-            sample_rate=8000,
-            n_fft=1024,
-            hop_length=128,
-            cqt_bins_per_octave=16,
-            band_limit_hz=2000,
-            fmax=2000,
-            image_size=64,
-            backend="torch",
-            mode="clean",
-            length="repeat",
-            repeat_seconds=4.0,
-        ),
-        model=ModelConfig(
-            **_TINY_DEIT,
-            use_cnn=False,
-            use_attention=False,
-        ),
-        train=TrainConfig(
-            lr=1e-3,
-            warmup_steps=100,
-            lr_schedule="cosine",
-            batch_size=32,
-            epochs=12,
-            mixup=False,
-            time_roll=True,
-            tune_normal_bias=True,
-        ),
-    )
-)
-
-
 def with_overrides(cfg: LungCVTConfig, overrides: dict) -> LungCVTConfig:
     """Apply nested overrides (``{"train": {"lr": 1e-3}}``) through ``medshared.config.override_dataclass``."""
     from medshared.config import override_dataclass
 
     new = override_dataclass(cfg, overrides)
     return dataclasses.replace(new)  # re-run __post_init__ checks
+
+
+# the presets (registered on import; kept in their own module)
+from lungcvt import presets as _presets  # noqa: E402,F401

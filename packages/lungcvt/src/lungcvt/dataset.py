@@ -9,7 +9,7 @@ from the loader's generator (never from a generator object held by the dataset).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,16 +111,26 @@ class CycleDataset(Dataset):
         time_roll: training augmentation: rotate the cycle by a random number of frames, drawn from torch's global
             RNG (per worker and per epoch in DataLoader workers; events keep their shape and pitch).
         image_cfg: resize and normalise each item with these settings (default: leave it to ``batch_to_image``).
+        augment: a map [3, F, T] -> [3, F, T] applied to each item before the roll (e.g.
+            :class:`lungcvt.device_aug.DeviceAugment`; drawing from torch's global RNG).
     """
 
-    def __init__(self, cycles: CycleSet, time_roll: bool = False, image_cfg: FeatureConfig | None = None) -> None:
-        self.cycles, self.time_roll, self.image_cfg = cycles, time_roll, image_cfg
+    def __init__(
+        self,
+        cycles: CycleSet,
+        time_roll: bool = False,
+        image_cfg: FeatureConfig | None = None,
+        augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        self.cycles, self.time_roll, self.image_cfg, self.augment = cycles, time_roll, image_cfg, augment
 
     def __len__(self) -> int:
         return len(self.cycles)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         f = torch.from_numpy(self.cycles.feats[i])  # [3, F, T]
+        if self.augment is not None:
+            f = self.augment(f)
         if self.time_roll:
             f = torch.roll(f, int(torch.randint(f.shape[-1], (1,))), dims=-1)
         if self.image_cfg is not None:

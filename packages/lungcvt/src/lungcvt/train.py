@@ -325,6 +325,11 @@ def _train(
             state_path, key, ddp_model, opt, g, dev, ctx
         )
 
+    va_sel = va  # the cycles the bias and the best epoch are chosen on: validation (+ simulated-device copies)
+    if tc.bias_views > 0:
+        from lungcvt.device_aug import with_device_views
+
+        va_sel = with_device_views(va, cfg.features, tc.bias_views, tc.seed)
     steps_per_epoch = len(dl)
     total = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
@@ -332,11 +337,13 @@ def _train(
         train_loss, step = _train_epoch(
             ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show, prec
         )
-        val_logits = _validate(ddp_model, va, cfg, dev, ctx, bf16=prec.name == "bf16")
-        bias = tune_normal_bias(va.labels, val_logits)[0] if tc.tune_normal_bias else 0.0
+        val_logits = _validate(ddp_model, va_sel, cfg, dev, ctx, bf16=prec.name == "bf16")
+        bias = tune_normal_bias(va_sel.labels, val_logits)[0] if tc.tune_normal_bias else 0.0
         pred = apply_normal_bias(val_logits, bias).argmax(1)
-        sc = _scores(va.labels, pred.tolist())
+        sc = _scores(va_sel.labels, pred.tolist())
         sc["normal_bias"] = bias
+        if va_sel is not va:  # the score on the validation cycles as recorded (the first len(va) of va_sel)
+            sc["val_clean"] = _scores(va.labels, pred[: len(va)].tolist())["icbhi"]
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -347,6 +354,8 @@ def _train(
             "val_accuracy": sc["icbhi"]["accuracy"],
             "normal_bias": bias,
         }
+        if "val_clean" in sc:
+            row["val_clean_icbhi_score"] = sc["val_clean"]["score"]
         history.append(row)
         improved = sc["icbhi"]["score"] > best_score
         if improved:

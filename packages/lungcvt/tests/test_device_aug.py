@@ -1,0 +1,108 @@
+"""``train.device_aug``: a random stethoscope filter applied to the cached features (README "Real ICBHI")."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from lungcvt.config import get_config, with_overrides
+from lungcvt.device_aug import DeviceAugment, apply_filter
+from lungcvt.features import compute_features
+
+_LOWPASS = {"tilt": -2.0, "lp_fc": 600.0, "lp_s": 24.0, "hp_fc": 0.0, "hp_s": 0.0, "bump_db": 6.0, "bump_f": 300.0,
+            "bump_w": 0.5}  # fmt: skip
+
+
+def _cycles(sr: int) -> list[np.ndarray]:
+    from lungcvt.synthetic import synth_cycle
+
+    rng = np.random.default_rng(0)
+    return [synth_cycle(k, 2.0, sr, rng).astype(np.float32) for k in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def feats():
+    """(settings, cycles, their features) of two synthetic 2 s cycles (crackle, wheeze) at the CPU preset's rate."""
+    cfg = dataclasses.replace(get_config("lungcvt_icbhi_cpu").features, repeat_seconds=2.0)
+    cycles = _cycles(cfg.sample_rate)
+    return cfg, cycles, compute_features(cycles, cfg)
+
+
+def _filtered(y: np.ndarray, sr: int, c: dict) -> np.ndarray:
+    f = torch.tensor(np.fft.rfftfreq(len(y), 1 / sr), dtype=torch.float32)
+    g = DeviceAugment.gain(f, c).numpy()
+    return np.fft.irfft(np.fft.rfft(y) * 10 ** (g / 20), n=len(y)).astype(np.float32)
+
+
+def test_the_feature_filter_matches_features_of_filtered_audio(feats):
+    """A Litt3200-like roll-off (low-pass at 600 Hz, 24 dB/octave) applied to the audio gives the features that
+    :func:`apply_filter` makes from the unfiltered audio's features: the mechanism the augmentation relies on."""
+    cfg, cycles, clean = feats
+    sr = cfg.sample_rate
+    coloured = compute_features([_filtered(y, sr, _LOWPASS) for y in cycles], cfg)
+    aug = DeviceAugment(cfg)
+    g = [DeviceAugment.gain(f, _LOWPASS) for f in aug.freqs]
+    for x, z in zip(clean, coloured):
+        mapped = apply_filter(torch.from_numpy(x), *g, aug.dct, cfg.mode).numpy()
+        before = np.median(np.abs(x - z).reshape(3, -1), axis=1)
+        after = np.median(np.abs(mapped - z).reshape(3, -1), axis=1)
+        assert (before[1:] > 1.5).all(), before  # the filter moves the mel and CQT bands by dBs
+        assert (after[1:] < 0.5).all() and (after[1:] < 0.2 * before[1:]).all(), (before, after)  # reproduced
+        row_before = np.abs((z - x)[0].mean(axis=1))[:4]  # low MFCCs: the filter's cepstrum
+        row_after = np.abs((z - mapped)[0].mean(axis=1))[:4]
+        assert row_after.max() < 0.25 * row_before.max(), (row_before, row_after)
+
+
+def test_device_augment_is_random_bounded_and_reproducible(feats):
+    cfg, _, clean = feats
+    x = torch.from_numpy(clean[0]).half()
+    aug = DeviceAugment(cfg, p=1.0)
+    torch.manual_seed(0)
+    a, b = aug(x), aug(x)
+    torch.manual_seed(0)
+    a2 = aug(x)
+    assert a.shape == x.shape and a.dtype == x.dtype
+    assert torch.equal(a, a2) and not torch.equal(a, b)  # torch's global RNG: reproducible, different per call
+    for y in (a, b):
+        spec = y[1:].float()
+        assert float(spec.max()) == 0.0 and float(spec.min()) >= -80.0  # re-referenced and floored like the input
+        assert float((y.float() - x.float()).abs().max()) > 1.0
+    assert torch.equal(DeviceAugment(cfg, p=0.0)(x), x)
+    with pytest.raises(ValueError, match="device_aug"):
+        with_overrides(get_config("lungcvt_icbhi_cpu"), {"train": {"device_aug": 1.5}})
+
+
+@pytest.mark.parametrize("p", [0.0, 1.0])
+def test_train_loader_applies_device_aug_only_when_set(p, feats):
+    from lungcvt.dataset import CycleSet
+    from lungcvt.loaders import build_train_loader
+
+    cfg = with_overrides(
+        get_config("lungcvt_icbhi_cpu"),
+        {"train": {"device_aug": p, "time_roll": False, "shuffle": False, "batch_size": 4}},
+    )
+    cs = CycleSet(feats=[f.astype(np.float16) for f in feats[2]] * 2, labels=[0, 1, 2, 3])
+    dl, _ = build_train_loader(cs, cfg, None, torch.Generator().manual_seed(0))
+    x, lens, _ = next(iter(dl))
+    same = all(torch.equal(x[i, ..., : lens[i]], torch.from_numpy(cs.feats[i])) for i in range(4))
+    assert same == (p == 0.0)
+
+
+def test_device_views_repeat_the_validation_cycles_through_seeded_filters(feats):
+    from lungcvt.dataset import CycleSet
+    from lungcvt.device_aug import with_device_views
+
+    cfg, _, clean = feats
+    cs = CycleSet(feats=[f.astype(np.float16) for f in clean], labels=[1, 2], stems=["a", "b"], devices=["X", "Y"])
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    v = with_device_views(cs, cfg, 3, seed=7)
+    assert torch.equal(torch.get_rng_state(), state)  # the training RNG is left where it was
+    assert len(v) == 8 and v.labels == [1, 2] * 4 and v.devices == ["X", "Y"] * 4 and len(cs) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(v.feats[:2], cs.feats))
+    assert not any(np.array_equal(v.feats[i], v.feats[i % 2]) for i in range(2, 8))  # every copy filtered
+    w = with_device_views(cs, cfg, 3, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(v.feats, w.feats))  # reproducible from the seed
+    assert with_device_views(cs, cfg, 0, seed=7) is cs
