@@ -250,6 +250,9 @@ class TrainConfig:
             many copies of them, each cycle through a random stethoscope filter
             (:func:`lungcvt.device_aug.with_device_views`, seeded with ``seed``), pooled (ours, issue 21: an
             operating point that holds on a device training did not see). 0 = the validation cycles alone.
+        select_on: the best epoch is the one with the highest validation ``"score"`` (ICBHI Score at the chosen
+            bias; paper: the validation score) or ``"auroc"`` (abnormal-vs-normal AUROC of the validation cycles,
+            threshold-free; ours, issue 21).
     """
 
     lr: float = 1e-4
@@ -272,10 +275,13 @@ class TrainConfig:
     tune_normal_bias: bool = False
     device_aug: float = 0.0
     bias_views: int = 0
+    select_on: str = "score"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.device_aug <= 1.0:
             raise ValueError(f"train.device_aug must be a probability in [0, 1], got {self.device_aug}")
+        if self.select_on not in ("score", "auroc"):
+            raise ValueError(f"train.select_on must be 'score' or 'auroc', got {self.select_on!r}")
         if self.bias_views < 0:
             raise ValueError(f"train.bias_views must be >= 0, got {self.bias_views}")
         if not 0.0 < self.subset_fraction <= 1.0:

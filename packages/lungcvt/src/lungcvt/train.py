@@ -11,32 +11,31 @@ batch B equal one process with batch N x B (``test_ddp_equivalence``). Rank 0 wr
 
 This module holds the loop: data, model, the epochs, validation and the outputs. The optimiser step and lr schedule
 are in :mod:`lungcvt.step`, the DataLoader in :mod:`lungcvt.loaders`, the start state (``--init`` weights,
-``last_state.pt``) in :mod:`lungcvt.resume`; their public names stay importable from here.
+``last_state.pt``) in :mod:`lungcvt.resume`, the training/validation cycles and the per-epoch validation scores
+(decision bias, best-epoch metric) in :mod:`lungcvt.validation`; their public names stay importable from here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lungcvt import __version__
 from lungcvt.config import CLASSES, LungCVTConfig, with_overrides
-from lungcvt.data import audio_summary, device_notes, find_recordings
+from lungcvt.data import find_recordings
 from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
 from lungcvt.features import check_cqt
 from lungcvt.loaders import build_train_loader, resize_where, stratified_subset
 from lungcvt.losses import ClassBalancedCE
 from lungcvt.model import LungCVT
 from lungcvt.resume import load_init, resume_from, rng_state, run_key, save_state
-from lungcvt.scoring import apply_normal_bias, tune_normal_bias
-from lungcvt.splits import DataOptions, check_classes, class_counts, select_recordings, validation_split
+from lungcvt.splits import DataOptions, check_classes
 from lungcvt.step import global_weight_denominator, lr_at, train_step
+from lungcvt.validation import selection_cycles, training_cycles, validate_logits, validation_scores
 
 __all__ = [
     "CycleSet",
@@ -68,35 +67,6 @@ class TrainResult:
     train_counts: list[int]
     n_val: int
     split: dict = field(default_factory=dict)
-
-
-def _scores(y_true: Sequence[int], y_pred: Sequence[int]) -> dict:
-    from medshared.metrics import icbhi_scores
-
-    return {
-        v: icbhi_scores(list(y_true), list(y_pred), variant=v, labels=CLASSES)
-        for v in ("icbhi", "macro_ovr", "two_class")
-    }
-
-
-def _validate(
-    model: torch.nn.Module, va: CycleSet, cfg: LungCVTConfig, dev: torch.device, ctx: Any, bf16: bool = False
-) -> np.ndarray:
-    """Validation logits; under DDP each rank predicts every world_size-th cycle and the parts are gathered."""
-    if ctx is None or not ctx.enabled:
-        return predict_logits(model, va, cfg.features, dev, bf16=bf16)
-    from medshared.distributed import all_gather_object, unwrap_model
-
-    # the plain module: DDP's forward may broadcast buffers (a collective), and ranks can hold different numbers of
-    # validation batches; the weights are the same on every rank
-    idx = list(range(ctx.rank, len(va), ctx.world_size))
-    plain = unwrap_model(model)
-    part = predict_logits(plain, va.subset(idx), cfg.features, dev, bf16=bf16) if idx else None
-    out = np.zeros((len(va), cfg.model.num_classes), dtype=np.float32)
-    for r, p in enumerate(all_gather_object(part, ctx)):
-        if p is not None:
-            out[list(range(r, len(va), ctx.world_size))] = p
-    return out
 
 
 def train(
@@ -162,49 +132,6 @@ def train(
     finally:
         if own_ctx:
             ctx.close()
-
-
-def _training_cycles(
-    cfg: LungCVTConfig,
-    data_dir: str | Path,
-    data: DataOptions,
-    cache_dir: Path,
-    dev: torch.device,
-    ctx: Any,
-    show: bool,
-) -> tuple[CycleSet, CycleSet, dict, list[int]]:
-    """The protocol's training part split into training and validation cycles (``train.subset_fraction`` applied to
-    the training cycles). Returns ``(train, val, split_info, test_counts)``."""
-    from medshared.distributed import barrier, shard_items
-
-    tc = cfg.train
-    recs = select_recordings(data_dir, data, seed=tc.seed)
-    test_counts = class_counts([r for r in recs if r.split == "test"])
-    tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, tc.seed, data.allow_missing_class)
-    used = [r for r in recs if r.split != "test"]
-    split_info["device_notes"] = device_notes(used)
-    for note in split_info["device_notes"]:
-        log.info("%s", note)
-    split_info["audio_by_device"] = audio_summary(used)
-    if ctx.enabled:  # fill the cache in parallel, each recording once, then everyone reads it
-        for part in (tr_recs, va_recs):
-            extract_cycles(
-                shard_items(part, ctx.rank, ctx.world_size, key=lambda r: r.stem),
-                cfg.features,
-                cache_dir,
-                dev,
-                progress=False,
-            )
-        barrier(ctx)
-    tr = extract_cycles(tr_recs, cfg.features, cache_dir, dev, show)
-    va = extract_cycles(va_recs, cfg.features, cache_dir, dev, show)
-    if tc.subset_fraction < 1.0:
-        keep = stratified_subset(tr.labels, tc.subset_fraction, tc.seed)
-        log.info(
-            "train.subset_fraction=%g: %d of %d training cycles (stratified)", tc.subset_fraction, len(keep), len(tr)
-        )
-        tr = tr.subset(keep)
-    return tr, va, split_info, test_counts
 
 
 def _build_model(
@@ -301,7 +228,7 @@ def _train(
     check_cqt(cfg.features)
     init_sd = load_init(init, cfg) if init is not None else None
 
-    tr, va, split_info, test_counts = _training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show)
+    tr, va, split_info, test_counts = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show)
     counts = tr.counts(cfg.model.num_classes)
     check_classes(counts, "the training cycles", data.allow_missing_class)
 
@@ -325,11 +252,7 @@ def _train(
             state_path, key, ddp_model, opt, g, dev, ctx
         )
 
-    va_sel = va  # the cycles the bias and the best epoch are chosen on: validation (+ simulated-device copies)
-    if tc.bias_views > 0:
-        from lungcvt.device_aug import with_device_views
-
-        va_sel = with_device_views(va, cfg.features, tc.bias_views, tc.seed)
+    va_sel = selection_cycles(va, cfg)  # the bias and the best epoch are chosen on these
     steps_per_epoch = len(dl)
     total = tc.epochs * steps_per_epoch
     step = start_epoch * steps_per_epoch
@@ -337,13 +260,9 @@ def _train(
         train_loss, step = _train_epoch(
             ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show, prec
         )
-        val_logits = _validate(ddp_model, va_sel, cfg, dev, ctx, bf16=prec.name == "bf16")
-        bias = tune_normal_bias(va_sel.labels, val_logits)[0] if tc.tune_normal_bias else 0.0
-        pred = apply_normal_bias(val_logits, bias).argmax(1)
-        sc = _scores(va_sel.labels, pred.tolist())
-        sc["normal_bias"] = bias
-        if va_sel is not va:  # the score on the validation cycles as recorded (the first len(va) of va_sel)
-            sc["val_clean"] = _scores(va.labels, pred[: len(va)].tolist())["icbhi"]
+        val_logits = validate_logits(ddp_model, va_sel, cfg, dev, ctx, bf16=prec.name == "bf16")
+        sc = validation_scores(va_sel.labels, val_logits, len(va), tc.tune_normal_bias)
+        bias = sc["normal_bias"]
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -353,13 +272,15 @@ def _train(
             "val_macro_ovr_score": sc["macro_ovr"]["score"],
             "val_accuracy": sc["icbhi"]["accuracy"],
             "normal_bias": bias,
+            "val_auroc_abnormal": sc["auroc_abnormal"],
         }
         if "val_clean" in sc:
             row["val_clean_icbhi_score"] = sc["val_clean"]["score"]
         history.append(row)
-        improved = sc["icbhi"]["score"] > best_score
+        metric = sc["icbhi"]["score"] if tc.select_on == "score" else (sc["auroc_abnormal"] or 0.0)
+        improved = metric > best_score
         if improved:
-            best_score, best_epoch, best_val = sc["icbhi"]["score"], epoch + 1, sc
+            best_score, best_epoch, best_val = metric, epoch + 1, sc
         rngs = all_gather_object(rng_state(g, dev), ctx)
         if main:
             state_dict = unwrap_model(ddp_model).state_dict()
