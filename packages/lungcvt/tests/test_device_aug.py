@@ -106,3 +106,35 @@ def test_device_views_repeat_the_validation_cycles_through_seeded_filters(feats)
     w = with_device_views(cs, cfg, 3, seed=7)
     assert all(np.array_equal(a, b) for a, b in zip(v.feats, w.feats))  # reproducible from the seed
     assert with_device_views(cs, cfg, 0, seed=7) is cs
+
+
+@pytest.mark.parametrize("p", [0.0, None])
+def test_preset_training_filters_its_training_cycles_only(syn_dir, tmp_path, monkeypatch, p):
+    """One epoch of the CPU preset on synthetic data: with its default ``device_aug`` a share of the training cycles
+    goes through the filter (at most one call per training cycle); with ``device_aug: 0`` (the old recipe) none does."""
+    import json
+
+    import lungcvt.device_aug as da
+    from lungcvt.splits import DataOptions
+    from lungcvt.train import train
+
+    calls: list[int] = []
+    real = da.apply_filter
+
+    def spy(feat, *args, **kwargs):
+        calls.append(int(feat.shape[-1]))
+        return real(feat, *args, **kwargs)
+
+    monkeypatch.setattr(da, "apply_filter", spy)
+    over = {"train": {"epochs": 1}, "features": {"repeat_seconds": 1.0}}
+    if p is not None:
+        over["train"]["device_aug"] = p
+    cfg = with_overrides(get_config("lungcvt_icbhi_cpu"), over)
+    assert cfg.train.device_aug == (0.8 if p is None else 0.0)
+    opts = DataOptions(allow_missing_class=True)
+    train(cfg, syn_dir, tmp_path / "r", data=opts, device="cpu", cache_dir=tmp_path / "c", progress=False)
+    n_train = json.loads((tmp_path / "r" / "train.json").read_text())["n_train"]
+    if p == 0.0:
+        assert calls == []
+    else:  # p = 0.8 per cycle: between 40 % and 100 % of the training cycles for any seed, as n_train is small
+        assert 0.4 * n_train <= len(calls) <= n_train, (len(calls), n_train)
