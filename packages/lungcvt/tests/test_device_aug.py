@@ -110,8 +110,10 @@ def test_device_views_repeat_the_validation_cycles_through_seeded_filters(feats)
 
 @pytest.mark.parametrize("p", [0.0, None])
 def test_preset_training_filters_its_training_cycles_only(syn_dir, tmp_path, monkeypatch, p):
-    """One epoch of the CPU preset on synthetic data: with its default ``device_aug`` a share of the training cycles
-    goes through the filter (at most one call per training cycle); with ``device_aug: 0`` (the old recipe) none does."""
+    """One epoch of the CPU preset on synthetic data: with its defaults a share of the training cycles (at most one
+    call each) and every one of the 4 filtered copies of each validation cycle go through the filter; with
+    ``device_aug: 0, bias_views: 0`` (the old recipe) nothing does."""
+
     import json
 
     import lungcvt.device_aug as da
@@ -128,13 +130,46 @@ def test_preset_training_filters_its_training_cycles_only(syn_dir, tmp_path, mon
     monkeypatch.setattr(da, "apply_filter", spy)
     over = {"train": {"epochs": 1}, "features": {"repeat_seconds": 1.0}}
     if p is not None:
-        over["train"]["device_aug"] = p
+        over["train"].update(device_aug=p, bias_views=0)
     cfg = with_overrides(get_config("lungcvt_icbhi_cpu"), over)
     assert cfg.train.device_aug == (0.8 if p is None else 0.0)
     opts = DataOptions(allow_missing_class=True)
     train(cfg, syn_dir, tmp_path / "r", data=opts, device="cpu", cache_dir=tmp_path / "c", progress=False)
-    n_train = json.loads((tmp_path / "r" / "train.json").read_text())["n_train"]
+    tj = json.loads((tmp_path / "r" / "train.json").read_text())
     if p == 0.0:
         assert calls == []
-    else:  # p = 0.8 per cycle: between 40 % and 100 % of the training cycles for any seed, as n_train is small
-        assert 0.4 * n_train <= len(calls) <= n_train, (len(calls), n_train)
+    else:  # 4 copies of each validation cycle, and p = 0.8 per training cycle: 40-100 % of them for any seed
+        k = len(calls) - 4 * tj["n_val"]
+        assert 0.4 * tj["n_train"] <= k <= tj["n_train"], (len(calls), tj["n_train"], tj["n_val"])
+
+
+def test_validation_scores_choose_the_epoch_on_clean_cycles_and_the_bias_on_all():
+    """``train.bias_views`` / ``train.min_normal_bias``: the selection score is the clean validation cycles' own
+    (at their tuned bias); the stored bias is tuned over clean + copies, and floored."""
+    from lungcvt.scoring import apply_normal_bias, icbhi_score, tune_normal_bias
+    from lungcvt.validation import validation_scores
+
+    rng = np.random.default_rng(0)
+    y_clean = rng.integers(0, 4, 60)
+    z_clean = rng.normal(0, 1, (60, 4)) + 2.0 * np.eye(4)[y_clean]  # informative logits
+    z_copy = z_clean.copy()
+    z_copy[:, 1:] += 1.5  # the copies' abnormal logits shifted up, as on an unseen device
+    y_all, z_all = np.concatenate([y_clean, y_clean]), np.concatenate([z_clean, z_copy])
+    b_clean, s_clean = tune_normal_bias(y_clean, z_clean)
+    b_all = tune_normal_bias(y_all, z_all)[0]
+    assert b_all > b_clean  # the shifted copies ask for a larger normal bias
+    sc = validation_scores(y_all.tolist(), z_all, 60, tune_bias=True)
+    assert sc["clean_bias"] == b_clean and sc["icbhi"]["score"] == pytest.approx(s_clean)
+    assert sc["normal_bias"] == b_all
+    assert sc["val_at_bias"]["score"] == pytest.approx(
+        icbhi_score(y_clean, apply_normal_bias(z_clean, b_all).argmax(1))
+    )
+    # no copies: the stored bias is the clean one unless the floor lifts it
+    z_neg = z_clean.copy()
+    z_neg[:, 0] += 3.0  # the normal class over-scored: the tuned bias is negative
+    b_neg = tune_normal_bias(y_clean, z_neg)[0]
+    assert b_neg < 0
+    assert validation_scores(y_clean.tolist(), z_neg, 60, tune_bias=True)["normal_bias"] == b_neg
+    floored = validation_scores(y_clean.tolist(), z_neg, 60, tune_bias=True, min_bias=0.0)
+    assert floored["normal_bias"] == 0.0 and floored["clean_bias"] == b_neg
+    assert validation_scores(y_clean.tolist(), z_neg, 60, tune_bias=False, min_bias=0.0)["normal_bias"] == 0.0

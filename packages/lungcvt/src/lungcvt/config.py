@@ -246,10 +246,12 @@ class TrainConfig:
         device_aug: probability that a training cycle passes through a random stethoscope filter (tilt, low-pass,
             high-pass, resonance) applied to its cached features (:class:`lungcvt.device_aug.DeviceAugment`; ours,
             issue 21: robustness to a recording device absent from training). 0 = off.
-        bias_views: with ``tune_normal_bias``, choose the bias and the best epoch on the validation cycles plus this
-            many copies of them, each cycle through a random stethoscope filter
-            (:func:`lungcvt.device_aug.with_device_views`, seeded with ``seed``), pooled (ours, issue 21: an
-            operating point that holds on a device training did not see). 0 = the validation cycles alone.
+        bias_views: with ``tune_normal_bias``, tune the stored bias on the validation cycles plus this many copies of
+            them, each cycle through a random stethoscope filter (:func:`lungcvt.device_aug.with_device_views`,
+            seeded with ``seed``), pooled (ours, issue 21: an operating point that holds on a device training did
+            not see). The best epoch is still chosen on the validation cycles as recorded. 0 = them alone.
+        min_normal_bias: with ``tune_normal_bias``, the lowest bias stored (``None``: no floor; 0: never shift the
+            decision toward the abnormal classes beyond the class-balanced loss's own; ours, issue 21).
         select_on: the best epoch is the one with the highest validation ``"score"`` (ICBHI Score at the chosen
             bias; paper: the validation score) or ``"auroc"`` (abnormal-vs-normal AUROC of the validation cycles,
             threshold-free; ours, issue 21).
@@ -275,6 +277,7 @@ class TrainConfig:
     tune_normal_bias: bool = False
     device_aug: float = 0.0
     bias_views: int = 0
+    min_normal_bias: float | None = None
     select_on: str = "score"
 
     def __post_init__(self) -> None:

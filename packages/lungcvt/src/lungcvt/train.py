@@ -261,7 +261,7 @@ def _train(
             ddp_model, opt, crit, dl, sampler, cfg, dev, ctx, g, epoch, step, total, lr, show, prec
         )
         val_logits = validate_logits(ddp_model, va_sel, cfg, dev, ctx, bf16=prec.name == "bf16")
-        sc = validation_scores(va_sel.labels, val_logits, len(va), tc.tune_normal_bias)
+        sc = validation_scores(va_sel.labels, val_logits, len(va), tc.tune_normal_bias, tc.min_normal_bias)
         bias = sc["normal_bias"]
         row = {
             "epoch": epoch + 1,
@@ -274,8 +274,9 @@ def _train(
             "normal_bias": bias,
             "val_auroc_abnormal": sc["auroc_abnormal"],
         }
-        if "val_clean" in sc:
-            row["val_clean_icbhi_score"] = sc["val_clean"]["score"]
+        if "val_at_bias" in sc:  # the stored bias differs from the validation-tuned one
+            row["val_clean_bias"] = sc["clean_bias"]
+            row["val_icbhi_score_at_bias"] = sc["val_at_bias"]["score"]
         history.append(row)
         metric = sc["icbhi"]["score"] if tc.select_on == "score" else (sc["auroc_abnormal"] or 0.0)
         improved = metric > best_score

@@ -127,20 +127,30 @@ def validate_logits(
     return out
 
 
-def validation_scores(labels: Sequence[int], logits: np.ndarray, n_clean: int, tune_bias: bool) -> dict:
+def validation_scores(
+    labels: Sequence[int], logits: np.ndarray, n_clean: int, tune_bias: bool, min_bias: float | None = None
+) -> dict:
     """Scores of one validation pass over :func:`selection_cycles` (the first ``n_clean`` are the validation cycles
     as recorded, the rest their filtered copies).
 
-    Returns:
-        ``{"icbhi", "macro_ovr", "two_class"}`` (:func:`icbhi_variants`, over all of ``labels``) at the bias,
-        ``"normal_bias"`` (tuned over all of them when ``tune_bias``, else 0), ``"auroc_abnormal"`` of the first
-        ``n_clean`` and, when there are copies, ``"val_clean"``: the ICBHI scores of the first ``n_clean``.
+    The best epoch is chosen on the validation cycles as recorded: ``"icbhi"``, ``"macro_ovr"``, ``"two_class"``
+    (:func:`icbhi_variants`) are theirs at their own tuned bias ``"clean_bias"`` (0 unless ``tune_bias``). The bias
+    stored with the checkpoint, ``"normal_bias"``, is tuned over all the cycles (validation and filtered copies)
+    when there are copies, else ``"clean_bias"``; then raised to ``min_bias`` when it is lower (``None``: no
+    floor). With copies, ``"views"`` holds the ICBHI scores over all cycles and ``"val_at_bias"`` those of the
+    validation cycles, both at ``"normal_bias"``. ``"auroc_abnormal"``: the validation cycles' abnormal AUROC.
     """
-    bias = tune_normal_bias(labels, logits)[0] if tune_bias else 0.0
-    pred = apply_normal_bias(logits, bias).argmax(1)
-    sc = icbhi_variants(labels, pred.tolist())
+    y, yc, zc = list(labels), list(labels)[:n_clean], logits[:n_clean]
+    clean_bias = tune_normal_bias(yc, zc)[0] if tune_bias else 0.0
+    sc = icbhi_variants(yc, apply_normal_bias(zc, clean_bias).argmax(1).tolist())
+    sc["clean_bias"] = clean_bias
+    bias = tune_normal_bias(y, logits)[0] if tune_bias and len(y) > n_clean else clean_bias
+    if tune_bias and min_bias is not None and bias < min_bias:
+        bias = float(min_bias)
     sc["normal_bias"] = bias
-    if len(labels) > n_clean:
-        sc["val_clean"] = icbhi_variants(list(labels)[:n_clean], pred[:n_clean].tolist())["icbhi"]
-    sc["auroc_abnormal"] = val_auroc(list(labels)[:n_clean], logits[:n_clean])
+    if len(y) > n_clean or bias != clean_bias:
+        pred = apply_normal_bias(logits, bias).argmax(1)
+        sc["views"] = icbhi_variants(y, pred.tolist())["icbhi"]
+        sc["val_at_bias"] = icbhi_variants(yc, pred[:n_clean].tolist())["icbhi"]
+    sc["auroc_abnormal"] = val_auroc(yc, zc)
     return sc
