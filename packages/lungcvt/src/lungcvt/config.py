@@ -178,6 +178,9 @@ class ModelConfig:
         head_hidden: hidden width of the classifier head (code: 512).
         head_dropout: head dropout (code: 0.2).
         pretrained: initialise DeiT from ImageNet weights (paper IV-C: DeiT pre-trained weights).
+        ensemble: members (``1`` = the paper's single model). ``M > 1``: M models from different random inits trained
+            side by side on the same batches, each with its own loss; a prediction is the log of their mean
+            probability (:class:`lungcvt.model.LungCVTEnsemble`; ours, a deep ensemble, for the CPU recipe).
     """
 
     backbone: str = "deit_base_patch16_224"
@@ -197,8 +200,11 @@ class ModelConfig:
     head_hidden: int = 512
     head_dropout: float = 0.2
     pretrained: bool = True
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
+        if self.ensemble < 1:
+            raise ValueError(f"model.ensemble must be >= 1 (members), got {self.ensemble}")
         if self.cbam_order not in ("official", "standard"):
             raise ValueError(f"model.cbam_order must be 'official' or 'standard', got {self.cbam_order!r}")
         if not self.backbone.startswith("deit"):

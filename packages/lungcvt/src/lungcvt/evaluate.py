@@ -18,7 +18,7 @@ import torch
 from lungcvt.config import CLASSES, LungCVTConfig, config_from_dict
 from lungcvt.data import DataError, audio_summary, device_notes
 from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
-from lungcvt.model import LungCVT
+from lungcvt.model import LungCVT, LungCVTEnsemble, build_lungcvt
 from lungcvt.scoring import apply_normal_bias, auroc_scores
 from lungcvt.splits import DataOptions, select_recordings
 
@@ -35,7 +35,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tuple[LungCVT, LungCVTConfig, dict]:
+def load_model(
+    checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[LungCVT | LungCVTEnsemble, LungCVTConfig, dict]:
     """Rebuild the model from a checkpoint alone (weights + config); returns (model in eval mode, config, extra)."""
     import dataclasses
 
@@ -47,7 +49,7 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu") -> tu
     except (TypeError, ValueError) as e:
         raise ValueError(f"{checkpoint}: not a lungcvt checkpoint ({e})") from None
     mcfg = dataclasses.replace(cfg.model, pretrained=False)  # the checkpoint holds all weights
-    model = LungCVT(mcfg)
+    model = build_lungcvt(mcfg)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -51,6 +51,8 @@ class ClassBalancedCE(nn.Module):
         Under DDP each rank passes ``denom`` = (sum of w[y] over the global batch) / world size, so that the averaged
         gradients equal those of one process with the whole batch (:func:`lungcvt.step.global_weight_denominator`).
         """
+        if logits.dim() == 3:  # [M, B, K] from an ensemble in training: the mean of the members' own losses
+            return torch.stack([self(m, target, denom) for m in logits]).mean()
         if denom is None:
             return F.cross_entropy(logits.float(), target, weight=self.weight)
         return F.cross_entropy(logits.float(), target, weight=self.weight, reduction="sum") / denom

@@ -13,6 +13,7 @@ Deviations are switches, not forks (brief section 10):
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -27,6 +28,8 @@ __all__ = [
     "ChannelGate",
     "AttentionBlock",
     "LungCVT",
+    "LungCVTEnsemble",
+    "build_lungcvt",
     "create_model",
     "resolve_weights",
     "WEIGHTS_ENV",
@@ -359,9 +362,36 @@ class LungCVT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+class LungCVTEnsemble(nn.Module):
+    """``cfg.ensemble`` LungCVT members (a deep ensemble: different random inits, the same batches).
+
+    Forward: float32 [B, 3, S, S] -> in training mode the members' logits [M, B, num_classes] (the loss averages each
+    member's own loss: :class:`lungcvt.losses.ClassBalancedCE`), in eval mode log of the members' mean probability
+    [B, num_classes] (log-probabilities are logits: their softmax is the mean probability, and the normal-class
+    bias adds to them as to a single model's logits). Members are created one after the other from the global RNG.
+    """
+
+    def __init__(self, cfg: ModelConfig, weights: str | Path | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.members = nn.ModuleList(LungCVT(cfg, weights=weights) for _ in range(cfg.ensemble))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([m(x) for m in self.members])  # [M, B, K]
+        if self.training:
+            return logits
+        logp = torch.log_softmax(logits.float(), dim=-1)  # [M, B, K]
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))  # [B, K]: log mean probability
+
+
+def build_lungcvt(cfg: ModelConfig, weights: str | Path | None = None) -> LungCVT | LungCVTEnsemble:
+    """:class:`LungCVT`, or :class:`LungCVTEnsemble` when ``cfg.ensemble > 1``."""
+    return LungCVTEnsemble(cfg, weights) if cfg.ensemble > 1 else LungCVT(cfg, weights=weights)
+
+
 def create_model(
     name_or_cfg: str | LungCVTConfig | ModelConfig = "lungcvt_base", weights: str | Path | None = None, **overrides
-) -> LungCVT:
+) -> LungCVT | LungCVTEnsemble:
     """Build a model from a registered config name (``lungcvt_base``, ``lungcvt_tiny``, ...) or a config.
 
     ``overrides`` replace :class:`ModelConfig` fields, e.g. ``create_model("lungcvt_base", pretrained=False)``.
@@ -377,4 +407,4 @@ def create_model(
         mcfg = name_or_cfg
     if overrides:
         mcfg = dataclasses.replace(mcfg, **overrides)
-    return LungCVT(mcfg, weights=weights)
+    return build_lungcvt(mcfg, weights=weights)

@@ -31,7 +31,7 @@ from lungcvt.dataset import CycleSet, extract_cycles, predict_logits
 from lungcvt.features import check_cqt
 from lungcvt.loaders import build_train_loader, resize_where, stratified_subset
 from lungcvt.losses import ClassBalancedCE
-from lungcvt.model import LungCVT
+from lungcvt.model import build_lungcvt
 from lungcvt.resume import load_init, resume_from, rng_state, run_key, save_state
 from lungcvt.splits import DataOptions, check_classes
 from lungcvt.step import global_weight_denominator, lr_at, train_step
@@ -138,7 +138,7 @@ def _build_model(
     cfg: LungCVTConfig, weights: str | Path | None, init_sd: dict | None, dev: torch.device
 ) -> torch.nn.Module:
     """LungCVT on ``dev`` (channels-last on CUDA), from ``init_sd`` when given, else ``weights`` / random init."""
-    model = LungCVT(cfg.model, weights=weights if init_sd is None else None)
+    model = build_lungcvt(cfg.model, weights=weights if init_sd is None else None)
     if init_sd is not None:
         model.load_state_dict(init_sd)
     model = model.to(dev)

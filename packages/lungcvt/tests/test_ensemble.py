@@ -1,0 +1,67 @@
+"""``model.ensemble``: M LungCVT members trained side by side; a prediction is the log of their mean probability."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from lungcvt.cli import main
+from lungcvt.config import get_config
+from lungcvt.losses import ClassBalancedCE
+from lungcvt.model import LungCVT, LungCVTEnsemble, build_lungcvt, create_model
+
+TINY = get_config("lungcvt_tiny").model
+
+
+def test_members_differ_and_outputs_are_per_member_in_training_and_mean_probability_in_eval():
+    torch.manual_seed(0)
+    ens = build_lungcvt(dataclasses.replace(TINY, ensemble=3))
+    assert isinstance(ens, LungCVTEnsemble) and len(ens.members) == 3
+    assert isinstance(build_lungcvt(TINY), LungCVT)  # ensemble 1: the paper's single model, same state-dict keys
+    w = [m.head[-1].weight for m in ens.members]
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])  # different random inits
+    x = torch.randn(5, 3, 64, 64)
+    ens.train()
+    assert ens(x).shape == (3, 5, 4)
+    ens.eval()
+    out = ens(x)
+    per = torch.stack([torch.softmax(m(x), -1) for m in ens.members])  # [3, 5, 4]
+    assert out.shape == (5, 4)
+    torch.testing.assert_close(torch.softmax(out, -1), per.mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.exp().sum(-1), torch.ones(5), rtol=1e-5, atol=1e-6)  # log-probabilities
+    with pytest.raises(ValueError, match="ensemble"):
+        dataclasses.replace(TINY, ensemble=0)
+
+
+def test_loss_is_the_mean_of_the_members_own_losses():
+    crit = ClassBalancedCE([30, 10, 5, 2], 0.999)
+    torch.manual_seed(1)
+    logits, y = torch.randn(3, 8, 4), torch.randint(0, 4, (8,))
+    want = sum(float(crit(logits[m], y)) for m in range(3)) / 3
+    assert math.isclose(float(crit(logits, y)), want, rel_tol=1e-6)
+    # not the loss of the averaged logits (that would train the members as one model)
+    assert not math.isclose(float(crit(logits, y)), float(crit(logits.mean(0), y)), rel_tol=1e-3)
+
+
+def test_an_ensemble_trains_saves_and_reloads_for_evaluate(syn_dir, tmp_path):
+    from lungcvt.evaluate import load_model
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    yaml = tmp_path / "e.yaml"
+    yaml.write_text("model:\n  ensemble: 2\n")
+    args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache),
+            "--device", "cpu", "--config", str(yaml), "--precision", "fp32", "--epochs", "1"]  # fmt: skip
+    assert main(args) == 0
+    model, cfg, _ = load_model(run / "best.safetensors")
+    assert cfg.model.ensemble == 2 and isinstance(model, LungCVTEnsemble) and not model.training
+    x = torch.randn(2, 3, 64, 64)
+    fresh = create_model(cfg, pretrained=False).eval()
+    assert not torch.allclose(model(x), fresh(x))  # the trained weights, not a new init
+    ev = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(run / "best.safetensors"), "--data", str(syn_dir), "--out", str(ev),
+                 "--cache", str(cache), "--device", "cpu"]) == 0  # fmt: skip
+    m = json.loads((ev / "metrics.json").read_text())
+    assert 0.0 <= m["icbhi"]["score"] <= 1.0 and m["auroc_abnormal"] is not None
