@@ -31,15 +31,21 @@ def make_data(folder: str, size: int = 192, n_images: int = 16) -> list:
 
 
 def run(
-    data: list, size: int = 192, switch_at: int | None = None, norm: bool = False, n: int = 100, warmup: bool = False
+    data: list,
+    size: int = 192,
+    switch_at: int | None = None,
+    norm: bool = False,
+    n: int = 100,
+    warmup: bool = False,
+    **model_kw: object,
 ) -> tuple[np.ndarray, np.ndarray]:
     """L_CE and the fraction of local templates per iteration (tiny full head, delta 0.5 from iteration 0, or global
-    centres until ``switch_at``)."""
+    centres until ``switch_at``); ``model_kw`` overrides further ModelConfig fields."""
     cfg = create_config("deepacc_tiny")
     delta = 0.5 if switch_at is None else 2.0  # 2.0: no probability passes, every template is the global centre
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(
         cfg.model, min_size=size, max_size=size, delta=delta, box_batch_size_per_image=64, box_positive_fraction=0.5,
-        rpn_post_nms_top_n_train=100, inference_feature_norm=norm))  # fmt: skip
+        rpn_post_nms_top_n_train=100, inference_feature_norm=norm, **model_kw))  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg).train()
     params = [p for p in model.parameters() if p.requires_grad]

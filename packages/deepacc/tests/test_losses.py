@@ -157,3 +157,33 @@ def test_box_regression_loss_hand_value() -> None:
     # smooth-L1 beta 1: 0.5*0.5^2/1 + (2 - 0.5) = 0.125 + 1.5; divided by 3 RoIs
     assert box_regression_loss(reg, labels, targets, beta=1.0).item() == pytest.approx((0.125 + 1.5) / 3)
     assert box_regression_loss(reg, torch.zeros(3, dtype=torch.long), targets).item() == 0.0
+
+
+def test_centre_spread_loss_is_the_mean_pairwise_cosine_rescaled() -> None:
+    """||mean n(w)||^2 = (1 + (K - 1) mean_{i != j} cos) / K: 1 for centres on one direction, 0 for centres that sum
+    to zero, and its gradient moves every centre away from the shared direction."""
+    from deepacc.losses import centre_spread_loss
+
+    torch.manual_seed(0)
+    w = torch.randn(24, 16) * torch.rand(24, 1)  # norms differ: only directions count
+    n = torch.nn.functional.normalize(w, dim=1)
+    c = n @ n.t()
+    mean_pair = (c.sum() - 24) / (24 * 23)
+    assert float(centre_spread_loss(w)) == pytest.approx(float((1 + 23 * mean_pair) / 24), abs=1e-6)
+    one = torch.ones(24, 16) * torch.arange(1, 25).view(-1, 1)
+    assert float(centre_spread_loss(one)) == pytest.approx(1.0, abs=1e-6)
+    sym = torch.cat([torch.eye(8), -torch.eye(8)], 0)
+    assert float(centre_spread_loss(sym)) == pytest.approx(0.0, abs=1e-7)
+    cone = (torch.randn(24, 16) * 0.2 + torch.ones(16)).requires_grad_(True)  # a cone around (1, ..., 1)
+
+    def pairwise(x: torch.Tensor) -> float:
+        u = torch.nn.functional.normalize(x.detach(), dim=1)
+        return float(((u @ u.t()).sum() - 24) / (24 * 23))
+
+    before = pairwise(cone)
+    opt = torch.optim.SGD([cone], lr=50.0)
+    for _ in range(100):
+        opt.zero_grad()
+        centre_spread_loss(cone).backward()
+        opt.step()
+    assert before > 0.9 and pairwise(cone) == pytest.approx(-1 / 23, abs=1e-3)  # opened to centres summing to zero

@@ -18,6 +18,9 @@ from deepacc.model import build_model
 from deepacc.samples import Sample
 from deepacc.train import margin_factor
 
+#: The full head's margin-branch settings before the cone fix (README "Margin branch health").
+PREVIOUS_FULL_HEAD = {"detach_templates": True, "inference_scale": 0.0, "centre_spread_weight": 0.0}
+
 
 def test_easy_margin_has_no_penalty_where_cos_is_negative() -> None:
     cos = torch.tensor([[0.8, 0.1], [-0.5, 0.1], [-0.99, 0.0]])
@@ -119,6 +122,15 @@ def test_old_checkpoint_configs_keep_the_relu_embedding() -> None:
     del full["model"]["margin_embedding"]
     assert config_from_dict(full).model.margin_embedding == "relu"
     assert create_config("deepacc_tiny").model.margin_embedding == "bn"
+    # a checkpoint written before the cone fix keeps s * n(x) at s = scale (its predictions do not change)
+    full = dataclasses.asdict(create_config("deepacc_tiny"))
+    del full["model"]["inference_scale"], full["model"]["centre_spread_weight"]
+    old = config_from_dict(full).model
+    assert old.inference_scale == 0.0 and old.centre_spread_weight == 0.0
+    assert (
+        config_from_dict({"model": {"delta": 0.6}}).model.centre_spread_weight
+        == create_config().model.centre_spread_weight
+    )
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +174,56 @@ def test_margin_branch_does_not_collapse_in_training(spreads, tmp_path: Path, pa
         assert not any(reasons), [r for r in reasons if r]
         assert not warnings
         assert hist[-1]["own_class_cos"] > 0.0 and hist[-1]["centre_pairwise_cos"] < 0.8
+
+
+def test_inference_scale_sets_s_of_the_inference_branch_only() -> None:
+    """``inference_scale`` is s of s * n(x)^T W_I + b (Eq. 2, normalised form); the margin branch keeps ``scale``."""
+    import torch.nn.functional as F
+
+    base = create_config("deepacc_tiny")
+    for s_inf, expect in ((0.0, 64.0), (16.0, 16.0)):
+        m = dataclasses.replace(base.model, inference_scale=s_inf, delta=1.0)  # delta 1: global templates only
+        torch.manual_seed(0)
+        heads = build_model(dataclasses.replace(base, model=m)).roi_heads.eval()
+        with torch.no_grad():
+            heads.inf_bias.copy_(torch.linspace(-1, 1, 25))
+            emb = torch.randn(6, m.representation_size)
+            out = heads.class_outputs(emb, [6])
+            w = F.normalize(heads.margin_weight, dim=1)
+            assert torch.allclose(out["logits"], expect * F.normalize(emb, dim=1) @ w.t() + heads.inf_bias, atol=1e-4)
+            assert torch.allclose(out["margin_probs"], F.softmax(64.0 * out["cos"], 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["default", "cone"])
+def test_full_head_centres_do_not_collapse_into_one_cone(spreads, tmp_path: Path, path: str) -> None:
+    """400 iterations of the full head (AAM + siamese inference branch + GIA, Table 1(f)) on 96 px spreads. With the
+    package defaults the class centres stay apart (pairwise cosine < 0.8) and the own-class cosine stays positive at
+    every epoch after the s / m warm-up. The previous defaults (templates detached from L_CE, s = 64 in both branches,
+    no centre-spread penalty) drive every centre into one cone while the own-class cosine stays high, and this test
+    runs them to show that it catches that collapse (measured there: pairwise 0.60 at iteration 240, 0.82 at 324,
+    0.95 at 400 with own-class cosine 0.93 and local templates for 3 % of the classes, as in the real-crop demo)."""
+    from deepacc.health import collapse_reason
+    from deepacc.train import train
+
+    cfg = create_config("deepacc_tiny")
+    m = dataclasses.replace(cfg.model, min_size=96, max_size=96, box_batch_size_per_image=64,
+                            box_positive_fraction=0.5, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=100,
+                            aam=True, siamese=True, gia=True)  # fmt: skip
+    t = dataclasses.replace(cfg.train, epochs=100, milestones=(100,), warmup_iters=20, checkpoint_every=0,
+                            scan_images=False, margin_warmup_iters=80)  # fmt: skip
+    if path == "cone":
+        m = dataclasses.replace(m, **PREVIOUS_FULL_HEAD)
+    warnings: list[str] = []
+    torch.manual_seed(0)
+    _, hist = train(dataclasses.replace(cfg, model=m, train=t), spreads, tmp_path / "run", "cpu", None, resume=False,
+                    progress=False, log=lambda s: warnings.append(s) if "WARNING" in s else None)  # fmt: skip
+    assert hist[-1]["iteration"] == 400
+    after = [h for h in hist if h["iteration"] >= t.margin_warmup_iters]
+    reasons = [collapse_reason(h) for h in after]
+    if path == "cone":  # the test is real: the previous defaults fail it with the cone, not the AAM collapse
+        assert reasons[-1] is not None and "pairwise" in reasons[-1] and warnings
+        assert after[-1]["centre_pairwise_cos"] > 0.8 and after[-1]["own_class_cos"] > 0.0
+    else:
+        assert not any(reasons), [r for r in reasons if r]
+        assert not warnings
+        assert max(h["centre_pairwise_cos"] for h in after) < 0.8 and min(h["own_class_cos"] for h in after) > 0.0

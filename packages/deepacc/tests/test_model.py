@@ -38,10 +38,10 @@ SWITCHES = {
 EXPECTED_LOSSES = {
     "a": {"loss_classifier"},
     "b": {"loss_classifier"},
-    "c": {"loss_aam"},
-    "d": {"loss_aam", "loss_ce"},
-    "e": {"loss_aam", "loss_ce"},
-    "f": {"loss_aam", "loss_ce", "loss_gia"},
+    "c": {"loss_aam", "loss_centre"},
+    "d": {"loss_aam", "loss_ce", "loss_centre"},
+    "e": {"loss_aam", "loss_ce", "loss_centre"},
+    "f": {"loss_aam", "loss_ce", "loss_gia", "loss_centre"},
 }
 
 
@@ -234,7 +234,8 @@ def test_templates_local_from_first_iteration(feature_norm: bool) -> None:
     probs = torch.softmax(64.0 * out["cos"], 1)
     j_star = probs.argmax(0)  # [K]
     nf = torch.nn.functional.normalize
-    x = 64.0 * nf(emb, dim=1) if feature_norm else emb
+    assert heads.current_scale("inference") == 8.0  # s of s * n(x): model.inference_scale (the margin branch: 64)
+    x = 8.0 * nf(emb, dim=1) if feature_norm else emb
     expected = x @ nf(emb[j_star], dim=1).t() + heads.inf_bias  # delta 0: every foreground class local
     w0 = nf(heads.margin_weight[0], dim=0)
     expected[:, 0] = x @ w0 + heads.inf_bias[0]  # background: always the global centre

@@ -102,15 +102,28 @@ class ModelConfig:
     # centres, from the first training iteration on (Sec. 2.3: "we set a threshold delta to control where local class
     # center W_I,j comes from"). An earlier global-only warm-up followed by a hard switch made L_CE jump; see README.
     delta: float = 0.5
-    # Templates of Eq. 2 (local RoI embeddings and global W_M rows) without gradient from L_CE: W_M is learned by the
-    # margin branch (L_AAM) alone. With gradient, L_CE's negatives push every unused global centre the same way
-    # (README "Margin branch health") [I]
-    detach_templates: bool = True
+    # Templates of Eq. 2 (local RoI embeddings and global W_M rows) without gradient from L_CE (True: W_M is learned
+    # by L_AAM alone). False (default): L_CE trains them too, as Eq. 4 implies. Measured with the centre-spread penalty
+    # and s 8 below (real-crop demo, 8 epochs, seed 0, README "Margin branch health"): False 0.274 mAP@0.5, centres
+    # pairwise 0.07; True (the previous default) collapsed the centres towards the cone without the penalty [I/measured]
+    detach_templates: bool = False
     exclude_gt_templates: bool = False  # keep GT boxes added as proposals out of template selection [I]
     # Inference-branch logits. False: Eq. 2 as printed, W_I^T x_i + b with x_i not normalised (the Remark of Sec. 2.3).
     # True: s * n(x_i)^T W_I + b. Measured on real-crop spreads, full head, 3 seeds (README): True 0.193 +- 0.014,
     # False 0.117 +- 0.032 mAP@0.5, so the normalised form is the default (a deviation from the printed Eq. 2).
     inference_feature_norm: bool = True
+    # s of s * n(x_i) in the inference branch (not in the paper; 0 = the margin branch's `scale`, 64, the previous
+    # default). At 64 the 24-class softmax of an uncertain classifier is calibrated only when all templates lie in one
+    # cone (logit gaps s * (1 - cos) of ~4): the centre collapse. Measured (README "Margin branch health", real-crop
+    # demo, 8 epochs, seed 0, with the penalty below): s 4 / 8 / 16 / 32 -> mAP@0.5 0.233 / 0.274 / 0.226 / 0.211;
+    # a learned s (NormFace) settled at 3.7. AdaCos's fixed scale for 25 classes is sqrt(2) ln 24 = 4.5 [I/measured]
+    inference_scale: float = 8.0
+    inference_scale_learned: bool = False  # learn that s (as log s, from inference_scale) instead [I]
+    # Weight of the centre-spread penalty ||mean_c n(w_c)||^2 on the foreground rows of W_M (losses.centre_spread_loss;
+    # not in the paper; 0 = off, the ablation). Without it the AAM at s = 64 still pulls the centres together
+    # (pairwise 0.785 and falling local-template share at 8 epochs, 0.96 at 18 with s 64); with 1.0: 0.07
+    # [I/measured, README "Margin branch health"]
+    centre_spread_weight: float = 1.0
     # --- GIA (Eq. 3) ---
     detach_partner: bool = False  # [I]
     # --- loss weights (Eq. 4: alpha = 0.1, beta = 1.0, gamma = 0.1) ---
@@ -326,6 +339,9 @@ def config_from_dict(data: dict[str, Any], base: DeepACCConfig | None = None) ->
         and "scale" in data["model"]
     ):  # a full config written before margin_embedding existed: the ReLU head
         data["model"] = {**data["model"], "margin_embedding": "relu"}
+    if isinstance(data.get("model"), dict) and "scale" in data["model"]:
+        # a full config written before the cone fix: s * n(x) at s = scale and no centre-spread penalty
+        data["model"] = {"inference_scale": 0.0, "centre_spread_weight": 0.0, **data["model"]}
     for sec in ("model",):  # keys of earlier versions, read from old checkpoints and ignored
         if isinstance(data.get(sec), dict) and "template_warmup_iters" in data[sec]:
             data[sec] = {k: v for k, v in data[sec].items() if k != "template_warmup_iters"}
@@ -361,8 +377,10 @@ def _validate(cfg: DeepACCConfig) -> None:
         raise ValueError(
             f"model.anchor_sizes needs {n_levels} sizes for fpn_min_level={m.fpn_min_level}, got {m.anchor_sizes}"
         )
-    if m.margin_embedding not in ("relu", "linear", "bn"):
-        raise ValueError(f"model.margin_embedding must be relu|linear|bn, got {m.margin_embedding!r}")
+    if m.margin_embedding not in ("relu", "linear", "bn", "bn_noaffine"):
+        raise ValueError(f"model.margin_embedding must be relu|linear|bn|bn_noaffine, got {m.margin_embedding!r}")
+    if m.inference_scale < 0 or m.centre_spread_weight < 0:
+        raise ValueError("model.inference_scale and model.centre_spread_weight must be >= 0")
     if m.arch not in ("deepacc", "retinanet"):
         raise ValueError(f"model.arch must be deepacc|retinanet, got {m.arch!r}")
     if m.num_classes != 25:

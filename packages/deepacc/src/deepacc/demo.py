@@ -52,9 +52,14 @@ def _head_name(cfg: DeepACCConfig) -> str:
     parts = ["separate regression branch" if m.separate_reg else "shared FC head"]
     if m.aam:
         parts.append(f"AAM margin branch (m {m.margin}, s {m.scale:g}, alpha {m.aam_weight:g})")
+    if m.centre_spread_weight > 0:
+        parts.append(f"centre-spread penalty on W_M (weight {m.centre_spread_weight:g})")
     if m.siamese:
-        x = "s * n(x)" if m.inference_feature_norm else "x not normalised (Eq. 2 as printed)"
-        parts.append(f"siamese inference branch (delta {m.delta:g}, local templates from the first iteration, {x})")
+        s_inf = "learned s" if m.inference_scale_learned else f"s {m.inference_scale or m.scale:g}"
+        x = f"{s_inf} * n(x)" if m.inference_feature_norm else "x not normalised (Eq. 2 as printed)"
+        grad = "templates detached from L_CE" if m.detach_templates else "templates trained by L_CE too"
+        parts.append(f"siamese inference branch (delta {m.delta:g}, local templates from the first iteration, {x}, "
+                     f"{grad})")  # fmt: skip
     if m.gia:
         parts.append(f"GIA loss (gamma {m.gia_weight:g})")
     return ", ".join(parts)

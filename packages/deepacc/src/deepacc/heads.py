@@ -10,6 +10,8 @@ The Table 1 rows are the config switches ``separate_reg``, ``aam``, ``siamese``,
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -18,15 +20,24 @@ from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.ops import boxes as box_ops
 
 from deepacc.config import ModelConfig
-from deepacc.losses import aam_loss, box_regression_loss, cosine, gia_loss, group_adjacency, select_templates
+from deepacc.losses import (
+    aam_loss,
+    box_regression_loss,
+    centre_spread_loss,
+    cosine,
+    gia_loss,
+    group_adjacency,
+    select_templates,
+)
 from deepacc.postprocess import postprocess_detections
 
 __all__ = ["ClassHead", "DeepACCRoIHeads", "EMBEDDINGS"]
 
 #: Margin-branch embeddings: ``relu`` (fc7 after ReLU, torchvision's ``TwoMLPHead``), ``linear`` (fc7 without its
-#: ReLU), ``bn`` (fc7 without ReLU, then BatchNorm1d). Only the margin / inference branches use them; rows without a
-#: margin branch keep the stock ReLU head.
-EMBEDDINGS = ("relu", "linear", "bn")
+#: ReLU), ``bn`` (fc7 without ReLU, then BatchNorm1d with its learnable scale and shift), ``bn_noaffine`` (the same
+#: BatchNorm1d without scale and shift: no learnable shared direction). Only the margin / inference branches use
+#: them; rows without a margin branch keep the stock ReLU head.
+EMBEDDINGS = ("relu", "linear", "bn", "bn_noaffine")
 
 
 class ClassHead(nn.Module):
@@ -47,7 +58,7 @@ class ClassHead(nn.Module):
         self.fc6 = nn.Linear(in_features, rep)
         self.fc7 = nn.Linear(rep, rep)
         self.embedding = embedding
-        self.bn = nn.BatchNorm1d(rep) if embedding == "bn" else None
+        self.bn = nn.BatchNorm1d(rep, affine=embedding == "bn") if embedding.startswith("bn") else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.fc6(x.flatten(start_dim=1)))  # [R, D]
@@ -109,6 +120,12 @@ class DeepACCRoIHeads(RoIHeads):
             nn.init.normal_(self.cls_score.weight, std=0.01)
             nn.init.zeros_(self.cls_score.bias)
         self.inf_bias = nn.Parameter(torch.zeros(k)) if cfg.siamese else None  # b_j of Eq. 2, zero-initialised
+        # learned s of s * n(x) (NormFace, Wang et al. 2017), as log s, from inference_scale (0: scale)
+        self.inf_log_scale = (
+            nn.Parameter(torch.tensor(math.log(cfg.inference_scale or cfg.scale)))
+            if cfg.siamese and cfg.inference_scale_learned
+            else None
+        )
         self.register_buffer("adjacency", group_adjacency(k), persistent=False)
         self.output_mode = "standard"
         # share of the s / m warm-up done (1 = the config's s and m): set per step by train() from the iteration
@@ -117,11 +134,16 @@ class DeepACCRoIHeads(RoIHeads):
         self._local_fraction: Tensor | None = None  # device tensor: no host sync in the forward pass
         self.own_cos_log: list[Tensor] | None = None  # when a list: each training step appends cos of positives
 
-    def current_scale(self) -> float:
-        """s in use: during the warm-up (training only) linear from ``cfg.warmup_scale`` to ``cfg.scale``."""
+    def current_scale(self, branch: str = "margin") -> float:
+        """s in use for the ``margin`` branch (``cfg.scale``) or the ``inference`` branch's s * n(x)
+        (``cfg.inference_scale``, 0 = ``cfg.scale``): during the warm-up (training only) linear from
+        ``cfg.warmup_scale`` to that value."""
+        target = self.cfg.scale
+        if branch == "inference" and self.cfg.inference_scale > 0:
+            target = self.cfg.inference_scale
         f = self.margin_factor if self.training else 1.0
-        s0 = min(self.cfg.warmup_scale, self.cfg.scale)
-        return s0 + (self.cfg.scale - s0) * f
+        s0 = min(self.cfg.warmup_scale, target)
+        return s0 + (target - s0) * f
 
     @property
     def last_template_stats(self) -> dict[str, float]:
@@ -163,6 +185,7 @@ class DeepACCRoIHeads(RoIHeads):
                 return out
             assert self.inf_bias is not None
             sel_probs = margin_probs.detach() if cfg.detach_templates else margin_probs
+            s_inf = self.current_scale("inference") if self.inf_log_scale is None else self.inf_log_scale.exp()
             logits, n_local = [], emb32.new_zeros(())
             start = 0
             for n in counts:
@@ -174,7 +197,7 @@ class DeepACCRoIHeads(RoIHeads):
                 if cfg.detach_templates:
                     templates = templates.detach()
                 # Eq. 2: W_I^T x_i + b with x_i NOT normalised (the paper's Remark); optional s * n(x_i) variant
-                x = F.normalize(e, dim=1) * scale if cfg.inference_feature_norm else e  # [n, D]
+                x = F.normalize(e, dim=1) * s_inf if cfg.inference_feature_norm else e  # [n, D]
                 logits.append(x @ templates.t() + self.inf_bias)  # [n, K]
                 start += n
             self._local_fraction = n_local.detach() / max(1, len(counts) * (self.num_classes - 1))
@@ -200,6 +223,8 @@ class DeepACCRoIHeads(RoIHeads):
                 self.own_cos_log.append(out["cos"].detach()[pos, labels[pos]])
             if cfg.siamese:
                 losses["loss_ce"] = cfg.ce_weight * F.cross_entropy(out["logits"], labels)
+            if cfg.centre_spread_weight > 0:  # keeps the class centres from sharing one direction (README)
+                losses["loss_centre"] = cfg.centre_spread_weight * centre_spread_loss(self.margin_weight[1:])
         if cfg.gia:
             probs = out["margin_probs"] if "margin_probs" in out else F.softmax(out["logits"].float(), 1)
             img_idx = torch.repeat_interleave(

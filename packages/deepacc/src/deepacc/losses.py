@@ -17,6 +17,7 @@ __all__ = [
     "arcface_logits",
     "aam_loss",
     "box_regression_loss",
+    "centre_spread_loss",
     "cosine",
     "gia_loss",
     "group_adjacency",
@@ -92,6 +93,24 @@ def aam_loss(
     mask = None if margin_on_bg else labels > 0
     logits = arcface_logits(cos, labels, margin, scale, mask, easy_margin)
     return F.cross_entropy(logits, labels.long())
+
+
+def centre_spread_loss(weight: Tensor) -> Tensor:
+    """Squared norm of the mean unit class centre, ``||mean_c n(w_c)||^2`` (fp32; not in the paper).
+
+    Equals ``(1 + (K - 1) * mean_{i != j} cos(w_i, w_j)) / K`` for ``K`` centres: 1 when every centre lies on one
+    direction (the cone collapse of README "Margin branch health"), 0 when the centres sum to zero. It removes only
+    the direction the centres share and leaves their relative arrangement to the AAM loss (cf. RegularFace's
+    exclusive regularisation of class centres, Zhao et al., CVPR 2019, which penalises the nearest pair instead).
+
+    Args:
+        weight: class centres ``[K, D]`` (the foreground rows of W_M).
+
+    Returns:
+        scalar in [0, 1].
+    """
+    w = F.normalize(weight.float(), dim=1, eps=1e-12)  # [K, D]
+    return w.mean(dim=0).pow(2).sum()
 
 
 def select_templates(

@@ -29,111 +29,28 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from deepacc import __version__
-from deepacc.config import DeepACCConfig, TrainConfig, config_from_dict, config_to_dict
+from deepacc.checkpoints import RESUMABLE_KEYS, check_resume, load_model, save_model
+from deepacc.config import DeepACCConfig, config_to_dict
 from deepacc.data import DetectionDataset, collate
 from deepacc.images import scan_images
 from deepacc.model import build_model
 from deepacc.samples import Sample, validate_samples
+from deepacc.schedule import effective_lr, lr_factor, margin_factor
 
-__all__ = ["RESUMABLE_KEYS", "effective_lr", "load_model", "lr_factor", "margin_factor", "save_model", "train"]
+__all__ = [
+    "RESUMABLE_KEYS",
+    "effective_lr",
+    "load_model",
+    "lr_factor",
+    "margin_factor",
+    "save_model",
+    "train",
+    "validate",
+]
 
 #: Steps between the non-finite-loss checks (a host sync and, under DDP, an all-reduce); also checked before every
 #: checkpoint and at each epoch end, so no non-finite weights are ever saved.
 FINITE_CHECK_EVERY = 25
-
-#: Config keys that may differ between an interrupted run and its resumption.
-RESUMABLE_KEYS = frozenset({"train.epochs", "train.checkpoint_every", "train.val_every", "train.num_workers",
-                            "train.scan_images"})  # fmt: skip
-
-
-def effective_lr(tcfg: TrainConfig, world_size: int = 1) -> float:
-    """lr actually used: ``lr * effective_batch / base_batch`` (linear scaling rule) or the literal ``lr``.
-
-    The effective batch is ``batch_size`` (per process) times the number of processes.
-    """
-    from medshared.distributed import scale_lr
-
-    rule = "none" if tcfg.lr_scaling == "literal" else "linear"
-    return scale_lr(tcfg.lr, tcfg.base_batch_size, tcfg.batch_size * world_size, rule)
-
-
-def lr_factor(iteration: int, epoch: int, tcfg: TrainConfig) -> float:
-    """Multiplier of the base lr: linear warm-up over ``warmup_iters`` from ``warmup_factor``, then x``gamma`` at
-    each milestone epoch (``epoch`` is 0-based; milestone 16 means epochs 17.. run at 0.1x)."""
-    f = tcfg.gamma ** sum(epoch >= m for m in tcfg.milestones)
-    if iteration < tcfg.warmup_iters:
-        alpha = iteration / max(tcfg.warmup_iters, 1)
-        f *= tcfg.warmup_factor * (1 - alpha) + alpha
-    return f
-
-
-def margin_factor(iteration: int, tcfg: TrainConfig) -> float:
-    """Share of the AAM margin in use at ``iteration``: linear from 0 to 1 over ``train.margin_warmup_iters``."""
-    if tcfg.margin_warmup_iters <= 0:
-        return 1.0
-    return min(1.0, iteration / tcfg.margin_warmup_iters)
-
-
-def save_model(
-    path: str | Path, model: torch.nn.Module, cfg: DeepACCConfig, extra: dict[str, Any] | None = None
-) -> Path:
-    """Write weights + config (safetensors, atomic)."""
-    from medshared.checkpoint import save_checkpoint
-    from medshared.distributed import unwrap_model
-
-    state = dict(unwrap_model(model).state_dict())
-    return save_checkpoint(path, state, {"deepacc": config_to_dict(cfg)}, {"version": __version__, **(extra or {})})
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, DeepACCConfig, dict]:
-    """Rebuild a model from a checkpoint alone. Raises FileNotFoundError / ValueError with clear messages."""
-    from medshared.checkpoint import load_checkpoint
-
-    state, config, extra = load_checkpoint(path)
-    if "deepacc" not in config:
-        raise ValueError(f"{path} is not a deepacc checkpoint (its config has keys {sorted(config)})")
-    cfg = config_from_dict(config["deepacc"], base=DeepACCConfig())
-    model = build_model(cfg, pretrained=None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
-    return model.to(device).eval(), cfg, extra
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
-def _check_resume(
-    saved: dict[str, Any], cfg: DeepACCConfig, world_size: int, state_path: Path, rescale_16bit: bool = False
-) -> None:
-    old, new = _flat(saved["config"]), _flat(config_to_dict(cfg))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
-    if changed:
-        diff = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:6])
-        raise ValueError(
-            f"{state_path} was written under a different config ({diff}); resume with the same settings, or start "
-            "over with --no-resume (or another --out)"
-        )
-    if saved.get("world_size", 1) != world_size:
-        raise ValueError(
-            f"{state_path} was written by {saved.get('world_size', 1)} process(es), this run has {world_size}; the "
-            "effective batch and data order would change: resume with the same number, or use --no-resume"
-        )
-    if saved.get("rescale_16bit", False) != rescale_16bit:
-        was = "with" if saved.get("rescale_16bit", False) else "without"
-        raise ValueError(
-            f"{state_path} was written by a run {was} --rescale-16bit; the images would be read differently: resume "
-            f"{was} it, or use --no-resume"
-        )
 
 
 class _Skip(torch.utils.data.Sampler):
@@ -268,7 +185,7 @@ def train(
     )
     if resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        _check_resume(st, cfg, ctx.world_size, state_path, rescale_16bit)
+        check_resume(st, cfg, ctx.world_size, state_path, rescale_16bit)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         start_epoch, start_batch, iteration = st["epoch"], st["batch"], st["iteration"]
