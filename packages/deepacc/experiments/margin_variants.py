@@ -80,7 +80,9 @@ def main() -> int:
         res_path = out / f"{name}.json"
         if res_path.is_file():
             continue
-        cfg = run_config(name, (row, {"inference_feature_norm": True, **over}, {}))
+        # the switches of the cone fix at their values when this table was measured (off; see cone_variants.py)
+        before_cone_fix = {"centre_spread_weight": 0.0, "inference_scale": 0.0}
+        cfg = run_config(name, (row, {"inference_feature_norm": True, **before_cone_fix, **over}, {}))
         extra = {"roi_min_level": args.roi_min_level} if args.roi_min_level is not None else {}
         cfg = dataclasses.replace(
             cfg,

@@ -29,7 +29,7 @@ DEMO_SETTINGS = {"n_train": 96, "n_test": 8, "epochs": 18, "height": 320, "width
 #: ``quick=True`` (the package's demo test): smaller spreads, about 250 iterations, under a minute on one idle core.
 QUICK_SETTINGS = {"n_train": 64, "n_test": 4, "epochs": 10, "height": 224, "width": 224, "scale": 0.44}
 #: Real-crop demo: spreads of 384 px (crops at 0.5x), 80% of the cells for training, about five minutes.
-#: 18 epochs = 1,368 iterations: 267 CPU-s on one thread (README), within the 6-minute budget of one core.
+#: 18 epochs = 1,368 iterations: 258-264 CPU-s, 4:18-4:35 wall on one thread (README), within the 6-minute budget.
 CROPS_SETTINGS = {"n_train": 152, "n_test": 19, "epochs": 18, "train_fraction": 0.8, "scale": 0.5,
                   "roi_min_level": 2}  # fmt: skip
 
