@@ -4,7 +4,9 @@
 * a siamese classification branch sharing two FC layers (``representation_size`` wide; Sec. 2.1),
 * the margin branch: bias-free cosine classifier trained with the Additive Angular Margin loss (Eq. 1, fp32),
 * the inference branch: per-image class templates from the most confident RoI (Eq. 2) with a learnable bias, CE,
-* the Group Inner-Adjacency loss over the Denver groups (Eq. 3); total loss Eq. 4.
+* the Group Inner-Adjacency loss over the Denver groups (Eq. 3); total loss Eq. 4;
+* not in the paper (README "Margin branch health"): the centre-spread penalty on W_M (``loss_centre``) and the
+  inference branch's own scale s_I (``inference_scale``), which keep the class centres from collapsing into one cone.
 The Table 1 rows are the config switches ``separate_reg``, ``aam``, ``siamese``, ``gia``.
 """
 
