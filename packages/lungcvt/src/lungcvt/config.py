@@ -260,7 +260,8 @@ class TrainConfig:
             decision toward the abnormal classes beyond the class-balanced loss's own; ours, issue 21).
         select_on: the best epoch is the one with the highest validation ``"score"`` (ICBHI Score at the chosen
             bias; paper: the validation score) or ``"auroc"`` (abnormal-vs-normal AUROC of the validation cycles,
-            threshold-free; ours, issue 21).
+            threshold-free; ours, issue 21) or ``"last"`` (the last epoch: no selection; its bias is still tuned on
+            validation).
     """
 
     lr: float = 1e-4
@@ -289,8 +290,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.device_aug <= 1.0:
             raise ValueError(f"train.device_aug must be a probability in [0, 1], got {self.device_aug}")
-        if self.select_on not in ("score", "auroc"):
-            raise ValueError(f"train.select_on must be 'score' or 'auroc', got {self.select_on!r}")
+        if self.select_on not in ("score", "auroc", "last"):
+            raise ValueError(f"train.select_on must be 'score', 'auroc' or 'last', got {self.select_on!r}")
         if self.bias_views < 0:
             raise ValueError(f"train.bias_views must be >= 0, got {self.bias_views}")
         if not 0.0 < self.subset_fraction <= 1.0:

@@ -278,7 +278,10 @@ def _train(
             row["val_clean_bias"] = sc["clean_bias"]
             row["val_icbhi_score_at_bias"] = sc["val_at_bias"]["score"]
         history.append(row)
-        metric = sc["icbhi"]["score"] if tc.select_on == "score" else (sc["auroc_abnormal"] or 0.0)
+        if tc.select_on == "last":
+            metric = float(epoch + 1)  # every epoch improves on the one before: the last one is kept
+        else:
+            metric = sc["icbhi"]["score"] if tc.select_on == "score" else (sc["auroc_abnormal"] or 0.0)
         improved = metric > best_score
         if improved:
             best_score, best_epoch, best_val = metric, epoch + 1, sc
