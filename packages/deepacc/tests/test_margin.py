@@ -143,6 +143,25 @@ def spreads(tmp_path_factory) -> list:
                                         source="auto"))  # fmt: skip
 
 
+def _train_small(spreads, out: Path, epochs: int, model: dict, train_over: dict | None = None) -> tuple[list, list]:
+    """``deepacc_tiny`` on the 96 px spreads (64 RoIs per image, s / m warm-up 80 iterations) with ``model``
+    overrides; returns (history, the WARNING lines training logged)."""
+    from deepacc.train import train
+
+    cfg = create_config("deepacc_tiny")
+    m = dataclasses.replace(cfg.model, min_size=96, max_size=96, box_batch_size_per_image=64,
+                            box_positive_fraction=0.5, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=100,
+                            **model)  # fmt: skip
+    t_over = {"margin_warmup_iters": 80, **(train_over or {})}
+    t = dataclasses.replace(cfg.train, epochs=epochs, milestones=(epochs,), warmup_iters=20, checkpoint_every=0,
+                            scan_images=False, **t_over)  # fmt: skip
+    warnings: list[str] = []
+    torch.manual_seed(0)
+    _, hist = train(dataclasses.replace(cfg, model=m, train=t), spreads, out, "cpu", None, resume=False,
+                    progress=False, log=lambda s: warnings.append(s) if "WARNING" in s else None)  # fmt: skip
+    return hist, warnings
+
+
 @pytest.mark.parametrize("path", ["default", "old"])
 def test_margin_branch_does_not_collapse_in_training(spreads, tmp_path: Path, path: str) -> None:
     """160 iterations of Table 1(c) (the margin branch alone) on 96 px spreads. The package default (BatchNorm
@@ -151,23 +170,16 @@ def test_margin_branch_does_not_collapse_in_training(spreads, tmp_path: Path, pa
     within these iterations, so this test fails on it (measured: own-class cos -0.85, pairwise 0.79 at iteration
     160)."""
     from deepacc.health import collapse_reason
-    from deepacc.train import train
 
-    cfg = create_config("deepacc_tiny")
-    m = dataclasses.replace(cfg.model, min_size=96, max_size=96, box_batch_size_per_image=64,
-                            box_positive_fraction=0.5, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=100,
-                            aam=True, siamese=False, gia=False)  # fmt: skip
-    t = dataclasses.replace(cfg.train, epochs=40, milestones=(40,), warmup_iters=20, checkpoint_every=0,
-                            scan_images=False, margin_warmup_iters=80)  # fmt: skip
+    model = {"aam": True, "siamese": False, "gia": False}
+    train_over = None
     if path == "old":
-        m = dataclasses.replace(m, margin_embedding="relu", easy_margin=False)
-        t = dataclasses.replace(t, margin_warmup_iters=0)
-    warnings: list[str] = []
-    torch.manual_seed(0)
-    _, hist = train(dataclasses.replace(cfg, model=m, train=t), spreads, tmp_path / "run", "cpu", None, resume=False,
-                    progress=False, log=lambda s: warnings.append(s) if "WARNING" in s else None)  # fmt: skip
+        model.update(margin_embedding="relu", easy_margin=False)
+        train_over = {"margin_warmup_iters": 0}
+    hist, warnings = _train_small(spreads, tmp_path / "run", 40, model, train_over)
+    warmup = 0 if path == "old" else 80
     assert hist[-1]["iteration"] == 160
-    reasons = [collapse_reason(h) for h in hist if h["iteration"] >= t.margin_warmup_iters]  # judged after warm-up
+    reasons = [collapse_reason(h) for h in hist if h["iteration"] >= warmup]  # judged after warm-up
     if path == "old":  # the test is real: the old path fails it
         assert reasons[-1] is not None and "own-class" in reasons[-1] and warnings
     else:
@@ -203,22 +215,11 @@ def test_full_head_centres_do_not_collapse_into_one_cone(spreads, tmp_path: Path
     runs them to show that it catches that collapse (measured there: pairwise 0.60 at iteration 240, 0.82 at 324,
     0.95 at 400 with own-class cosine 0.93 and local templates for 3 % of the classes, as in the real-crop demo)."""
     from deepacc.health import collapse_reason
-    from deepacc.train import train
 
-    cfg = create_config("deepacc_tiny")
-    m = dataclasses.replace(cfg.model, min_size=96, max_size=96, box_batch_size_per_image=64,
-                            box_positive_fraction=0.5, rpn_post_nms_top_n_train=100, rpn_post_nms_top_n_test=100,
-                            aam=True, siamese=True, gia=True)  # fmt: skip
-    t = dataclasses.replace(cfg.train, epochs=100, milestones=(100,), warmup_iters=20, checkpoint_every=0,
-                            scan_images=False, margin_warmup_iters=80)  # fmt: skip
-    if path == "cone":
-        m = dataclasses.replace(m, **PREVIOUS_FULL_HEAD)
-    warnings: list[str] = []
-    torch.manual_seed(0)
-    _, hist = train(dataclasses.replace(cfg, model=m, train=t), spreads, tmp_path / "run", "cpu", None, resume=False,
-                    progress=False, log=lambda s: warnings.append(s) if "WARNING" in s else None)  # fmt: skip
+    model = {"aam": True, "siamese": True, "gia": True, **(PREVIOUS_FULL_HEAD if path == "cone" else {})}
+    hist, warnings = _train_small(spreads, tmp_path / "run", 100, model)
     assert hist[-1]["iteration"] == 400
-    after = [h for h in hist if h["iteration"] >= t.margin_warmup_iters]
+    after = [h for h in hist if h["iteration"] >= 80]  # judged after the s / m warm-up
     reasons = [collapse_reason(h) for h in after]
     if path == "cone":  # the test is real: the previous defaults fail it with the cone, not the AAM collapse
         assert reasons[-1] is not None and "pairwise" in reasons[-1] and warnings
