@@ -23,24 +23,13 @@ BIAS_GRID: np.ndarray = np.round(np.arange(-6.0, 6.0001, 0.1), 2)
 
 def auroc(y: Sequence[int] | np.ndarray, s: Sequence[float] | np.ndarray) -> float | None:
     """Area under the ROC curve of scores ``s`` for binary labels ``y`` (1 positive), ties counted as half
-    (Mann-Whitney U / (n_pos n_neg)); ``None`` when one class is absent."""
+    (:func:`medshared.bootstrap.auroc`); ``None`` when one class is absent."""
+    from medshared.bootstrap import auroc as shared_auroc
+
     y = np.asarray(y, dtype=bool)
-    s = np.asarray(s, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.size == 0 or y.all() or not y.any():
         return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_s = s[order]
-    # average ranks of tied scores (1-based)
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(shared_auroc(y, np.asarray(s, dtype=np.float64), positive=True))
 
 
 def auroc_scores(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str]) -> dict:
