@@ -65,3 +65,48 @@ def test_an_ensemble_trains_saves_and_reloads_for_evaluate(syn_dir, tmp_path):
                  "--cache", str(cache), "--device", "cpu"]) == 0  # fmt: skip
     m = json.loads((ev / "metrics.json").read_text())
     assert 0.0 <= m["icbhi"]["score"] <= 1.0 and m["auroc_abnormal"] is not None
+
+
+def test_independent_members_are_separate_runs_put_together_with_a_bias_tuned_on_the_ensemble(syn_dir, tmp_path):
+    """``train.ensemble_training: independent``: member k is the single model a run with seed + 1000 k trains on the
+    run's own split; ``best.safetensors`` holds their best weights as one ensemble, with its own validation bias."""
+    from lungcvt.evaluate import load_model
+    from lungcvt.members import member_config
+    from medshared.checkpoint import load_checkpoint
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    yaml = tmp_path / "e.yaml"
+    yaml.write_text(
+        "model:\n  ensemble: 2\ntrain:\n  ensemble_training: independent\n  tune_normal_bias: true\n  seed: 3\n"
+    )
+    args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache),
+            "--device", "cpu", "--config", str(yaml), "--precision", "fp32", "--epochs", "2"]  # fmt: skip
+    assert main(args) == 0
+    model, cfg, extra = load_model(run / "best.safetensors")
+    assert isinstance(model, LungCVTEnsemble) and len(model.members) == 2
+    assert cfg.train.ensemble_training == "independent"
+    tj = json.loads((run / "train.json").read_text())
+    assert [m["seed"] for m in tj["members"]] == [3, 1003]
+    assert member_config(cfg, 1).train.seed == 1003 and member_config(cfg, 1).model.ensemble == 1
+    for k in range(2):  # each member is its own run's selected checkpoint, and all members saw the same split
+        msd, mcfg, _ = load_checkpoint(run / f"member{k}" / "best.safetensors")
+        assert mcfg["model"]["ensemble"] == 1 and mcfg["train"]["seed"] == 3 + 1000 * k
+        for name, w in msd.items():
+            torch.testing.assert_close(model.members[k].state_dict()[name], w)
+        mj = json.loads((run / f"member{k}" / "train.json").read_text())
+        assert mj["val_patients"] == tj["val_patients"]
+    m0 = model.members[0].state_dict()
+    assert any(not torch.equal(w, model.members[1].state_dict()[n]) for n, w in m0.items())  # not one model twice
+    # the stored bias is the ensemble's own, tuned on the ensemble's validation logits
+    assert extra["normal_bias"] == tj["best_val"]["normal_bias"]
+    rows = (run / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("member,") and len(rows) == 1 + 2 * 2
+    # a second call resumes: the members are finished, nothing is retrained and the ensemble is the same
+    before = (run / "member0" / "last_state.pt").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (run / "member0" / "last_state.pt").stat().st_mtime_ns == before
+    again, _, _ = load_model(run / "best.safetensors")
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(again(x), model(x))
+    with pytest.raises(ValueError, match="ensemble_training"):
+        dataclasses.replace(get_config("lungcvt_tiny").train, ensemble_training="bagged")

@@ -262,6 +262,11 @@ class TrainConfig:
             bias; paper: the validation score) or ``"auroc"`` (abnormal-vs-normal AUROC of the validation cycles,
             threshold-free; ours, issue 21) or ``"last"`` (the last epoch: no selection; its bias is still tuned on
             validation).
+        ensemble_training: with ``model.ensemble`` M > 1, ``"joint"`` trains the M members together on the same
+            batches (one loss, one epoch selected for all); ``"independent"`` trains them one after the other as
+            single models, member k with seed ``seed + 1000 k`` (its own init, batch order and augmentation) on the
+            run's training/validation split, each with its own selected epoch, then tunes the ensemble's normal bias
+            on the validation cycles (:mod:`lungcvt.members`; ours, issue 21).
     """
 
     lr: float = 1e-4
@@ -286,8 +291,13 @@ class TrainConfig:
     bias_views: int = 0
     min_normal_bias: float | None = None
     select_on: str = "score"
+    ensemble_training: str = "joint"
 
     def __post_init__(self) -> None:
+        if self.ensemble_training not in ("joint", "independent"):
+            raise ValueError(
+                f"train.ensemble_training must be 'joint' or 'independent', got {self.ensemble_training!r}"
+            )
         if not 0.0 <= self.device_aug <= 1.0:
             raise ValueError(f"train.device_aug must be a probability in [0, 1], got {self.device_aug}")
         if self.select_on not in ("score", "auroc", "last"):

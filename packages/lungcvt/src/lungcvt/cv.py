@@ -61,7 +61,7 @@ def parse_seeds(spec: str) -> list[int]:
     return _int_list(spec, "--seeds")
 
 
-def run_row(protocol: str, seed: int, metrics: dict, best_epoch: int) -> dict:
+def run_row(protocol: str, seed: int, metrics: dict, best_epoch: int | list[int]) -> dict:
     row: dict[str, Any] = {"protocol": protocol, "seed": seed}
     for v in VARIANTS:
         for m in ("se", "sp", "score"):
@@ -70,7 +70,8 @@ def run_row(protocol: str, seed: int, metrics: dict, best_epoch: int) -> dict:
     for k in AUROCS:
         row[k] = metrics.get(k)  # None in runs evaluated before the AUROCs existed, or for a one-class test part
     row["n_test"] = metrics["n"]
-    row["best_epoch"] = best_epoch
+    # an independently trained ensemble has one best epoch per member (lungcvt.members)
+    row["best_epoch"] = best_epoch if isinstance(best_epoch, int) else "/".join(str(e) for e in best_epoch)
     return row
 
 

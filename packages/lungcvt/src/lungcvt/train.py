@@ -125,10 +125,12 @@ def train(
                 weights = resolve_weights(cfg.model.backbone, weights, offline=offline)
             barrier(ctx)
             weights = resolve_weights(cfg.model.backbone, weights, offline=True)
-        return _train(
-            cfg, data_dir, out_dir, data or DataOptions(), weights, init, cache_dir, num_workers, resume, progress, ctx,
-            precision,
-        )  # fmt: skip
+        args = (data or DataOptions(), weights, init, cache_dir, num_workers, resume, progress, ctx, precision)
+        if cfg.model.ensemble > 1 and cfg.train.ensemble_training == "independent":
+            from lungcvt.members import train_members
+
+            return train_members(cfg, data_dir, out_dir, *args)
+        return _train(cfg, data_dir, out_dir, *args)
     finally:
         if own_ctx:
             ctx.close()
@@ -197,8 +199,9 @@ def _train(
     progress: bool,
     ctx: Any,
     precision: str = "auto",
+    split_seed: int | None = None,
 ) -> TrainResult:
-    """The body of :func:`train`, inside its process-group guard."""
+    """The body of :func:`train`, inside its process-group guard (``split_seed``: see :func:`training_cycles`)."""
     from medshared.checkpoint import save_checkpoint
     from medshared.distributed import (
         all_gather_object,
@@ -228,7 +231,7 @@ def _train(
     check_cqt(cfg.features)
     init_sd = load_init(init, cfg) if init is not None else None
 
-    tr, va, split_info, test_counts = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show)
+    tr, va, split_info, test_counts = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show, split_seed)
     counts = tr.counts(cfg.model.num_classes)
     check_classes(counts, "the training cycles", data.allow_missing_class)
 
