@@ -83,12 +83,8 @@ def train_members(
     for k in range(cfg.model.ensemble):
         if progress and ctx.is_main:
             print(f"ensemble member {k + 1}/{cfg.model.ensemble} -> {out / f'member{k}'}", flush=True)
-        results.append(
-            _train(
-                member_config(cfg, k), data_dir, out / f"member{k}", data, weights, None, cache_dir, num_workers,
-                resume, progress, ctx, precision, split_seed=tc.seed,
-            )  # fmt: skip
-        )
+        args = (data, weights, None, cache_dir, num_workers, resume, progress, ctx, precision)
+        results.append(_train(member_config(cfg, k), data_dir, out / f"member{k}", *args, split_seed=tc.seed))
 
     dev = torch.device(ctx.device)
     prec = resolve(precision, dev, bf16_alias=tc.bf16)
