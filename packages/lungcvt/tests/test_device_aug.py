@@ -173,3 +173,59 @@ def test_validation_scores_choose_the_epoch_on_clean_cycles_and_the_bias_on_all(
     floored = validation_scores(y_clean.tolist(), z_neg, 60, tune_bias=True, min_bias=0.0)
     assert floored["normal_bias"] == 0.0 and floored["clean_bias"] == b_neg
     assert validation_scores(y_clean.tolist(), z_neg, 60, tune_bias=False, min_bias=0.0)["normal_bias"] == 0.0
+
+
+def _row_power_db(f: np.ndarray) -> np.ndarray:
+    """[3, F, T] dB maps -> [2, F]: each mel / CQT row's mean power over time in dB (noise fluctuations average)."""
+    return 10.0 * np.log10(np.mean(10.0 ** (f[1:] / 10.0), axis=-1))
+
+
+def test_the_noise_floor_matches_features_of_audio_with_noise_added(feats):
+    """White noise added to the audio (0.3 of the peak amplitude) gives, on the mel and CQT channels, the row powers
+    and the cells :func:`add_noise_floor` makes from the clean features with one flat level fitted: the power
+    addition and the re-referencing to the new maximum are right."""
+    from lungcvt.device_aug import add_noise_floor
+
+    cfg, cycles, clean = feats
+    rng = np.random.default_rng(3)
+    aug = DeviceAugment(cfg)
+    for y, x in zip(cycles, clean):
+        w = rng.standard_normal(len(y)).astype(np.float32) * 0.3 * float(np.abs(y).max())
+        z = compute_features([y + w], cfg)[0]
+        pz = _row_power_db(z)
+
+        def err(level: float, x=x, pz=pz) -> float:
+            n = [torch.full((len(f),), float(level)) for f in aug.freqs]
+            mapped = add_noise_floor(torch.from_numpy(x), *n, aug.dct, cfg.mode).numpy()
+            return float(np.median(np.abs(_row_power_db(mapped) - pz)))
+
+        best = min(np.arange(-60.0, -5.0, 1.0), key=err)  # the one free parameter: the level re. the maximum
+        before = float(np.median(np.abs(_row_power_db(x) - pz)))
+        assert before > 2.5, before  # the noise fills the quiet rows by dBs
+        assert err(best) < 0.25 * before, (best, before, err(best))
+        n = [torch.full((len(f),), float(best)) for f in aug.freqs]
+        mapped = add_noise_floor(torch.from_numpy(x), *n, aug.dct, cfg.mode).numpy()
+        cells_before, cells_after = np.median(np.abs(x - z)[1:]), np.median(np.abs(mapped - z)[1:])
+        assert cells_after < 0.35 * cells_before, (cells_before, cells_after)  # cell by cell too, up to noise
+        assert np.median(np.abs(mapped - z)[0]) < np.median(np.abs(x - z)[0])  # the MFCCs move toward it
+        assert -50.0 < best < -10.0, best
+
+
+def test_device_noise_draws_nothing_when_off_and_raises_the_floor_when_on(feats):
+    cfg, _, clean = feats
+    x = torch.from_numpy(clean[0])
+    torch.manual_seed(5)
+    a = DeviceAugment(cfg, p=0.8)(x)
+    torch.manual_seed(5)
+    b = DeviceAugment(cfg, p=0.8, noise=0.0)(x)
+    torch.testing.assert_close(a, b)  # noise 0: the same RNG draws and output as before the switch existed
+    torch.manual_seed(5)
+    noisy = DeviceAugment(cfg, p=0.0, noise=1.0)(x)
+    assert noisy.shape == x.shape and noisy.dtype == x.dtype
+    assert float(noisy[1].min()) > float(x[1].min()) + 10.0  # the quietest cells now sit at the noise floor
+    assert float(noisy[1].min()) > -50.0  # the floor is at most 45 dB (+ its tilt) below the maximum
+    assert float(noisy[1].max()) == 0.0  # re-referenced to the new maximum
+    with pytest.raises(ValueError, match="noise"):
+        DeviceAugment(cfg, noise=1.5)
+    with pytest.raises(ValueError, match="device_noise"):
+        with_overrides(get_config("lungcvt_icbhi_cpu"), {"train": {"device_noise": -0.1}})

@@ -252,6 +252,8 @@ class TrainConfig:
         device_aug: probability that a training cycle passes through a random stethoscope filter (tilt, low-pass,
             high-pass, resonance) applied to its cached features (:class:`lungcvt.device_aug.DeviceAugment`; ours,
             issue 21: robustness to a recording device absent from training). 0 = off.
+        device_noise: probability that a training cycle gets a stationary noise floor 15-45 dB below its maximum
+            (:func:`lungcvt.device_aug.add_noise_floor`; ours, issue 21: a quieter cycle or a noisier device). 0 = off.
         bias_views: with ``tune_normal_bias``, tune the stored bias on the validation cycles plus this many copies of
             them, each cycle through a random stethoscope filter (:func:`lungcvt.device_aug.with_device_views`,
             seeded with ``seed``), pooled (ours, issue 21: an operating point that holds on a device training did
@@ -288,6 +290,7 @@ class TrainConfig:
     lr_base_batch: int = 32
     tune_normal_bias: bool = False
     device_aug: float = 0.0
+    device_noise: float = 0.0
     bias_views: int = 0
     min_normal_bias: float | None = None
     select_on: str = "score"
@@ -300,6 +303,8 @@ class TrainConfig:
             )
         if not 0.0 <= self.device_aug <= 1.0:
             raise ValueError(f"train.device_aug must be a probability in [0, 1], got {self.device_aug}")
+        if not 0.0 <= self.device_noise <= 1.0:
+            raise ValueError(f"train.device_noise must be a probability in [0, 1], got {self.device_noise}")
         if self.select_on not in ("score", "auroc", "last"):
             raise ValueError(f"train.select_on must be 'score', 'auroc' or 'last', got {self.select_on!r}")
         if self.bias_views < 0:

@@ -32,7 +32,7 @@ import torch
 from lungcvt.config import FeatureConfig
 from lungcvt.dataset import CycleSet
 
-__all__ = ["band_frequencies", "apply_filter", "DeviceAugment", "with_device_views"]
+__all__ = ["band_frequencies", "apply_filter", "add_noise_floor", "DeviceAugment", "with_device_views"]
 
 _FLOOR_DB = 80.0
 
@@ -93,6 +93,38 @@ def apply_filter(
     return torch.stack([mfcc, mel, cqt])
 
 
+def _power_add(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """dB maps [R, T] + noise levels [R] (dB, the same reference) -> dB of the summed powers."""
+    return 10.0 * torch.log10(10.0 ** (x / 10.0) + 10.0 ** (n[:, None] / 10.0))
+
+
+def add_noise_floor(
+    feat: torch.Tensor,
+    n_mel: torch.Tensor,
+    n_mfcc: torch.Tensor,
+    n_cqt: torch.Tensor,
+    dct: torch.Tensor,
+    mode: str = "clean",
+) -> torch.Tensor:
+    """The features of a cycle with stationary noise added: [3, F, T] -> [3, F, T] (float32).
+
+    The noise's power in each row is ``n`` dB relative to the cycle's maximum (``n_mel`` [F], ``n_mfcc``
+    [mfcc_n_mels], ``n_cqt`` [F]); powers add, then each map is re-referenced to its new maximum and floored at
+    -80 dB as the featurizer does. A quieter cycle (or a noisier device) is one whose floor sits closer to its
+    maximum. The MFCCs (clean mode, invertible DCT) go through their log-mel bands as in :func:`apply_filter`.
+    """
+    x = feat.float()
+    mel = _refloor(_power_add(x[1], n_mel))
+    cqt = _refloor(_power_add(x[2], n_cqt))
+    mfcc = x[0]
+    if mode == "clean" and dct.shape[0] == dct.shape[1]:
+        lm = dct.T @ mfcc  # [M, T] log-mel dB (HTK bands), max-referenced up to the floor
+        lm = _power_add(lm - lm.max(), n_mfcc)
+        lm = torch.maximum(lm, lm.max() - _FLOOR_DB)
+        mfcc = dct @ lm
+    return torch.stack([mfcc, mel, cqt])
+
+
 class DeviceAugment:
     """A random stationary device filter per call (``train.device_aug``; ours, issue 21).
 
@@ -106,16 +138,23 @@ class DeviceAugment:
     - with probability 0.5 a resonance: ``b * exp(-((log2(f / fb)) / w)^2 / 2)``, ``b ~ U(-10, 10)`` dB, ``fb``
       log-uniform in [100, 1500] Hz, ``w ~ U(0.25, 1)`` octave.
 
+    With probability ``noise`` (after the filter, drawn independently of it) a stationary noise floor is added
+    (:func:`add_noise_floor`): its level ``L ~ U(-45, -15)`` dB relative to the cycle's maximum, its spectrum
+    tilted by ``U(-3, 3)`` dB per octave about 250 Hz: a quieter cycle, or a device with more hiss.
+
     Args:
         cfg: the feature settings (row frequencies, MFCC size, mode).
         p: probability that a call filters its input (else it is returned unchanged).
         tilt: the largest tilt in dB per octave.
+        noise: probability that a call adds a noise floor (``train.device_noise``; 0 draws nothing from the RNG).
     """
 
-    def __init__(self, cfg: FeatureConfig, p: float = 1.0, tilt: float = 4.0) -> None:
+    def __init__(self, cfg: FeatureConfig, p: float = 1.0, tilt: float = 4.0, noise: float = 0.0) -> None:
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"device augmentation probability must be in [0, 1], got {p}")
-        self.p, self.tilt, self.mode = p, tilt, cfg.mode
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"device noise probability must be in [0, 1], got {noise}")
+        self.p, self.tilt, self.mode, self.noise = p, tilt, cfg.mode, noise
         self.freqs = tuple(torch.tensor(f, dtype=torch.float32) for f in band_frequencies(cfg))
         self.dct = _dct(cfg.n_mfcc, cfg.effective_mfcc_n_mels)
 
@@ -153,12 +192,18 @@ class DeviceAugment:
         return g
 
     def __call__(self, feat: torch.Tensor) -> torch.Tensor:
-        """[3, F, T] -> [3, F, T] in ``feat``'s dtype, filtered with probability ``p``."""
-        if self.p <= 0.0 or float(torch.rand(())) >= self.p:
-            return feat
-        c = self.sample_curve()
-        g = [self.gain(f, c) for f in self.freqs]
-        return apply_filter(feat, g[0], g[1], g[2], self.dct, self.mode).to(feat.dtype)
+        """[3, F, T] -> [3, F, T] in ``feat``'s dtype, filtered with probability ``p`` (then a noise floor added
+        with probability ``noise``)."""
+        out = feat
+        if self.p > 0.0 and float(torch.rand(())) < self.p:
+            c = self.sample_curve()
+            g = [self.gain(f, c) for f in self.freqs]
+            out = apply_filter(feat, g[0], g[1], g[2], self.dct, self.mode)
+        if self.noise > 0.0 and float(torch.rand(())) < self.noise:
+            level, slope = self._u(-45.0, -15.0), self._u(-3.0, 3.0)
+            n = [level + slope * torch.log2(f.clamp_min(50.0) / 250.0) for f in self.freqs]
+            out = add_noise_floor(out, n[0], n[1], n[2], self.dct, self.mode)
+        return out if out is feat else out.to(feat.dtype)
 
 
 def with_device_views(cycles: CycleSet, cfg: FeatureConfig, views: int, seed: int) -> CycleSet:

@@ -51,10 +51,10 @@ def build_train_loader(
     dev = torch.device(device)
     image_cfg = cfg.features if resize_where(dev, num_workers) == "workers" else None
     augment = None
-    if tc.device_aug > 0:
+    if tc.device_aug > 0 or tc.device_noise > 0:
         from lungcvt.device_aug import DeviceAugment
 
-        augment = DeviceAugment(cfg.features, p=tc.device_aug)
+        augment = DeviceAugment(cfg.features, p=tc.device_aug, noise=tc.device_noise)
     ds = CycleDataset(cycles, time_roll=tc.time_roll, image_cfg=image_cfg, augment=augment)
     sampler = make_sampler(ds, ctx, shuffle=tc.shuffle, seed=tc.seed) if ctx is not None else None
     per_rank = len(ds) if sampler is None else len(sampler)
