@@ -67,7 +67,9 @@ def test_an_ensemble_trains_saves_and_reloads_for_evaluate(syn_dir, tmp_path):
     assert 0.0 <= m["icbhi"]["score"] <= 1.0 and m["auroc_abnormal"] is not None
 
 
-def test_independent_members_are_separate_runs_put_together_with_a_bias_tuned_on_the_ensemble(syn_dir, tmp_path):
+def test_independent_members_are_separate_runs_put_together_with_a_bias_tuned_on_the_ensemble(
+    syn_dir, tmp_path, monkeypatch
+):
     """``train.ensemble_training: independent``: member k is the single model a run with seed + 1000 k trains on the
     run's own split; ``best.safetensors`` holds their best weights as one ensemble, with its own validation bias."""
     from lungcvt.evaluate import load_model
@@ -81,8 +83,21 @@ def test_independent_members_are_separate_runs_put_together_with_a_bias_tuned_on
     )
     args = ["train", "--data", str(syn_dir), "--out", str(run), "--preset", "lungcvt_tiny", "--cache", str(cache),
             "--device", "cpu", "--config", str(yaml), "--precision", "fp32", "--epochs", "2"]  # fmt: skip
+    import lungcvt.validation
+
+    scored, plain = [], lungcvt.validation.validate_logits
+
+    def spy(model, *a, **k):  # what lungcvt.members scores the validation cycles with (the members' own runs do not
+        scored.append(model)  # look the function up here: lungcvt.train imported it at its own import)
+        return plain(model, *a, **k)
+
+    monkeypatch.setattr(lungcvt.validation, "validate_logits", spy)
     assert main(args) == 0
+    monkeypatch.undo()
     model, cfg, extra = load_model(run / "best.safetensors")
+    assert len(scored) == 1 and isinstance(scored[0], LungCVTEnsemble)  # the bias is tuned on the whole ensemble
+    for name, w in model.state_dict().items():
+        torch.testing.assert_close(scored[0].state_dict()[name], w)
     assert isinstance(model, LungCVTEnsemble) and len(model.members) == 2
     assert cfg.train.ensemble_training == "independent"
     tj = json.loads((run / "train.json").read_text())
@@ -97,8 +112,22 @@ def test_independent_members_are_separate_runs_put_together_with_a_bias_tuned_on
         assert mj["val_patients"] == tj["val_patients"]
     m0 = model.members[0].state_dict()
     assert any(not torch.equal(w, model.members[1].state_dict()[n]) for n, w in m0.items())  # not one model twice
-    # the stored bias is the ensemble's own, tuned on the ensemble's validation logits
-    assert extra["normal_bias"] == tj["best_val"]["normal_bias"]
+    # the stored bias is the ensemble's own: tuned on the ensemble's logits over the run's validation cycles
+    from lungcvt.splits import DataOptions
+    from lungcvt.validation import selection_cycles, training_cycles, validate_logits, validation_scores
+    from medshared.distributed import init_distributed
+
+    ctx = init_distributed("cpu")
+    try:
+        cpu = torch.device("cpu")
+        _, va, _, _ = training_cycles(cfg, syn_dir, DataOptions(), cache, cpu, ctx, False)
+        va_sel = selection_cycles(va, cfg)
+        z = validate_logits(model, va_sel, cfg, cpu, ctx)
+    finally:
+        ctx.close()
+    want = validation_scores(va_sel.labels, z, len(va), True, cfg.train.min_normal_bias)
+    assert extra["normal_bias"] == pytest.approx(want["normal_bias"])
+    assert tj["best_val"]["icbhi"] == pytest.approx(want["icbhi"])
     rows = (run / "history.csv").read_text().splitlines()
     assert rows[0].startswith("member,") and len(rows) == 1 + 2 * 2
     # a second call resumes: the members are finished, nothing is retrained and the ensemble is the same
