@@ -92,7 +92,18 @@ def test_independent_members_are_separate_runs_put_together_with_a_bias_tuned_on
         return plain(model, *a, **k)
 
     monkeypatch.setattr(lungcvt.validation, "validate_logits", spy)
+    import lungcvt.train
+
+    reads, plain_cycles = [], lungcvt.validation.training_cycles
+
+    def count_reads(*a, **k):  # the run's cycles are read once, for all members and the ensemble
+        reads.append(1)
+        return plain_cycles(*a, **k)
+
+    monkeypatch.setattr(lungcvt.validation, "training_cycles", count_reads)
+    monkeypatch.setattr(lungcvt.train, "training_cycles", count_reads)
     assert main(args) == 0
+    assert len(reads) == 1
     monkeypatch.undo()
     model, cfg, extra = load_model(run / "best.safetensors")
     assert len(scored) == 1 and isinstance(scored[0], LungCVTEnsemble)  # the bias is tuned on the whole ensemble

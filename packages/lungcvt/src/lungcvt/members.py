@@ -1,8 +1,9 @@
 """An ensemble trained member by member (``model.ensemble`` M > 1 with ``train.ensemble_training="independent"``).
 
 Member k is trained by :func:`lungcvt.train._train` as a single model into ``OUT/member{k}/``, with seed
-``train.seed + 1000 k`` (its own random init, batch order and augmentation) and the run's training/validation split
-(seeded by ``train.seed`` for every member), selecting its own best epoch on the validation cycles. The members'
+``train.seed + 1000 k`` (its own random init, batch order and augmentation) on the run's training and validation
+cycles (split with ``train.seed``, read from the feature cache once for all members and the ensemble), selecting its
+own best epoch on the validation cycles. The members'
 best weights are then put together as one :class:`lungcvt.model.LungCVTEnsemble` (log of the mean probability), the
 normal-class bias is tuned on the ensemble's validation logits (``train.tune_normal_bias``, ``bias_views``,
 ``min_normal_bias`` as for one model), and ``OUT/best.safetensors`` holds the ensemble: ``evaluate`` and ``predict``
@@ -79,20 +80,21 @@ def train_members(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cache_dir) if cache_dir is not None else out / "feature_cache"
+    dev = torch.device(ctx.device)
+    cycles = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, progress and ctx.is_main)
+    tr, va, split_info, _ = cycles
     results = []
     for k in range(cfg.model.ensemble):
         if progress and ctx.is_main:
             print(f"ensemble member {k + 1}/{cfg.model.ensemble} -> {out / f'member{k}'}", flush=True)
         args = (data, weights, None, cache_dir, num_workers, resume, progress, ctx, precision)
-        results.append(_train(member_config(cfg, k), data_dir, out / f"member{k}", *args, split_seed=tc.seed))
+        results.append(_train(member_config(cfg, k), data_dir, out / f"member{k}", *args, cycles=cycles))
 
-    dev = torch.device(ctx.device)
     prec = resolve(precision, dev, bf16_alias=tc.bf16)
     ens = LungCVTEnsemble(dataclasses.replace(cfg.model, pretrained=False))
     for member, res in zip(ens.members, results, strict=True):
         member.load_state_dict(load_checkpoint(res.best_checkpoint)[0])
     ens = ens.to(dev).eval()
-    tr, va, split_info, test_counts = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, False)
     va_sel = selection_cycles(va, cfg)
     logits = validate_logits(ens, va_sel, cfg, dev, ctx, bf16=prec.name == "bf16")
     sc = validation_scores(va_sel.labels, logits, len(va), tc.tune_normal_bias, tc.min_normal_bias)

@@ -199,9 +199,10 @@ def _train(
     progress: bool,
     ctx: Any,
     precision: str = "auto",
-    split_seed: int | None = None,
+    cycles: tuple[CycleSet, CycleSet, dict, list[int]] | None = None,
 ) -> TrainResult:
-    """The body of :func:`train`, inside its process-group guard (``split_seed``: see :func:`training_cycles`)."""
+    """The body of :func:`train`, inside its process-group guard. ``cycles``: the result of :func:`training_cycles`
+    when the caller has it already (the members of :mod:`lungcvt.members` share their run's cycles and split)."""
     from medshared.checkpoint import save_checkpoint
     from medshared.distributed import (
         all_gather_object,
@@ -231,7 +232,10 @@ def _train(
     check_cqt(cfg.features)
     init_sd = load_init(init, cfg) if init is not None else None
 
-    tr, va, split_info, test_counts = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show, split_seed)
+    if cycles is None:
+        cycles = training_cycles(cfg, data_dir, data, cache_dir, dev, ctx, show)
+    tr, va, split_info, test_counts = cycles
+    split_info = dict(split_info)  # popped below: the caller's copy stays whole
     counts = tr.counts(cfg.model.num_classes)
     check_classes(counts, "the training cycles", data.allow_missing_class)
 

@@ -46,20 +46,15 @@ def training_cycles(
     dev: torch.device,
     ctx: Any,
     show: bool,
-    split_seed: int | None = None,
 ) -> tuple[CycleSet, CycleSet, dict, list[int]]:
     """The protocol's training part split into training and validation cycles (``train.subset_fraction`` applied to
-    the training cycles). Returns ``(train, val, split_info, test_counts)``.
-
-    ``split_seed`` (default ``train.seed``) seeds the random80-20 split and the validation split: the members of an
-    independently trained ensemble (:mod:`lungcvt.members`) share their run's splits."""
+    the training cycles). Returns ``(train, val, split_info, test_counts)``."""
     from medshared.distributed import barrier, shard_items
 
     tc = cfg.train
-    split_seed = tc.seed if split_seed is None else int(split_seed)
-    recs = select_recordings(data_dir, data, seed=split_seed)
+    recs = select_recordings(data_dir, data, seed=tc.seed)
     test_counts = class_counts([r for r in recs if r.split == "test"])
-    tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, split_seed, data.allow_missing_class)
+    tr_recs, va_recs, split_info = validation_split(recs, tc.val_fraction, tc.seed, data.allow_missing_class)
     used = [r for r in recs if r.split != "test"]
     split_info["device_notes"] = device_notes(used)
     for note in split_info["device_notes"]:
