@@ -54,7 +54,7 @@ def test_checkpoint_round_trip(tmp_path):
     with pytest.raises(FileNotFoundError, match="train one first"):
         checkpoint.load_checkpoint(tmp_path / "none.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable"):
+    with pytest.raises(ValueError, match="not a readable.*pass the .safetensors file a `train` run wrote"):
         checkpoint.load_checkpoint(tmp_path / "bad.safetensors")
 
 

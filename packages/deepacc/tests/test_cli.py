@@ -142,7 +142,8 @@ def test_bad_inputs_return_nonzero_without_output(run: dict, tmp_path: Path, cap
     assert main(["predict", str(img), "--checkpoint", str(tmp_path / "bad.safetensors"), "--out", str(tmp_path)]) == 1
     # missing dataset, unknown config key, missing backbone weights
     assert main(["train", "--data", str(tmp_path / "none.json"), "--out", str(tmp_path / "r")]) == 1
-    assert "dataset not found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dataset not found" in err and "make-synthetic" in err  # the thing and a fix
     yaml = tmp_path / "bad.yaml"
     yaml.write_text("model:\n  marginn: 0.3\n")
     assert main(["train", "--data", str(run["data"]), "--out", str(tmp_path / "r"), "--config", str(yaml)]) == 1

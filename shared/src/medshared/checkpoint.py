@@ -73,7 +73,10 @@ def load_checkpoint(
             meta = f.metadata() or {}
         state = load_file(str(path), device=str(map_location))
     except Exception as e:  # safetensors raises several error types for corrupt files
-        raise ValueError(f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{path} is not a readable safetensors checkpoint ({type(e).__name__}: {e}); pass the .safetensors file a "
+            "`train` run wrote (best.safetensors / model.safetensors), or retrain if it was cut short"
+        ) from e
     if _CONFIG_KEY not in meta:
         raise ValueError(f"{path} has no model config in its metadata; it was not written by save_checkpoint")
     return state, json.loads(meta[_CONFIG_KEY]), json.loads(meta.get(_EXTRA_KEY, "{}"))

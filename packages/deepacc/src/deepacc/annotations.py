@@ -324,7 +324,10 @@ def load_dataset(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"dataset not found: {path}")
+        raise FileNotFoundError(
+            f"dataset not found: {path} (pass --data a COCO .json file, a VOC folder of .xml files or a labelme folder "
+            "of .json files; `deepacc make-synthetic --out DIR` writes a small one to try)"
+        )
     report = report if report is not None else LoadReport(on_invalid)  # a given report keeps its own policy
     lmap = load_label_map(label_map) if isinstance(label_map, (str, Path)) else label_map
     if fmt == "auto":
